@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: RabbitMQ up, Python env ready.
+#   deploy/setup.sh          what `deploy/run.sh` needs
+#   deploy/setup.sh --test   plus what the test suite needs (PostgreSQL, xmlsec1, promtool)
+# Every step says what it does; nothing is downloaded at run time beyond the package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-run}"
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then say "apt-get update"; as_root apt-get update -qq; apt_updated=1; fi
+  say "installing $* with apt-get"
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- RabbitMQ ---------------------------------------------------------------------
+if port_open 127.0.0.1 5672; then
+  say "RabbitMQ answers on 127.0.0.1:5672"
+else
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    apt_install rabbitmq-server
+  fi
+  say "starting RabbitMQ (rabbitmq-server -detached)"
+  as_root rabbitmq-server -detached || true
+  say "waiting for RabbitMQ (rabbitmqctl await_startup)"
+  as_root timeout 120 rabbitmqctl await_startup >/dev/null
+  for _ in $(seq 1 60); do port_open 127.0.0.1 5672 && break; sleep 1; done
+  port_open 127.0.0.1 5672 || { say "RabbitMQ did not open port 5672; see /var/log/rabbitmq"; exit 1; }
+  say "RabbitMQ is up"
+fi
+
+# --- test-only services and tools ----------------------------------------------------
+if [ "$mode" = "--test" ]; then
+  if ! port_open 127.0.0.1 5432; then
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then apt_install postgresql; fi
+    say "starting PostgreSQL"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+    for _ in $(seq 1 30); do port_open 127.0.0.1 5432 && break; sleep 1; done
+  fi
+  command -v xmlsec1 >/dev/null 2>&1 || apt_install xmlsec1
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
+fi
+
+# --- Python environment ------------------------------------------------------------
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null 2>&1 || py=python3
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $py"
+  "$py" -m venv .venv 2>/dev/null || { apt_install python3-venv; "$py" -m venv .venv; }
+fi
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  say "installing exchange and its dependencies into .venv (pip install -e '.[dev]')"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+say "ready"

@@ -1,0 +1,41 @@
+"""Helpers shared by CLI commands: config resolution, running coroutines, tables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from exchange.config import NodeConfig, load_config
+
+T = TypeVar("T")
+
+DEFAULT_DEV_DIR = Path("var/dev")
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", default=os.environ.get("EXCHANGE_CONFIG"),
+        help="node TOML (default: $EXCHANGE_CONFIG, else var/dev/dev.toml made by `exchange serve --dev`)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> NodeConfig:
+    path = args.config or DEFAULT_DEV_DIR / "dev.toml"
+    return load_config(path)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

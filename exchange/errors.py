@@ -1,0 +1,270 @@
+"""One exception hierarchy for every refusal the bus makes.
+
+Each class carries a stable machine-readable ``code`` (used in problem+json
+bodies, non-delivery receipts, metrics labels and CLI output), the HTTP status
+that fits it, and a message that tells the user what to do next.
+"""
+
+from __future__ import annotations
+
+
+class ExchangeError(Exception):
+    """Root of every error the bus raises on purpose."""
+
+    code: str = "exchange-error"
+    http_status: int = 500
+    #: Whether retrying the same operation later may succeed.
+    transient: bool = False
+
+    def __init__(self, message: str, *, detail: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or {}
+
+    def to_problem(self) -> dict[str, object]:
+        """The RFC 9457 problem+json body for this error."""
+        body: dict[str, object] = {
+            "type": f"urn:exchange:error:{self.code}",
+            "title": self.code.replace("-", " "),
+            "status": self.http_status,
+            "detail": self.message,
+            "code": self.code,
+        }
+        if self.detail:
+            body["extra"] = self.detail
+        return body
+
+
+# --- configuration -----------------------------------------------------------
+
+
+class ConfigError(ExchangeError):
+    """The node's configuration is missing, unreadable or inconsistent."""
+
+    code = "config-invalid"
+
+
+# --- XML and envelope --------------------------------------------------------
+
+
+class EnvelopeError(ExchangeError):
+    """An envelope could not be accepted."""
+
+    code = "envelope-invalid"
+    http_status = 400
+
+
+class XmlSecurityError(EnvelopeError):
+    """The XML carries a construct we never accept (DTD, entity, external reference)."""
+
+    code = "xml-forbidden-construct"
+
+
+class XmlTooLargeError(EnvelopeError):
+    """The XML exceeds a size, depth or element-count limit."""
+
+    code = "xml-too-large"
+    http_status = 413
+
+
+class XmlMalformedError(EnvelopeError):
+    """The bytes are not well-formed XML."""
+
+    code = "xml-malformed"
+
+
+class SchemaError(EnvelopeError):
+    """The envelope is well-formed but does not match the envelope XSD."""
+
+    code = "schema-invalid"
+    http_status = 422
+
+
+class InvalidAgencyCodeError(EnvelopeError):
+    """An agency code does not have the QCVN 102 shape NNN.NN.NN.XNN."""
+
+    code = "agency-code-invalid"
+    http_status = 422
+
+
+class AttachmentError(EnvelopeError):
+    """An attachment is missing, oversized, or its bytes do not match the manifest."""
+
+    code = "attachment-invalid"
+    http_status = 422
+
+
+class AttachmentDigestError(AttachmentError):
+    """An attachment's SHA-256 differs from the signed manifest: the bytes were altered."""
+
+    code = "attachment-digest-mismatch"
+
+
+class PayloadTooLargeError(EnvelopeError):
+    """A request or attachment is bigger than the configured limit."""
+
+    code = "payload-too-large"
+    http_status = 413
+
+
+class EdxmlError(EnvelopeError):
+    """An edXML (QCVN 102:2016) package could not be read or written."""
+
+    code = "edxml-invalid"
+    http_status = 422
+
+
+# --- signatures and trust ----------------------------------------------------
+
+
+class SignatureError(ExchangeError):
+    """A signature is missing, malformed, or does not verify."""
+
+    code = "signature-invalid"
+    http_status = 422
+
+
+class SignatureMissingError(SignatureError):
+    """The envelope carries no signature; unsigned envelopes are never delivered."""
+
+    code = "signature-missing"
+
+
+class SignatureWrappingError(SignatureError):
+    """The signature does not cover exactly the envelope's header and manifest."""
+
+    code = "signature-wrapping"
+
+
+class WeakAlgorithmError(SignatureError):
+    """The signature uses an algorithm we refuse (SHA-1, or anything not allow-listed)."""
+
+    code = "signature-weak-algorithm"
+
+
+class CertificateError(SignatureError):
+    """The signer's certificate cannot be trusted."""
+
+    code = "certificate-invalid"
+
+
+class UntrustedCertificateError(CertificateError):
+    """The signer's certificate does not chain to the trust store."""
+
+    code = "certificate-untrusted"
+
+
+class CertificateExpiredError(CertificateError):
+    """The signer's certificate is outside its validity period."""
+
+    code = "certificate-expired"
+
+
+class CertificateRevokedError(CertificateError):
+    """The signer's certificate is listed on a CRL."""
+
+    code = "certificate-revoked"
+
+
+class CertificateUsageError(CertificateError):
+    """The signer's certificate is not allowed to sign (key usage)."""
+
+    code = "certificate-usage"
+
+
+class AgencyMismatchError(CertificateError):
+    """The signer's certificate names another agency than the envelope's From."""
+
+    code = "certificate-agency-mismatch"
+
+
+class KeyMaterialError(ExchangeError):
+    """A key or certificate file is missing or unreadable."""
+
+    code = "key-unavailable"
+
+
+# --- routing, delivery, store ------------------------------------------------
+
+
+class UnknownAgencyError(ExchangeError):
+    """An agency code is not in the directory."""
+
+    code = "agency-unknown"
+    http_status = 422
+
+
+class NotHostedError(ExchangeError):
+    """The agency exists but is not hosted by this node."""
+
+    code = "agency-not-hosted"
+    http_status = 422
+
+
+class BrokerUnavailableError(ExchangeError):
+    """RabbitMQ cannot be reached; accepted documents wait in the outbox."""
+
+    code = "broker-unavailable"
+    http_status = 503
+    transient = True
+
+
+class StoreError(ExchangeError):
+    """The store failed."""
+
+    code = "store-error"
+    http_status = 503
+    transient = True
+
+
+class NotFoundError(ExchangeError):
+    """The requested message, delivery or inbox entry does not exist (for this agency)."""
+
+    code = "not-found"
+    http_status = 404
+
+
+class ConflictError(ExchangeError):
+    """The request conflicts with the current state (e.g. revoking a revoked document)."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class JournalTamperedError(ExchangeError):
+    """The hash-chained journal does not verify: an entry was altered, removed or inserted."""
+
+    code = "journal-tampered"
+
+
+# --- gateway -----------------------------------------------------------------
+
+
+class AuthError(ExchangeError):
+    """The caller did not prove who it is."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class ForbiddenError(ExchangeError):
+    """The caller is authenticated but acts for another agency than its own."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class BadRequestError(ExchangeError):
+    """The request is malformed."""
+
+    code = "bad-request"
+    http_status = 400
+
+
+# --- adapters ----------------------------------------------------------------
+
+
+class AdapterError(ExchangeError):
+    """An adapter failed to start or is misconfigured."""
+
+    code = "adapter-error"

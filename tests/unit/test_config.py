@@ -1,0 +1,64 @@
+"""Node configuration: TOML, environment overrides, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from exchange.config import load_config
+from exchange.errors import ConfigError
+
+BASE = """
+[node]
+name = "node-a"
+data_dir = "data"
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/"
+retry_delays = [1, 2]
+
+[pki]
+ca_files = ["pki/ca.pem"]
+
+[directory]
+file = "directory.toml"
+
+[[agencies]]
+code = "000.00.00.G22"
+key = "pki/g22.key"
+cert = "pki/g22.pem"
+adapter = "webhook"
+[agencies.options]
+url = "http://127.0.0.1:9000/hook"
+"""
+
+
+def test_paths_resolve_relative_to_the_file_and_env_overrides_win(tmp_path) -> None:
+    path = tmp_path / "exchange.toml"
+    path.write_text(BASE, encoding="utf-8")
+    cfg = load_config(path, environ={"EXCHANGE__AMQP__URL": "amqp://u:secret@h/v", "EXCHANGE__HTTP__PORT": "9999"})
+    assert cfg.amqp.url == "amqp://u:secret@h/v"
+    assert cfg.http.port == 9999
+    assert cfg.amqp.retry_delays == (1, 2)
+    assert cfg.ca_files == (tmp_path / "pki/ca.pem",)
+    assert cfg.store_url == f"sqlite:///{tmp_path / 'data' / 'exchange.db'}"
+    assert cfg.agency("000.00.00.G22").options == {"url": "http://127.0.0.1:9000/hook"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('name = "node-a"', ""), r"\[node\] name is required"),
+    (lambda s: s.replace('"000.00.00.G22"', '"G22"'), "QCVN 102"),
+    (lambda s: s.replace('ca_files = ["pki/ca.pem"]', "ca_files = []"), "trust store"),
+    (lambda s: s.replace("[amqp]", "[amqp]\nbogus = 1"), "unknown keys"),
+    (lambda s: s + "\n[[agencies]]\ncode = \"000.00.00.H41\"\n", "lacks 'key'"),
+    (lambda s: s.replace("[node]", "[node"), "not valid TOML"),
+])
+def test_invalid_configs_say_what_to_fix(tmp_path, edit, message) -> None:
+    path = tmp_path / "exchange.toml"
+    path.write_text(edit(BASE), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={})
+
+
+def test_missing_file_points_to_the_dev_command(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="exchange serve --dev"):
+        load_config(tmp_path / "nope.toml", environ={})
