@@ -1,0 +1,172 @@
+"""End-to-end benchmark: signed documents with a 64 KB attachment, A → B, receipts back.
+
+Prints documents/s and latency p50/p99 (submit → delivered receipt at the
+sender) beside a raw aio-pika publish-with-confirms + consume loop of the same
+message size measured in the same run, and the ratio between the two.
+
+    python benchmarks/bench_e2e.py [--documents 1000] [--store-url postgresql://…]
+
+Runs in a private RabbitMQ vhost (created with rabbitmqctl, deleted afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import aio_pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exchange.adapters.base import OutgoingFile  # noqa: E402
+from exchange.devworld import AgencySpec, NodeSpec, build_world  # noqa: E402
+from exchange.envelope.model import DocumentCode, DocumentInfo  # noqa: E402
+from exchange.store.base import DeliveryState  # noqa: E402
+
+A, B = "000.00.00.G22", "000.00.00.H41"
+ATTACHMENT = 64 * 1024
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> float:
+    """Messages/s of a plain persistent publish-with-confirms + consume/ack loop on a quorum queue."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(f"raw-{uuid.uuid4().hex[:6]}", durable=True,
+                                            arguments={"x-queue-type": "quorum"})
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=256)
+        cq = await consume_channel.declare_queue(queue.name, passive=True)
+        body = os.urandom(size)
+        done = asyncio.Event()
+        received = 0
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal received
+            await message.ack()
+            received += 1
+            if received >= count:
+                done.set()
+
+        await cq.consume(on_message)
+        sem = asyncio.Semaphore(in_flight)
+
+        async def publish(i: int) -> None:
+            async with sem:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=str(i)),
+                    routing_key=queue.name, timeout=30)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(publish(i) for i in range(count)))
+        await asyncio.wait_for(done.wait(), 300)
+        elapsed = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+        return count / elapsed
+    finally:
+        await connection.close()
+
+
+async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency: int = 64) -> tuple[float, list[float]]:
+    """Documents/s and per-document latencies (s) through two real nodes."""
+    from exchange.config import load_config
+    from exchange.routing.node import Node
+
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    stores = {"central": store_url.replace("{node}", "central") if store_url else "",
+              "local": store_url.replace("{node}", "local") if store_url else ""}
+    configs = build_world(root, [AgencySpec(A, "Văn phòng Chính phủ", node="central"),
+                                 AgencySpec(B, "UBND tỉnh Nghệ An", node="local")],
+                          [NodeSpec(n, amqp_url=url, prefix=prefix, http_port=0, store_url=stores[n])
+                           for n in ("central", "local")])
+    nodes = [Node(load_config(configs[n]), serve_http=False) for n in ("local", "central")]
+    for node in nodes:
+        await node.start()
+        await node.wait_connected()
+    central = nodes[1].service
+    attachment = OutgoingFile("phu-luc.pdf", os.urandom(ATTACHMENT), "application/pdf")
+    submitted: dict[str, float] = {}
+    sem = asyncio.Semaphore(concurrency)
+
+    async def submit(i: int) -> None:
+        async with sem:
+            t = time.time()
+            r = await central.submit_document(A, [B], DocumentInfo(DocumentCode(str(i), "BM"), f"Văn bản {i}"),
+                                              [attachment])
+            submitted[r.message_id] = t
+
+    try:
+        started = time.perf_counter()
+        last_report = started
+        await asyncio.gather(*(submit(i) for i in range(count)))
+        while True:
+            delivered = (await central.store.delivery_counts()).get(DeliveryState.DELIVERED.value, 0)
+            if delivered >= count:
+                break
+            if time.perf_counter() - last_report > 5:
+                print(f"  … {delivered}/{count} receipts", file=sys.stderr, flush=True)
+                last_report = time.perf_counter()
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        latencies = []
+        for mid, t0 in submitted.items():
+            (d,) = await central.store.deliveries(mid)
+            latencies.append(d.updated_at.timestamp() - t0)
+        return count / elapsed, latencies
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def run(count: int, store_url: str) -> None:
+    vhost = f"exchange-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    try:
+        print(f"raw aio-pika loop: {count} persistent messages of {ATTACHMENT + 5 * 1024} bytes …", file=sys.stderr)
+        raw = await raw_loop(url, count, ATTACHMENT + 5 * 1024)
+        print(f"bus: {count} signed documents with a 64 KB attachment, A → B, receipts back …", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            rate, lat = await bus_loop(Path(tmp), url, count, store_url)
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+    print()
+    print(f"{'measure':42} {'value':>12}")
+    print(f"{'raw publish+confirm+consume (msg/s)':42} {raw:12.0f}")
+    print(f"{'bus documents with receipts (doc/s)':42} {rate:12.0f}")
+    print(f"{'ratio bus / raw':42} {rate / raw:12.2f}   (aim: ≥ 0.50)")
+    print(f"{'latency p50 submit→receipt (ms)':42} {percentile(lat, 50) * 1000:12.1f}")
+    print(f"{'latency p99 submit→receipt (ms)':42} {percentile(lat, 99) * 1000:12.1f}")
+    print(f"{'latency mean (ms)':42} {statistics.fmean(lat) * 1000:12.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=1000)
+    parser.add_argument("--store-url", default="", help="store URL template, {node} replaced (default SQLite)")
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.documents, args.store_url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

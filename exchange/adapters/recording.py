@@ -1,0 +1,70 @@
+"""The recording adapter: appends every handover to a JSON-lines file (fsync'd).
+
+For tests, demos and smoke checks of a node: it answers like an E-Office that
+keeps a journal of what it received, and can be told to fail, so retries,
+dead letters and non-delivery receipts can be exercised end to end.
+
+Options: ``path`` (the JSONL file), ``transient_failures`` (answer transient
+this many times per message before accepting), ``refuse`` (answer permanent
+for every document), ``delay`` (seconds to hold each handover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from exchange.adapters.base import Adapter, DeliveryResult, Incoming
+from exchange.errors import AdapterError
+
+
+class RecordingAdapter(Adapter):
+    kind = "recording"
+    wants_receipts = False
+
+    async def start(self) -> None:
+        if "path" not in self.options:
+            raise AdapterError(f"recording adapter of {self.agency} needs options.path (a JSONL file)")
+        self.path = Path(self.options["path"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._attempts: Counter[str] = Counter()
+        self._lock = asyncio.Lock()
+
+    async def deliver(self, message: Incoming) -> DeliveryResult:
+        delay = float(self.options.get("delay", 0))
+        if delay:
+            await asyncio.sleep(delay)
+        if self.options.get("refuse"):
+            return DeliveryResult.permanent("the E-Office refuses this document", "eoffice-refused")
+        self._attempts[message.message_id] += 1
+        if self._attempts[message.message_id] <= int(self.options.get("transient_failures", 0)):
+            return DeliveryResult.transient("the E-Office is temporarily unavailable", "eoffice-unavailable")
+        h = message.envelope.header
+        line = json.dumps({
+            "message_id": message.message_id, "recipient": self.agency, "sender": h.sender.code,
+            "kind": h.kind.value, "operation": h.operation.value, "priority": int(h.priority),
+            "status": h.status.code.value if h.status else None,
+            "attachments": {a.name: a.sha256 for a in message.envelope.attachments},
+            "attempt": message.attempt,
+        }, ensure_ascii=False)
+        async with self._lock:
+            await asyncio.to_thread(_append, self.path, line)
+        return DeliveryResult.delivered()
+
+
+def _append(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str | os.PathLike[str]) -> list[dict]:
+    """Every handover recorded in ``path`` (empty if none yet)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,31 @@
+"""`exchange bench signing|e2e`: run a benchmark from benchmarks/ (figures beside their baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+from exchange import SCHEMAS_DIR
+from exchange.errors import ConfigError
+
+BENCHMARKS = {"signing": "bench_signing.py", "e2e": "bench_e2e.py"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark (signing, e2e); extra arguments go to it")
+    p.add_argument("which", choices=sorted(BENCHMARKS))
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = SCHEMAS_DIR.parent / "benchmarks" / BENCHMARKS[args.which]
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: benchmarks run from a source checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location(f"bench_{args.which}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return int(module.main(args.rest) or 0)

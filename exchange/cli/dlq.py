@@ -1,0 +1,141 @@
+"""`exchange dlq list|replay`: inspect and redrive dead letters, with a reason.
+
+Listing takes messages off the dead-letter queue without acknowledging them and
+puts them back afterwards, so it changes nothing. Replaying republishes the
+chosen messages to their agency queue with publisher confirms and only then
+removes them from the dead-letter queue; the reason is recorded on the
+message and logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import aio_pika
+
+from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.routing.topology import Names
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dlq", help="inspect and replay dead-lettered messages")
+    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    lp = dsub.add_parser("list", help="show dead letters with their reason")
+    add_config_argument(lp)
+    lp.add_argument("--limit", type=int, default=100)
+    lp.add_argument("--json", action="store_true")
+    lp.set_defaults(func=_list)
+    rp = dsub.add_parser("replay", help="send dead letters back to their agency queue")
+    add_config_argument(rp)
+    sel = rp.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--id", dest="ids", action="append", help="message id to replay (repeat)")
+    sel.add_argument("--all", action="store_true", help="replay every dead letter")
+    rp.add_argument("--reason", required=True, help="why you replay (kept with the message and logged)")
+    rp.set_defaults(func=_replay)
+
+
+def describe(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]:
+    """The operator's view of a dead letter: ids, our reason or the broker's x-death reason."""
+    h = dict(message.headers or {})
+    deaths = h.get("x-death") or []
+    first = deaths[0] if isinstance(deaths, list) and deaths else {}
+    broker_key = (first.get("routing-keys") or [""])[0] if isinstance(first, dict) and first else ""
+    routing = h.get("x-routing-key") or broker_key
+    return {
+        "message_id": str(h.get("x-message-id", "")),
+        "sender": str(h.get("x-sender", "")),
+        "recipient": str(h.get("x-recipient", "")),
+        "kind": str(h.get("x-kind", "")),
+        "reason_code": str(h.get("x-exchange-dead-code") or h.get("x-first-death-reason") or ""),
+        "reason": str(h.get("x-exchange-dead-reason") or (f"broker: {first.get('reason')} in {first.get('queue')}"
+                                                           if isinstance(first, dict) and first else "")),
+        "dead_at": str(h.get("x-exchange-dead-at", "")),
+        "attempts": int(h.get("x-attempt", 1) or 1),
+        "routing_key": str(routing or ""),
+        "replays": int(h.get("x-replays", 0) or 0),
+    }
+
+
+async def _drain(cfg, limit: int):
+    connection = await aio_pika.connect_robust(cfg.amqp.url, timeout=10)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    queue = await channel.declare_queue(Names(cfg.amqp.prefix).dlq, durable=True, passive=True)
+    taken = []
+    while len(taken) < limit:
+        message = await queue.get(no_ack=False, fail=False, timeout=10)
+        if message is None:
+            break
+        taken.append(message)
+    return connection, channel, taken
+
+
+def _list(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+
+    async def go():
+        connection, _, taken = await _drain(cfg, args.limit)
+        try:
+            return [describe(m) for m in taken]
+        finally:
+            for m in taken:
+                await m.nack(requeue=True)
+            await connection.close()
+
+    rows = run(go)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif not rows:
+        print("the dead-letter queue is empty")
+    else:
+        print(table([(r["message_id"], r["sender"], r["recipient"], r["reason_code"], r["attempts"], r["reason"])
+                     for r in rows], ["message id", "sender", "recipient", "reason", "attempts", "detail"]))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import structlog
+
+    cfg = resolve_config(args)
+    log = structlog.get_logger("exchange.dlq")
+    wanted = set(args.ids or [])
+
+    async def go() -> int:
+        connection, channel, taken = await _drain(cfg, 100_000)
+        replayed = 0
+        try:
+            route = await channel.get_exchange(Names(cfg.amqp.prefix).route)
+            for m in taken:
+                info = describe(m)
+                if not args.all and info["message_id"] not in wanted:
+                    continue
+                if not info["routing_key"]:
+                    print(f"skipping {info['message_id']}: no original routing key recorded")
+                    continue
+                headers = {k: v for k, v in (m.headers or {}).items()
+                           if not k.startswith("x-exchange-dead") and k not in ("x-death", "x-first-death-reason",
+                                                                              "x-first-death-queue",
+                                                                              "x-first-death-exchange")}
+                headers.update({"x-attempt": 1, "x-replays": info["replays"] + 1,
+                                "x-replay-reason": args.reason[:500]})
+                copy = aio_pika.Message(m.body, content_type=m.content_type, headers=headers,
+                                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                        message_id=f"{info['message_id']}/{info['recipient']}/replay{info['replays'] + 1}",
+                                        correlation_id=m.correlation_id)
+                await route.publish(copy, routing_key=str(info["routing_key"]), timeout=cfg.amqp.confirm_timeout)
+                await m.ack()
+                replayed += 1
+                log.info("dlq.replayed", message_id=info["message_id"], recipient=info["recipient"],
+                         reason=args.reason)
+        finally:
+            for m in taken:
+                if not m.processed:
+                    await m.nack(requeue=True)
+            await connection.close()
+        return replayed
+
+    count = run(go)
+    print(f"replayed {count} message(s)")
+    if wanted and count < len(wanted):
+        return 1
+    return 0

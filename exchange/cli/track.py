@@ -1,0 +1,60 @@
+"""`exchange track ID`: the per-recipient timeline of a sent document."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from exchange.cli._common import add_config_argument, resolve_config, run, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("track", help="print the per-recipient timeline of a sent message")
+    add_config_argument(p)
+    p.add_argument("message_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from exchange.store import open_store
+    from exchange.service import ExchangeService  # noqa: F401  (import check keeps errors uniform)
+
+    cfg = resolve_config(args)
+
+    async def go():
+        from exchange.errors import NotFoundError
+        from exchange.store.base import Direction
+
+        store = open_store(cfg.store_url)
+        await store.open()
+        try:
+            record = await store.get_message(args.message_id, Direction.OUT)
+            if record is None:
+                raise NotFoundError(f"no message {args.message_id} was sent from this node's store ({cfg.store_url})")
+            return record, await store.deliveries(args.message_id), await store.timeline(args.message_id)
+        finally:
+            await store.close()
+
+    record, deliveries, timeline = run(go)
+    if args.json:
+        print(json.dumps({
+            "message_id": record.message_id, "kind": record.kind, "operation": record.operation,
+            "sender": record.sender, "subject": record.subject, "created_at": record.created_at.isoformat(),
+            "deliveries": [{"recipient": d.recipient, "state": d.state.value, "status_code": d.status_code,
+                            "updated_at": d.updated_at.isoformat(), "reason": d.reason} for d in deliveries],
+            "timeline": [{"recipient": t.recipient, "event": t.event, "at": t.at.isoformat(),
+                          "status_code": t.status_code, "detail": t.detail} for t in timeline],
+        }, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{record.message_id}  {record.kind}/{record.operation}  from {record.sender}  "
+          f"created {record.created_at.isoformat()}")
+    if record.subject:
+        print(f"subject: {record.subject}")
+    print()
+    print(table([(d.recipient, d.state.value, d.status_code or "", d.updated_at.isoformat(), d.reason)
+                 for d in deliveries], ["recipient", "state", "status", "updated", "reason"]))
+    print()
+    print(table([(t.at.isoformat(), t.recipient, t.event, t.detail) for t in timeline],
+                ["at", "recipient", "event", "detail"]))
+    return 0

@@ -1,0 +1,107 @@
+"""The agency directory: who exists, who is whose parent, and which node hosts whom.
+
+Loaded from a TOML file of ``[[agency]]`` tables (code, name, node, optional cert
+and ``retired``/``successor`` for re-mapped codes after administrative mergers: a
+retired code keeps its history but receives nothing new).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange.envelope.codes import check_agency_code, level, parent_code
+from exchange.errors import ConfigError, ExchangeError, UnknownAgencyError
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyEntry:
+    """One agency in the directory."""
+
+    code: str
+    name: str
+    node: str
+    cert: Path | None = None
+    retired: bool = False
+    successor: str | None = None
+
+    @property
+    def parent(self) -> str | None:
+        return parent_code(self.code)
+
+    @property
+    def level(self) -> int:
+        return level(self.code)
+
+
+class Directory:
+    """An immutable view of the agency directory."""
+
+    def __init__(self, entries: list[AgencyEntry]) -> None:
+        self._by_code: dict[str, AgencyEntry] = {}
+        for e in entries:
+            if e.code in self._by_code:
+                raise ConfigError(f"agency {e.code} appears twice in the directory")
+            self._by_code[e.code] = e
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Directory":
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"agency directory {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"agency directory {path} is not valid TOML: {exc}") from exc
+        entries = []
+        for i, a in enumerate(raw.get("agency", [])):
+            try:
+                cert = a.get("cert")
+                entries.append(AgencyEntry(
+                    code=check_agency_code(a["code"]), name=a.get("name", a["code"]), node=a["node"],
+                    cert=(path.parent / cert) if cert else None,
+                    retired=bool(a.get("retired", False)), successor=a.get("successor"),
+                ))
+            except KeyError as exc:
+                raise ConfigError(f"{path}: [[agency]] #{i + 1} lacks {exc.args[0]!r}") from None
+            except ExchangeError as exc:
+                raise ConfigError(f"{path}: [[agency]] #{i + 1}: {exc.message}") from None
+        return cls(entries)
+
+    def __iter__(self) -> Iterator[AgencyEntry]:
+        return iter(sorted(self._by_code.values(), key=lambda e: (e.code[-3:], e.code)))
+
+    def __len__(self) -> int:
+        return len(self._by_code)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._by_code
+
+    def get(self, code: str) -> AgencyEntry | None:
+        return self._by_code.get(code)
+
+    def require(self, code: str) -> AgencyEntry:
+        """The entry for ``code``, or UnknownAgencyError telling the caller what to check."""
+        entry = self._by_code.get(code)
+        if entry is None:
+            raise UnknownAgencyError(
+                f"agency {code} is not in the directory; list known agencies with "
+                "`exchange directory` or GET /v1/directory"
+            )
+        return entry
+
+    def require_recipient(self, code: str) -> AgencyEntry:
+        """Like require, but also refuses a retired code, naming its successor."""
+        entry = self.require(code)
+        if entry.retired:
+            hint = f"; send to its successor {entry.successor}" if entry.successor else ""
+            raise UnknownAgencyError(f"agency {code} is retired and receives nothing new{hint}")
+        return entry
+
+    def hosted_by(self, node: str) -> list[AgencyEntry]:
+        return [e for e in self if e.node == node]
+
+    def children(self, code: str) -> list[AgencyEntry]:
+        return [e for e in self if e.parent == code]

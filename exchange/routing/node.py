@@ -1,0 +1,290 @@
+"""One running node: store, keys, adapters, the AMQP side (relay + consumer) and the gateway.
+
+The node starts even while RabbitMQ is down: submissions land in the outbox
+and a supervisor keeps trying to connect with backoff. Once connected, the
+robust connection restores channels and consumers by itself after an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from datetime import datetime, timezone
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+
+from exchange.adapters.registry import adapter_class
+from exchange.config import NodeConfig
+from exchange.errors import ConfigError
+from exchange.routing.consumer import Consumer
+from exchange.routing.directory import Directory
+from exchange.routing.lanes import Lane
+from exchange.routing.relay import OutboxRelay
+from exchange.routing.topology import Topology, declare
+from exchange.service import ExchangeService
+
+log = structlog.get_logger("exchange.node")
+
+
+def amqp_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """TLS to RabbitMQ when the config names a CA (amqps:// URLs)."""
+    a = config.amqp
+    if not (a.ca_file or a.url.startswith("amqps://")):
+        return None
+    ctx = ssl.create_default_context(cafile=a.ca_file or None)
+    if a.cert_file:
+        ctx.load_cert_chain(a.cert_file, a.key_file or None)
+    return ctx
+
+
+async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> ExchangeService:
+    """Load the directory, keys, trust store and store of a node: everything but the broker."""
+    from exchange.signing.sign import Signer
+    from exchange.signing.trust import TrustStore
+    from exchange.signing.verify import Verifier
+    from exchange.store import open_store
+
+    directory = Directory.load(cfg.directory_file)
+    for agency in cfg.agencies:
+        entry = directory.require(agency.code)
+        if entry.node != cfg.name:
+            raise ConfigError(
+                f"agency {agency.code} is configured on node {cfg.name} but the directory says node "
+                f"{entry.node} hosts it; fix [[agencies]] or the directory"
+            )
+    signers = {a.code: Signer.from_files(a.key, a.cert) for a in cfg.agencies}
+    for code, signer in signers.items():
+        if signer.agency_code != code:
+            raise ConfigError(f"the certificate configured for {code} names agency {signer.agency_code}")
+    verifier = Verifier(TrustStore.from_paths(cfg.ca_files, cfg.crl_files))
+    store = open_store(cfg.store_url)
+    await store.open()
+    return ExchangeService(
+        node=cfg.name, directory=directory, store=store, signers=signers, verifier=verifier,
+        limits=cfg.limits, max_attempts=cfg.amqp.max_attempts, retry_delays=cfg.amqp.retry_delays,
+        metrics=metrics,
+    )
+
+
+class Node:
+    """Assemble and run everything one ``exchange serve`` process does."""
+
+    def __init__(self, config: NodeConfig, *, serve_http: bool = True, metrics: object | None = None,
+                 workers: int = 16) -> None:
+        self.config = config
+        self.serve_http = serve_http
+        self.metrics = metrics
+        self.workers = workers
+        self.service: ExchangeService | None = None
+        self.connection: AbstractRobustConnection | None = None
+        self.topology: Topology | None = None
+        self.consumer: Consumer | None = None
+        self.relay: OutboxRelay | None = None
+        self.http_url: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner = None
+        self._connected = asyncio.Event()
+        self._depth_since: dict[tuple[str, Lane], float] = {}
+        self._ages: dict[tuple[str, Lane], float] = {}
+
+    # -- assembly --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, load keys, start adapters and the gateway; connect to RabbitMQ in the background."""
+        self.service = service = await build_service(self.config, metrics=self.metrics)
+        for agency in self.config.agencies:
+            cls = adapter_class(agency.adapter)
+            adapter = cls(agency.code, agency.options, service.handle(agency.code))
+            await adapter.start()
+            service.adapters[agency.code] = adapter
+        self.relay = OutboxRelay(service.store, service.outbox_event, confirm_timeout=self.config.amqp.confirm_timeout,
+                                 metrics=self.metrics)
+        self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        if self.metrics is not None:
+            self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
+        if self.serve_http:
+            await self._start_http()
+        log.info("node.started", node=self.config.name, agencies=[a.code for a in self.config.agencies],
+                 http=self.http_url)
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+
+        from exchange.gateway.app import create_app
+
+        assert self.service is not None
+        http = self.config.http
+        app = create_app(self.service, http=http, metrics=self.metrics, readiness=self.readiness)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        ctx = None
+        if http.tls_cert:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(http.tls_cert, http.tls_key or None)
+            if http.tls_client_ca:
+                ctx.load_verify_locations(http.tls_client_ca)
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+        site = web.TCPSite(self._runner, http.host, http.port, ssl_context=ctx)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1] if site._server else http.port  # type: ignore[union-attr]
+        self.http_url = f"{'https' if ctx else 'http'}://{http.host}:{port}"
+
+    async def _amqp_supervisor(self) -> None:
+        """Connect with backoff until RabbitMQ answers; then declare, consume and publish."""
+        assert self.service is not None and self.relay is not None
+        cfg = self.config
+        backoff = 0.5
+        while self.connection is None:
+            try:
+                connection = await aio_pika.connect_robust(
+                    cfg.amqp.url, ssl_context=amqp_ssl_context(cfg), timeout=10,
+                    client_properties={"connection_name": f"exchange {cfg.name}"},
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._set_gauge("broker_up", 0)
+                log.warning("broker.unreachable", error=type(exc).__name__, retry_in=backoff,
+                            hint="is RabbitMQ running? deploy/setup.sh starts it")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self.connection = connection
+        connection = self.connection
+        connection.close_callbacks.add(lambda *_: self._on_broker_lost())
+        connection.reconnect_callbacks.add(lambda *_: self._on_broker_back())
+        publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.topology = await declare(
+            publish, prefix=cfg.amqp.prefix, agencies=[a.code for a in cfg.agencies],
+            retry_delays=cfg.amqp.retry_delays, delivery_limit=cfg.amqp.delivery_limit,
+        )
+        consume = await connection.channel()
+        await consume.set_qos(prefetch_count=cfg.amqp.prefetch)
+        consume_queues = {
+            key: await consume.declare_queue(q.name, durable=True, passive=True)
+            for key, q in self.topology.agency_queues.items()
+        }
+        self._consume_channel = consume
+        self._publish_channel = publish
+        self.consumer = Consumer(self.service, self.topology, self.topology.retry, self.topology.dlx,
+                                 workers=self.workers, confirm_timeout=cfg.amqp.confirm_timeout,
+                                 metrics=self.metrics)
+        await self.consumer.start(consume_queues)
+        self.relay.exchange = self.topology.route
+        self._on_broker_back()
+        log.info("broker.connected", prefix=cfg.amqp.prefix)
+
+    def _on_broker_lost(self) -> None:
+        self._connected.clear()
+        self._set_gauge("broker_up", 0)
+        log.warning("broker.connection_lost")
+
+    def _on_broker_back(self) -> None:
+        self._connected.set()
+        self._set_gauge("broker_up", 1)
+        if self.service is not None:
+            self.service.outbox_event.set()  # publish what waited during the outage
+
+    def _set_gauge(self, name: str, value: float, *labels: str) -> None:
+        gauge = getattr(self.metrics, name, None) if self.metrics is not None else None
+        if gauge is not None:
+            (gauge.labels(*labels) if labels else gauge).set(value)
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- probes and gauges -----------------------------------------------------
+
+    async def readiness(self) -> dict[str, bool]:
+        """Broker connected, store answering, every hosted agency's certificate currently valid."""
+        assert self.service is not None
+        store_ok = True
+        try:
+            await self.service.store.ping()
+        except Exception:
+            store_ok = False
+        now = datetime.now(timezone.utc)
+        keys_ok = all(s.certificate.not_valid_before_utc <= now < s.certificate.not_valid_after_utc
+                      for s in self.service.signers.values())
+        broker_ok = self._connected.is_set() and self.connection is not None and not self.connection.is_closed
+        return {"broker": broker_ok, "store": store_ok, "keys": keys_ok}
+
+    async def _gauges(self, interval: float = 5.0) -> None:
+        """Refresh gauges that are read, not counted: queue depth and age, outbox, expiry, up-ness."""
+        assert self.service is not None
+        while True:
+            try:
+                ready = await self.readiness()
+                self._set_gauge("store_up", 1 if ready["store"] else 0)
+                size, oldest = await self.service.store.outbox_stats()
+                self._set_gauge("outbox_size", size)
+                self._set_gauge("outbox_oldest_age_seconds", oldest or 0)
+                now = datetime.now(timezone.utc)
+                for code, signer in self.service.signers.items():
+                    self._set_gauge("certificate_expiry_seconds",
+                                    (signer.certificate.not_valid_after_utc - now).total_seconds(), code)
+                if self.topology is not None and self._connected.is_set():
+                    await self._queue_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("gauges.error", error=type(exc).__name__)
+            await asyncio.sleep(interval)
+
+    async def _queue_gauges(self) -> None:
+        assert self.topology is not None and self.connection is not None
+        channel = await self.connection.channel()
+        try:
+            now = time.time()
+            for (agency, lane), queue in self.topology.agency_queues.items():
+                declared = await channel.declare_queue(queue.name, passive=True)
+                depth = declared.declaration_result.message_count
+                self._set_gauge("queue_depth", depth, agency, lane.value)
+                key = (agency, lane)
+                if depth == 0:
+                    self._depth_since.pop(key, None)
+                    age = 0.0
+                else:
+                    # Age of the oldest waiting message, approximated from our side: how long the
+                    # queue has had a backlog without the consumer taking anything from it.
+                    since = self._depth_since.setdefault(key, now)
+                    taken = self.consumer.last_taken.get(key, 0.0) if self.consumer else 0.0
+                    age = now - max(since, taken)
+                self._ages[key] = age
+            for agency in {a for a, _ in self.topology.agency_queues}:
+                self._set_gauge("queue_oldest_message_age_seconds",
+                                max(self._ages.get((agency, lane), 0.0) for lane in Lane), agency)
+            retry_depth = 0
+            for delay in self.topology.retry_delays:
+                declared = await channel.declare_queue(self.topology.names.retry_queue(delay), passive=True)
+                retry_depth += declared.declaration_result.message_count
+            self._set_gauge("retry_backlog", retry_depth)
+        finally:
+            await channel.close()
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop consuming, let in-flight handovers finish, then close everything."""
+        if self.consumer is not None:
+            await self.consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+        if self.service is not None:
+            for adapter in self.service.adapters.values():
+                with contextlib.suppress(Exception):
+                    await adapter.stop()
+            await self.service.store.close()
+        log.info("node.stopped", node=self.config.name)

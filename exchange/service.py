@@ -1,0 +1,576 @@
+"""The bus's use cases, independent of transport: submit, receive, inbox, status, track.
+
+The HTTP gateway, the adapters and the CLI call :class:`ExchangeService`; the
+AMQP side (``exchange.routing``) only moves the frames it produces and feeds it
+the frames it receives. Sending never touches the broker: an envelope is signed
+and written to the outbox in one transaction, and the outbox relay publishes it
+with confirms, so a broker outage delays a document but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from exchange.adapters.base import Adapter, DeliveryResult, Incoming, OutgoingFile, Outcome, SubmitResult
+from exchange.config import LimitsConfig
+from exchange.envelope.model import (
+    AgencyRef,
+    Attachment,
+    DocumentInfo,
+    Envelope,
+    Header,
+    Kind,
+    Operation,
+    ReceiptInfo,
+    ReceiptOutcome,
+    SignedEnvelope,
+    StaffInfo,
+    StatusCode,
+    StatusInfo,
+    new_message_id,
+    utcnow,
+)
+from exchange.errors import (
+    AttachmentError,
+    BadRequestError,
+    ConflictError,
+    EnvelopeError,
+    ExchangeError,
+    ForbiddenError,
+    NotFoundError,
+    NotHostedError,
+    PayloadTooLargeError,
+    SchemaError,
+    SignatureError,
+    XmlMalformedError,
+    XmlSecurityError,
+    XmlTooLargeError,
+)
+from exchange.routing import frame
+from exchange.routing.directory import Directory
+from exchange.routing.lanes import lane_of, routing_key
+from exchange.store.base import (
+    Delivery,
+    DeliveryState,
+    Direction,
+    InboxEntry,
+    InboxState,
+    MessageRecord,
+    OutboxItem,
+    Store,
+    TimelineEntry,
+)
+
+log = structlog.get_logger("exchange.service")
+
+
+class Decision(str, enum.Enum):
+    """What the consumer must do with a received AMQP message."""
+
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveResult:
+    decision: Decision
+    reason_code: str = ""
+    reason: str = ""
+    message_id: str = ""
+    sender: str = ""
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackResult:
+    """A sent message and, per recipient, its state and full timeline."""
+
+    message: MessageRecord
+    deliveries: list[Delivery]
+    timeline: list[TimelineEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    """An inbox entry with its signed evidence and attachment bytes."""
+
+    entry: InboxEntry
+    envelope: Envelope
+    xml: bytes
+    attachments: dict[str, bytes]
+
+
+def record_of(signed: SignedEnvelope, direction: Direction) -> MessageRecord:
+    """The store's view of a signed envelope."""
+    h = signed.envelope.header
+    relates = None
+    subject = ""
+    if h.document is not None:
+        relates, subject = h.document.relates_to, h.document.subject
+    elif h.status is not None:
+        relates = h.status.response_for
+    elif h.receipt is not None:
+        relates = h.receipt.response_for
+    return MessageRecord(
+        message_id=h.message_id, kind=h.kind.value, operation=h.operation.value, sender=h.sender.code,
+        recipients=tuple(r.code for r in h.recipients), direction=direction, created_at=h.created_at,
+        envelope_xml=signed.xml, digest=signed.digest, priority=int(h.priority), subject=subject,
+        relates_to=relates, correlation_id=h.correlation_id,
+    )
+
+
+def rejection_stage(exc: ExchangeError) -> str:
+    """The bounded ``stage`` label of a refusal: signature, schema, xml or envelope."""
+    if isinstance(exc, SignatureError):
+        return "signature"
+    if isinstance(exc, SchemaError):
+        return "schema"
+    if isinstance(exc, (XmlSecurityError, XmlTooLargeError, XmlMalformedError)):
+        return "xml"
+    return "envelope"
+
+
+def content_addressed(signed: SignedEnvelope) -> dict[str, bytes]:
+    """Attachment bytes keyed by their SHA-256, as the store keeps them."""
+    by_id = {a.id: a.sha256 for a in signed.envelope.attachments}
+    return {by_id[i]: data for i, data in signed.attachment_data.items()}
+
+
+class ExchangeService:
+    """One node's use cases. Construct with its parts; ``adapters`` may be attached later."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        directory: Directory,
+        store: Store,
+        signers: Mapping[str, object],
+        verifier: object,
+        limits: LimitsConfig = LimitsConfig(),
+        max_attempts: int = 6,
+        retry_delays: Sequence[int] = (1, 5, 30, 120, 600),
+        metrics: object | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.node = node
+        self.directory = directory
+        self.store = store
+        self.signers = dict(signers)  # agency code -> exchange.signing.sign.Signer
+        self.verifier = verifier  # exchange.signing.verify.Verifier
+        self.limits = limits
+        self.max_attempts = max_attempts
+        self.retry_delays = tuple(retry_delays)
+        self.metrics = metrics
+        self.clock = clock
+        self.adapters: dict[str, Adapter] = {}
+        #: Set whenever the outbox gains items, so the relay wakes at once.
+        self.outbox_event = asyncio.Event()
+
+    # -- helpers ------------------------------------------------------------------
+
+    @property
+    def hosted(self) -> frozenset[str]:
+        return frozenset(self.signers)
+
+    def _signer(self, agency: str):
+        signer = self.signers.get(agency)
+        if signer is None:
+            raise NotHostedError(
+                f"agency {agency} is not hosted by node {self.node}; it has no signing key here "
+                "(check [[agencies]] in the node's TOML)"
+            )
+        return signer
+
+    def _ref(self, code: str) -> AgencyRef:
+        entry = self.directory.get(code)
+        return AgencyRef(code, entry.name if entry else "")
+
+    def _sign(self, envelope: Envelope, data: Mapping[str, bytes]) -> SignedEnvelope:
+        from exchange.signing.sign import sign_envelope
+
+        return sign_envelope(envelope, self._signer(envelope.header.sender.code), data)
+
+    def _items(self, signed: SignedEnvelope) -> list[OutboxItem]:
+        h = signed.envelope.header
+        body = frame.encode(signed.xml, signed.attachment_data)
+        lane = lane_of(h)
+        headers = {"x-sender": h.sender.code, "x-kind": h.kind.value, "x-correlation-id": h.correlation_id}
+        return [
+            OutboxItem(message_id=h.message_id, recipient=r.code, routing_key=routing_key(r.code, lane),
+                       body=body, headers={**headers, "x-recipient": r.code}, priority=int(h.priority))
+            for r in h.recipients
+        ]
+
+    def _metric(self, name: str, *labels: str, value: float = 1.0) -> None:
+        m = getattr(self.metrics, name, None) if self.metrics is not None else None
+        if m is None:
+            return
+        (m.labels(*labels) if labels else m).inc(value)
+
+    def _check_files(self, files: Sequence[OutgoingFile]) -> None:
+        total = 0
+        for f in files:
+            if len(f.data) > self.limits.max_attachment_bytes:
+                raise PayloadTooLargeError(
+                    f"attachment {f.name!r} is {len(f.data)} bytes; the limit is "
+                    f"{self.limits.max_attachment_bytes} bytes per attachment"
+                )
+            total += len(f.data)
+        if total > self.limits.max_message_bytes:
+            raise PayloadTooLargeError(
+                f"attachments total {total} bytes; the limit is {self.limits.max_message_bytes} per document"
+            )
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise AttachmentError("two attachments have the same name; give each file a distinct name")
+
+    async def _accept(self, signed: SignedEnvelope, *, idempotency_key: str | None, track: bool) -> SubmitResult:
+        h = signed.envelope.header
+        mid, created = await self.store.accept_outgoing(
+            record_of(signed, Direction.OUT), self._items(signed), attachments=content_addressed(signed),
+            idempotency_key=idempotency_key, track=track,
+        )
+        if created:
+            self.outbox_event.set()
+            self._metric("documents_submitted", h.sender.code, h.kind.value)
+        return SubmitResult(mid, created, tuple(r.code for r in h.recipients), h.created_at)
+
+    # -- sending --------------------------------------------------------------------
+
+    async def submit_document(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        document: DocumentInfo,
+        files: Sequence[OutgoingFile] = (),
+        *,
+        operation: Operation = Operation.NEW,
+        idempotency_key: str | None = None,
+        correlation_id: str = "",
+    ) -> SubmitResult:
+        """Sign a document for ``sender`` and put it in the outbox for every recipient."""
+        self._signer(sender)
+        codes = list(dict.fromkeys(recipients))
+        if not codes:
+            raise BadRequestError("a document needs at least one recipient agency code")
+        for code in codes:
+            self.directory.require_recipient(code)
+        self._check_files(files)
+        if operation is not Operation.NEW:
+            if not document.relates_to:
+                raise BadRequestError(f"a {operation.value} must name the document it acts on (relates_to)")
+            original = await self.store.get_message(document.relates_to, Direction.OUT)
+            if original is None or original.sender != sender or original.kind != Kind.DOCUMENT.value:
+                raise NotFoundError(
+                    f"{sender} sent no document {document.relates_to}; a {operation.value} can only act "
+                    "on a document the same agency sent"
+                )
+            if original.operation == Operation.REVOKE.value:
+                raise ConflictError(f"{document.relates_to} is a revocation; it cannot be {operation.value}d")
+        attachments = tuple(Attachment.of(f.name, f.data, f.media_type, description=f.description) for f in files)
+        envelope = Envelope(
+            Header(message_id=new_message_id(), kind=Kind.DOCUMENT, sender=self._ref(sender),
+                   recipients=tuple(self._ref(c) for c in codes), created_at=self.clock(),
+                   operation=operation, correlation_id=correlation_id, document=document),
+            attachments,
+        )
+        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files)})
+        result = await self._accept(signed, idempotency_key=idempotency_key, track=True)
+        if result.created and operation is not Operation.NEW:
+            for code in codes:
+                await self.store.record_event(
+                    document.relates_to or "", code, f"{operation.value}-sent", at=envelope.header.created_at,
+                    detail=f"by {result.message_id}",
+                )
+        log.info("document.submitted", message_id=result.message_id, sender=sender, recipients=codes,
+                 operation=operation.value, created=result.created)
+        return result
+
+    async def submit_status(
+        self,
+        agency: str,
+        document_message_id: str,
+        code: StatusCode,
+        *,
+        description: str = "",
+        staff: StaffInfo | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str = "",
+    ) -> SubmitResult:
+        """Send a business status about a document ``agency`` received, back to its sender."""
+        self._signer(agency)
+        received = await self.store.get_message(document_message_id, Direction.IN)
+        if received is None or agency not in received.recipients or received.kind != Kind.DOCUMENT.value:
+            raise NotFoundError(
+                f"{agency} received no document {document_message_id}; statuses answer documents in its inbox"
+            )
+        now = self.clock()
+        envelope = Envelope(Header(
+            message_id=new_message_id(), kind=Kind.STATUS, sender=self._ref(agency),
+            recipients=(self._ref(received.sender),), created_at=now,
+            correlation_id=correlation_id or received.correlation_id,
+            status=StatusInfo(response_for=document_message_id, code=code, description=description,
+                              staff=staff, timestamp=now),
+        ))
+        result = await self._accept(self._sign(envelope, {}), idempotency_key=idempotency_key, track=True)
+        log.info("status.submitted", message_id=result.message_id, sender=agency, recipient=received.sender,
+                 response_for=document_message_id, status=code.value)
+        return result
+
+    async def submit_edxml(self, agency: str, package: bytes, *, idempotency_key: str | None = None) -> SubmitResult:
+        """Import a QCVN 102 edXML package sent by ``agency`` and send it as an envelope."""
+        from exchange.envelope.edxml import import_package
+
+        imported = import_package(package)
+        h = imported.envelope.header
+        if h.sender.code != agency:
+            raise ForbiddenError(f"the package is From {h.sender.code}, but the caller acts for {agency}")
+        if h.kind is Kind.STATUS and h.status is not None:
+            return await self.submit_status(agency, h.status.response_for, h.status.code,
+                                            description=h.status.description, staff=h.status.staff,
+                                            idempotency_key=idempotency_key)
+        if h.document is None:
+            raise BadRequestError("an edXML package must be a document or a status package")
+        by_id = {a.id: a for a in imported.envelope.attachments}
+        files = [OutgoingFile(by_id[i].name, data, by_id[i].media_type, by_id[i].description)
+                 for i, data in imported.attachment_data.items()]
+        return await self.submit_document(agency, [r.code for r in h.recipients], h.document, files,
+                                          operation=h.operation, idempotency_key=idempotency_key)
+
+    def _receipt(self, recipient: str, received: Envelope | None, sender: str, response_for: str,
+                 outcome: ReceiptOutcome, *, digest: str = "", reason_code: str = "",
+                 reason: str = "") -> tuple[MessageRecord, OutboxItem]:
+        """A receipt signed by ``recipient`` for ``sender``, ready for the outbox."""
+        envelope = Envelope(Header(
+            message_id=new_message_id(), kind=Kind.RECEIPT, sender=self._ref(recipient),
+            recipients=(self._ref(sender),), created_at=self.clock(),
+            correlation_id=received.header.correlation_id if received else "",
+            receipt=ReceiptInfo(response_for=response_for, outcome=outcome, envelope_digest=digest,
+                                reason_code=reason_code, reason=reason[:1000]),
+        ))
+        signed = self._sign(envelope, {})
+        (item,) = self._items(signed)
+        return record_of(signed, Direction.OUT), item
+
+    async def _send_receipt(self, receipt: tuple[MessageRecord, OutboxItem]) -> None:
+        await self.store.accept_outgoing(receipt[0], [receipt[1]], track=False)
+        self.outbox_event.set()
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def receive(self, recipient: str, body: bytes, *, attempt: int = 1) -> ReceiveResult:
+        """Verify, deduplicate, persist and hand over one frame for hosted agency ``recipient``."""
+        from exchange.signing.verify import Verifier  # noqa: F401  (type of self.verifier)
+
+        if recipient not in self.hosted:
+            return ReceiveResult(Decision.DEAD, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+        try:
+            xml, parts = frame.decode(body, max_bytes=self.limits.max_message_bytes + self.limits.max_xml_bytes)
+            verified = await asyncio.to_thread(self.verifier.verify, xml, parts)
+        except (SignatureError, EnvelopeError) as exc:
+            return await self._refuse_unverified(recipient, body, exc)
+        signed: SignedEnvelope = verified.signed
+        env = signed.envelope
+        h = env.header
+        base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
+        if recipient not in {r.code for r in h.recipients}:
+            return ReceiveResult(Decision.DEAD, "recipient-mismatch",
+                                 f"routed to {recipient} but addressed to others", **base)
+        age = abs((self.clock() - h.created_at).total_seconds())
+        if age > self.limits.created_window_seconds:
+            await self._ndr_if_possible(recipient, env, signed.digest, "envelope-stale",
+                                        f"created {h.created_at.isoformat()}, outside the replay window")
+            return ReceiveResult(Decision.DEAD, "envelope-stale", "created time outside the replay window", **base)
+
+        record = record_of(signed, Direction.IN)
+        is_new = await self.store.accept_incoming(record, recipient, attachments=content_addressed(signed))
+        if not is_new:
+            self._metric("duplicates_suppressed", recipient)
+            state = await self.store.incoming_state(h.message_id, recipient)
+            if state in (InboxState.HANDED_OVER, InboxState.ACKED):
+                if h.kind is not Kind.RECEIPT:
+                    await self._send_receipt(self._receipt(recipient, env, h.sender.code, h.message_id,
+                                                           ReceiptOutcome.DELIVERED, digest=signed.digest))
+                log.info("duplicate.suppressed", **base, recipient=recipient, state=state.value)
+                return ReceiveResult(Decision.ACK, "duplicate", **base)
+            if state is InboxState.FAILED:
+                return ReceiveResult(Decision.ACK, "duplicate-of-failed", **base)
+            # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
+
+        if h.kind is Kind.RECEIPT:
+            await self._on_receipt(env, recipient)
+            await self.store.complete_incoming(h.message_id, recipient, InboxState.ACKED)
+            return ReceiveResult(Decision.ACK, **base)
+        if h.kind is Kind.STATUS and h.status is not None:
+            await self.store.record_event(h.status.response_for, h.sender.code, f"status:{h.status.code.value}",
+                                          at=h.created_at, status_code=h.status.code.value,
+                                          detail=h.status.description[:500])
+        return await self._hand_over(recipient, signed, attempt, base)
+
+    async def _hand_over(self, recipient: str, signed: SignedEnvelope, attempt: int,
+                         base: dict[str, str]) -> ReceiveResult:
+        env = signed.envelope
+        h = env.header
+        adapter = self.adapters.get(recipient)
+        if adapter is None:
+            result = DeliveryResult.transient(f"no adapter is running for {recipient}", "adapter-missing")
+        else:
+            try:
+                result = await adapter.deliver(Incoming(recipient, env, signed.xml, signed.attachment_data, attempt))
+            except Exception as exc:  # an adapter bug or outage is transient: the bus retries
+                log.warning("adapter.error", **base, recipient=recipient, error=type(exc).__name__)
+                result = DeliveryResult.transient(f"{type(exc).__name__}: {exc}", "adapter-error")
+        if result.outcome is Outcome.DELIVERED:
+            await self.store.complete_incoming(
+                h.message_id, recipient, InboxState.HANDED_OVER,
+                receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.DELIVERED,
+                                      digest=signed.digest))
+            self.outbox_event.set()
+            log.info("delivered", **base, recipient=recipient, attempt=attempt)
+            return ReceiveResult(Decision.ACK, **base)
+        if result.outcome is Outcome.TRANSIENT and attempt < self.max_attempts:
+            log.info("delivery.retry", **base, recipient=recipient, attempt=attempt, reason=result.reason_code)
+            return ReceiveResult(Decision.RETRY, result.reason_code, result.reason, **base)
+        code = result.reason_code if result.outcome is Outcome.PERMANENT else "retries-exhausted"
+        reason = result.reason if result.outcome is Outcome.PERMANENT else (
+            f"gave up after {attempt} attempts: {result.reason}")
+        await self.store.complete_incoming(
+            h.message_id, recipient, InboxState.FAILED, reason=reason,
+            receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.FAILED,
+                                  digest=signed.digest, reason_code=code, reason=reason))
+        self.outbox_event.set()
+        log.warning("delivery.failed", **base, recipient=recipient, reason_code=code)
+        return ReceiveResult(Decision.DEAD, code, reason, **base)
+
+    async def _on_receipt(self, env: Envelope, recipient: str) -> None:
+        receipt = env.header.receipt
+        assert receipt is not None
+        sender = env.header.sender.code  # the agency that received the original
+        states = {d.recipient: d.state for d in await self.store.deliveries(receipt.response_for)}
+        if states.get(sender) in (DeliveryState.DELIVERED, DeliveryState.FAILED):
+            return  # a re-sent receipt for a duplicate: the timeline already has it
+        delivered = receipt.outcome is ReceiptOutcome.DELIVERED
+        detail = f"digest {receipt.envelope_digest}" if delivered else f"{receipt.reason_code}: {receipt.reason}"
+        known = await self.store.record_event(
+            receipt.response_for, sender, receipt.outcome.value, at=env.header.created_at,
+            state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000])
+        if known:
+            original = await self.store.get_message(receipt.response_for, Direction.OUT)
+            if delivered and original is not None and receipt.envelope_digest != original.digest:
+                log.error("receipt.digest_mismatch", message_id=receipt.response_for, recipient=sender)
+                await self.store.record_event(receipt.response_for, sender, "receipt-digest-mismatch",
+                                              at=self.clock(), detail=receipt.envelope_digest)
+            self._metric("deliveries", sender, receipt.outcome.value)
+            if original is not None and self.metrics is not None:
+                latency = (env.header.created_at - original.created_at).total_seconds()
+                self.metrics.delivery_latency.labels(sender).observe(max(latency, 0.0))
+                in_flight = (self.clock() - env.header.created_at).total_seconds()
+                self.metrics.receipt_latency.labels(sender).observe(max(in_flight, 0.0))
+        log.info("receipt.received", message_id=receipt.response_for, sender=recipient, recipient=sender,
+                 outcome=receipt.outcome.value)
+
+    async def _refuse_unverified(self, recipient: str, body: bytes, exc: ExchangeError) -> ReceiveResult:
+        """A frame that fails verification is never delivered; tell the claimed sender if we can."""
+        self._metric("rejections", rejection_stage(exc), exc.code)
+        try:
+            from exchange.envelope.parse import parse_envelope
+
+            xml, _ = frame.decode(body, max_bytes=self.limits.max_message_bytes + self.limits.max_xml_bytes)
+            _, claimed = parse_envelope(xml)
+        except ExchangeError:
+            return ReceiveResult(Decision.DEAD, exc.code, exc.message)
+        h = claimed.header
+        base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
+        log.warning("envelope.refused", **base, recipient=recipient, reason_code=exc.code)
+        await self._ndr_if_possible(recipient, claimed, hashlib.sha256(xml).hexdigest(), exc.code, exc.message)
+        return ReceiveResult(Decision.DEAD, exc.code, exc.message, **base)
+
+    async def _ndr_if_possible(self, recipient: str, env: Envelope, digest: str, code: str, reason: str) -> None:
+        h = env.header
+        if h.kind is Kind.RECEIPT or h.sender.code not in self.directory:
+            return  # never answer a receipt; never write to an agency we do not know
+        await self._send_receipt(self._receipt(recipient, env, h.sender.code, h.message_id,
+                                               ReceiptOutcome.FAILED, digest=digest, reason_code=code,
+                                               reason=reason))
+
+    # -- inbox, tracking -----------------------------------------------------------
+
+    async def inbox(self, agency: str, *, include_acked: bool = False, limit: int = 100,
+                    after_seq: int = 0) -> list[InboxEntry]:
+        self._signer(agency)
+        return await self.store.list_inbox(agency, include_acked=include_acked, limit=limit, after_seq=after_seq)
+
+    async def fetch(self, agency: str, message_id: str) -> FetchedMessage:
+        """One inbox entry with its verified envelope and attachments (only ``agency``'s own)."""
+        from exchange.envelope.parse import parse_envelope
+
+        self._signer(agency)
+        state = await self.store.incoming_state(message_id, agency)
+        record = await self.store.get_message(message_id, Direction.IN)
+        if state is None or record is None or state not in (InboxState.HANDED_OVER, InboxState.ACKED):
+            raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
+        root, env = parse_envelope(record.envelope_xml)
+        attachments = {}
+        for a in env.attachments:
+            data = await self.store.get_attachment(a.sha256)
+            if data is None:
+                raise NotFoundError(f"attachment {a.name} of {message_id} is missing from the store")
+            attachments[a.id] = data
+        entries = await self.store.list_inbox(agency, include_acked=True, limit=1_000_000)
+        entry = next(e for e in entries if e.message_id == message_id)
+        return FetchedMessage(entry, env, record.envelope_xml, attachments)
+
+    async def acknowledge(self, agency: str, message_id: str) -> None:
+        self._signer(agency)
+        if not await self.store.ack_inbox(agency, message_id):
+            raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
+
+    async def track(self, agency: str | None, message_id: str) -> TrackResult:
+        """Per-recipient state and timeline of a sent message; ``agency`` None means operator access."""
+        record = await self.store.get_message(message_id, Direction.OUT)
+        if record is None or (agency is not None and record.sender != agency):
+            raise NotFoundError(f"no message {message_id} was sent by {agency or 'this node'}")
+        return TrackResult(record, await self.store.deliveries(message_id), await self.store.timeline(message_id))
+
+    def handle(self, agency: str) -> "AgencyHandle":
+        """The :class:`~exchange.adapters.base.BusHandle` an adapter of ``agency`` uses."""
+        self._signer(agency)
+        return AgencyHandle(self, agency)
+
+
+class AgencyHandle:
+    """BusHandle bound to one agency: an adapter can only ever act for its own agency."""
+
+    def __init__(self, service: ExchangeService, agency: str) -> None:
+        self._service = service
+        self._agency = agency
+
+    @property
+    def agency(self) -> str:
+        return self._agency
+
+    async def submit_document(self, recipients, document, files=(), *, operation=Operation.NEW,
+                              idempotency_key=None) -> SubmitResult:
+        return await self._service.submit_document(self._agency, recipients, document, files,
+                                                   operation=operation, idempotency_key=idempotency_key)
+
+    async def submit_status(self, document_message_id, code, *, description="", staff=None,
+                            idempotency_key=None) -> SubmitResult:
+        return await self._service.submit_status(self._agency, document_message_id, code,
+                                                 description=description, staff=staff,
+                                                 idempotency_key=idempotency_key)
+
+    async def submit_edxml(self, package: bytes, *, idempotency_key: str | None = None) -> SubmitResult:
+        return await self._service.submit_edxml(self._agency, package, idempotency_key=idempotency_key)
+
+    async def track(self, message_id: str) -> TrackResult:
+        return await self._service.track(self._agency, message_id)
