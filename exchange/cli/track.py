@@ -47,14 +47,18 @@ def _run(args: argparse.Namespace) -> int:
                           "status_code": t.status_code, "detail": t.detail} for t in timeline],
         }, ensure_ascii=False, indent=2))
         return 0
-    print(f"{record.message_id}  {record.kind}/{record.operation}  from {record.sender}  "
-          f"created {record.created_at.isoformat()}")
-    if record.subject:
-        print(f"subject: {record.subject}")
-    print()
-    print(table([(d.recipient, d.state.value, d.status_code or "", d.updated_at.isoformat(), d.reason)
-                 for d in deliveries], ["recipient", "state", "status", "updated", "reason"]))
-    print()
-    print(table([(t.at.isoformat(), t.recipient, t.event, t.detail) for t in timeline],
-                ["at", "recipient", "event", "detail"]))
+    print(render_track(record, deliveries, timeline))
     return 0
+
+
+def render_track(record, deliveries, timeline) -> str:
+    """The text `exchange track` prints: header, per-recipient state, then the timeline."""
+    lines = [f"{record.message_id}  {record.kind}/{record.operation}  from {record.sender}  "
+             f"created {record.created_at.isoformat()}"]
+    if record.subject:
+        lines.append(f"subject: {record.subject}")
+    lines += ["", table([(d.recipient, d.state.value, d.status_code or "", d.updated_at.isoformat(), d.reason)
+                         for d in deliveries], ["recipient", "state", "status", "updated", "reason"]),
+              "", table([(t.at.isoformat(), t.recipient, t.event, t.detail) for t in timeline],
+                        ["at", "recipient", "event", "detail"])]
+    return "\n".join(lines)

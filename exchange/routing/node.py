@@ -88,6 +88,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner = None
         self._connected = asyncio.Event()
+        self._stopping = False
         self._depth_since: dict[tuple[str, Lane], float] = {}
         self._ages: dict[tuple[str, Lane], float] = {}
 
@@ -182,7 +183,10 @@ class Node:
     def _on_broker_lost(self) -> None:
         self._connected.clear()
         self._set_gauge("broker_up", 0)
-        log.warning("broker.connection_lost")
+        if self._stopping:
+            log.info("broker.connection_closed")  # our own shutdown: nothing for an operator to chase
+        else:
+            log.warning("broker.connection_lost", hint="the node reconnects by itself; documents wait in the outbox")
 
     def _on_broker_back(self) -> None:
         self._connected.set()
@@ -271,6 +275,7 @@ class Node:
 
     async def stop(self) -> None:
         """Stop consuming, let in-flight handovers finish, then close everything."""
+        self._stopping = True
         if self.consumer is not None:
             await self.consumer.stop()
         for task in self._tasks:
