@@ -87,7 +87,9 @@ __all__ = [
     "EdxmlPackage",
     "canonical_extra",
     "document_key",
+    "code_text",
     "edxml_document_id",
+    "reference_of",
     "export_package",
     "import_package",
 ]
@@ -157,6 +159,19 @@ class EdxmlPackage:
 def edxml_document_id(organ_id: str, promulgation_date: date, code: str) -> str:
     """The edXML DocumentId ``{OrganId},{yyyy/MM/dd},{number}/{notation}`` of a document."""
     return f"{organ_id},{promulgation_date:%Y/%m/%d},{code}"
+
+
+def code_text(doc: DocumentInfo) -> str:
+    """The edXML ``Code`` of a document as a ResponseFor writes it: ``number/notation``."""
+    return f"{doc.code.number}/{doc.code.notation}" if doc.code.notation else doc.code.number
+
+
+def reference_of(sender: str, doc: DocumentInfo, created_at: datetime) -> ResponseRef:
+    """How an E-Office names ``doc`` in a ResponseFor; the DocumentId is derived when the document has none."""
+    day: date = doc.promulgation.date if doc.promulgation else created_at.astimezone(VIETNAM_TZ).date()
+    code = code_text(doc)
+    return ResponseRef(organ_id=sender, code=code, promulgation_date=day,
+                       document_id=doc.document_id or edxml_document_id(sender, day, code))
 
 
 def document_key(document_id: str) -> str:
