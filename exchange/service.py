@@ -112,9 +112,12 @@ def record_of(signed: SignedEnvelope, direction: Direction) -> MessageRecord:
     """The store's view of a signed envelope."""
     h = signed.envelope.header
     relates = None
-    subject = ""
+    subject = document_id = ""
     if h.document is not None:
+        from exchange.envelope.edxml import reference_of
+
         relates, subject = h.document.relates_to, h.document.subject
+        document_id = reference_of(h.sender.code, h.document, h.created_at).document_id
     elif h.status is not None:
         relates = h.status.response_for
     elif h.receipt is not None:
@@ -123,7 +126,7 @@ def record_of(signed: SignedEnvelope, direction: Direction) -> MessageRecord:
         message_id=h.message_id, kind=h.kind.value, operation=h.operation.value, sender=h.sender.code,
         recipients=tuple(r.code for r in h.recipients), direction=direction, created_at=h.created_at,
         envelope_xml=signed.xml, digest=signed.digest, priority=int(h.priority), subject=subject,
-        relates_to=relates, correlation_id=h.correlation_id,
+        relates_to=relates, correlation_id=h.correlation_id, document_id=document_id,
     )
 
 
@@ -313,13 +316,21 @@ class ExchangeService:
             raise NotFoundError(
                 f"{agency} received no document {document_message_id}; statuses answer documents in its inbox"
             )
+        from exchange.envelope.edxml import reference_of
+        from exchange.envelope.parse import parse_envelope
+
+        _, original = parse_envelope(received.envelope_xml)
+        assert original.header.document is not None
         now = self.clock()
         envelope = Envelope(Header(
             message_id=new_message_id(), kind=Kind.STATUS, sender=self._ref(agency),
             recipients=(self._ref(received.sender),), created_at=now,
             correlation_id=correlation_id or received.correlation_id,
             status=StatusInfo(response_for=document_message_id, code=code, description=description,
-                              staff=staff, timestamp=now),
+                              staff=staff, timestamp=now,
+                              # what the sender's E-Office knows the document by (edXML ResponseFor)
+                              document_ref=reference_of(received.sender, original.header.document,
+                                                        original.header.created_at)),
         ))
         result = await self._accept(self._sign(envelope, {}), idempotency_key=idempotency_key, track=True)
         log.info("status.submitted", message_id=result.message_id, sender=agency, recipient=received.sender,
@@ -330,10 +341,24 @@ class ExchangeService:
         """Import a QCVN 102 edXML package sent by ``agency`` and send it as an envelope."""
         from exchange.envelope.edxml import import_package
 
-        imported = import_package(package)
+        imported = import_package(package, agencies=self.directory)
         h = imported.envelope.header
         if h.sender.code != agency:
             raise ForbiddenError(f"the package is From {h.sender.code}, but the caller acts for {agency}")
+        if imported.unresolved:
+            # A package names documents by edXML DocumentId; find their message ids and read it again.
+            # A status answers a document the agency received; revoke / update / replace act on one it sent.
+            direction = Direction.IN if h.kind is Kind.STATUS else Direction.OUT
+            found: dict[str, str] = {}
+            for document_id in imported.unresolved:
+                record = await self.store.find_document(document_id, direction, agency)
+                if record is None:
+                    raise NotFoundError(
+                        f"{agency} {'received' if direction is Direction.IN else 'sent'} no document with "
+                        f"DocumentId {document_id!r}; check the package's ResponseFor / ReplacementInfo")
+                found[document_id] = record.message_id
+            imported = import_package(package, agencies=self.directory, resolve=found.get)
+            h = imported.envelope.header
         if h.kind is Kind.STATUS and h.status is not None:
             return await self.submit_status(agency, h.status.response_for, h.status.code,
                                             description=h.status.description, staff=h.status.staff,

@@ -54,6 +54,8 @@ class MessageRecord:
     subject: str = ""
     relates_to: str | None = None  # document a status/receipt/revoke/update/replace refers to
     correlation_id: str = ""
+    #: The edXML DocumentId of a document (given by its E-Office, else derived): how E-Offices name it.
+    document_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,10 @@ class Store(ABC):
 
     @abstractmethod
     async def get_message(self, message_id: str, direction: Direction | None = None) -> MessageRecord | None: ...
+
+    @abstractmethod
+    async def find_document(self, document_id: str, direction: Direction, agency: str) -> MessageRecord | None:
+        """The newest document with this edXML DocumentId that ``agency`` sent (OUT) or received (IN)."""
 
     @abstractmethod
     async def list_sent(self, sender: str, *, limit: int = 100, before: datetime | None = None) -> list[MessageRecord]: ...

@@ -170,8 +170,10 @@ messages = Table(
     Column("subject", Text, nullable=False, default=""),
     Column("relates_to", String(64)),
     Column("correlation_id", String(128), nullable=False, default=""),
+    Column("document_id", String(256), nullable=False, default=""),
     PrimaryKeyConstraint("message_id", "direction", name="pk_messages"),
     Index("ix_messages_sent", "sender", "direction", "created_at"),
+    Index("ix_messages_document_id", "document_id", "direction"),
 )
 
 attachments = Table(
@@ -683,7 +685,7 @@ class SqlStore(Store):
             "recipients": json.dumps(list(m.recipients), separators=(",", ":")),
             "created_at": m.created_at, "stored_at": now, "envelope_xml": m.envelope_xml, "digest": m.digest,
             "priority": m.priority, "subject": m.subject, "relates_to": m.relates_to,
-            "correlation_id": m.correlation_id,
+            "correlation_id": m.correlation_id, "document_id": m.document_id,
         }).first() is not None
 
     @staticmethod
@@ -956,6 +958,19 @@ class SqlStore(Store):
         rows.sort(key=lambda r: r.direction != Direction.OUT.value)
         return _message(rows[0])
 
+    async def find_document(self, document_id: str, direction: Direction, agency: str) -> MessageRecord | None:
+        if not document_id:
+            return None
+        rows = await self._read(lambda conn: conn.execute(
+            select(messages).where(messages.c.document_id == document_id, messages.c.direction == direction.value,
+                                   messages.c.kind == "document").order_by(messages.c.created_at.desc())
+        ).all())
+        for r in rows:
+            record = _message(r)
+            if (record.sender == agency) if direction is Direction.OUT else (agency in record.recipients):
+                return record
+        return None
+
     async def list_sent(self, sender: str, *, limit: int = 100, before: datetime | None = None) -> list[MessageRecord]:
         """Newest first."""
         query = select(messages).where(messages.c.sender == sender, messages.c.direction == Direction.OUT.value)
@@ -1074,5 +1089,5 @@ def _message(r: Any) -> MessageRecord:
         message_id=r.message_id, kind=r.kind, operation=r.operation, sender=r.sender,
         recipients=tuple(json.loads(r.recipients)), direction=Direction(r.direction), created_at=r.created_at,
         envelope_xml=bytes(r.envelope_xml), digest=r.digest, priority=r.priority, subject=r.subject,
-        relates_to=r.relates_to, correlation_id=r.correlation_id,
+        relates_to=r.relates_to, correlation_id=r.correlation_id, document_id=r.document_id,
     )

@@ -363,3 +363,35 @@ async def test_sigkill_of_the_receiving_node_loses_nothing_and_delivers_nothing_
     for mid in ids[:50]:
         events = [t.event for t in await central.service.store.timeline(mid)]
         assert events.count("delivered") == 1
+
+
+async def test_an_edxml_status_package_naming_the_document_by_document_id_reaches_the_sender(
+    make_world, tmp_path
+) -> None:
+    # An E-Office never sees the bus's message ids: its status package names the document by edXML
+    # DocumentId ({sender},{promulgation date},{number}/{notation}), as the national hub's packages do.
+    from datetime import date
+
+    from exchange.envelope.model import Promulgation
+    from exchange.errors import NotFoundError
+
+    world = make_world(agencies(tmp_path), ["central", "local"])
+    local = await world.start("local")
+    central = await world.start("central")
+    sent = await central.service.submit_document(A, [B], doc(promulgation=Promulgation("Hà Nội", date(2024, 3, 15))))
+    await wait_for(lambda: all_delivered(central.service, sent.message_id, [B]), what="delivered receipt")
+
+    package = (Path(__file__).parent.parent / "data/edxml/status_03_accepted.edxml").read_bytes()
+    status = await local.service.submit_edxml(B, package)
+
+    async def accepted() -> bool:
+        return {d.recipient: d.status_code for d in await central.service.store.deliveries(sent.message_id)} == \
+            {B: "03"}
+
+    await wait_for(accepted, what="status 03 in the sender's timeline")
+    received = [r for r in read_records(tmp_path / f"{A}.jsonl") if r["message_id"] == status.message_id]
+    assert [r["status"] for r in received] == ["03"]
+
+    unknown = package.replace(b"12/CT-TTg</edXML:DocumentId>", b"99/CT-TTg</edXML:DocumentId>")
+    with pytest.raises(NotFoundError, match="99/CT-TTg"):
+        await local.service.submit_edxml(B, unknown)
