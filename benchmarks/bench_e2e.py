@@ -163,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=1000)
     parser.add_argument("--store-url", default="", help="store URL template, {node} replaced (default SQLite)")
+    parser.add_argument("--log-level", default="WARNING", help="node log level during the run (default WARNING, "
+                        "as a loaded production node would run; INFO logs every handover)")
     args = parser.parse_args(argv)
+    from exchange.observability.logging import configure_logging
+
+    configure_logging(args.log_level)
     asyncio.run(run(args.documents, args.store_url))
     return 0
 
