@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"exchange {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"exchange.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"exchange.cli.{name}":
-                continue  # not built yet in this checkout
-            raise
-        module.register(sub)
+        importlib.import_module(f"exchange.cli.{name}").register(sub)
     return parser
 
 
