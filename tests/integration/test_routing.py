@@ -395,3 +395,11 @@ async def test_an_edxml_status_package_naming_the_document_by_document_id_reache
     unknown = package.replace(b"12/CT-TTg</edXML:DocumentId>", b"99/CT-TTg</edXML:DocumentId>")
     with pytest.raises(NotFoundError, match="99/CT-TTg"):
         await local.service.submit_edxml(B, unknown)
+
+    # The sender's E-Office revokes the document with an edXML package that names it the same way.
+    revoke = (Path(__file__).parent.parent / "data/edxml/document_revoke.edxml").read_bytes()
+    revocation = await central.service.submit_edxml(A, revoke)
+    record = await central.service.store.get_message(revocation.message_id)
+    assert record is not None and (record.operation, record.relates_to) == ("revoke", sent.message_id)
+    events = [t.event for t in await central.service.store.timeline(sent.message_id) if t.recipient == B]
+    assert "revoke-sent" in events
