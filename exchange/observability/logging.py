@@ -126,6 +126,9 @@ def _shared_processors() -> list[Processor]:
 _HANDLER_NAME = "exchange-structlog"
 #: Libraries whose records are routed through the same JSON pipeline.
 STDLIB_LOGGERS = ("aio_pika", "aiormq", "aiohttp", "aiohttp.access", "asyncio", "sqlalchemy", "py.warnings")
+#: Loggers that echo SQL statements and their parameters (document subjects, envelope bytes) at
+#: INFO: held at WARNING whatever the level, since document contents are never logged.
+SQL_ECHO_LOGGERS = ("sqlalchemy.engine", "sqlalchemy.pool", "sqlalchemy.orm")
 
 
 def configure_logging(level: str | int = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
@@ -166,6 +169,8 @@ def configure_logging(level: str | int = "INFO", json: bool = True, stream: Text
         lib.handlers.clear()  # no library-installed handler may print plain text beside ours
         lib.propagate = True
         lib.setLevel(logging.NOTSET)
+    for name in SQL_ECHO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
 
     structlog.configure(

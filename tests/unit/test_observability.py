@@ -355,3 +355,15 @@ def test_format_refuses_forbidden_ids() -> None:
     with pytest.raises(ValueError):
         tracing.format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 256)
     assert tracing.format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7") == VALID
+
+
+def test_sql_statements_and_their_parameters_are_never_logged_even_at_debug(captured: io.StringIO) -> None:
+    # SQLAlchemy echoes statements and bound values (subjects, envelope bytes) once its logger
+    # inherits INFO from the root: `exchange serve` at INFO printed every query before this.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine("sqlite://")
+    with engine.connect() as conn:
+        conn.execute(text("SELECT :subject"), {"subject": "Công văn mật số 7"}).all()
+    assert "Công văn mật số 7" not in captured.getvalue()
+    assert not [line for line in lines(captured) if line.get("logger", "").startswith("sqlalchemy")]
