@@ -357,13 +357,19 @@ def test_format_refuses_forbidden_ids() -> None:
     assert tracing.format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7") == VALID
 
 
-def test_sql_statements_and_their_parameters_are_never_logged_even_at_debug(captured: io.StringIO) -> None:
+async def test_sql_statements_and_their_parameters_are_never_logged_even_at_debug(
+    captured: io.StringIO, tmp_path
+) -> None:
     # SQLAlchemy echoes statements and bound values (subjects, envelope bytes) once its logger
     # inherits INFO from the root: `exchange serve` at INFO printed every query before this.
-    from sqlalchemy import create_engine, text
+    from exchange.store import open_store
 
-    engine = create_engine("sqlite://")
-    with engine.connect() as conn:
-        conn.execute(text("SELECT :subject"), {"subject": "Công văn mật số 7"}).all()
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    await store.open()
+    try:
+        await store.put_token("000.00.00.G22", "c0ffee" * 10, label="Công văn mật số 7")
+        await store.agency_for_token("c0ffee" * 10)
+    finally:
+        await store.close()
     assert "Công văn mật số 7" not in captured.getvalue()
     assert not [line for line in lines(captured) if line.get("logger", "").startswith("sqlalchemy")]
