@@ -189,7 +189,9 @@ async def demo(args: argparse.Namespace) -> int:
                 await handle.submit_status(mid, StatusCode(status), description=f"{RECIPIENTS[code][0]}: {status}")
 
         async def completed() -> bool:
-            return all(d.status_code == WALK[-1] for d in (await states()).values())
+            # Statuses travel independently: wait for every one, not just for the last code to show.
+            seen = {(t.recipient, t.status_code) for t in await service.store.timeline(mid) if t.status_code}
+            return all((code, status) in seen for code in RECIPIENTS for status in WALK)
 
         await _wait("statuses 06 from every recipient", completed, args.timeout)
         record = await service.store.get_message(mid)

@@ -31,6 +31,9 @@ _NS_RE = re.compile(re.escape(f"{{{ENVELOPE_NS}}}"))
 _MAX_REPORTED = 5
 
 
+_compile_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
 def _schema_document() -> etree._ElementTree:
     """Meta-validate the XSD once with xmlschema, then keep its parsed tree for compiling.
@@ -66,7 +69,11 @@ def envelope_schema() -> etree.XMLSchema:
     """The compiled envelope XSD (built once per thread, cached)."""
     schema: etree.XMLSchema | None = getattr(_local, "schema", None)
     if schema is None:
-        schema = etree.XMLSchema(_schema_document())
+        # Compiling from the one shared parsed tree is not thread-safe in lxml: a node's first burst
+        # of verifications (worker threads) raced here and failed every message with
+        # XMLSchemaParseError. Compile one thread at a time; validating stays per-thread and lock-free.
+        with _compile_lock:
+            schema = etree.XMLSchema(_schema_document())
         _local.schema = schema
     return schema
 
