@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         for a in envelope.attachments:
             (att_dir / a.id).write_bytes(data[a.id])
     print(f"signed {envelope.header.kind.value} {envelope.message_id} From {envelope.header.sender.code} "
-          f"as {signer.agency_code} ({signer.signature_method.name}): {xml_path}")
+          f"as {signer.agency_code} ({signer.signature_method.rsplit('#', 1)[-1].upper()}): {xml_path}")
     for a in envelope.attachments:
         print(f"  attachment {a.id}: {a.name} ({a.size} bytes, sha256 {a.sha256}) -> {att_dir / a.id}")
     return 0

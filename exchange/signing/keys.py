@@ -9,6 +9,7 @@ must agree; a certificate that names two agencies names none.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -128,12 +129,14 @@ def write_file_atomic(path: Path, data: bytes, *, mode: int) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1024)  # certificates hash and compare by their DER; every envelope asks again
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the certificate's DER, lowercase hex (the cache key and what operators compare)."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def agency_codes_of(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+@functools.lru_cache(maxsize=1024)
+def agency_codes_of(cert: x509.Certificate) -> tuple[frozenset[str], frozenset[str]]:
     """The agency codes a certificate names: ``(from subjectAltName URIs, from organizationIdentifier)``."""
     san_codes: set[str] = set()
     try:
@@ -145,7 +148,7 @@ def agency_codes_of(cert: x509.Certificate) -> tuple[set[str], set[str]]:
             if uri.lower().startswith(AGENCY_URI_PREFIX):
                 san_codes.add(uri[len(AGENCY_URI_PREFIX):])
     org_codes = {str(a.value) for a in cert.subject.get_attributes_for_oid(ORGANIZATION_IDENTIFIER)}
-    return san_codes, org_codes
+    return frozenset(san_codes), frozenset(org_codes)
 
 
 def agency_code_of(cert: x509.Certificate) -> str | None:

@@ -4,11 +4,13 @@ The signature is the last child of ``env:Signed`` and references it by its Id
 (``#s-<message id>``), so the header and manifest are covered and the unsigned
 ``env:Trace`` is not (docs/ENVELOPE.md). Attachment bytes are not in the XML:
 :func:`sign_envelope` checks them against the manifest before signing, and the
-signature covers their sizes and SHA-256 digests.
+signature covers their sizes and SHA-256 digests. The XMLDSig itself is
+:mod:`exchange.signing.xmldsig` (the one pinned shape; signxml and xmlsec1 verify it).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import hmac
@@ -16,10 +18,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
-from signxml import XMLSigner
-from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
 from exchange.envelope.build import envelope_to_element, serialize, signed_id
 from exchange.envelope.model import ENVELOPE_NS, Envelope, SignedEnvelope
@@ -33,19 +32,13 @@ from exchange.errors import (
     KeyMaterialError,
     SchemaError,
 )
+from exchange.signing import xmldsig
 from exchange.signing.keys import AgencyIdentity, PrivateKey, load_certificates, load_private_key
 from exchange.signing.pki import agency_files
 from exchange.signing.trust import Clock
+from exchange.signing.xmldsig import DS_NS, method_for
 
-DS_NS = "http://www.w3.org/2000/09/xmldsig#"
-#: Exclusive XML canonicalization 1.0, without comments: for SignedInfo and the reference.
-EXC_C14N = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
 _SIGNED = f"{{{ENVELOPE_NS}}}Signed"
-
-
-def signature_method_for(key: PrivateKey) -> SignatureMethod:
-    """RSA-SHA256 for RSA keys, ECDSA-SHA256 for P-256 keys: the only two the bus emits."""
-    return SignatureMethod.ECDSA_SHA256 if isinstance(key, ec.EllipticCurvePrivateKey) else SignatureMethod.RSA_SHA256
 
 
 class Signer:
@@ -66,7 +59,8 @@ class Signer:
         self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         if not allow_invalid:
             self._check_certificate()
-        self.signature_method = signature_method_for(key)
+        #: The XMLDSig SignatureMethod URI this signer emits (RSA-SHA256 or ECDSA-SHA256).
+        self.signature_method = method_for(key)
 
     @classmethod
     def from_files(cls, key_path: str | os.PathLike[str], cert_path: str | os.PathLike[str], *,
@@ -131,24 +125,12 @@ class Signer:
             raise SchemaError("the element to sign has no env:Signed with an Id; build it with envelope_to_element")
         if signed.find(f"{{{DS_NS}}}Signature") is not None:
             raise SchemaError("the envelope is already signed; sign the unsigned envelope once")
-        # signxml replaces this placeholder in place: the signature lands as Signed's last child.
-        placeholder = etree.SubElement(signed, f"{{{DS_NS}}}Signature", nsmap={"ds": DS_NS})
-        placeholder.set("Id", "placeholder")
-        try:
-            signer = XMLSigner(
-                signature_algorithm=self.signature_method,
-                digest_algorithm=DigestAlgorithm.SHA256,
-                c14n_algorithm=EXC_C14N,
-            )
-            return signer.sign(
-                root,
-                key=self.key,
-                cert=[self.certificate, *self.chain],
-                reference_uri=f"#{signed.get('Id')}",
-                id_attribute="Id",
-            )
-        finally:
-            signed.remove(placeholder)
+        signed_root = copy.deepcopy(root)
+        self._sign_in_place(signed_root)
+        return signed_root
+
+    def _sign_in_place(self, root: etree._Element) -> None:
+        xmldsig.sign(root.find(_SIGNED), self.key, [self.certificate, *self.chain])
 
     def sign(self, envelope: Envelope) -> bytes:
         """Build, schema-validate and sign ``envelope``; the exact bytes to send (never pretty-print them)."""
@@ -159,9 +141,9 @@ class Signer:
             )
         root = envelope_to_element(envelope)
         validate(root)
-        signed_root = self.sign_element(root)
-        assert signed_root.find(_SIGNED).get("Id") == signed_id(envelope.header.message_id)  # type: ignore[union-attr]
-        return serialize(signed_root)
+        assert root.find(_SIGNED).get("Id") == signed_id(envelope.header.message_id)  # type: ignore[union-attr]
+        self._sign_in_place(root)  # freshly built here, so no copy
+        return serialize(root)
 
 
 def check_attachments(envelope: Envelope, attachment_data: Mapping[str, bytes]) -> None:
