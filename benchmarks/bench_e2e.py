@@ -4,7 +4,12 @@ Prints documents/s and latency p50/p99 (submit → delivered receipt at the
 sender) beside a raw aio-pika publish-with-confirms + consume loop of the same
 message size measured in the same run, and the ratio between the two.
 
-    python benchmarks/bench_e2e.py [--documents 1000] [--store-url postgresql://…]
+The sending node runs in this process, where submissions and receipts are
+timed; the receiving node runs as its own `exchange serve` process, as two
+agencies' nodes do in a deployment. `--one-process` runs both nodes in this
+process instead (they then share one interpreter lock).
+
+    python benchmarks/bench_e2e.py [--documents 1000] [--store-url postgresql://…] [--one-process]
 
 Runs in a private RabbitMQ vhost (created with rabbitmqctl, deleted afterwards).
 """
@@ -80,7 +85,23 @@ async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> flo
         await connection.close()
 
 
-async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency: int = 64) -> tuple[float, list[float]]:
+async def start_process_node(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`exchange serve` for ``config`` in its own process; returns once its consumer is attached."""
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(config),
+                             "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b"serving" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the receiving node did not start; see {log_path}:\n"
+                               + log_path.read_text(errors="replace")[-2000:])
+        await asyncio.sleep(0.1)
+    return proc
+
+
+async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency: int = 64,
+                   one_process: bool = False) -> tuple[float, list[float]]:
     """Documents/s and per-document latencies (s) through two real nodes."""
     from exchange.config import load_config
     from exchange.routing.node import Node
@@ -92,11 +113,16 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
                                  AgencySpec(B, "UBND tỉnh Nghệ An", node="local")],
                           [NodeSpec(n, amqp_url=url, prefix=prefix, http_port=0, store_url=stores[n])
                            for n in ("central", "local")])
-    nodes = [Node(load_config(configs[n]), serve_http=False) for n in ("local", "central")]
+    receiver = None
+    if one_process:
+        nodes = [Node(load_config(configs[n]), serve_http=False) for n in ("local", "central")]
+    else:
+        receiver = await start_process_node(configs["local"], root / "local.log")
+        nodes = [Node(load_config(configs["central"]), serve_http=False)]
     for node in nodes:
         await node.start()
         await node.wait_connected()
-    central = nodes[1].service
+    central = nodes[-1].service
     attachment = OutgoingFile("phu-luc.pdf", os.urandom(ATTACHMENT), "application/pdf")
     submitted: dict[str, float] = {}
     sem = asyncio.Semaphore(concurrency)
@@ -129,6 +155,12 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
     finally:
         for node in nodes:
             await node.stop()
+        if receiver is not None:
+            receiver.terminate()
+            try:
+                receiver.wait(30)
+            except subprocess.TimeoutExpired:
+                receiver.kill()
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -136,7 +168,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-async def run(count: int, store_url: str) -> None:
+async def run(count: int, store_url: str, one_process: bool) -> None:
     vhost = f"exchange-bench-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -146,13 +178,14 @@ async def run(count: int, store_url: str) -> None:
         raw = await raw_loop(url, count, ATTACHMENT + 5 * 1024)
         print(f"bus: {count} signed documents with a 64 KB attachment, A → B, receipts back …", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
-            rate, lat = await bus_loop(Path(tmp), url, count, store_url)
+            rate, lat = await bus_loop(Path(tmp), url, count, store_url, one_process=one_process)
     finally:
         rabbitmqctl("delete_vhost", vhost)
     print()
     print(f"{'measure':42} {'value':>12}")
     print(f"{'raw publish+confirm+consume (msg/s)':42} {raw:12.0f}")
-    print(f"{'bus documents with receipts (doc/s)':42} {rate:12.0f}")
+    print(f"{'bus documents with receipts (doc/s)':42} {rate:12.0f}   "
+          f"({'both nodes in one process' if one_process else 'receiving node in its own process'})")
     print(f"{'ratio bus / raw':42} {rate / raw:12.2f}   (aim: ≥ 0.50)")
     print(f"{'latency p50 submit→receipt (ms)':42} {percentile(lat, 50) * 1000:12.1f}")
     print(f"{'latency p99 submit→receipt (ms)':42} {percentile(lat, 99) * 1000:12.1f}")
@@ -165,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-url", default="", help="store URL template, {node} replaced (default SQLite)")
     parser.add_argument("--log-level", default="WARNING", help="node log level during the run (default WARNING, "
                         "as a loaded production node would run; INFO logs every handover)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run both nodes in this process (default: the receiving node in its own process)")
     args = parser.parse_args(argv)
     from exchange.observability.logging import configure_logging
 
     configure_logging(args.log_level)
-    asyncio.run(run(args.documents, args.store_url))
+    asyncio.run(run(args.documents, args.store_url, args.one_process))
     return 0
 
 
