@@ -550,8 +550,9 @@ class ExchangeService:
             if data is None:
                 raise NotFoundError(f"attachment {a.name} of {message_id} is missing from the store")
             attachments[a.id] = data
-        entries = await self.store.list_inbox(agency, include_acked=True, limit=1_000_000)
-        entry = next(e for e in entries if e.message_id == message_id)
+        entry = await self.store.inbox_entry(agency, message_id)
+        if entry is None:  # acknowledged away or changed between the two reads
+            raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
         return FetchedMessage(entry, env, record.envelope_xml, attachments)
 
     async def acknowledge(self, agency: str, message_id: str) -> None:

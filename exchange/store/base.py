@@ -246,6 +246,19 @@ class Store(ABC):
     ) -> list[InboxEntry]:
         """Handed-over (and optionally acked) incoming envelopes of ``agency``, oldest first."""
 
+    async def inbox_entry(self, agency: str, message_id: str) -> InboxEntry | None:
+        """One handed-over (or acked) entry of ``agency``'s inbox, or None.
+
+        This default pages through the inbox; a backend answers it with one indexed query.
+        """
+        after = 0
+        while entries := await self.list_inbox(agency, include_acked=True, limit=1000, after_seq=after):
+            for entry in entries:
+                if entry.message_id == message_id:
+                    return entry
+            after = entries[-1].seq
+        return None
+
     @abstractmethod
     async def ack_inbox(self, agency: str, message_id: str) -> bool:
         """Mark as acknowledged by the E-Office; False if not in this agency's inbox."""

@@ -526,6 +526,12 @@ class _SqliteEngine(_Engine):
 # -- the store -------------------------------------------------------------------------------------
 
 
+def _inbox_entry(r: Any) -> InboxEntry:
+    return InboxEntry(agency=r.agency, message_id=r.message_id, kind=r.kind, sender=r.sender,
+                      state=InboxState(r.state), received_at=r.received_at, subject=r.subject,
+                      priority=r.priority, acked_at=r.acked_at, seq=r.seq)
+
+
 class SqlStore(Store):
     """:class:`~exchange.store.base.Store` on SQLite or PostgreSQL, with the same statements on both.
 
@@ -1058,9 +1064,13 @@ class SqlStore(Store):
             .order_by(inbox.c.seq).limit(limit)
         )
         rows = await self._read(lambda conn: conn.execute(query).all())
-        return [InboxEntry(agency=r.agency, message_id=r.message_id, kind=r.kind, sender=r.sender,
-                           state=InboxState(r.state), received_at=r.received_at, subject=r.subject,
-                           priority=r.priority, acked_at=r.acked_at, seq=r.seq) for r in rows]
+        return [_inbox_entry(r) for r in rows]
+
+    async def inbox_entry(self, agency: str, message_id: str) -> InboxEntry | None:
+        query = select(inbox).where(inbox.c.agency == agency, inbox.c.message_id == message_id,
+                                    inbox.c.state.in_(_VISIBLE))
+        row = await self._read(lambda conn: conn.execute(query).first())
+        return _inbox_entry(row) if row is not None else None
 
     async def ack_inbox(self, agency: str, message_id: str) -> bool:
         """True also when it was already acknowledged (idempotent)."""

@@ -513,7 +513,25 @@ async def test_list_inbox_pages_by_seq_and_ack_hides_entries(store: Store) -> No
     everything = await store.list_inbox(B, include_acked=True)
     assert [x.message_id for x in everything] == [m.message_id for m in got]
     assert everything[0].state is InboxState.ACKED and everything[0].acked_at is not None
+
     assert await store.incoming_state(got[0].message_id, B) is InboxState.ACKED
+
+
+async def test_inbox_entry_finds_one_entry_of_the_agency_only(store: Store) -> None:
+    handed = await receive_and_hand_over(store)
+    waiting = message(sender=A, recipients=(B,), direction=Direction.IN)
+    await store.accept_incoming(waiting, B)  # not handed over: not in the inbox
+    entry = await store.inbox_entry(B, handed.message_id)
+    assert entry is not None and entry == (await store.list_inbox(B))[0]
+    assert await store.inbox_entry(C, handed.message_id) is None  # another agency's
+    assert await store.inbox_entry(B, waiting.message_id) is None
+    assert await store.inbox_entry(B, "unknown") is None
+    await store.ack_inbox(B, handed.message_id)
+    acked = await store.inbox_entry(B, handed.message_id)
+    assert acked is not None and acked.state is InboxState.ACKED
+    # The default in the Store base class (for other backends) gives the same answers.
+    assert await Store.inbox_entry(store, B, handed.message_id) == acked
+    assert await Store.inbox_entry(store, C, handed.message_id) is None
 
 
 async def test_inbox_cursor_follows_hand_over_order_so_paging_never_skips(store: Store) -> None:
