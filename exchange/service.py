@@ -341,7 +341,8 @@ class ExchangeService:
         """Import a QCVN 102 edXML package sent by ``agency`` and send it as an envelope."""
         from exchange.envelope.edxml import import_package
 
-        imported = import_package(package, agencies=self.directory)
+        # Parsing, schema checks and attachment decoding of a package of up to the size limit: off the loop.
+        imported = await asyncio.to_thread(import_package, package, agencies=self.directory)
         h = imported.envelope.header
         if h.sender.code != agency:
             raise ForbiddenError(f"the package is From {h.sender.code}, but the caller acts for {agency}")
@@ -357,7 +358,8 @@ class ExchangeService:
                         f"{agency} {'received' if direction is Direction.IN else 'sent'} no document with "
                         f"DocumentId {document_id!r}; check the package's ResponseFor / ReplacementInfo")
                 found[document_id] = record.message_id
-            imported = import_package(package, agencies=self.directory, resolve=found.get)
+            imported = await asyncio.to_thread(import_package, package, agencies=self.directory,
+                                               resolve=found.get)
             h = imported.envelope.header
         if h.kind is Kind.STATUS and h.status is not None:
             return await self.submit_status(agency, h.status.response_for, h.status.code,

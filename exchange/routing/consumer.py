@@ -87,8 +87,8 @@ class Consumer:
         """Stop taking new messages, let in-flight handling finish, drop (unacked) the rest."""
         for queue, tag in self._consumers:
             try:
-                await queue.cancel(tag)
-            except Exception:  # channel already gone: the broker requeues unacked messages
+                await asyncio.wait_for(queue.cancel(tag), 5.0)
+            except Exception:  # channel gone or broker not answering: it requeues unacked messages
                 pass
         self._consumers.clear()
         deadline = time.monotonic() + grace

@@ -8,7 +8,6 @@ robust connection restores channels and consumers by itself after an outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from datetime import datetime, timezone
@@ -273,23 +272,35 @@ class Node:
 
     # -- shutdown ----------------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Stop consuming, let in-flight handovers finish, then close everything."""
+    async def stop(self, *, step_timeout: float = 20.0) -> None:
+        """Stop consuming, let in-flight handovers finish, then close everything.
+
+        Each step is bounded by ``step_timeout``: a broker or peer that stops answering must not
+        keep a node from stopping (unacked messages go back to the queue; the store's dedupe makes
+        their redelivery harmless).
+        """
         self._stopping = True
+
+        async def bounded(step: str, awaitable) -> None:
+            try:
+                await asyncio.wait_for(awaitable, step_timeout)
+            except TimeoutError:
+                log.warning("node.stop_step_timeout", node=self.config.name, step=step, timeout=step_timeout)
+            except Exception as exc:  # closing something already broken
+                log.info("node.stop_step_failed", node=self.config.name, step=step, error=type(exc).__name__)
+
         if self.consumer is not None:
-            await self.consumer.stop()
+            await self.consumer.stop()  # bounded itself, and always cancels its workers
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True))
         self._tasks.clear()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await bounded("http", self._runner.cleanup())
         if self.connection is not None:
-            with contextlib.suppress(Exception):
-                await self.connection.close()
+            await bounded("amqp", self.connection.close())
         if self.service is not None:
             for adapter in self.service.adapters.values():
-                with contextlib.suppress(Exception):
-                    await adapter.stop()
+                await bounded(f"adapter {adapter.__class__.__name__}", adapter.stop())
             await self.service.store.close()
         log.info("node.stopped", node=self.config.name)
