@@ -63,8 +63,13 @@ def _append(path: Path, line: str) -> None:
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict]:
-    """Every handover recorded in ``path`` (empty if none yet)."""
+    """Every handover recorded in ``path`` (empty if none yet).
+
+    Safe to call while the adapter writes: a line still being written (no newline yet)
+    is left for the next call rather than read half-way.
+    """
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    complete = p.read_bytes().rpartition(b"\n")[0].decode("utf-8")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
