@@ -432,7 +432,6 @@ class _SqliteEngine(_Engine):
         # with SQLITE_BUSY without the busy handler ever being consulted.
         event.listen(self.writer, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         self._lock = asyncio.Lock()
-        self._queued: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="store-write")
         self._read_threads = (self._write_thread if memory
                               else ThreadPoolExecutor(readers, thread_name_prefix="store-read"))
@@ -442,71 +441,13 @@ class _SqliteEngine(_Engine):
         with self.writer.begin() as conn:
             return fn(conn)
 
-    def _run_batch(self, fns: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
-        """Group commit: every body in its own savepoint of one transaction, one COMMIT for all.
-
-        A body that raises rolls back to its savepoint alone (its outcome is that exception);
-        if the COMMIT fails, nothing was written and every body gets that failure.
-        """
-        if len(fns) == 1:
-            try:
-                return [(True, self._run_write(fns[0]))]
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                return [(False, exc)]
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with self.writer.begin() as conn:
-                for fn in fns:
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = fn(conn)
-                    except BaseException as exc:  # noqa: BLE001 - this body's outcome, the others go on
-                        savepoint.rollback()
-                        outcomes.append((False, exc))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((True, value))
-        except BaseException as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: nothing was written
-            return [(False, exc)] * len(fns)
-        return outcomes
-
     def _run_read(self, fn: Callable[[Connection], T]) -> T:
         with self.reader.connect() as conn:
             return fn(conn)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in a write transaction, together with whatever else is queued (group commit).
-
-        SQLite has one writer and a commit costs far more than a small transaction's
-        statements, so the writes that queue up while one batch runs go together in the
-        next: each in its own savepoint, all under one COMMIT. Each caller still learns
-        its own outcome only after that COMMIT, so nothing is acknowledged before it is
-        durable.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queued.append((fn, future))
         async with self._lock:
-            if not future.done():  # else an earlier batch already ran it
-                batch, self._queued = self._queued, []
-                running = loop.run_in_executor(self._write_thread, self._run_batch, [f for f, _ in batch])
-
-                def settle(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-                    failure = None if done.cancelled() else done.exception()
-                    for index, (_, waiter) in enumerate(batch):
-                        if waiter.done():
-                            continue
-                        if done.cancelled():
-                            waiter.cancel()
-                        elif failure is not None:
-                            waiter.set_exception(failure)
-                        else:
-                            ok, value = done.result()[index]
-                            waiter.set_result(value) if ok else waiter.set_exception(value)
-
-                running.add_done_callback(settle)  # runs even if this caller is cancelled meanwhile
-                await asyncio.wait([running])
-        return await future
+            return await asyncio.get_running_loop().run_in_executor(self._write_thread, self._run_write, fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         if self._memory:
