@@ -46,8 +46,7 @@ from exchange.signing.sign import check_attachments
 from exchange.signing.trust import Clock, TrustedCertificate, TrustStore, check_agency
 
 _ENV = f"{{{ENVELOPE_NS}}}"
-_ENVELOPE, _SIGNED, _HEADER, _MANIFEST, _TRACE = (_ENV + n for n in ("Envelope", "Signed", "Header", "Manifest",
-                                                                      "Trace"))
+_ENVELOPE, _SIGNED, _HEADER, _MANIFEST = (_ENV + n for n in ("Envelope", "Signed", "Header", "Manifest"))
 _SIGNATURE = xmldsig.SIGNATURE
 #: Every element with an attribute whose local name is Id (any namespace) and whose value is ``$id``.
 _ID_HOLDERS = etree.XPath("//*[@*[local-name() = 'Id'][. = $id]]")
@@ -155,16 +154,12 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _elements(parent: etree._Element) -> list[etree._Element]:
-    return [c for c in parent if isinstance(c.tag, str)]
-
-
 def locate_signature(root: etree._Element) -> tuple[etree._Element, etree._Element]:
     """``(env:Signed, ds:Signature)`` if the envelope has exactly the signed layout; else a typed refusal."""
     if root.tag != _ENVELOPE:
         raise SchemaError(f"the root element is {root.tag}, not env:Envelope; send an envelope 1.0")
     all_signed = list(root.iter(_SIGNED))
-    direct = [c for c in _elements(root) if c.tag == _SIGNED]
+    direct = [c for c in xmldsig.element_children(root) if c.tag == _SIGNED]
     if not all_signed:
         raise SchemaError("the envelope has no env:Signed element; see docs/ENVELOPE.md")
     if len(all_signed) != 1 or len(direct) != 1:
@@ -178,7 +173,7 @@ def locate_signature(root: etree._Element) -> tuple[etree._Element, etree._Eleme
         raise SignatureMissingError(
             f"envelope {signed.get('Id')} is not signed; unsigned envelopes are never delivered"
         )
-    children = _elements(signed)
+    children = xmldsig.element_children(signed)
     if len(signatures) != 1 or not children or children[-1] is not signatures[0]:
         where = ", ".join(sorted({root.getroottree().getpath(s) for s in signatures}))
         raise SignatureWrappingError(

@@ -124,12 +124,13 @@ def sign(target: etree._Element, key: PrivateKey, certificates: Sequence[x509.Ce
 # -- verifying ----------------------------------------------------------------------
 
 
-def _elements(parent: etree._Element) -> list[etree._Element]:
+def element_children(parent: etree._Element) -> list[etree._Element]:
+    """The element children of ``parent`` (comments and processing instructions left out)."""
     return [c for c in parent if isinstance(c.tag, str)]
 
 
 def _expect(parent: etree._Element, tags: Sequence[str], what: str) -> list[etree._Element]:
-    children = _elements(parent)
+    children = element_children(parent)
     if [c.tag for c in children] != list(tags):
         found = ", ".join(etree.QName(c).localname for c in children) or "nothing"
         wanted = ", ".join(etree.QName(t).localname for t in tags) or "nothing"
