@@ -15,6 +15,7 @@ import json
 import aio_pika
 
 from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.routing.relay import publish_confirmed
 from exchange.routing.topology import Names
 
 
@@ -122,7 +123,8 @@ def _replay(args: argparse.Namespace) -> int:
                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                         message_id=f"{info['message_id']}/{info['recipient']}/replay{info['replays'] + 1}",
                                         correlation_id=m.correlation_id)
-                await route.publish(copy, routing_key=str(info["routing_key"]), timeout=cfg.amqp.confirm_timeout)
+                await publish_confirmed(route, copy, routing_key=str(info["routing_key"]),
+                                        timeout=cfg.amqp.confirm_timeout)
                 await m.ack()
                 replayed += 1
                 log.info("dlq.replayed", message_id=info["message_id"], recipient=info["recipient"],

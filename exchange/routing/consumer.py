@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 
 from exchange.errors import ExchangeError
 from exchange.routing.lanes import Lane
+from exchange.routing.relay import publish_confirmed
 from exchange.routing.topology import RETRY_HEADER, Topology
 from exchange.service import Decision, ExchangeService, ReceiveResult
 
@@ -174,7 +175,7 @@ class Consumer:
             headers={**headers, "x-attempt": attempt + 1, RETRY_HEADER: str(delay),
                      "x-last-error": f"{result.reason_code}: {result.reason}"[:500]},
         )
-        await self.retry_exchange.publish(copy, routing_key=routing, timeout=self.confirm_timeout)
+        await publish_confirmed(self.retry_exchange, copy, routing_key=routing, timeout=self.confirm_timeout)
         gauge = getattr(self.metrics, "retries", None)
         if gauge is not None:
             gauge.labels(result.reason_code or "unknown").inc()
@@ -189,7 +190,7 @@ class Consumer:
                      "x-exchange-dead-at": datetime.now(timezone.utc).isoformat(),
                      "x-routing-key": str(headers.get("x-routing-key") or message.routing_key)},
         )
-        await self.dlx.publish(copy, routing_key="", timeout=self.confirm_timeout)
+        await publish_confirmed(self.dlx, copy, routing_key="", timeout=self.confirm_timeout)
         counter = getattr(self.metrics, "dead_letters", None)
         if counter is not None:
             counter.labels(str(headers.get("x-recipient", "")), result.reason_code or "unknown").inc()

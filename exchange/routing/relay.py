@@ -23,6 +23,23 @@ from exchange.store.base import OutboxItem, Store
 log = structlog.get_logger("exchange.relay")
 
 
+async def publish_confirmed(exchange: AbstractExchange, message: aio_pika.Message, *, routing_key: str,
+                            timeout: float, mandatory: bool = True) -> None:
+    """Publish and wait for the broker's confirm, for at most ``timeout`` seconds, whatever happens.
+
+    aio-pika's own ``timeout=`` does not bound every wait: aiormq 6.9 awaits the frame's
+    write to the socket without it, and when the connection drops at that moment (a broker
+    restart) that future is never resolved, so the publish hangs forever. This was a relay
+    stalled for good after a broker restart, with 2,000 documents waiting in its outbox
+    (tests/integration/test_routing.py). Our own timer cancels the publish instead;
+    :class:`TimeoutError` then, like a nack, means "not confirmed: try again later".
+    """
+    await asyncio.wait_for(
+        exchange.publish(message, routing_key=routing_key, mandatory=mandatory, timeout=timeout),
+        timeout=timeout + 1.0,
+    )
+
+
 def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: dict[str, object] | None = None) -> aio_pika.Message:
     """The AMQP message for one outbox item.
 
@@ -75,8 +92,8 @@ class OutboxRelay:
         async with self.in_flight:
             started = time.perf_counter()
             try:
-                await exchange.publish(amqp_message(item), routing_key=item.routing_key,
-                                       mandatory=True, timeout=self.confirm_timeout)
+                await publish_confirmed(exchange, amqp_message(item), routing_key=item.routing_key,
+                                        timeout=self.confirm_timeout)
             except Exception as exc:  # returned, nacked, timed out, connection lost: retry later
                 log.warning("publish.failed", message_id=item.message_id, recipient=item.recipient,
                             error=type(exc).__name__, detail=str(exc)[:200])
