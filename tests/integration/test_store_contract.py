@@ -322,6 +322,27 @@ async def test_mark_published_drops_items_and_queues_tracked_deliveries(store: S
     assert sorted(events) == sorted([(B, "submitted"), (C, "submitted"), (B, "queued"), (C, "queued")])
 
 
+async def test_each_recipient_gets_the_frame_until_its_own_publish(store: Store) -> None:
+    """A fan-out message's frame is kept once for all its recipients and outlives a partial publish."""
+    m = message()
+    await store.accept_outgoing(m, items(m))
+    first, second = await store.claim_outbox(10)
+    await store.mark_published([first.id])  # type: ignore[list-item]
+    await store.release_outbox([second.id])  # type: ignore[list-item]
+    (again,) = await store.claim_outbox(10)
+    assert (again.recipient, again.body) == (second.recipient, b"frame:" + m.message_id.encode())
+    await store.mark_published([again.id])  # type: ignore[list-item]
+    assert await store.outbox_stats() == (0, None)
+
+
+async def test_outbox_items_of_one_message_must_share_its_frame(store: Store) -> None:
+    m = message()
+    a, b = items(m)
+    with pytest.raises(ValueError, match="same frame"):
+        await store.accept_outgoing(m, [a, OutboxItem(b.message_id, b.recipient, b.routing_key, b"another")])
+    assert await store.get_message(m.message_id) is None
+
+
 async def test_two_concurrent_claimers_never_get_the_same_item(store: Store, second_store: Store) -> None:
     for _ in range(40):
         m = message(recipients=(B, C, "000.00.00.H03", "000.00.00.H04", "000.00.00.H05"))
