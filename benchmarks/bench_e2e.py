@@ -9,7 +9,7 @@ timed; the receiving node runs as its own `exchange serve` process, as two
 agencies' nodes do in a deployment. `--one-process` runs both nodes in this
 process instead (they then share one interpreter lock).
 
-    python benchmarks/bench_e2e.py [--documents 1000] [--store-url postgresql://…] [--one-process]
+    python benchmarks/bench_e2e.py [--documents 1000] [--store-url postgresql://…] [--one-process] [--keys rsa|ec]
 
 Runs in a private RabbitMQ vhost (created with rabbitmqctl, deleted afterwards).
 """
@@ -101,7 +101,7 @@ async def start_process_node(config: Path, log_path: Path) -> subprocess.Popen[b
 
 
 async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency: int = 64,
-                   one_process: bool = False) -> tuple[float, list[float]]:
+                   one_process: bool = False, ec: bool = False) -> tuple[float, list[float]]:
     """Documents/s and per-document latencies (s) through two real nodes."""
     from exchange.config import load_config
     from exchange.routing.node import Node
@@ -109,8 +109,8 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     stores = {"central": store_url.replace("{node}", "central") if store_url else "",
               "local": store_url.replace("{node}", "local") if store_url else ""}
-    configs = build_world(root, [AgencySpec(A, "Văn phòng Chính phủ", node="central"),
-                                 AgencySpec(B, "UBND tỉnh Nghệ An", node="local")],
+    configs = build_world(root, [AgencySpec(A, "Văn phòng Chính phủ", node="central", ec=ec),
+                                 AgencySpec(B, "UBND tỉnh Nghệ An", node="local", ec=ec)],
                           [NodeSpec(n, amqp_url=url, prefix=prefix, http_port=0, store_url=stores[n])
                            for n in ("central", "local")])
     receiver = None
@@ -168,7 +168,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-async def run(count: int, store_url: str, one_process: bool) -> None:
+async def run(count: int, store_url: str, one_process: bool, ec: bool) -> None:
     vhost = f"exchange-bench-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -178,14 +178,15 @@ async def run(count: int, store_url: str, one_process: bool) -> None:
         raw = await raw_loop(url, count, ATTACHMENT + 5 * 1024)
         print(f"bus: {count} signed documents with a 64 KB attachment, A → B, receipts back …", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
-            rate, lat = await bus_loop(Path(tmp), url, count, store_url, one_process=one_process)
+            rate, lat = await bus_loop(Path(tmp), url, count, store_url, one_process=one_process, ec=ec)
     finally:
         rabbitmqctl("delete_vhost", vhost)
     print()
     print(f"{'measure':42} {'value':>12}")
     print(f"{'raw publish+confirm+consume (msg/s)':42} {raw:12.0f}")
     print(f"{'bus documents with receipts (doc/s)':42} {rate:12.0f}   "
-          f"({'both nodes in one process' if one_process else 'receiving node in its own process'})")
+          f"({'both nodes in one process' if one_process else 'receiving node in its own process'}; "
+          f"{'ECDSA P-256' if ec else 'RSA 3072'} agency keys)")
     print(f"{'ratio bus / raw':42} {rate / raw:12.2f}   (aim: ≥ 0.50)")
     print(f"{'latency p50 submit→receipt (ms)':42} {percentile(lat, 50) * 1000:12.1f}")
     print(f"{'latency p99 submit→receipt (ms)':42} {percentile(lat, 99) * 1000:12.1f}")
@@ -200,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                         "as a loaded production node would run; INFO logs every handover)")
     parser.add_argument("--one-process", action="store_true",
                         help="run both nodes in this process (default: the receiving node in its own process)")
+    parser.add_argument("--keys", choices=("rsa", "ec"), default="rsa",
+                        help="agency signing keys: rsa (RSA 3072, the dev PKI default) or ec (ECDSA P-256)")
     args = parser.parse_args(argv)
     from exchange.observability.logging import configure_logging
 
     configure_logging(args.log_level)
-    asyncio.run(run(args.documents, args.store_url, args.one_process))
+    asyncio.run(run(args.documents, args.store_url, args.one_process, args.keys == "ec"))
     return 0
 
 
