@@ -431,6 +431,11 @@ def _ensure_wal(cur: Any, timeout: float) -> None:
             time.sleep(0.02)
 
 
+#: Key of a dict in ``Connection.info`` that the SQLite engine empties at every BEGIN and every
+#: savepoint rollback: facts a body may reuse for the rest of the same transaction.
+TX_CACHE = "exchange.tx_cache"
+
+
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -538,6 +543,7 @@ class _SqliteEngine(_Engine):
 
     def _run_write(self, fn: Callable[[Connection], T]) -> T:
         conn = self._connection(self.writer)
+        conn.info[TX_CACHE] = {}
         try:
             with conn.begin():
                 return fn(conn)
@@ -590,6 +596,7 @@ class _SqliteEngine(_Engine):
                     value = fn(conn)
                 except Exception as exc:  # noqa: BLE001 - this body's outcome; the others go on
                     savepoint.rollback()
+                    conn.info[TX_CACHE] = {}  # what it cached may have been rolled back with it
                     outcomes.append((False, exc))
                 else:
                     savepoint.commit()
@@ -789,13 +796,20 @@ class SqlStore(Store):
             # Serialize appenders across processes; released at commit. On SQLite, BEGIN
             # IMMEDIATE already holds the database's write lock.
             conn.execute(_ADVISORY_LOCK, {"k": JOURNAL_LOCK_KEY})
-        head = conn.execute(_JOURNAL_HEAD).first()
-        entries = chain(pending.events, head_seq=head.seq if head else 0,
-                        head_hash=head.hash if head else GENESIS, at=_now())
-        conn.execute(_INSERT_JOURNAL, [
-            {"seq": e.seq, "at": e.at, "event": e.event, "prev_hash": e.prev_hash, "hash": e.hash}
-            for e in entries
-        ])
+        # Within one SQLite transaction (a group-commit batch) only this connection writes, so
+        # the head it appended last is still the head: the engine keeps it in TX_CACHE, which it
+        # empties at every BEGIN and every savepoint rollback.
+        cache = conn.info.get(TX_CACHE)
+        head = cache.get("journal_head") if cache is not None else None
+        if head is None:
+            row = conn.execute(_JOURNAL_HEAD).first()
+            head = (row.seq, row.hash) if row else (0, GENESIS)
+        entries = chain(pending.events, head_seq=head[0], head_hash=head[1], at=_now())
+        rows = [{"seq": e.seq, "at": e.at, "event": e.event, "prev_hash": e.prev_hash, "hash": e.hash}
+                for e in entries]
+        conn.execute(_INSERT_JOURNAL, rows[0] if len(rows) == 1 else rows)
+        if cache is not None:
+            cache["journal_head"] = (entries[-1].seq, entries[-1].hash)
         # Allocated under the journal lock, so cursors grow in commit order: a client paging with
         # after_seq cannot skip an entry that committed late.
         for index, agency, message_id in pending.cursors:

@@ -22,7 +22,7 @@ from sqlalchemy import event, text
 
 from exchange.errors import StoreError
 from exchange.store import Direction, MessageRecord, OutboxItem
-from exchange.store.sql import SqlStore
+from exchange.store.sql import TX_CACHE, SqlStore
 
 A, B = "000.00.00.G01", "000.00.00.H01"
 
@@ -187,3 +187,24 @@ async def test_a_database_with_frames_inline_in_the_outbox_is_upgraded_on_open(t
         assert db.execute("SELECT count(*) FROM outbox_frames").fetchone() == (0,)
     finally:
         db.close()
+
+
+async def test_a_rolled_back_write_leaves_no_stale_journal_head_for_the_rest_of_its_batch(store: SqlStore) -> None:
+    """Bodies of one batch reuse the journal head the previous one appended (TX_CACHE); a body
+    rolled back to its savepoint takes its appends with it, so the reuse must start over."""
+    engine = store._engine
+    assert engine is not None
+
+    def poisons_the_head_then_fails(conn):
+        conn.info[TX_CACHE]["journal_head"] = (999, "0" * 64)
+        raise ValueError("rolled back")
+
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    calls = [store.accept_outgoing(message(mid), []) for mid in ids[:3]]
+    calls.append(engine.write(poisons_the_head_then_fails))
+    calls += [store.accept_outgoing(message(mid), []) for mid in ids[3:]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[3], ValueError)
+    report = await store.verify_journal()
+    assert report.ok, report.problem
+    assert report.entries == len(ids)
