@@ -42,11 +42,15 @@ def amqp_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
 
 async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> ExchangeService:
     """Load the directory, keys, trust store and store of a node: everything but the broker."""
+    from exchange.envelope.schema import envelope_schema
     from exchange.signing.sign import Signer
     from exchange.signing.trust import TrustStore
     from exchange.signing.verify import Verifier
     from exchange.store import open_store
 
+    # Meta-validate and compile the envelope XSD now (about a second of CPU): a broken install
+    # fails at start with a ConfigError, and the first document does not pay for it.
+    envelope_schema()
     directory = Directory.load(cfg.directory_file)
     for agency in cfg.agencies:
         entry = directory.require(agency.code)
