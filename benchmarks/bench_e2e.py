@@ -41,12 +41,77 @@ A, B = "000.00.00.G22", "000.00.00.H41"
 ATTACHMENT = 64 * 1024
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def broker_cpu() -> float:
+    """CPU seconds used so far by the RabbitMQ VM(s) on this machine (every beam.smp process)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "beam.smp":
+                    total += process_cpu(int(proc.name))
+            except OSError:
+                continue
+    return total
+
+
+class CpuMeter:
+    """CPU used by this process, an optional child process and the broker between start() and stop()."""
+
+    def __init__(self, child: int | None = None) -> None:
+        self.child = child
+        self.start()
+
+    def _now(self) -> tuple[float, float, float]:
+        return (process_cpu(os.getpid()), process_cpu(self.child) if self.child else 0.0, broker_cpu())
+
+    def start(self) -> None:
+        self._begin = self._now()
+
+    def stop(self) -> tuple[float, float, float]:
+        """(this process, child, broker) CPU seconds since start()."""
+        end = self._now()
+        return tuple(b - a for a, b in zip(self._begin, end))  # type: ignore[return-value]
+
+
+def key_operations(key: object, count: int = 50) -> float:
+    """CPU seconds of one private-key signature plus one public-key verification (cryptography alone)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    digest = os.urandom(32)
+    if isinstance(key, rsa.RSAPrivateKey):
+        sign = lambda: key.sign(digest, padding.PKCS1v15(), hashes.SHA256())  # noqa: E731
+        verify = lambda sig: key.public_key().verify(sig, digest, padding.PKCS1v15(), hashes.SHA256())  # noqa: E731
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        sign = lambda: key.sign(digest, ec.ECDSA(hashes.SHA256()))  # noqa: E731
+        verify = lambda sig: key.public_key().verify(sig, digest, ec.ECDSA(hashes.SHA256()))  # noqa: E731
+    else:
+        raise TypeError(f"unexpected key type {type(key).__name__}")
+    started = time.process_time()
+    for _ in range(count):
+        verify(sign())
+    return (time.process_time() - started) / count
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
-async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> float:
-    """Messages/s of a plain persistent publish-with-confirms + consume/ack loop on a quorum queue."""
+async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> tuple[float, float]:
+    """Messages/s of a plain persistent publish-with-confirms + consume/ack loop on a quorum queue,
+    and the CPU seconds per message it took (this process and the broker)."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -76,11 +141,13 @@ async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> flo
                     routing_key=queue.name, timeout=30)
 
         started = time.perf_counter()
+        meter = CpuMeter()
         await asyncio.gather(*(publish(i) for i in range(count)))
         await asyncio.wait_for(done.wait(), 300)
         elapsed = time.perf_counter() - started
+        cpu = sum(meter.stop())
         await queue.delete(if_unused=False, if_empty=False)
-        return count / elapsed
+        return count / elapsed, cpu / count
     finally:
         await connection.close()
 
@@ -101,8 +168,8 @@ async def start_process_node(config: Path, log_path: Path) -> subprocess.Popen[b
 
 
 async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency: int = 64,
-                   one_process: bool = False, ec: bool = False) -> tuple[float, list[float]]:
-    """Documents/s and per-document latencies (s) through two real nodes."""
+                   one_process: bool = False, ec: bool = False) -> tuple[float, list[float], dict[str, float]]:
+    """Documents/s, per-document latencies (s) and CPU seconds per document through two real nodes."""
     from exchange.config import load_config
     from exchange.routing.node import Node
 
@@ -135,6 +202,8 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
             submitted[r.message_id] = t
 
     try:
+        keys = key_operations(central.signers[A].key)
+        meter = CpuMeter(receiver.pid if receiver is not None else None)
         started = time.perf_counter()
         last_report = started
         await asyncio.gather(*(submit(i) for i in range(count)))
@@ -145,13 +214,16 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
             if time.perf_counter() - last_report > 5:
                 print(f"  … {delivered}/{count} receipts", file=sys.stderr, flush=True)
                 last_report = time.perf_counter()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)  # (polling is part of the sender process: keep it light)
         elapsed = time.perf_counter() - started
+        sender_cpu, receiver_cpu, broker = meter.stop()
+        cpu = {"sender": sender_cpu / count, "receiver": receiver_cpu / count, "broker": broker / count,
+               "keys": 2 * keys}
         latencies = []
         for mid, t0 in submitted.items():
             (d,) = await central.store.deliveries(mid)
             latencies.append(d.updated_at.timestamp() - t0)
-        return count / elapsed, latencies
+        return count / elapsed, latencies, cpu
     finally:
         for node in nodes:
             await node.stop()
@@ -175,10 +247,10 @@ async def run(count: int, store_url: str, one_process: bool, ec: bool) -> None:
     url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
     try:
         print(f"raw aio-pika loop: {count} persistent messages of {ATTACHMENT + 5 * 1024} bytes …", file=sys.stderr)
-        raw = await raw_loop(url, count, ATTACHMENT + 5 * 1024)
+        raw, raw_cpu = await raw_loop(url, count, ATTACHMENT + 5 * 1024)
         print(f"bus: {count} signed documents with a 64 KB attachment, A → B, receipts back …", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
-            rate, lat = await bus_loop(Path(tmp), url, count, store_url, one_process=one_process, ec=ec)
+            rate, lat, cpu = await bus_loop(Path(tmp), url, count, store_url, one_process=one_process, ec=ec)
     finally:
         rabbitmqctl("delete_vhost", vhost)
     print()
@@ -191,6 +263,16 @@ async def run(count: int, store_url: str, one_process: bool, ec: bool) -> None:
     print(f"{'latency p50 submit→receipt (ms)':42} {percentile(lat, 50) * 1000:12.1f}")
     print(f"{'latency p99 submit→receipt (ms)':42} {percentile(lat, 99) * 1000:12.1f}")
     print(f"{'latency mean (ms)':42} {statistics.fmean(lat) * 1000:12.1f}")
+    bus_cpu = cpu["sender"] + cpu["receiver"] + cpu["broker"]
+    print()
+    print("CPU time, all processes of the run (both nodes and the broker):")
+    print(f"{'raw loop, per message (ms)':42} {raw_cpu * 1000:12.2f}")
+    print(f"{'bus, per document (ms)':42} {bus_cpu * 1000:12.2f}   (sending node {cpu['sender'] * 1000:.1f}, "
+          f"receiving node {cpu['receiver'] * 1000:.1f}, broker {cpu['broker'] * 1000:.1f})")
+    print(f"{'  of which the key operations alone (ms)':42} {cpu['keys'] * 1000:12.2f}   "
+          "(two signatures + two verifications: document and receipt)")
+    print(f"{'CPU-bound ratio, raw per msg / bus per doc':42} {raw_cpu / bus_cpu:12.2f}   "
+          f"(the aim needs a document to cost at most {2 * raw_cpu * 1000:.2f} ms)")
 
 
 def main(argv: list[str] | None = None) -> int:
