@@ -10,6 +10,7 @@ message and logged.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 
 import aio_pika
@@ -80,7 +81,7 @@ def _list(args: argparse.Namespace) -> int:
             return [describe(m) for m in taken]
         finally:
             for m in taken:
-                await m.nack(requeue=True)
+                await asyncio.wait_for(m.nack(requeue=True), cfg.amqp.confirm_timeout)
             await connection.close()
 
     rows = run(go)
@@ -125,14 +126,14 @@ def _replay(args: argparse.Namespace) -> int:
                                         correlation_id=m.correlation_id)
                 await publish_confirmed(route, copy, routing_key=str(info["routing_key"]),
                                         timeout=cfg.amqp.confirm_timeout)
-                await m.ack()
+                await asyncio.wait_for(m.ack(), cfg.amqp.confirm_timeout)
                 replayed += 1
                 log.info("dlq.replayed", message_id=info["message_id"], recipient=info["recipient"],
                          reason=args.reason)
         finally:
             for m in taken:
                 if not m.processed:
-                    await m.nack(requeue=True)
+                    await asyncio.wait_for(m.nack(requeue=True), cfg.amqp.confirm_timeout)
             await connection.close()
         return replayed
 

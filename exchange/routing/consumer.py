@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable
 from datetime import datetime, timezone
 
 import aio_pika
@@ -126,14 +127,11 @@ class Consumer:
             result = await self._receive_holding(message, recipient, attempt)
             if result is None:
                 return
-            if result.decision is Decision.ACK:
-                await message.ack()
-            elif result.decision is Decision.RETRY:
+            if result.decision is Decision.RETRY:
                 await self._republish_retry(message, headers, attempt, result)
-                await message.ack()
-            else:
+            elif result.decision is not Decision.ACK:
                 await self._dead_letter(message, headers, result)
-                await message.ack()
+            await self._bounded(message.ack())
             self.handled += 1
         except Exception as exc:
             # Publishing the retry/dead copy or the ack failed (connection lost): the broker
@@ -159,10 +157,21 @@ class Consumer:
                     continue
                 log.exception("consumer.poison", error=type(exc).__name__)
                 try:
-                    await message.nack(requeue=True)
+                    await self._bounded(message.nack(requeue=True))
                 except Exception:
                     pass
                 return None
+
+    async def _bounded(self, settle: Awaitable[None]) -> None:
+        """An ack or nack, given up after ``confirm_timeout`` (raises TimeoutError).
+
+        aiormq awaits the frame's write without a timeout, and a connection that drops at
+        that moment leaves the wait unresolved: unbounded, each such ack would hold one worker
+        forever (the relay's publishes had the same trap; see relay.publish_confirmed). An
+        ack that never reached the broker is harmless: the broker redelivers the message
+        and the store's dedupe absorbs it.
+        """
+        await asyncio.wait_for(settle, self.confirm_timeout)
 
     async def _republish_retry(self, message: AbstractIncomingMessage, headers: dict[str, object],
                                attempt: int, result: ReceiveResult) -> None:

@@ -1,4 +1,4 @@
-"""A publish whose confirm never comes is given up on, and its outbox item is released for later.
+"""Waits on aiormq that can go unanswered are bounded: publishes (relay) and acks (consumer).
 
 aiormq 6.9 can leave a publish waiting forever on a connection that dropped between
 queueing the frame and writing it (its ``timeout=`` does not cover that wait). Before
@@ -56,3 +56,32 @@ async def test_the_relay_releases_an_item_whose_confirm_never_comes(tmp_path: Pa
         assert (again.message_id, again.attempts) == ("m1", 1)
     finally:
         await store.close()
+
+
+class HungMessage:
+    """An incoming message whose ack, like a publish, never completes (the connection dropped)."""
+
+    body = b"frame"
+    headers = {"x-attempt": 1, "x-message-id": "m1", "x-sender": A}
+    correlation_id = None
+    routing_key = f"{B}.normal"
+
+    async def ack(self) -> None:
+        await asyncio.Event().wait()
+
+    async def nack(self, requeue: bool = True) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_consumer_worker_is_not_held_by_an_ack_that_never_completes() -> None:
+    from exchange.routing.consumer import Consumer
+    from exchange.routing.lanes import Lane
+    from exchange.service import Decision, ReceiveResult
+
+    class Service:
+        async def receive(self, recipient, body, *, attempt=1):
+            return ReceiveResult(Decision.ACK, message_id="m1")
+
+    consumer = Consumer(Service(), None, None, None, confirm_timeout=0.05)  # type: ignore[arg-type]
+    await asyncio.wait_for(consumer._process(HungMessage(), B, Lane.NORMAL), 10)  # type: ignore[arg-type]
+    assert consumer.handled == 0  # not counted: the broker will redeliver it, and dedupe absorbs that
