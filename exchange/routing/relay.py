@@ -31,7 +31,9 @@ async def publish_confirmed(exchange: AbstractExchange, message: aio_pika.Messag
     write to the socket without it, and when the connection drops at that moment (a broker
     restart) that future is never resolved, so the publish hangs forever. This was a relay
     stalled for good after a broker restart, with 2,000 documents waiting in its outbox
-    (tests/integration/test_routing.py). Our own timer cancels the publish instead;
+    (tests/integration/test_routing.py). Upstream: mosquito/aiormq#176 (the drain future of
+    basic_publish is left behind when the connection goes) and mosquito/aio-pika#636 (a
+    robust publish waits for the reconnection). Our own timer cancels the publish instead;
     :class:`TimeoutError` then, like a nack, means "not confirmed: try again later".
     """
     await asyncio.wait_for(
