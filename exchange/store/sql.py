@@ -533,10 +533,10 @@ class _SqliteEngine(_Engine):
         Checking a connection out of SQLAlchemy's pool and back in (with its reset) costs
         more than a small transaction's statements; each store thread keeps one instead.
         """
-        conn: Connection | None = getattr(self._local, "conn", None)
+        mine: dict[int, Connection] = self._local.__dict__.setdefault("connections", {})
+        conn = mine.get(id(engine))
         if conn is None or conn.closed or conn.invalidated:
-            conn = engine.connect()
-            self._local.conn = conn
+            conn = mine[id(engine)] = engine.connect()
             with self._opened_lock:
                 self._opened.append(conn)
         return conn
@@ -564,10 +564,10 @@ class _SqliteEngine(_Engine):
                 # autocommit mode), and the next read starts from a fresh snapshot.
                 conn.rollback()
 
-    def _drop_if_broken(self, conn: Connection) -> None:
+    @staticmethod
+    def _drop_if_broken(conn: Connection) -> None:
         if conn.invalidated:
-            conn.close()
-            self._local.conn = None
+            conn.close()  # _connection opens a new one next time
 
     def _run_batch(self, fns: list[Callable[[Connection], Any]]) -> list[tuple[bool, Any]]:
         """Group commit: all bodies in one transaction, one COMMIT for all.
