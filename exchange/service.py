@@ -18,7 +18,7 @@ from datetime import datetime
 
 import structlog
 
-from exchange.adapters.base import Adapter, DeliveryResult, Incoming, OutgoingFile, Outcome, SubmitResult
+from exchange.adapters.base import Adapter, DeliveryResult, Incoming, Outcome, OutgoingFile, SubmitResult
 from exchange.config import LimitsConfig
 from exchange.envelope.model import (
     AgencyRef,
@@ -435,6 +435,11 @@ class ExchangeService:
 
         if h.kind is Kind.RECEIPT:
             await self._on_receipt(env, recipient)
+            adapter = self.adapters.get(recipient)
+            if adapter is not None and adapter.wants_receipts:
+                # The E-Office gets the signed receipt as well (proof of delivery to keep);
+                # the timeline already has it, so a retry only repeats the handover.
+                return await self._hand_over(recipient, signed, attempt, base)
             await self.store.complete_incoming(h.message_id, recipient, InboxState.ACKED)
             return ReceiveResult(Decision.ACK, **base)
         if h.kind is Kind.STATUS and h.status is not None:
@@ -456,11 +461,12 @@ class ExchangeService:
             except Exception as exc:  # an adapter bug or outage is transient: the bus retries
                 log.warning("adapter.error", **base, recipient=recipient, error=type(exc).__name__)
                 result = DeliveryResult.transient(f"{type(exc).__name__}: {exc}", "adapter-error")
+        answer = h.kind is not Kind.RECEIPT  # a receipt is never answered with a receipt
         if result.outcome is Outcome.DELIVERED:
             await self.store.complete_incoming(
                 h.message_id, recipient, InboxState.HANDED_OVER,
                 receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.DELIVERED,
-                                      digest=signed.digest))
+                                      digest=signed.digest) if answer else None)
             self.outbox_event.set()
             log.info("delivered", **base, recipient=recipient, attempt=attempt)
             return ReceiveResult(Decision.ACK, **base)
@@ -473,7 +479,7 @@ class ExchangeService:
         await self.store.complete_incoming(
             h.message_id, recipient, InboxState.FAILED, reason=reason,
             receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.FAILED,
-                                  digest=signed.digest, reason_code=code, reason=reason))
+                                  digest=signed.digest, reason_code=code, reason=reason) if answer else None)
         self.outbox_event.set()
         log.warning("delivery.failed", **base, recipient=recipient, reason_code=code)
         return ReceiveResult(Decision.DEAD, code, reason, **base)

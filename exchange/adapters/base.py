@@ -135,9 +135,11 @@ class Adapter(ABC):
 
     #: The name used in configuration and in the entry point.
     kind: ClassVar[str] = ""
-    #: Whether envelopes of kind "receipt" are handed over too (most E-Offices
-    #: only want documents and statuses; tracking shows receipts anyway).
-    wants_receipts: ClassVar[bool] = False
+    #: Whether envelopes of kind "receipt" are handed over too: the signed receipts that
+    #: come back for what this agency sent (most E-Offices only want documents and
+    #: statuses; tracking shows receipts anyway). A class attribute, or set per instance
+    #: from the options in ``start()``. A receipt is never answered with a receipt.
+    wants_receipts: bool = False
 
     def __init__(self, agency: str, options: Mapping[str, Any], bus: BusHandle) -> None:
         self.agency = agency

@@ -6,7 +6,8 @@ dead letters and non-delivery receipts can be exercised end to end.
 
 Options: ``path`` (the JSONL file), ``transient_failures`` (answer transient
 this many times per message before accepting), ``refuse`` (answer permanent
-for every document), ``delay`` (seconds to hold each handover).
+for every document), ``delay`` (seconds to hold each handover), ``receipts`` (true:
+also take the signed receipts that come back for what this agency sent).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RecordingAdapter(Adapter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._attempts: Counter[str] = Counter()
         self._lock = asyncio.Lock()
+        self.wants_receipts = bool(self.options.get("receipts", False))
 
     async def deliver(self, message: Incoming) -> DeliveryResult:
         delay = float(self.options.get("delay", 0))
@@ -47,6 +49,8 @@ class RecordingAdapter(Adapter):
             "message_id": message.message_id, "recipient": self.agency, "sender": h.sender.code,
             "kind": h.kind.value, "operation": h.operation.value, "priority": int(h.priority),
             "status": h.status.code.value if h.status else None,
+            "receipt_for": h.receipt.response_for if h.receipt else None,
+            "outcome": h.receipt.outcome.value if h.receipt else None,
             "attachments": {a.name: a.sha256 for a in message.envelope.attachments},
             "attempt": message.attempt,
         }, ensure_ascii=False)

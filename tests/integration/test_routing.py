@@ -116,6 +116,27 @@ async def test_document_reaches_its_recipient_and_a_signed_receipt_comes_back(ma
     assert delivered[0].detail == f"digest {sent.digest}"  # the receipt names exactly what was sent
 
 
+async def test_an_adapter_that_wants_receipts_gets_each_one_once_and_none_is_answered(make_world, tmp_path) -> None:
+    # A's E-Office takes receipts, and fails the first handover of each (the bus retries it).
+    specs = agencies(tmp_path, **{A: {"receipts": True, "transient_failures": 1}, C: {"refuse": True}})
+    world = make_world(specs, ["central", "local"], retry_delays=(1,), max_attempts=3)
+    await world.start("local")
+    central = await world.start("central")
+    result = await central.service.submit_document(A, [B, C], doc())
+
+    async def both_receipts_handed_over() -> bool:
+        return len(read_records(tmp_path / f"{A}.jsonl")) >= 2
+
+    await wait_for(both_receipts_handed_over, what="two receipts handed to A's E-Office")
+    await asyncio.sleep(1.5)  # room for a wrong second handover or a receipt of a receipt
+    got = {(r["kind"], r["receipt_for"], r["sender"], r["outcome"]) for r in read_records(tmp_path / f"{A}.jsonl")}
+    assert got == {("receipt", result.message_id, B, "delivered"), ("receipt", result.message_id, C, "failed")}
+    assert len(read_records(tmp_path / f"{A}.jsonl")) == 2  # each once, though the first try failed
+    assert await states(central.service, result.message_id) == {B: DeliveryState.DELIVERED, C: DeliveryState.FAILED}
+    sent_by_a = await central.service.store.list_sent(A)
+    assert [m.kind for m in sent_by_a] == ["document"]  # no receipt was sent back for a receipt
+
+
 async def test_fan_out_gives_each_recipient_its_own_delivery_and_statuses_come_back(make_world, tmp_path) -> None:
     world = make_world(agencies(tmp_path), ["central", "local"])
     local = await world.start("local")
