@@ -25,6 +25,7 @@ from exchange.envelope.model import (
     Operation,
     Priority,
     Promulgation,
+    ReceiptInfo,
     ResponseRef,
     SignerInfo,
     StaffInfo,
@@ -110,8 +111,15 @@ def message_json(envelope: Envelope, *, recipient: str, attempt: int = 1) -> dic
         "attempt": attempt,
         "document": document_json(h.document) if h.document else None,
         "status": status_json(h.status) if h.status else None,
+        "receipt": receipt_json(h.receipt) if h.receipt else None,
         "attachments": [attachment_json(a) for a in envelope.attachments],
     }
+
+
+def receipt_json(r: ReceiptInfo) -> dict[str, Any]:
+    """A signed receipt for a document the agency sent (only for adapters that want receipts)."""
+    return {"response_for": r.response_for, "outcome": r.outcome.value, "envelope_digest": r.envelope_digest,
+            "reason_code": r.reason_code, "reason": r.reason}
 
 
 def b64(data: bytes) -> str:

@@ -9,6 +9,10 @@ Options (``[agencies.options]``):
     it (preferred: the TOML then holds no secret). Never logged.
 ``timeout``
     Seconds for the whole request, default 10.
+``receipts``
+    ``true``: also POST the signed receipts that come back for what this agency
+    sent (``kind`` "receipt", with a ``receipt`` object: ``response_for``,
+    ``outcome``, ``envelope_digest``, ``reason_code``, ``reason``). Default false.
 
 Request: ``POST url`` with ``Content-Type: application/json`` and
 
@@ -20,7 +24,7 @@ Request: ``POST url`` with ``Content-Type: application/json`` and
 * ``X-Exchange-Message-Id``, ``X-Exchange-Kind``, ``X-Exchange-Attempt``: for routing and logs.
 
 Body: :func:`exchange.adapters.jsonform.message_json` (``message_id``, ``kind``,
-``operation``, ``sender``, ``recipient``, ``document`` or ``status`` fields,
+``operation``, ``sender``, ``recipient``, ``document``, ``status`` or ``receipt`` fields,
 ``attachments`` with their manifest entries) where every attachment also has
 ``data_base64``, plus ``envelope_xml_base64``: the exact signed envelope bytes,
 the evidence an E-Office can keep and verify (``exchange verify``).
@@ -130,7 +134,7 @@ def _secret_of(agency: str, options: Mapping[str, Any]) -> bytes:
 
 
 class WebhookAdapter(Adapter):
-    """POSTs each incoming document and status to the E-Office's URL."""
+    """POSTs each incoming document and status (and receipt, if asked) to the E-Office's URL."""
 
     kind = "webhook"
     wants_receipts = False
@@ -161,6 +165,10 @@ class WebhookAdapter(Adapter):
             raise AdapterError(f"webhook adapter of {self.agency}: options.timeout must be seconds") from None
         if timeout <= 0:
             raise AdapterError(f"webhook adapter of {self.agency}: options.timeout must be positive")
+        receipts = self.options.get("receipts", False)
+        if not isinstance(receipts, bool):
+            raise AdapterError(f"webhook adapter of {self.agency}: options.receipts must be true or false")
+        self.wants_receipts = receipts
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def stop(self) -> None:

@@ -20,6 +20,8 @@ from exchange.envelope.model import (
     Kind,
     Operation,
     Promulgation,
+    ReceiptInfo,
+    ReceiptOutcome,
     StaffInfo,
     StatusCode,
     StatusInfo,
@@ -98,6 +100,17 @@ def status_message(response_for: str, code: StatusCode = StatusCode.ACCEPTED, *,
         message_id=new_message_id(), kind=Kind.STATUS, sender=AgencyRef(sender), recipients=(AgencyRef(recipient),),
         created_at=utcnow(), status=StatusInfo(response_for=response_for, code=code, description="đã tiếp nhận",
                                                timestamp=utcnow()),
+    ))
+    return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)), {}, 1)
+
+
+def receipt_message(response_for: str, outcome: ReceiptOutcome = ReceiptOutcome.DELIVERED, *, sender: str = PEER,
+                    recipient: str = HOST, reason_code: str = "", reason: str = "") -> Incoming:
+    """A signed receipt coming back to ``recipient`` for a document it sent to ``sender``."""
+    envelope = Envelope(Header(
+        message_id=new_message_id(), kind=Kind.RECEIPT, sender=AgencyRef(sender), recipients=(AgencyRef(recipient),),
+        created_at=utcnow(), receipt=ReceiptInfo(response_for=response_for, outcome=outcome,
+                                                 envelope_digest="ab" * 32, reason_code=reason_code, reason=reason),
     ))
     return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)), {}, 1)
 

@@ -18,9 +18,17 @@ from exchange.adapters.base import Outcome
 from exchange.adapters.conformance.probe import ProbeContext
 from exchange.adapters.conformance.probes.webhook import WebhookProbe
 from exchange.adapters.webhook import WebhookAdapter, sign_webhook, verify_webhook
+from exchange.envelope.model import ReceiptOutcome
 from exchange.errors import AdapterError
 
-from tests.unit.adapter_fakes import HOST, FakeBus, document_message, random_secret, status_message
+from tests.unit.adapter_fakes import (
+    HOST,
+    FakeBus,
+    document_message,
+    random_secret,
+    receipt_message,
+    status_message,
+)
 
 
 class EOffice:
@@ -104,6 +112,23 @@ async def test_status_is_posted_with_its_code(eoffice, make_adapter) -> None:
     assert doc["status"]["response_for"] == "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11" and doc["attachments"] == []
 
 
+async def test_receipts_are_posted_only_when_asked_for(eoffice, make_adapter) -> None:
+    server, url = eoffice
+    assert (await make_adapter(url=url, secret=random_secret())).wants_receipts is False
+    adapter = await make_adapter(url=url, secret=random_secret(), receipts=True)
+    assert adapter.wants_receipts is True
+    message = receipt_message("6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11", ReceiptOutcome.FAILED,
+                              reason_code="eoffice-refused", reason="HTTP 422: unknown document type")
+    assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
+    ((headers, body),) = server.requests
+    doc = json.loads(body)
+    assert headers["X-Exchange-Kind"] == "receipt" and doc["kind"] == "receipt"
+    assert doc["receipt"] == {"response_for": "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11", "outcome": "failed",
+                              "envelope_digest": "ab" * 32, "reason_code": "eoffice-refused",
+                              "reason": "HTTP 422: unknown document type"}
+    assert doc["document"] is None and doc["status"] is None
+
+
 @pytest.mark.parametrize("status, outcome", [
     (200, Outcome.DELIVERED), (202, Outcome.DELIVERED), (204, Outcome.DELIVERED),
     (500, Outcome.TRANSIENT), (502, Outcome.TRANSIENT), (503, Outcome.TRANSIENT),
@@ -176,6 +201,7 @@ async def test_secret_can_come_from_the_environment(eoffice, make_adapter, monke
     ({"url": "http://127.0.0.1:9/hook"}, "secret"),
     ({"url": "http://127.0.0.1:9/hook", "secret_env": "EXCHANGE_TEST_UNSET_SECRET"}, "EXCHANGE_TEST_UNSET_SECRET"),
     ({"url": "http://127.0.0.1:9/hook", "secret": "s", "timeout": 0}, "timeout"),
+    ({"url": "http://127.0.0.1:9/hook", "secret": "s", "receipts": "yes"}, "options.receipts"),
 ])
 async def test_misconfiguration_is_refused_at_start(options, complaint, monkeypatch) -> None:
     monkeypatch.delenv("EXCHANGE_TEST_UNSET_SECRET", raising=False)
