@@ -497,14 +497,13 @@ class ExchangeService:
         receipt = env.header.receipt
         assert receipt is not None
         sender = env.header.sender.code  # the agency that received the original
-        states = {d.recipient: d.state for d in await self.store.deliveries(receipt.response_for)}
-        if states.get(sender) in (DeliveryState.DELIVERED, DeliveryState.FAILED):
-            return  # a re-sent receipt for a duplicate: the timeline already has it
         delivered = receipt.outcome is ReceiptOutcome.DELIVERED
         detail = f"digest {receipt.envelope_digest}" if delivered else f"{receipt.reason_code}: {receipt.reason}"
+        # only_if_open: a receipt re-sent for a duplicate finds the delivery closed and adds nothing.
         known = await self.store.record_event(
             receipt.response_for, sender, receipt.outcome.value, at=env.header.created_at,
-            state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000])
+            state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000],
+            only_if_open=True)
         if known:
             original = await self.store.get_message(receipt.response_for, Direction.OUT)
             if delivered and original is not None and receipt.envelope_digest != original.digest:

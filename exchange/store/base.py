@@ -213,11 +213,14 @@ class Store(ABC):
         state: DeliveryState | None = None,
         status_code: str | None = None,
         detail: str = "",
+        only_if_open: bool = False,
     ) -> bool:
         """Append to the timeline; update the delivery's state/status if given.
 
-        Returns False if the delivery (message_id, recipient) is unknown. A state
-        never moves backwards (a late QUEUED after DELIVERED is timeline-only).
+        Returns False if the delivery (message_id, recipient) is unknown, or, with
+        ``only_if_open``, already DELIVERED or FAILED (then nothing is written: a receipt
+        sent again is not a second event). A state never moves backwards (a late QUEUED
+        after DELIVERED is timeline-only).
         """
 
     @abstractmethod

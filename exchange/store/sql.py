@@ -301,6 +301,7 @@ _INBOX_ENTER_FROM: dict[InboxState, tuple[str, ...]] = {
 }
 
 _VISIBLE = (InboxState.HANDED_OVER.value, InboxState.ACKED.value)
+_CLOSED = frozenset({DeliveryState.DELIVERED.value, DeliveryState.FAILED.value})
 
 
 def insert_ignore(table: Table, conflict: Sequence[str], returning: str | None = None) -> TextClause:
@@ -1131,6 +1132,7 @@ class SqlStore(Store):
         state: DeliveryState | None = None,
         status_code: str | None = None,
         detail: str = "",
+        only_if_open: bool = False,
     ) -> bool:
         """Timeline always; state only forward (SUBMITTED < QUEUED < DELIVERED, FAILED and DELIVERED terminal)."""
         def tx(conn: Connection, pending: _Pending) -> bool:
@@ -1139,7 +1141,7 @@ class SqlStore(Store):
             # SQLite: BEGIN IMMEDIATE already excludes other writers.
             query = _DELIVERY_STATE_FOR_UPDATE if self.is_postgres else _DELIVERY_STATE
             current = conn.execute(query, key).scalar_one_or_none()
-            if current is None:
+            if current is None or only_if_open and current in _CLOSED:
                 raise _Rollback(False)
             values: dict[str, Any] = {}
             moved = state is not None and DeliveryState(current) in _ENTER_FROM[state]

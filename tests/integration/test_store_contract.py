@@ -467,6 +467,22 @@ async def test_failed_is_terminal_and_a_late_delivered_is_timeline_only(store: S
     assert [e.event for e in await store.timeline(m.message_id) if e.recipient == B][-2:] == ["failed", "delivered"]
 
 
+async def test_only_if_open_records_a_receipt_once(store: Store) -> None:
+    """A receipt sent again (for a duplicate on the wire) finds the delivery closed and adds nothing."""
+    m = await send_and_publish(store)
+    assert await store.record_event(m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED,
+                                    detail="digest abc", only_if_open=True)
+    entries = (await store.verify_journal()).entries
+    for outcome, state in (("delivered", DeliveryState.DELIVERED), ("failed", DeliveryState.FAILED)):
+        assert await store.record_event(m.message_id, B, outcome, at=now(), state=state,
+                                        only_if_open=True) is False
+    assert [e.event for e in await store.timeline(m.message_id) if e.recipient == B].count("delivered") == 1
+    assert (await store.verify_journal()).entries == entries
+    assert await store.record_event(m.message_id, C, "failed", at=now(), state=DeliveryState.FAILED,
+                                    only_if_open=True)  # C's delivery was still open
+    assert await states(store, m.message_id) == {B: DeliveryState.DELIVERED, C: DeliveryState.FAILED}
+
+
 async def test_business_statuses_update_the_code_in_any_state(store: Store) -> None:
     m = await send_and_publish(store)
     await store.record_event(m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED)
