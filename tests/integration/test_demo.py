@@ -27,7 +27,12 @@ def test_demo_delivers_a_directive_through_every_adapter_kind_and_walks_statuses
         assert re.search(rf"^{re.escape(code)}\s+delivered\s+06\s", out, re.M), out
         # ... and the timeline walks it 01 -> 03 -> 06 after the delivered receipt.
         events = re.findall(rf"^\S+\s+{re.escape(code)}\s+(\S+)", out, re.M)
-        assert events[-4:] == ["delivered", "status:01", "status:03", "status:06"], events
+        # The publish confirm ("queued") may be recorded after the receipt was signed: the
+        # recipient can take the copy before the broker's confirm reaches the sender. The state
+        # never moves back (docs/ARCHITECTURE.md); the timeline shows the order things happened.
+        assert events[0] == "submitted" and "queued" in events, events
+        business = [e for e in events if e not in ("submitted", "queued")]
+        assert business == ["delivered", "status:01", "status:03", "status:06"], events
     assert "registered 1 document(s), refused 0 bad signature(s)" in out
     # The world the demo built is a real one: each E-Office got its copy its own way.
     demo = tmp_path / "demo"
