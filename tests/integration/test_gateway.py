@@ -237,7 +237,10 @@ async def test_status_sent_by_the_recipient_shows_in_the_senders_track_and_inbox
     delivery = (await gw.track(A, mid))["deliveries"][0]
     assert delivery["state"] == "delivered"
     events = [e["event"] for e in delivery["timeline"]]
-    assert events[:3] == ["submitted", "queued", "delivered"] and events.count("status:03") == 1
+    # "queued" (the publish confirm) may be recorded after the receipt: the recipient can take the
+    # copy before the confirm reaches the sender; the state never moves back (docs/ARCHITECTURE.md).
+    assert events[0] == "submitted" and sorted(events[1:3]) == ["delivered", "queued"], events
+    assert events.count("status:03") == 1
     status = await gw.wait_in_inbox(A, first["message_id"])
     assert status["kind"] == "status" and status["status"]["code"] == "03"
     assert status["status"]["response_for"] == mid and status["document"] is None

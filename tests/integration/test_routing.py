@@ -110,7 +110,9 @@ async def test_document_reaches_its_recipient_and_a_signed_receipt_comes_back(ma
     assert record["message_id"] == result.message_id and record["sender"] == A
     assert record["attachments"] == {"ct.pdf": hashlib.sha256(pdf).hexdigest()}
     events = [t.event for t in await central.service.store.timeline(result.message_id)]
-    assert events[:3] == ["submitted", "queued", "delivered"]
+    # "queued" (the publish confirm) may be recorded after the receipt: the recipient can take the
+    # copy before the confirm reaches the sender; the state never moves back (docs/ARCHITECTURE.md).
+    assert events[0] == "submitted" and sorted(events[1:3]) == ["delivered", "queued"], events
     sent = await central.service.store.get_message(result.message_id, Direction.OUT)
     delivered = [t for t in await central.service.store.timeline(result.message_id) if t.event == "delivered"]
     assert delivered[0].detail == f"digest {sent.digest}"  # the receipt names exactly what was sent
