@@ -2,7 +2,9 @@
 
 Options: ``root`` (the agency's folder), ``poll_interval`` (seconds, default 1),
 ``settle_seconds`` (how long an unfinished drop may stay unfinished, default
-30). Folder layout, atomic writes and polling: :mod:`exchange.adapters.folders`.
+30), ``receipts`` (true: the signed receipts for what this agency sent arrive in
+``incoming/`` too, as folders whose ``message.json`` has ``kind`` "receipt" and a
+``receipt`` object; default false). Folder layout, atomic writes and polling: :mod:`exchange.adapters.folders`.
 
 **Sending** (the E-Office writes to ``outgoing/``). A drop is a metadata file
 ``outgoing/<name>.json`` plus the attachment files it lists. The metadata file
@@ -86,7 +88,7 @@ from exchange.adapters.jsonform import (
     status_code_from_json,
 )
 from exchange.envelope.model import DocumentInfo, Kind, Operation, StaffInfo, StatusCode
-from exchange.errors import BadRequestError
+from exchange.errors import AdapterError, BadRequestError
 
 MESSAGE_FILE = "message.json"
 EVIDENCE_FILE = "envelope.xml"
@@ -155,9 +157,16 @@ class FileDropAdapter(FolderAdapter):
 
     # -- receiving ------------------------------------------------------------------
 
+    async def start(self) -> None:
+        receipts = self.options.get("receipts", False)
+        if not isinstance(receipts, bool):
+            raise AdapterError(f"filedrop adapter of {self.agency}: options.receipts must be true or false")
+        self.wants_receipts = receipts
+        await super().start()
+
     async def deliver(self, message: Incoming) -> DeliveryResult:
-        if message.envelope.header.kind is Kind.RECEIPT:
-            return DeliveryResult.delivered()  # receipts show in tracking; the E-Office is not given them
+        if message.envelope.header.kind is Kind.RECEIPT and not self.wants_receipts:
+            return DeliveryResult.delivered()  # receipts show in tracking; this E-Office did not ask for them
         final = self.folders.incoming / message.message_id
         try:
             await asyncio.to_thread(lambda: atomic_write_dir(final, incoming_files(message)))

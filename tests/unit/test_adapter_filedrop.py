@@ -16,9 +16,9 @@ from exchange.adapters import folders
 from exchange.adapters.base import Outcome
 from exchange.adapters.filedrop import FileDropAdapter
 from exchange.envelope.model import Priority, StatusCode
-from exchange.errors import StoreError, UnknownAgencyError
+from exchange.errors import AdapterError, StoreError, UnknownAgencyError
 
-from tests.unit.adapter_fakes import HOST, PEER, FakeBus, document_message, status_message
+from tests.unit.adapter_fakes import HOST, PEER, FakeBus, document_message, receipt_message, status_message
 
 
 @pytest.fixture
@@ -140,6 +140,31 @@ async def test_status_is_written_too(make_adapter) -> None:
     await adapter.deliver(message)
     meta = json.loads((adapter.folders.incoming / message.message_id / "message.json").read_bytes())
     assert meta["status"]["code"] == "06" and meta["status"]["response_for"] == "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11"
+
+
+async def test_receipts_arrive_as_folders_only_when_asked_for(make_adapter, tmp_path) -> None:
+    mid = "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11"
+    quiet = await make_adapter()
+    assert quiet.wants_receipts is False
+    message = receipt_message(mid)
+    assert (await quiet.deliver(message)).outcome is Outcome.DELIVERED
+    assert not (quiet.folders.incoming / message.message_id).exists()
+
+    wanting = await make_adapter(root=str(tmp_path / "wanting"), receipts=True)
+    assert wanting.wants_receipts is True
+    assert (await wanting.deliver(message)).outcome is Outcome.DELIVERED
+    folder = wanting.folders.incoming / message.message_id
+    meta = json.loads((folder / "message.json").read_bytes())
+    assert meta["kind"] == "receipt" and meta["receipt"]["response_for"] == mid
+    assert meta["receipt"]["outcome"] == "delivered" and meta["receipt"]["envelope_digest"] == "ab" * 32
+    assert (folder / "envelope.xml").read_bytes() == message.xml  # the signed receipt itself, to keep
+
+
+async def test_receipts_option_must_be_a_boolean(tmp_path) -> None:
+    adapter = FileDropAdapter(HOST, {"root": str(tmp_path / "eoffice"), "watch": False, "receipts": "yes"}, FakeBus())
+    with pytest.raises(AdapterError, match="options.receipts"):
+        await adapter.start()
+    await adapter.stop()
 
 
 # -- sending ---------------------------------------------------------------------------
