@@ -8,6 +8,7 @@ robust connection restores channels and consumers by itself after an outage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from datetime import datetime, timezone
@@ -138,30 +139,57 @@ class Node:
         port = site._server.sockets[0].getsockname()[1] if site._server else http.port  # type: ignore[union-attr]
         self.http_url = f"{'https' if ctx else 'http'}://{http.host}:{port}"
 
-    async def _amqp_supervisor(self) -> None:
-        """Connect with backoff until RabbitMQ answers; then declare, consume and publish."""
-        assert self.service is not None and self.relay is not None
-        cfg = self.config
+    async def _amqp_supervisor(self, setup_timeout: float = 60.0) -> None:
+        """Connect with backoff until RabbitMQ answers and the node's setup succeeds.
+
+        Setup (topology, consumers, relay) is retried whole, with backoff, when it fails or
+        does not finish within ``setup_timeout``: say a queue exists with other arguments
+        (PRECONDITION_FAILED), or the broker went away between connecting and declaring.
+        Each failure is logged with the broker's own words, so an operator can fix it
+        while the node keeps trying.
+        """
         backoff = 0.5
-        while self.connection is None:
+        while True:
+            if self.connection is None:
+                try:
+                    self.connection = await self._connect()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._set_gauge("broker_up", 0)
+                    log.warning("broker.unreachable", error=type(exc).__name__, retry_in=backoff,
+                                hint="is RabbitMQ running? deploy/setup.sh starts it")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
             try:
-                connection = await aio_pika.connect_robust(
-                    cfg.amqp.url, ssl_context=amqp_ssl_context(cfg), timeout=10,
-                    client_properties={"connection_name": f"exchange {cfg.name}"},
-                )
+                await asyncio.wait_for(self._set_up(self.connection), setup_timeout)
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._set_gauge("broker_up", 0)
-                log.warning("broker.unreachable", error=type(exc).__name__, retry_in=backoff,
-                            hint="is RabbitMQ running? deploy/setup.sh starts it")
+                log.error("broker.setup_failed", error=type(exc).__name__, detail=str(exc)[:500], retry_in=backoff,
+                          hint="the broker refused the node's topology or went away while it was declared; "
+                               "fix what the detail names (e.g. delete a queue declared with other arguments)")
+                await self._tear_down()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-                continue
-            self.connection = connection
-        connection = self.connection
+
+    async def _connect(self) -> AbstractRobustConnection:
+        cfg = self.config
+        connection = await aio_pika.connect_robust(
+            cfg.amqp.url, ssl_context=amqp_ssl_context(cfg), timeout=10,
+            client_properties={"connection_name": f"exchange {cfg.name}"},
+        )
         connection.close_callbacks.add(lambda *_: self._on_broker_lost())
         connection.reconnect_callbacks.add(lambda *_: self._on_broker_back())
+        return connection
+
+    async def _set_up(self, connection: AbstractRobustConnection) -> None:
+        """Declare the topology, start consuming and let the relay publish."""
+        assert self.service is not None and self.relay is not None
+        cfg = self.config
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self.topology = await declare(
             publish, prefix=cfg.amqp.prefix, agencies=[a.code for a in cfg.agencies],
@@ -182,6 +210,19 @@ class Node:
         self.relay.exchange = self.topology.route
         self._on_broker_back()
         log.info("broker.connected", prefix=cfg.amqp.prefix)
+
+    async def _tear_down(self, timeout: float = 10.0) -> None:
+        """Undo a failed setup: stop what started, close the connection (the next try reconnects)."""
+        consumer, self.consumer = self.consumer, None
+        if self.relay is not None:
+            self.relay.exchange = None
+        connection, self.connection = self.connection, None
+        with contextlib.suppress(Exception):
+            if consumer is not None:
+                await asyncio.wait_for(consumer.stop(grace=1.0), timeout)
+        with contextlib.suppress(Exception):
+            if connection is not None:
+                await asyncio.wait_for(connection.close(), timeout)
 
     def _on_broker_lost(self) -> None:
         self._connected.clear()

@@ -426,3 +426,33 @@ async def test_an_edxml_status_package_naming_the_document_by_document_id_reache
     assert record is not None and (record.operation, record.relates_to) == ("revoke", sent.message_id)
     events = [t.event for t in await central.service.store.timeline(sent.message_id) if t.recipient == B]
     assert "revoke-sent" in events
+
+
+async def test_a_refused_topology_is_logged_and_retried_until_the_operator_fixes_it(
+        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    """A queue left over with other arguments makes the broker refuse the node's declaration
+    (PRECONDITION_FAILED). The node says so, in the broker's words, and keeps trying; once
+    the operator deletes the queue it connects without a restart."""
+    from structlog.testing import capture_logs
+
+    squatted = Names(amqp_prefix).agency_queue(B, Lane.NORMAL)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(squatted, durable=True)  # a classic queue, not the quorum queue wanted
+        world = make_world(agencies(tmp_path), ["local"])
+        with capture_logs() as logs:
+            local = await world.start("local", connected=False)
+            await wait_until(lambda: any(e["event"] == "broker.setup_failed" for e in logs), timeout=30,
+                             what="broker.setup_failed")
+            await asyncio.sleep(1.5)
+            assert not local._connected.is_set()
+            failure = next(e for e in logs if e["event"] == "broker.setup_failed")
+            assert "PRECONDITION_FAILED" in failure["detail"] and squatted in failure["detail"], failure
+            await channel.queue_delete(squatted)
+            await local.wait_connected(60)
+        assert not [t for t in local._tasks if t.done() and t.exception() is not None], "a node task died"
+        result = await world.service("local").submit_document(B, [C], doc())  # and it works
+        await wait_for(lambda: all_delivered(world.service("local"), result.message_id, [C]), what="delivered")
+    finally:
+        await connection.close()
