@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from exchange.envelope.model import DocumentInfo, Envelope, Operation, StaffInfo, StatusCode
+from exchange.errors import AdapterError
 
 
 class Outcome(str, enum.Enum):
@@ -145,6 +146,13 @@ class Adapter(ABC):
         self.agency = agency
         self.options = dict(options)
         self.bus = bus
+
+    def bool_option(self, key: str, default: bool = False) -> bool:
+        """``options[key]`` as a TOML boolean; AdapterError naming the option for anything else."""
+        value = self.options.get(key, default)
+        if not isinstance(value, bool):
+            raise AdapterError(f"{self.kind} adapter of {self.agency}: options.{key} must be true or false")
+        return value
 
     async def start(self) -> None:
         """Open connections, start watchers. Raise AdapterError with a clear message if misconfigured."""

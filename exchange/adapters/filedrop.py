@@ -88,7 +88,7 @@ from exchange.adapters.jsonform import (
     status_code_from_json,
 )
 from exchange.envelope.model import DocumentInfo, Kind, Operation, StaffInfo, StatusCode
-from exchange.errors import AdapterError, BadRequestError
+from exchange.errors import BadRequestError
 
 MESSAGE_FILE = "message.json"
 EVIDENCE_FILE = "envelope.xml"
@@ -158,10 +158,7 @@ class FileDropAdapter(FolderAdapter):
     # -- receiving ------------------------------------------------------------------
 
     async def start(self) -> None:
-        receipts = self.options.get("receipts", False)
-        if not isinstance(receipts, bool):
-            raise AdapterError(f"filedrop adapter of {self.agency}: options.receipts must be true or false")
-        self.wants_receipts = receipts
+        self.wants_receipts = self.bool_option("receipts")
         await super().start()
 
     async def deliver(self, message: Incoming) -> DeliveryResult:

@@ -165,10 +165,7 @@ class WebhookAdapter(Adapter):
             raise AdapterError(f"webhook adapter of {self.agency}: options.timeout must be seconds") from None
         if timeout <= 0:
             raise AdapterError(f"webhook adapter of {self.agency}: options.timeout must be positive")
-        receipts = self.options.get("receipts", False)
-        if not isinstance(receipts, bool):
-            raise AdapterError(f"webhook adapter of {self.agency}: options.receipts must be true or false")
-        self.wants_receipts = receipts
+        self.wants_receipts = self.bool_option("receipts")
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def stop(self) -> None:
