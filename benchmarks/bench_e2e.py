@@ -172,7 +172,7 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
                    one_process: bool = False, ec: bool = False) -> tuple[float, list[float], dict[str, float]]:
     """Documents/s, per-document latencies (s) and CPU seconds per document through two real nodes."""
     from exchange.config import load_config
-    from exchange.routing.node import Node
+    from exchange.node import Node
 
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     stores = {"central": store_url.replace("{node}", "central") if store_url else "",

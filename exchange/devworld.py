@@ -132,7 +132,7 @@ def build_world(
 async def issue_tokens(config_path: Path) -> dict[str, str]:
     """Create one gateway API token per hosted agency (stored hashed); returns code -> token."""
     from exchange.config import load_config
-    from exchange.gateway.auth import new_token
+    from exchange.tokens import new_token
     from exchange.store import open_store
 
     cfg = load_config(config_path)

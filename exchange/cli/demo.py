@@ -116,7 +116,7 @@ async def demo(args: argparse.Namespace) -> int:
     from exchange.devworld import AgencySpec, NodeSpec, build_world, issue_tokens
     from exchange.envelope.model import DocumentCode, DocumentInfo, DocumentType, Priority, StatusCode, SteeringType
     from exchange.observability.metrics import Metrics
-    from exchange.routing.node import Node
+    from exchange.node import Node
 
     root: Path = args.dir.resolve()
     secret_env = "EXCHANGE_DEMO_WEBHOOK_SECRET"

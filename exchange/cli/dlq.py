@@ -16,8 +16,8 @@ import json
 import aio_pika
 
 from exchange.cli._common import add_config_argument, resolve_config, run, table
-from exchange.routing.relay import publish_confirmed
-from exchange.routing.topology import Names
+from exchange.transport.relay import publish_confirmed
+from exchange.transport.topology import Names
 
 
 def register(sub: argparse._SubParsersAction) -> None:

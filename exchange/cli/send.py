@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
         SteeringType,
     )
     from exchange.errors import AttachmentError
-    from exchange.routing.node import build_service
+    from exchange.node import build_service
 
     cfg = resolve_config(args)
     files = []

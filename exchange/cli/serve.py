@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
 async def serve(cfg, *, dev_dir: Path | None = None) -> int:
     from exchange.observability.metrics import Metrics
-    from exchange.routing.node import Node
+    from exchange.node import Node
 
     node = Node(cfg, metrics=Metrics())
     stop = asyncio.Event()

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _create(args: argparse.Namespace) -> int:
     from exchange.envelope.codes import check_agency_code
     from exchange.errors import NotHostedError
-    from exchange.gateway.auth import new_token
+    from exchange.tokens import new_token
     from exchange.store import open_store
 
     cfg = resolve_config(args)

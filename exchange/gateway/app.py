@@ -1,7 +1,7 @@
 """Assemble the gateway: routes, the problem+json / auth / logging middleware, the public probes.
 
 ``create_app(service, http=..., metrics=..., readiness=...)`` is what
-``exchange.routing.node.Node`` calls; everything else is an implementation detail.
+``exchange.node.Node`` calls; everything else is an implementation detail.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 
 from exchange.config import NodeConfig, load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
-from exchange.routing.node import Node
+from exchange.node import Node
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

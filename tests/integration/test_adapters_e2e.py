@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from exchange.adapters.conformance.probe import ProbeContext
-from exchange.adapters.conformance.probes import EdxmlProbe, FileDropProbe, PullProbe, WebhookProbe
+from exchange.conformance.probe import ProbeContext
+from exchange.conformance.probes import EdxmlProbe, FileDropProbe, PullProbe, WebhookProbe
 from exchange.devworld import AgencySpec
 from exchange.envelope.model import DocumentCode, DocumentInfo, StatusCode
 from exchange.store.base import DeliveryState

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from exchange.adapters.base import Adapter, DeliveryResult, Incoming
-from exchange.adapters.conformance import ConformanceTests, EOfficeProbe, ProbeContext, SeenMessage, conformance_tests
-from exchange.adapters.conformance.kit import Verdict, run_conformance
+from exchange.conformance import ConformanceTests, EOfficeProbe, ProbeContext, SeenMessage, conformance_tests
+from exchange.conformance.kit import Verdict, run_conformance
 from exchange.adapters.recording import read_records
 from exchange.store.base import Direction
 
@@ -36,7 +36,7 @@ from exchange_mailbox.adapter import MailboxAdapter  # noqa: E402
 from exchange_mailbox.probe import MailboxProbe  # noqa: E402
 
 BUILTIN_KINDS = ("pull", "webhook", "filedrop", "edxml")
-PROBES_PACKAGE = "exchange.adapters.conformance.probes"
+PROBES_PACKAGE = "exchange.conformance.probes"
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +83,7 @@ class TestRecordingConformance(ConformanceTests):
 TestMailboxConformance = conformance_tests(MailboxProbe, adapter=MailboxAdapter)
 
 
-# -- the built-in adapters, through the probes in exchange/adapters/conformance/probes/ --------
+# -- the built-in adapters, through the probes in exchange/conformance/probes/ --------
 
 
 def _builtin_probes() -> dict[str, type[EOfficeProbe] | str]:

@@ -24,9 +24,9 @@ import pytest
 
 from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
-from exchange.gateway.auth import hash_token, new_token
+from exchange.tokens import hash_token, new_token
 from exchange.observability.metrics import Metrics
-from exchange.routing.node import Node
+from exchange.node import Node
 
 from tests.integration.conftest import wait_for
 

@@ -32,7 +32,7 @@ from exchange.envelope.model import (
 )
 from exchange.routing import frame
 from exchange.routing.lanes import Lane, routing_key
-from exchange.routing.topology import Names
+from exchange.transport.topology import Names
 from exchange.service import record_of
 from exchange.store.base import DeliveryState, Direction
 

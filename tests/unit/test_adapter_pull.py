@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exchange.adapters.base import Adapter, Outcome
-from exchange.adapters.conformance.probes import PROBES
+from exchange.conformance.probes import PROBES
 from exchange.adapters.pull import PullAdapter
 from exchange.adapters.registry import adapter_class
 

@@ -15,8 +15,8 @@ import structlog
 from aiohttp import web
 
 from exchange.adapters.base import Outcome
-from exchange.adapters.conformance.probe import ProbeContext
-from exchange.adapters.conformance.probes.webhook import WebhookProbe
+from exchange.conformance.probe import ProbeContext
+from exchange.conformance.probes.webhook import WebhookProbe
 from exchange.adapters.webhook import WebhookAdapter, sign_webhook, verify_webhook
 from exchange.envelope.model import ReceiptOutcome
 from exchange.errors import AdapterError

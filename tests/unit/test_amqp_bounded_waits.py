@@ -17,7 +17,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from exchange.routing.relay import OutboxRelay, publish_confirmed
+from exchange.transport.relay import OutboxRelay, publish_confirmed
 from exchange.store import Direction, MessageRecord, OutboxItem
 from exchange.store.sql import SqlStore
 
@@ -74,7 +74,7 @@ class HungMessage:
 
 
 async def test_a_consumer_worker_is_not_held_by_an_ack_that_never_completes() -> None:
-    from exchange.routing.consumer import Consumer
+    from exchange.transport.consumer import Consumer
     from exchange.routing.lanes import Lane
     from exchange.service import Decision, ReceiveResult
 

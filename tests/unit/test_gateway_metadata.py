@@ -8,7 +8,7 @@ import pytest
 
 from exchange.envelope.model import Operation, Priority, StatusCode, SteeringType
 from exchange.errors import InvalidAgencyCodeError
-from exchange.gateway.auth import TOKEN_PREFIX, hash_token
+from exchange.tokens import TOKEN_PREFIX, hash_token
 from exchange.gateway.errors import MetadataError
 from exchange.gateway.metadata import parse_document, parse_status
 

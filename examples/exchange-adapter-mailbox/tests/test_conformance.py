@@ -5,7 +5,7 @@ default guest account on 127.0.0.1:5672 (the kit uses a private topology prefix 
 deletes it afterwards).
 """
 
-from exchange.adapters.conformance import conformance_tests
+from exchange.conformance import conformance_tests
 
 from exchange_mailbox.adapter import MailboxAdapter
 from exchange_mailbox.probe import MailboxProbe

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from exchange.adapters.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
+from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
 
 from exchange_mailbox.mailbox import Mailbox
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.adapters.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
+from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
 from exchange.adapters.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
 
 #: What the probe answers when told to fail: 503 is retried by the bus, 422 is final.

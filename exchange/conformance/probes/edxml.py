@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exchange.adapters.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
-from exchange.adapters.conformance.probes.filedrop import write_atomically
+from exchange.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
+from exchange.conformance.probes.filedrop import write_atomically
 from exchange.envelope.edxml import export_package, import_package
 from exchange.envelope.model import (
     AgencyRef,

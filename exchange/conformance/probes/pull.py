@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exchange.adapters.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
+from exchange.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
 
 
 class PullProbe(EOfficeProbe):

@@ -20,11 +20,11 @@ from aio_pika.abc import AbstractRobustConnection
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
 from exchange.errors import ConfigError
-from exchange.routing.consumer import Consumer
+from exchange.transport.consumer import Consumer
 from exchange.routing.directory import Directory
 from exchange.routing.lanes import Lane
-from exchange.routing.relay import OutboxRelay
-from exchange.routing.topology import Topology, declare
+from exchange.transport.relay import OutboxRelay
+from exchange.transport.topology import Topology, declare
 from exchange.service import ExchangeService
 
 log = structlog.get_logger("exchange.node")

@@ -1,6 +1,6 @@
 """The adapter conformance kit: the same checks, on a real bus, for every adapter.
 
-Given an :class:`~exchange.adapters.conformance.probe.EOfficeProbe` (which plays
+Given an :class:`~exchange.conformance.probe.EOfficeProbe` (which plays
 the E-Office behind one adapter kind), the kit generates a small world with the
 development PKI, starts two real nodes on RabbitMQ under a private topology
 prefix, and checks what a user of the adapter relies on::
@@ -12,7 +12,7 @@ prefix, and checks what a user of the adapter relies on::
 Each check is a method of :class:`ConformanceRun`, named for the behaviour it
 proves; its failure message says what the adapter did wrong. Run it with
 :func:`run_conformance` (async) or through the pytest integration
-(:func:`exchange.adapters.conformance.conformance_tests`).
+(:func:`exchange.conformance.conformance_tests`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exchange.adapters.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
+from exchange.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
 
 if TYPE_CHECKING:
     from exchange.adapters.base import Adapter
@@ -439,7 +439,7 @@ class ConformanceRun:
 
     async def _start_node(self, path: Path, *, serve_http: bool) -> None:
         from exchange.config import load_config
-        from exchange.routing.node import Node
+        from exchange.node import Node
 
         cfg = load_config(path)
         node = Node(cfg, serve_http=serve_http, workers=8)
@@ -457,7 +457,7 @@ class ConformanceRun:
         import aio_pika
 
         from exchange.routing.lanes import Lane
-        from exchange.routing.topology import Names
+        from exchange.transport.topology import Names
 
         names = Names(self.prefix)
         queues = [names.dlq, *(names.agency_queue(a, lane) for a in (SENDER, HOST, PEER) for lane in Lane),
@@ -670,7 +670,7 @@ class ConformanceRun:
         from exchange.envelope.parse import parse_envelope
         from exchange.routing import frame
         from exchange.routing.lanes import lane_of, routing_key
-        from exchange.routing.topology import Names
+        from exchange.transport.topology import Names
         from exchange.store.base import DeliveryState, Direction
 
         files = {"cong-van.txt": "Công văn gửi lại".encode()}

@@ -6,7 +6,7 @@ the kit's light modules; the bus itself is built only when a conformance test ru
 
 An adapter package uses it in one line::
 
-    from exchange.adapters.conformance import conformance_tests
+    from exchange.conformance import conformance_tests
     TestMailboxConformance = conformance_tests(MailboxProbe)
 
 which yields one test per check (``test_document_with_attachments_reaches_the_eoffice_once``,
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
-from exchange.adapters.conformance.kit import CHECKS, Check, Verdict
+from exchange.conformance.kit import CHECKS, Check, Verdict
 
 if TYPE_CHECKING:
     from exchange.adapters.base import Adapter
-    from exchange.adapters.conformance.kit import ConformanceReport
-    from exchange.adapters.conformance.probe import EOfficeProbe
+    from exchange.conformance.kit import ConformanceReport
+    from exchange.conformance.probe import EOfficeProbe
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 AMQP_URL_ENV = "EXCHANGE_CONFORMANCE_AMQP_URL"
@@ -58,7 +58,7 @@ def conformance_amqp_url(pytestconfig: pytest.Config) -> str:
 def conformance_report(request: pytest.FixtureRequest, conformance_amqp_url: str,
                        tmp_path_factory: pytest.TempPathFactory) -> ConformanceReport:
     """Run the kit once for the requesting :class:`ConformanceTests` subclass."""
-    from exchange.adapters.conformance.kit import run_conformance_sync
+    from exchange.conformance.kit import run_conformance_sync
 
     cls = request.cls
     probe = getattr(cls, "probe", None)
@@ -90,7 +90,7 @@ class ConformanceTests:
     when the adapter is not installed under the probe's kind), or call
     :func:`conformance_tests`. The fixtures come from this plugin (loaded automatically
     through the ``pytest11`` entry point; with plugin autoloading disabled, pass
-    ``-p exchange.adapters.conformance.plugin``). Override ``conformance_amqp_url`` in a
+    ``-p exchange.conformance.plugin``). Override ``conformance_amqp_url`` in a
     conftest or the test module to use a broker chosen by your own fixtures.
     """
 

@@ -3,7 +3,7 @@
 An adapter package provides an :class:`EOfficeProbe` (its E-Office, simulated)
 and runs the kit in one line of a test module::
 
-    from exchange.adapters.conformance import conformance_tests
+    from exchange.conformance import conformance_tests
     from my_adapter.probe import MyProbe
 
     TestMyAdapterConformance = conformance_tests(MyProbe)
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from exchange.adapters.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
+from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
 
 if TYPE_CHECKING:
-    from exchange.adapters.conformance.kit import CHECKS, ConformanceReport, Verdict, run_conformance
-    from exchange.adapters.conformance.plugin import ConformanceTests, conformance_tests
+    from exchange.conformance.kit import CHECKS, ConformanceReport, Verdict, run_conformance
+    from exchange.conformance.plugin import ConformanceTests, conformance_tests
 
 __all__ = [
     "CHECKS", "ConformanceReport", "ConformanceTests", "EOfficeProbe", "FailureKind", "ProbeContext",

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exchange.adapters.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
+from exchange.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
 from exchange.adapters.filedrop import MESSAGE_FILE
 
 

@@ -26,8 +26,8 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 
 from exchange.errors import ExchangeError
 from exchange.routing.lanes import Lane
-from exchange.routing.relay import publish_confirmed
-from exchange.routing.topology import RETRY_HEADER, Topology
+from exchange.transport.relay import publish_confirmed
+from exchange.transport.topology import RETRY_HEADER, Topology
 from exchange.service import Decision, ExchangeService, ReceiveResult
 
 log = structlog.get_logger("exchange.consumer")
