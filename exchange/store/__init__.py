@@ -38,6 +38,6 @@ def open_store(url: str) -> Store:
     are accepted as they are. SQLite URLs may carry ``?synchronous=normal`` to trade the last
     commits before a power loss for write speed (default: full).
     """
-    from exchange.store.sql import SqlStore  # SQLAlchemy is imported only when a store is used
+    from exchange.store.repository import SqlStore  # SQLAlchemy is imported only when a store is used
 
     return SqlStore(url)

@@ -32,7 +32,9 @@ from exchange.store import (
     open_store,
 )
 from exchange.store.journal import GENESIS, canonical_json, chain_hash
-from exchange.store.sql import SqlStore, metadata, normalize_url
+from exchange.store.repository import SqlStore
+from exchange.store.tables import metadata
+from exchange.store.urls import normalize_url
 
 A, B, C = "000.00.00.G01", "000.00.00.H01", "000.00.00.H02"
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
