@@ -8,21 +8,22 @@ from exchange.errors import StoreError
 
 
 def normalize_url(url: str) -> str:
-    """Map the short forms (``sqlite:///``, ``postgresql://``) to the async driver URLs.
+    """The URL with the driver the store runs: ``sqlite+pysqlite://`` or ``postgresql+asyncpg://``.
 
-    (SQLite statements are then run by the stdlib driver on the store's own threads; see
-    :class:`_SqliteEngine`.)
+    SQLite runs on the stdlib driver in the store's own threads (:class:`~exchange.store.engines._SqliteEngine`),
+    PostgreSQL on asyncpg. ``sqlite+aiosqlite://``, the explicit form earlier versions documented,
+    is still accepted and means the same file.
     """
     for prefix, driver in (
-        ("sqlite://", "sqlite+aiosqlite://"),
-        ("sqlite+pysqlite://", "sqlite+aiosqlite://"),
+        ("sqlite://", "sqlite+pysqlite://"),
+        ("sqlite+pysqlite://", "sqlite+pysqlite://"),
+        ("sqlite+aiosqlite://", "sqlite+pysqlite://"),
         ("postgresql://", "postgresql+asyncpg://"),
         ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql+asyncpg://", "postgresql+asyncpg://"),
     ):
         if url.startswith(prefix):
             return driver + url[len(prefix):]
-    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        return url
     raise StoreError(
         f"unsupported store URL {_safe(url)!r}: use sqlite:///path/to/exchange.db or "
         "postgresql://user@host:5432/database"
