@@ -10,7 +10,8 @@ and runs the kit in one line of a test module::
 
 or from code with ``await run_conformance(MyProbe, amqp_url=..., workdir=...)``.
 See docs/ADAPTERS.md. Importing this package is cheap: the kit (aio-pika, the
-node) and pytest are loaded only when used.
+node) and pytest are loaded only when used. The kit's modules: ``catalogue`` (the
+checks and the report), ``world`` (the bus it builds) and ``checks``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
 
 if TYPE_CHECKING:
-    from exchange.conformance.kit import CHECKS, ConformanceReport, Verdict, run_conformance
+    from exchange.conformance.catalogue import CHECKS, ConformanceReport, Verdict
+    from exchange.conformance.checks import run_conformance
     from exchange.conformance.plugin import ConformanceTests, conformance_tests
 
 __all__ = [
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CHECKS": "kit", "ConformanceReport": "kit", "Verdict": "kit", "run_conformance": "kit",
+    "CHECKS": "catalogue", "ConformanceReport": "catalogue", "Verdict": "catalogue", "run_conformance": "checks",
     "ConformanceTests": "plugin", "conformance_tests": "plugin",
 }
 

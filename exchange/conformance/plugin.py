@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
-from exchange.conformance.kit import CHECKS, Check, Verdict
+from exchange.conformance.catalogue import CHECKS, Check, Verdict
 
 if TYPE_CHECKING:
     from exchange.adapters.base import Adapter
-    from exchange.conformance.kit import ConformanceReport
+    from exchange.conformance.catalogue import ConformanceReport
     from exchange.conformance.probe import EOfficeProbe
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -58,7 +58,7 @@ def conformance_amqp_url(pytestconfig: pytest.Config) -> str:
 def conformance_report(request: pytest.FixtureRequest, conformance_amqp_url: str,
                        tmp_path_factory: pytest.TempPathFactory) -> ConformanceReport:
     """Run the kit once for the requesting :class:`ConformanceTests` subclass."""
-    from exchange.conformance.kit import run_conformance_sync
+    from exchange.conformance.checks import run_conformance_sync
 
     cls = request.cls
     probe = getattr(cls, "probe", None)

@@ -33,11 +33,13 @@ __all__ = [
 def open_store(url: str) -> Store:
     """The store for ``url`` (not yet opened: ``await store.open()``).
 
-    ``sqlite:///path.db`` and ``postgresql://user@host/db`` are mapped to the async drivers
-    (aiosqlite, asyncpg); the explicit ``sqlite+aiosqlite://`` / ``postgresql+asyncpg://`` forms
-    are accepted as they are. SQLite URLs may carry ``?synchronous=normal`` to trade the last
-    commits before a power loss for write speed (default: full).
+    ``sqlite:///path.db`` runs on the stdlib driver in the store's own threads,
+    ``postgresql://user@host/db`` on asyncpg (the explicit ``sqlite+pysqlite://`` and
+    ``postgresql+asyncpg://`` forms, and the older ``sqlite+aiosqlite://``, are accepted too).
+    SQLite URLs may carry ``?synchronous=normal`` to trade the last commits before a power loss
+    for write speed (default: full). ``await store.open()`` brings the database's schema to
+    this version's (see :mod:`exchange.store.migrations`).
     """
-    from exchange.store.sql import SqlStore  # SQLAlchemy is imported only when a store is used
+    from exchange.store.repository import SqlStore  # SQLAlchemy is imported only when a store is used
 
     return SqlStore(url)

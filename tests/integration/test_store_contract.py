@@ -16,9 +16,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from exchange.errors import NotFoundError
@@ -32,7 +34,9 @@ from exchange.store import (
     open_store,
 )
 from exchange.store.journal import GENESIS, canonical_json, chain_hash
-from exchange.store.sql import SqlStore, metadata, normalize_url
+from exchange.store.repository import SqlStore
+from exchange.store.tables import metadata
+from exchange.store.urls import normalize_url
 
 A, B, C = "000.00.00.G01", "000.00.00.H01", "000.00.00.H02"
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -120,10 +124,29 @@ async def second_store(store_url: str) -> AsyncIterator[Store]:
         await s.close()
 
 
+class _SyncConnection:
+    """A synchronous connection with the awaitable ``execute`` of an async one (for :func:`raw_sql`)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._conn.execute(*args, **kwargs)
+
+
 @contextlib.asynccontextmanager
 async def raw_sql(url: str) -> AsyncIterator:
     """A connection outside the store, as an intruder (or an operator with psql) would have."""
-    engine = create_async_engine(normalize_url(url))
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        sync_engine = create_engine(url)  # the stdlib driver, as the sqlite3 shell would
+        try:
+            with sync_engine.begin() as sync_conn:
+                yield _SyncConnection(sync_conn)
+        finally:
+            sync_engine.dispose()
+        return
+    engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             yield conn
@@ -772,8 +795,11 @@ async def test_journal_verify_cli_exit_codes(store: Store, store_url: str, tmp_p
     assert code == 1 and "no store" in out
 
 
-def test_store_urls_are_mapped_to_async_drivers() -> None:
-    assert normalize_url("sqlite:///var/x.db") == "sqlite+aiosqlite:///var/x.db"
+def test_store_urls_are_mapped_to_the_drivers_the_store_runs() -> None:
+    # SQLite runs on the stdlib driver in the store's threads (no aiosqlite), PostgreSQL on asyncpg.
+    assert normalize_url("sqlite:///var/x.db") == "sqlite+pysqlite:///var/x.db"
+    assert normalize_url("sqlite+aiosqlite:///var/x.db") == "sqlite+pysqlite:///var/x.db"  # older configs
+    assert normalize_url("sqlite+pysqlite:////abs/x.db") == "sqlite+pysqlite:////abs/x.db"
     assert normalize_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert normalize_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert normalize_url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"

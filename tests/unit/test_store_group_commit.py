@@ -22,7 +22,8 @@ from sqlalchemy import event, text
 
 from exchange.errors import StoreError
 from exchange.store import Direction, MessageRecord, OutboxItem
-from exchange.store.sql import TX_CACHE, SqlStore
+from exchange.store.engines import TX_CACHE
+from exchange.store.repository import SqlStore
 
 A, B = "000.00.00.G01", "000.00.00.H01"
 
