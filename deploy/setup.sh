@@ -46,17 +46,38 @@ if [ "$mode" = "--test" ]; then
 fi
 
 # --- Python environment ------------------------------------------------------------
+# Dependencies come from the lock files (exact versions, hash-checked), so every machine gets the
+# same ones; then the project itself, editable, without resolving anything (--no-deps).
+# deploy/lock.sh regenerates the locks after a dependency change (CONTRIBUTING.md).
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $py"
   "$py" -m venv .venv 2>/dev/null || { apt_install python3-venv; "$py" -m venv .venv; }
 fi
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  say "installing exchange and its dependencies into .venv (pip install -e '.[dev]')"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-  rm -f .venv/.installed-*; touch "$stamp"
+lock=requirements.lock
+if [ "$mode" = "--test" ]; then lock=requirements-dev.lock; fi
+stamp_for() { echo ".venv/.installed-$1-$(cat "$1" pyproject.toml | sha256sum | cut -c1-16)"; }
+# The dev lock holds the runtime lock's versions and more: a .venv set up for tests also serves run.sh.
+if [ ! -f "$(stamp_for "$lock")" ] && [ ! -f "$(stamp_for requirements-dev.lock)" ]; then
+  pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" --upgrade pip >/dev/null
+  say "installing the locked dependencies into .venv (pip install --require-hashes -r $lock)"
+  "${pip[@]}" --require-hashes -r "$lock"
+  # Before 0.1.0 was renamed the distribution was called "exchange": a .venv made then still holds it,
+  # and its duplicate entry points would register every adapter twice.
+  if .venv/bin/python -m pip show -q exchange >/dev/null 2>&1; then
+    say "removing the old 'exchange' distribution from .venv (now exchange-bus)"
+    .venv/bin/python -m pip uninstall -q -y exchange
+  fi
+  say "installing exchange into .venv (pip install --no-deps -e .)"
+  "${pip[@]}" --no-deps -e .
+  # A dependency added to pyproject.toml but not to the lock shows up here, not at run time.
+  if ! problems=$(.venv/bin/python -m pip check --disable-pip-version-check 2>&1); then
+    printf '%s\n' "$problems" >&2
+    say "$lock does not satisfy pyproject.toml: run deploy/lock.sh and commit the lock files"
+    exit 1
+  fi
+  rm -f .venv/.installed-*; touch "$(stamp_for "$lock")"
 fi
 say "ready"

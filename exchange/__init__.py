@@ -8,5 +8,7 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The versioned XSDs live at the project root (``schemas/``), beside the package.
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+#: The versioned XSDs ship inside the package (``exchange/schemas/``, package data), so an installed
+#: wheel validates envelopes without a source checkout. Code that needs a file opens it through
+#: ``exchange.envelope.schema`` (importlib.resources); this path is for tools and docs.
+SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"

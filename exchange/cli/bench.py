@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from pathlib import Path
 
-from exchange import SCHEMAS_DIR
 from exchange.errors import ConfigError
 
 BENCHMARKS = {"signing": "bench_signing.py", "store": "bench_store.py", "e2e": "bench_e2e.py"}
@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = SCHEMAS_DIR.parent / "benchmarks" / BENCHMARKS[args.which]
+    # benchmarks/ sits beside the package in a source checkout; it is not part of the wheel.
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / BENCHMARKS[args.which]
     if not path.exists():
         raise ConfigError(f"{path} is missing: benchmarks run from a source checkout (pip install -e .)")
     spec = importlib.util.spec_from_file_location(f"bench_{args.which}", path)

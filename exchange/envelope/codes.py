@@ -13,7 +13,7 @@ import re
 from exchange.errors import InvalidAgencyCodeError
 
 AGENCY_CODE_RE = re.compile(r"^(\d{3})\.(\d{2})\.(\d{2})\.([A-Z]\d{2})$")
-#: The same shape as an XSD pattern (kept in sync with schemas/envelope-1.0.xsd).
+#: The same shape as an XSD pattern (kept in sync with exchange/schemas/envelope-1.0.xsd).
 AGENCY_CODE_PATTERN = r"\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}"
 
 

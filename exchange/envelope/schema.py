@@ -1,4 +1,4 @@
-"""Validation of envelopes against ``schemas/envelope-1.0.xsd``.
+"""Validation of envelopes against ``exchange/schemas/envelope-1.0.xsd`` (shipped in the package).
 
 The XSD is checked once with xmlschema (meta-validation against the XSD 1.0
 schema for schemas, local files only), then compiled to an
@@ -9,20 +9,36 @@ element, so :func:`validate` checks that co-constraint itself.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import re
 import threading
 import warnings
+from importlib import resources
 from pathlib import Path
 
 from lxml import etree
 
-from exchange import SCHEMAS_DIR
 from exchange.envelope.model import ENVELOPE_NS
 from exchange.errors import ConfigError, SchemaError
 
+# Files handed out by _packaged_schema stay valid until the interpreter exits.
+_resources = contextlib.ExitStack()
+atexit.register(_resources.close)
+
+
+def _packaged_schema(name: str) -> Path:
+    """A real file path for an XSD shipped in the package's ``schemas/`` folder.
+
+    lxml and xmlschema read files by path; importlib.resources gives one for an ordinary install
+    and extracts a temporary copy when the package is imported from a zip archive.
+    """
+    return _resources.enter_context(resources.as_file(resources.files("exchange") / "schemas" / name))
+
+
 #: The XSD of schema version 1.0 of the envelope.
-ENVELOPE_XSD: Path = SCHEMAS_DIR / "envelope-1.0.xsd"
+ENVELOPE_XSD: Path = _packaged_schema("envelope-1.0.xsd")
 
 _ENVELOPE_TAG = f"{{{ENVELOPE_NS}}}Envelope"
 _BODY_FOR_KIND = {"document": "Document", "status": "Status", "receipt": "Receipt"}
@@ -49,12 +65,12 @@ def _schema_document() -> etree._ElementTree:
             # xmlschema only warns when an import or include fails (e.g. blocked remote
             # access); for our own schema any such warning is a defect, so it fails the load.
             warnings.simplefilter("error", XMLSchemaWarning)
-            # allow="sandbox": only files under schemas/ may be read, never the network.
+            # allow="sandbox": only files beside the XSD may be read, never the network.
             xmlschema.XMLSchema10(str(ENVELOPE_XSD), validation="strict", allow="sandbox", defuse="always")
     except (OSError, xmlschema.XMLSchemaException, XMLSchemaWarning) as exc:
         raise ConfigError(
             f"the envelope schema {ENVELOPE_XSD} is missing or invalid: {exc}; "
-            "reinstall the package or restore schemas/ from the release"
+            "reinstall the package (pip install --force-reinstall exchange-bus)"
         ) from exc
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     return etree.parse(str(ENVELOPE_XSD), parser)
@@ -125,6 +141,6 @@ def _describe(log: etree._ListErrorLog) -> str:
     parts = [f"{_short(e.path or '?')} (line {e.line}): {_short(e.message)}" for e in entries[:_MAX_REPORTED]]
     more = f" (and {len(entries) - _MAX_REPORTED} more)" if len(entries) > _MAX_REPORTED else ""
     return (
-        "the envelope does not match schemas/envelope-1.0.xsd: " + "; ".join(parts or ["unknown error"]) + more
+        "the envelope does not match the envelope schema 1.0 (exchange/schemas/envelope-1.0.xsd): " + "; ".join(parts or ["unknown error"]) + more
         + "; fix these fields (see docs/ENVELOPE.md) and send again"
     )
