@@ -13,7 +13,7 @@ import asyncio
 import enum
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -376,8 +376,12 @@ class ExchangeService:
         by_id = {a.id: a for a in imported.envelope.attachments}
         files = [OutgoingFile(by_id[i].name, data, by_id[i].media_type, by_id[i].description)
                  for i, data in imported.attachment_data.items()]
-        return await self.submit_document(agency, [r.code for r in h.recipients], h.document, files,
-                                          operation=h.operation, idempotency_key=idempotency_key)
+        result = await self.submit_document(agency, [r.code for r in h.recipients], h.document, files,
+                                            operation=h.operation, idempotency_key=idempotency_key)
+        # Recipients the package names but the bus cannot route to (docs/EDXML.md): said, never dropped silently.
+        refused = tuple({"organ_id": r.organ_id, "element": r.path, "code": r.code, "reason": r.reason}
+                        for r in imported.refused)
+        return replace(result, refused=refused) if refused else result
 
     def _receipt(self, recipient: str, received: Envelope | None, sender: str, response_for: str,
                  outcome: ReceiptOutcome, *, digest: str = "", reason_code: str = "",

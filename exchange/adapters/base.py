@@ -92,6 +92,8 @@ class SubmitResult:
     created: bool  # False when an idempotency key matched an earlier submission
     recipients: tuple[str, ...]
     created_at: datetime | None = None
+    #: Recipients of an edXML package the bus cannot route to: ``{"organ_id", "element", "code", "reason"}`` each.
+    refused: tuple[Mapping[str, str], ...] = ()
 
 
 class BusHandle(Protocol):

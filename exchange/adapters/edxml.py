@@ -26,7 +26,12 @@ edXML ``DocumentId`` is given the standard one,
 ``{sender OrganId},{yyyy/MM/dd promulgation date},{number}/{notation}``, so that
 the E-Office can answer it. Transport receipts have no edXML form and are not
 written. A document or status that cannot be written as edXML at all is
-refused (permanent), a failed write is transient.
+refused (permanent), a failed write is transient. A document imported from a
+package on the bus (``POST /v1/edxml``, this adapter) is written as that package,
+byte for byte but for two TraceHeaders appended for the bus's hops (accepted at
+the ingress node, handed to this E-Office), so the sender's TraceHeaders,
+ContentIds, organ ids and recipients' OrganName reach the E-Office unchanged
+(docs/EDXML.md).
 
 **DocumentId ↔ message id.** An E-Office knows documents by edXML DocumentId,
 the bus by message id. The adapter remembers both for every document it writes
@@ -59,12 +64,14 @@ from exchange.adapters.folders import (
     sorted_by_age,
 )
 from exchange.envelope.edxml import code_text, export_package, import_package, reference_of
-from exchange.envelope.model import DocumentInfo, Envelope, Kind, Operation, ResponseRef
+from exchange.envelope.model import DocumentInfo, Envelope, Hop, Kind, Operation, ResponseRef, utcnow
 from exchange.errors import ExchangeError, XmlMalformedError
 
 log = structlog.get_logger("exchange.adapters.edxml")
 
 SUFFIX = ".edxml"
+#: The node name of the bus's hops in TraceHeaders: not an agency code, so written as a relay hop (Timestamp only).
+BUS_HOP = "exchange"
 INDEX_FILE = Path(".exchange") / "documents.jsonl"
 
 
@@ -155,8 +162,10 @@ class EdxmlAdapter(FolderAdapter):
                     "E-Office cannot name in edXML (no DocumentId known)", "edxml-unnamed-document")
             envelope = replace(envelope, header=replace(h, status=replace(h.status, document_ref=ref)))
         try:
+            # The bus's own hops, after the sender's TraceHeaders: accepted by the ingress node, handed over here.
+            hops = (Hop(BUS_HOP, h.created_at), Hop(BUS_HOP, utcnow()))
             package = await asyncio.to_thread(export_package, envelope, message.attachments,
-                                              document_id_of=self.index.document_id)
+                                              document_id_of=self.index.document_id, hops=hops)
         except ExchangeError as exc:
             return DeliveryResult.permanent(f"cannot be written as an edXML package: {exc.message}", exc.code)
         final = self.folders.incoming / f"{h.message_id}{SUFFIX}"

@@ -87,7 +87,8 @@ from exchange.adapters.jsonform import (
     staff_from_json,
     status_code_from_json,
 )
-from exchange.envelope.model import DocumentInfo, Kind, Operation, StaffInfo, StatusCode
+from exchange.envelope.edxml.files import OfferedFile, offered_file
+from exchange.envelope.model import Attachment, DocumentInfo, Envelope, Kind, Operation, StaffInfo, StatusCode
 from exchange.errors import BadRequestError
 
 MESSAGE_FILE = "message.json"
@@ -136,16 +137,30 @@ def incoming_files(message: Incoming) -> dict[str, bytes]:
     doc = message_json(message.envelope, recipient=message.agency, attempt=message.attempt)
     files: dict[str, bytes] = {}
     taken = {MESSAGE_FILE, EVIDENCE_FILE}
+    by_id = {a.id: a for a in message.envelope.attachments}
     for entry in doc["attachments"]:
-        name = safe_file_name(entry["name"])
+        # A ZIP-wrapped edXML attachment is offered as the file inside (exchange.envelope.edxml.files).
+        offered = offered_attachment(message.envelope, by_id[entry["id"]], message.attachments[entry["id"]], entry)
+        name = safe_file_name(offered.name)
         if not name or name in taken:
             name = f"{entry['id']}-{name or 'attachment'}"
         taken.add(name)
         entry["file"] = name
-        files[name] = message.attachments[entry["id"]]
+        files[name] = offered.data
     files[MESSAGE_FILE] = json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
     files[EVIDENCE_FILE] = message.xml
     return files
+
+
+def offered_attachment(envelope: Envelope, attachment: Attachment, data: bytes, entry: dict[str, Any]) -> OfferedFile:
+    """The file to write for ``attachment``; when unwrapped, ``entry`` describes the file and keeps the ZIP's digest."""
+    offered = offered_file(envelope.header.document, attachment, data)
+    if offered.unwrapped:
+        entry.update(size=len(offered.data), sha256=hashlib.sha256(offered.data).hexdigest(),
+                     packed={"media_type": "application/zip", "size": attachment.size, "sha256": attachment.sha256})
+    elif offered.reason:
+        entry.update(media_type=offered.media_type, not_unwrapped=offered.reason)
+    return offered
 
 
 class FileDropAdapter(FolderAdapter):

@@ -188,6 +188,7 @@ def result_json(result: SubmitResult) -> bytes:
         "recipients": list(result.recipients),
         "created": result.created,
         "created_at": result.created_at.isoformat() if result.created_at else None,
+        **({"refused": [dict(r) for r in result.refused]} if result.refused else {}),
     }, ensure_ascii=False, indent=2).encode("utf-8")
 
 

@@ -7,6 +7,7 @@ is the exact inverse of :func:`envelope_to_element`.
 
 from __future__ import annotations
 
+import base64
 from datetime import date, datetime, timezone
 
 from lxml import etree
@@ -158,6 +159,7 @@ def _document(header: etree._Element, doc: DocumentInfo) -> None:
         extra = etree.SubElement(d, _q("Extra"), name=name)
         if value:
             extra.text = value
+    _edxml_source(d, doc.source)
 
 
 def _status(header: etree._Element, status: StatusInfo) -> None:
@@ -172,6 +174,13 @@ def _status(header: etree._Element, status: StatusInfo) -> None:
         _text(s, "Timestamp", format_datetime(status.timestamp))
     if status.document_ref is not None:
         _response_ref(s, "DocumentRef", status.document_ref)
+    _edxml_source(s, status.source)
+
+
+def _edxml_source(parent: etree._Element, source: bytes) -> None:
+    """The edXML package a document or status was imported from (docs/EDXML.md), base64, when there is one."""
+    if source:
+        _text(parent, "EdxmlSource", base64.b64encode(source).decode("ascii"))
 
 
 def _response_ref(parent: etree._Element, tag: str, ref: ResponseRef) -> None:

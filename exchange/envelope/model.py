@@ -156,6 +156,10 @@ class DocumentInfo:
     paper: bool = False
     #: Extra edXML OtherInfo and similar fields, kept verbatim for a lossless round trip.
     extra: tuple[tuple[str, str], ...] = ()
+    #: The edXML package this document was imported from, as the sender wrote it, without its attachment
+    #: payloads (exchange.envelope.edxml.source); b"" when it was not imported. Evidence and the basis of
+    #: a lossless export, not content: it takes no part in equality.
+    source: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,8 @@ class StatusInfo:
     #: The edXML identification of the document answered (a status package's ResponseFor):
     #: what an E-Office knows the document by, since it never sees the bus's message ids.
     document_ref: ResponseRef | None = None
+    #: The edXML status package this status was imported from, verbatim (see DocumentInfo.source).
+    source: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ is the exact inverse of :func:`exchange.envelope.build.envelope_to_element`.
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 from dataclasses import dataclass
@@ -329,6 +330,7 @@ def _document(d: etree._Element) -> DocumentInfo:
         response_for=tuple(_response_ref(r) for r in d.iterchildren(_q("ResponseFor"))),
         paper=_bool(_text(d, "Paper")),
         extra=tuple((_attr(e, "name"), e.text or "") for e in d.iterchildren(_q("Extra"))),
+        source=_edxml_source(d),
     )
 
 
@@ -345,7 +347,14 @@ def _status(s: etree._Element) -> StatusInfo:
         ),
         timestamp=None if timestamp is None else _datetime(timestamp),
         document_ref=None if (ref := s.find(_q("DocumentRef"))) is None else _response_ref(ref),
+        source=_edxml_source(s),
     )
+
+
+def _edxml_source(parent: etree._Element) -> bytes:
+    """The base64 ``env:EdxmlSource`` of a document or status (the edXML package it came from), or b""."""
+    text = _opt_text(parent, "EdxmlSource")
+    return b"" if not text else base64.b64decode("".join(text.split()), validate=True)
 
 
 def _response_ref(r: etree._Element) -> ResponseRef:

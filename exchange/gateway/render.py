@@ -34,6 +34,7 @@ def submitted(result: SubmitResult) -> dict[str, Any]:
         "recipients": list(result.recipients),
         "created_at": ts(result.created_at),
         "track": f"{V1}/sent/{result.message_id}",
+        **({"refused": [dict(r) for r in result.refused]} if result.refused else {}),
     }
 
 

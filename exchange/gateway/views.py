@@ -204,6 +204,13 @@ async def attachment(request: web.Request) -> web.Response:
     if meta is None:
         raise NotFoundError(f"message {fetched.envelope.message_id} has no attachment {attachment_id}")
     data = fetched.attachments[attachment_id]
+    # A ZIP-wrapped edXML attachment is offered as the file inside, typed as its manifest says (docs/EDXML.md).
+    from dataclasses import replace
+
+    from exchange.envelope.edxml.files import offered_file
+
+    offered = offered_file(fetched.envelope.header.document, meta, data)
+    meta, data = replace(meta, name=offered.name, media_type=offered.media_type), offered.data
     # Names and media types come from another agency's envelope: nothing of them may break a header.
     ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in meta.name)
     media = meta.media_type if MEDIA_TYPE.fullmatch(meta.media_type) else "application/octet-stream"

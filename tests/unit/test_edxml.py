@@ -336,7 +336,7 @@ def test_steering_type_maps_both_ways(steering: SteeringType) -> None:
     ("<edXML:SteeringType>1<", "<edXML:SteeringType>3<", "MessageHeader/SteeringType"),
     ("<edXML:DueDate>2024/04/15<", "<edXML:DueDate>15/04/2024<", "MessageHeader/DueDate"),
     ("<edXML:PromulgationDate>2024/03/15<", "<edXML:PromulgationDate>2024/02/30<", "PromulgationDate"),
-    ("<edXML:CodeNumber>12<", "<edXML:CodeNumber>123456789012<", "Code/CodeNumber"),
+    ("<edXML:CodeNumber>12<", "<edXML:CodeNumber>" + "1" * 65 + "<", "Code/CodeNumber"),
     ("<edXML:Timestamp>2024/03/15 09:30:00<", "<edXML:Timestamp>hôm qua<", "TraceHeader[1]/Timestamp"),
 ])
 def test_out_of_range_values_are_refused_with_their_path(old: str, new: str, path: str) -> None:
@@ -444,11 +444,14 @@ def test_rsa_sha1_signature_is_kept_verbatim_for_import_only() -> None:
     kept = etree.fromstring(signed.signature_xml)
     assert kept.tag == "{http://www.w3.org/2000/09/xmldsig#}Signature"
     assert kept.findtext(".//{http://www.w3.org/2000/09/xmldsig#}X509SubjectName", "").startswith("CN=Văn phòng")
-    # The signature changes nothing in the envelope and is never re-emitted.
+    # The signature changes nothing in the envelope; it is passed on verbatim as evidence with the package,
+    # and an envelope written from the model (not imported) never carries one.
     assert signed.envelope == unsigned.envelope
     out = export_package(signed.envelope, signed.attachment_data)
-    assert b"xmldsig" not in out and b"SignatureValue" not in out
-    placeholder = etree.fromstring(out).find(f".//{{{EDXML_NS}}}Signature")
+    assert out == sample("document_signed_rsa_sha1.edxml")
+    fresh = export_package(signed.envelope, signed.attachment_data, use_source=False)
+    assert b"xmldsig" not in fresh and b"SignatureValue" not in fresh
+    placeholder = etree.fromstring(fresh).find(f".//{{{EDXML_NS}}}Signature")
     assert placeholder is not None and len(placeholder) == 0
 
 
@@ -477,10 +480,16 @@ def test_bare_envelope_root_and_manifest_variant_are_accepted() -> None:
 # -- agencies -----------------------------------------------------------------------------
 
 
-def test_unknown_agency_is_refused_when_a_directory_is_given() -> None:
-    with pytest.raises(UnknownAgencyError, match=r"To\[2\]/OrganId: agency 000.00.00.H29"):
-        import_package(sample("document_new.edxml"), agencies={"000.00.00.G22", "000.00.00.H41"})
-    import_package(sample("document_new.edxml"), agencies={"000.00.00.G22", "000.00.00.H41", "000.00.00.H29"})
+def test_unknown_recipient_is_refused_alone_when_a_directory_is_given() -> None:
+    package = import_package(sample("document_new.edxml"), agencies={"000.00.00.G22", "000.00.00.H41"})
+    assert [r.code for r in package.envelope.header.recipients] == ["000.00.00.H41"]
+    (refused,) = package.refused
+    assert refused.path.endswith("MessageHeader/To[2]/OrganId") and refused.organ_id == "000.00.00.H29"
+    assert refused.code == UnknownAgencyError.code and "not in the directory" in refused.reason
+    with pytest.raises(UnknownAgencyError, match=r"To\[1\]/OrganId: agency 000.00.00.H41"):
+        import_package(sample("document_new.edxml"), agencies={"000.00.00.G22"})
+    with pytest.raises(UnknownAgencyError, match=r"From/OrganId: agency 000.00.00.G22"):
+        import_package(sample("document_new.edxml"), agencies={"000.00.00.H41", "000.00.00.H29"})
 
 
 def test_duplicate_recipient_is_refused() -> None:
@@ -515,7 +524,7 @@ def test_missing_subject_names_the_path() -> None:
 
 
 def test_malformed_agency_code_names_the_path() -> None:
-    with pytest.raises(InvalidAgencyCodeError, match=r"MessageHeader/To\[1\]/OrganId"):
+    with pytest.raises(InvalidAgencyCodeError, match=r"MessageHeader/From/OrganId"):
         import_package((HOSTILE / "malformed_agency_code.edxml").read_bytes())
 
 

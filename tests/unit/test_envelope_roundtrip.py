@@ -90,6 +90,7 @@ def full_document() -> Envelope:
                 paper=True,
                 extra=(("SphereOfPromulgation", "Toàn quốc"), ("PageAmount", "3"), ("Empty", ""), ("TyperNotation", "  NV\n"),
                        ("SphereOfPromulgation", "lặp lại")),
+                source=b"exchange-edxml-source/1\n{}\n\x00\xff",  # opaque bytes (docs/EDXML.md)
             ),
         ),
         attachments=(pdf, xlsx),
@@ -114,6 +115,7 @@ def full_status() -> Envelope:
                 staff=StaffInfo("Văn phòng UBND tỉnh", "Nguyễn Thị Hương", "huong@nghean.gov.vn", "+84 912 345 678"),
                 timestamp=AT - timedelta(hours=1),
                 document_ref=ResponseRef("000.00.00.G22", "12/CT-TTg", date(2024, 3, 15), "000.00.00.G22,2024/03/15,12/CT-TTg"),
+                source=b"<edXML/>",
             ),
         ),
         attachments=(Attachment.of("biên bản.pdf", b"scan", "application/pdf", id="att-x"),),
@@ -204,7 +206,7 @@ def test_layout_matches_docs_envelope_md() -> None:
     assert [etree.QName(c).localname for c in header.find("env:Document", NS)] == [
         "DocumentId", "Code", "DocumentType", "Subject", "Content", "Promulgation", "Signer", "Priority",
         "SteeringType", "DueDate", "RelatesTo", "ResponseFor", "ResponseFor", "Paper",
-        "Extra", "Extra", "Extra", "Extra", "Extra"]
+        "Extra", "Extra", "Extra", "Extra", "Extra", "EdxmlSource"]
     assert root.find("env:Trace/env:Hop", NS).attrib == {"node": "node-a", "at": "2026-11-24T05:00:00.123Z"}
 
 
@@ -347,7 +349,7 @@ REFUSALS: dict[str, tuple[Callable[[], Envelope], Callable[[etree._Element], Non
     "empty subject": (minimal_document, _set_text(f"{DOC}/env:Subject", ""), "Subject"),
     "missing To": (full_document, _remove(f"{HEADER}/env:To"), "To"),
     "missing body": (full_document, _remove(DOC), "Header"),
-    "code number of 12": (full_document, _set_attr(f"{DOC}/env:Code", "number", "123456789012"), "Code"),
+    "code number of 65": (full_document, _set_attr(f"{DOC}/env:Code", "number", "1" * 65), "Code"),
     "notation of 31": (full_document, _set_attr(f"{DOC}/env:Code", "notation", "N" * 31), "Code"),
     "message id not a uuid": (full_document, _set_text(f"{HEADER}/env:MessageId", "12345"), "MessageId"),
     "relates to not a uuid": (full_document, _set_text(f"{DOC}/env:RelatesTo", "x"), "RelatesTo"),
