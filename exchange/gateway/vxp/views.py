@@ -411,8 +411,8 @@ def _handler(gw: VxpGateway, operation: Operation, required: tuple[str, ...]):
             structlog.contextvars.bind_contextvars(agency=call.agency, vxp_system=call.system_id)
             return await operation(gw, request, call)
         except NotFoundError as exc:
-            # The service's not-found keeps its message; the hub's code is the same for all of them.
-            return refusal(exc)
+            # The service's not-found keeps its message; one code for all (absent, or another system's).
+            return refusal(exc if isinstance(exc, VxpNotFoundError) else VxpNotFoundError(exc.message))
         except ExchangeError as exc:
             if exc.http_status >= 500:
                 log.error("vxp.refused", code=exc.code, status=exc.http_status)
