@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
@@ -61,6 +63,7 @@ REPORT_SCAN = 2_000
 _CHUNK = 64 * 1024
 _SERVICE_TYPES = {"edoc": "eDoc", "status": "status"}
 _MESSAGE_KINDS = {"edoc": Kind.DOCUMENT.value, "status": Kind.STATUS.value}
+_DUMPS = functools.partial(json.dumps, ensure_ascii=False)
 _SEND_STATUS = {
     DeliveryState.SUBMITTED: ("pending", "accepted by the bus, on its way to the recipient's node"),
     DeliveryState.QUEUED: ("pending", "on its way to the recipient's node"),
@@ -85,13 +88,14 @@ def hub_time(at: datetime | None) -> str:
 
 def answer(data: Any = None, **extra: Any) -> web.Response:
     """The hub's success answer."""
-    return web.json_response({"status": "OK", "ErrorCode": OK_CODE, "ErrorDesc": "Success", **extra, "data": data})
+    return web.json_response({"status": "OK", "ErrorCode": OK_CODE, "ErrorDesc": "Success", **extra, "data": data},
+                             dumps=_DUMPS)
 
 
 def refusal(exc: ExchangeError) -> web.Response:
     """The hub's failure answer, with our stable code beside its ErrorCode and a fitting HTTP status."""
     return web.json_response({"status": "FAIL", "ErrorCode": hub_code(exc), "ErrorDesc": exc.message,
-                              "code": exc.code, "data": None}, status=exc.http_status)
+                              "code": exc.code, "data": None}, status=exc.http_status, dumps=_DUMPS)
 
 
 # -- helpers -------------------------------------------------------------------------------------------
