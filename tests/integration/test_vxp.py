@@ -32,10 +32,10 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 SYSTEMS = {A: "vxp.g22", B: "vxp.saas.03", C: "020100107370"}
 
 
-def package(*, to_c: bool = True) -> bytes:
+def package(*, to_c: bool = True, number: str = "") -> bytes:
     """The sample document package From A (To B and C), with a number of its own so that each is new."""
     text = (DATA / "edxml" / "document_new.edxml").read_text(encoding="utf-8")
-    number = str(uuid.uuid4().int % 10**9)
+    number = number or str(uuid.uuid4().int % 10**9)
     text = text.replace("<edXML:CodeNumber>12<", f"<edXML:CodeNumber>{number}<").replace(",12/CT-TTg<", f",{number}/CT-TTg<")
     if not to_c:
         text = re.sub(r"\s*<edXML:To>\s*<edXML:OrganId>000\.00\.00\.H29</edXML:OrganId>.*?</edXML:To>", "", text,
@@ -275,3 +275,21 @@ async def test_the_sdks_own_header_set_is_accepted(hub: Hub) -> None:
     headers = {k: v for k, v in signed_headers(call, hub.secrets[B]).items() if k.startswith("XroadVnpt-")}
     status, body = await b.raw("getReceivedEdocList", {**headers, "Content-Type": "application/json"})
     assert status == 200 and body["status"] == "OK" and isinstance(body["data"], list)
+
+
+async def test_a_status_package_sent_with_send_edoc_answers_the_document_it_names(hub: Hub) -> None:
+    """The SDK's other way to report a status: a status package (messagetype status) through sendEdoc."""
+    a, b = hub.client(A), hub.client(B)
+    number = str(uuid.uuid4().int % 10**9)
+    doc_id = await a.send_edoc(package(to_c=False, number=number))
+    await wait_received(b, doc_id)
+    status = (DATA / "edxml" / "status_03_accepted.edxml").read_text(encoding="utf-8")
+    status = status.replace("12/CT-TTg", f"{number}/CT-TTg").replace("<edXML:StatusCode>03<", "<edXML:StatusCode>05<")
+    status_id = await b.send_edoc(status.encode(), messagetype="status")
+    assert status_id != doc_id
+    seen = await wait_sent(a, doc_id, B, receiveStatus="processing")
+    assert seen["receiveStatusDesc"] == "05 being processed"
+    # A status package answering a document B never received is refused with the hub's shape.
+    stray = status.replace(f"{number}/CT-TTg", "999999999999/CT-TTg").encode()
+    headers = b.headers(servicetype="eDoc", messagetype="status", **{"hash-file": hashlib.sha256(stray).hexdigest()})
+    await refused(b, "sendEdoc", headers, 404, "9", "vxp-not-found", data=b.send_form(stray))
