@@ -76,6 +76,11 @@ log = structlog.get_logger("exchange.service")
 #: pipeline with 64 KB documents: 18-19 ms of CPU per document through a thread, 15 inline).
 INLINE_VERIFY_BYTES = 1024 * 1024
 
+#: Reason code of a non-delivery receipt sent after hand-over, when the recipient's E-Office itself
+#: refused what its channel took in (the hub protocol's ``fail``): the sender's delivery moves from
+#: delivered to failed.
+EOFFICE_REFUSED = "eoffice-refused"
+
 
 class Decision(str, enum.Enum):
     """What the consumer must do with a received AMQP message."""
@@ -507,7 +512,7 @@ class ExchangeService:
         known = await self.store.record_event(
             receipt.response_for, sender, receipt.outcome.value, at=env.header.created_at,
             state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000],
-            only_if_open=True)
+            only_if_open=True, reopen=not delivered and receipt.reason_code == EOFFICE_REFUSED)
         if known:
             original = await self.store.get_message(receipt.response_for, Direction.OUT)
             if delivered and original is not None and receipt.envelope_digest != original.digest:
@@ -579,6 +584,28 @@ class ExchangeService:
         self._signer(agency)
         if not await self.store.ack_inbox(agency, message_id):
             raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
+
+    async def refuse_handed_over(self, agency: str, message_id: str, reason: str) -> None:
+        """The E-Office of ``agency`` could not take in a message already handed over to it.
+
+        Its sender gets a signed non-delivery receipt (reason code ``eoffice-refused``), which
+        turns that delivery to failed in its tracking; the entry then leaves the inbox listing.
+        The receipt goes first: a crash in between leaves the entry listed, and a second refusal
+        only repeats a receipt the sender ignores.
+        """
+        from exchange.envelope.parse import parse_envelope
+
+        self._signer(agency)
+        record = await self.store.get_message(message_id, Direction.IN)
+        entry = await self.store.inbox_entry(agency, message_id)
+        if record is None or entry is None or record.kind == Kind.RECEIPT.value:
+            raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
+        _, env = parse_envelope(record.envelope_xml)
+        await self._send_receipt(self._receipt(agency, env, record.sender, message_id, ReceiptOutcome.FAILED,
+                                               digest=record.digest, reason_code=EOFFICE_REFUSED,
+                                               reason=reason or "the recipient's E-Office could not take it in"))
+        await self.store.ack_inbox(agency, message_id)
+        log.info("delivery.refused_by_eoffice", message_id=message_id, recipient=agency, sender=record.sender)
 
     async def track(self, agency: str | None, message_id: str) -> TrackResult:
         """Per-recipient state and timeline of a sent message; ``agency`` None means operator access."""

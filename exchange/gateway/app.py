@@ -18,7 +18,7 @@ from aiohttp import web
 
 from exchange.config import HttpConfig
 from exchange.errors import AuthError, ExchangeError, NotFoundError, PayloadTooLargeError
-from exchange.gateway import views
+from exchange.gateway import views, vxp
 from exchange.gateway.auth import Authenticator
 from exchange.gateway.errors import InternalError, MethodNotAllowedError, NotReadyError
 from exchange.gateway.keys import AUTH, CORRELATION_ID, HTTP, PRINCIPAL, SERVICE
@@ -83,7 +83,8 @@ async def gateway_middleware(request: web.Request, handler: Callable[[web.Reques
     route = _route_of(request)
     status = 500
     try:
-        if request.match_info.http_exception is None and request.path not in PUBLIC_PATHS:
+        if (request.match_info.http_exception is None and request.path not in PUBLIC_PATHS
+                and not request.path.startswith(vxp.PREFIX)):  # the hub protocol signs its own calls
             principal = await request.app[AUTH].authenticate(request)
             request[PRINCIPAL] = principal
             structlog.contextvars.bind_contextvars(agency=principal.agency)
@@ -175,4 +176,5 @@ def create_app(
     app.router.add_get("/v1/openapi.yaml", openapi_yaml)
     app.router.add_get("/v1/openapi.json", openapi_json)
     views.add_routes(app.router)
+    vxp.mount(app)
     return app

@@ -114,6 +114,22 @@ class InboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class VxpSystem:
+    """An E-Office system speaking the national hub's client protocol (exchange.gateway.vxp).
+
+    ``sealed`` is its shared secret encrypted at rest (never the plaintext); ``key_id`` names
+    the sealing key, so a secret sealed under another key is reported instead of misread.
+    """
+
+    system_id: str
+    agency: str
+    sealed: str
+    key_id: str
+    created_at: datetime
+    rotated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JournalReport:
     """Result of checking the hash chain end to end."""
 
@@ -214,8 +230,11 @@ class Store(ABC):
         status_code: str | None = None,
         detail: str = "",
         only_if_open: bool = False,
+        reopen: bool = False,
     ) -> bool:
         """Append to the timeline; update the delivery's state/status if given.
+
+        ``reopen`` lets a FAILED state replace DELIVERED (an E-Office's refusal after hand-over).
 
         Returns False if the delivery (message_id, recipient) is unknown, or, with
         ``only_if_open``, already DELIVERED or FAILED (then nothing is written: a receipt
@@ -276,6 +295,27 @@ class Store(ABC):
 
     @abstractmethod
     async def agency_for_token(self, token_hash: str) -> str | None: ...
+
+    # -- national hub protocol (exchange.gateway.vxp) ---------------------------
+    @abstractmethod
+    async def put_vxp_system(self, system: VxpSystem, *, rotate: bool = False) -> None:
+        """Create a system (ConflictError if it exists) or, with ``rotate``, replace its secret (NotFoundError
+        if it does not exist, ConflictError if it is another agency's). The journal records ids, never secrets."""
+
+    @abstractmethod
+    async def get_vxp_system(self, system_id: str) -> VxpSystem | None: ...
+
+    @abstractmethod
+    async def list_vxp_systems(self) -> list[VxpSystem]: ...
+
+    @abstractmethod
+    async def remember_vxp_signature(self, system_id: str, signature: str, *, expires_at: datetime,
+                                     now: datetime) -> bool:
+        """Record a request signature until ``expires_at``; False if it is already recorded (a replay).
+
+        Entries past their expiry are purged on the way, so the table holds at most one signature
+        per request of the last timestamp window.
+        """
 
     # -- operator figures ------------------------------------------------------
     @abstractmethod

@@ -26,7 +26,7 @@ from sqlalchemy import String, Text, delete, func, inspect, literal, or_, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from exchange.errors import NotFoundError, StoreError
+from exchange.errors import ConflictError, NotFoundError, StoreError
 from exchange.store.base import (
     Delivery,
     DeliveryState,
@@ -38,6 +38,7 @@ from exchange.store.base import (
     OutboxItem,
     Store,
     TimelineEntry,
+    VxpSystem,
 )
 from exchange.store.engines import TX_CACHE, _Engine, _PostgresEngine, _SqliteEngine
 from exchange.store.journal import GENESIS, ChainVerifier, JournalEvent, chain
@@ -60,6 +61,7 @@ from exchange.store.statements import (
     _INSERT_MESSAGE,
     _INSERT_OUTBOX,
     _INSERT_TIMELINE,
+    _INSERT_VXP_REPLAY,
     _JOURNAL_HEAD,
     _LATEST_STATUS_AT,
     _MESSAGE_BY_ID,
@@ -83,6 +85,8 @@ from exchange.store.tables import (
     outbox,
     outbox_frames,
     timeline,
+    vxp_replay,
+    vxp_systems,
 )
 from exchange.store.urls import _safe, normalize_url
 
@@ -550,18 +554,27 @@ class SqlStore(Store):
         status_code: str | None = None,
         detail: str = "",
         only_if_open: bool = False,
+        reopen: bool = False,
     ) -> bool:
-        """Timeline always; state only forward (SUBMITTED < QUEUED < DELIVERED, FAILED and DELIVERED terminal)."""
+        """Timeline always; state only forward (SUBMITTED < QUEUED < DELIVERED, FAILED and DELIVERED terminal).
+
+        ``reopen`` (with ``state`` FAILED) also moves a DELIVERED delivery to FAILED: the recipient's
+        E-Office refused, after hand-over, what its channel took in.
+        """
         def tx(conn: Connection, pending: _Pending) -> bool:
             where = (deliveries.c.message_id == message_id, deliveries.c.recipient == recipient)
             key = {"m": message_id, "r": recipient}
             # SQLite: BEGIN IMMEDIATE already excludes other writers.
             query = _DELIVERY_STATE_FOR_UPDATE if self.is_postgres else _DELIVERY_STATE
             current = conn.execute(query, key).scalar_one_or_none()
-            if current is None or only_if_open and current in _CLOSED:
+            reopening = reopen and state is DeliveryState.FAILED
+            closed = _CLOSED - {DeliveryState.DELIVERED.value} if reopening else _CLOSED
+            if current is None or only_if_open and current in closed:
                 raise _Rollback(False)
             values: dict[str, Any] = {}
-            moved = state is not None and DeliveryState(current) in _ENTER_FROM[state]
+            allowed = _ENTER_FROM[state] | {DeliveryState.DELIVERED} if reopening else (
+                _ENTER_FROM[state] if state is not None else frozenset())
+            moved = state is not None and DeliveryState(current) in allowed
             if moved:
                 assert state is not None
                 values.update(state=state.value, updated_at=at)
@@ -728,6 +741,56 @@ class SqlStore(Store):
             select(api_tokens.c.agency).where(api_tokens.c.token_hash == token_hash)
         ).scalar_one_or_none())
 
+    # -- national hub protocol (exchange.gateway.vxp) ----------------------------------------------
+
+    async def put_vxp_system(self, system: VxpSystem, *, rotate: bool = False) -> None:
+        """Create, or with ``rotate`` re-seal, a system's secret; the journal records ids and key id only."""
+        def tx(conn: Connection, pending: _Pending) -> None:
+            current = conn.execute(
+                select(vxp_systems.c.agency).where(vxp_systems.c.system_id == system.system_id)
+            ).scalar_one_or_none()
+            if rotate:
+                if current is None:
+                    raise NotFoundError(f"no hub system {system.system_id} exists; create it with "
+                                        "`exchange vxp secret create --system ID --agency CODE`")
+                if current != system.agency:
+                    raise ConflictError(f"hub system {system.system_id} belongs to agency {current}, not "
+                                        f"{system.agency}; rotate it with --agency {current}")
+                conn.execute(update(vxp_systems).where(vxp_systems.c.system_id == system.system_id)
+                             .values(sealed=system.sealed, key_id=system.key_id, rotated_at=_now()))
+            else:
+                if current is not None:
+                    raise ConflictError(f"hub system {system.system_id} already exists (agency {current}); "
+                                        "give it a new secret with `exchange vxp secret rotate`")
+                conn.execute(vxp_systems.insert().values(
+                    system_id=system.system_id, agency=system.agency, sealed=system.sealed,
+                    key_id=system.key_id, created_at=system.created_at, rotated_at=None))
+            pending.events.append(JournalEvent("vxp_rotate" if rotate else "vxp_create", None, system.agency,
+                                               {"system_id": system.system_id, "key_id": system.key_id}))
+
+        await self._write(tx)
+
+    async def get_vxp_system(self, system_id: str) -> VxpSystem | None:
+        row = await self._read(lambda conn: conn.execute(
+            select(vxp_systems).where(vxp_systems.c.system_id == system_id)).first())
+        return _vxp_system(row) if row is not None else None
+
+    async def list_vxp_systems(self) -> list[VxpSystem]:
+        rows = await self._read(lambda conn: conn.execute(
+            select(vxp_systems).order_by(vxp_systems.c.agency, vxp_systems.c.system_id)).all())
+        return [_vxp_system(r) for r in rows]
+
+    async def remember_vxp_signature(self, system_id: str, signature: str, *, expires_at: datetime,
+                                     now: datetime) -> bool:
+        """One transaction: purge expired signatures, then insert this one unless present (not journaled)."""
+        def tx(conn: Connection, _pending: _Pending) -> bool:
+            conn.execute(delete(vxp_replay).where(vxp_replay.c.expires_at < now))
+            row = conn.execute(_INSERT_VXP_REPLAY, {"system_id": system_id, "signature": signature,
+                                                    "expires_at": expires_at}).first()
+            return row is not None
+
+        return await self._write(tx)
+
     # -- operator figures -----------------------------------------------------------------------
 
     async def delivery_counts(self) -> dict[str, int]:
@@ -737,6 +800,11 @@ class SqlStore(Store):
         counts = {s.value: 0 for s in DeliveryState}
         counts.update({state: int(n) for state, n in rows})
         return counts
+
+
+def _vxp_system(r: Any) -> VxpSystem:
+    return VxpSystem(system_id=r.system_id, agency=r.agency, sealed=r.sealed, key_id=r.key_id,
+                     created_at=r.created_at, rotated_at=r.rotated_at)
 
 
 def _message(r: Any) -> MessageRecord:

@@ -23,6 +23,7 @@ from exchange.store.tables import (
     outbox,
     outbox_frames,
     timeline,
+    vxp_replay,
 )
 
 #: pg_advisory_xact_lock keys (arbitrary constants, "excjnl" / "excsch" in ASCII).
@@ -69,6 +70,7 @@ _INSERT_MESSAGE = insert_ignore(messages, ["message_id", "direction"], "message_
 _INSERT_ATTACHMENT = insert_ignore(attachments, ["sha256"])
 _INSERT_INBOX = insert_ignore(inbox, ["agency", "message_id"], "message_id")
 _INSERT_IDEMPOTENCY = insert_ignore(idempotency, ["sender", "key"], "message_id")
+_INSERT_VXP_REPLAY = insert_ignore(vxp_replay, ["system_id", "signature"], "signature")
 
 # The hot paths' statements, built once. SQLAlchemy caches compiled SQL either way, but building a
 # statement and computing its cache key on every call cost 150-200 µs; a prebuilt one with bind

@@ -173,6 +173,28 @@ api_tokens = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# The national hub's client protocol (exchange.gateway.vxp): one shared secret per E-Office system,
+# sealed (AES-GCM) so that the database never holds it in clear, and the signatures of recent requests
+# (replay refusal), each kept until its timestamp leaves the window.
+vxp_systems = Table(
+    "vxp_systems", metadata,
+    Column("system_id", String(64), primary_key=True),
+    Column("agency", String(32), nullable=False),
+    Column("sealed", Text, nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("rotated_at", UtcDateTime),
+)
+
+vxp_replay = Table(
+    "vxp_replay", metadata,
+    Column("system_id", String(64), nullable=False),
+    Column("signature", String(64), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("system_id", "signature", name="pk_vxp_replay"),
+    Index("ix_vxp_replay_expires", "expires_at"),
+)
+
 journal = Table(
     "journal", metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
