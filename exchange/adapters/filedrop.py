@@ -67,6 +67,7 @@ import hashlib
 import json
 import mimetypes
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -80,6 +81,7 @@ from exchange.adapters.folders import (
     is_temporary,
     sorted_by_age,
 )
+from exchange.adapters.safe_files import confined
 from exchange.adapters.jsonform import (
     document_from_json,
     message_json,
@@ -88,11 +90,23 @@ from exchange.adapters.jsonform import (
     status_code_from_json,
 )
 from exchange.envelope.model import DocumentInfo, Kind, Operation, StaffInfo, StatusCode
-from exchange.errors import BadRequestError
+from exchange.errors import BadRequestError, UnsafePathError
 
 MESSAGE_FILE = "message.json"
 EVIDENCE_FILE = "envelope.xml"
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:]")
+#: Names the adapter writes itself in ``incoming/<message id>/``: an attachment never takes one.
+RESERVED_NAMES = frozenset({MESSAGE_FILE, EVIDENCE_FILE})
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+#: Unicode categories replaced in file names: controls, format characters (bidi overrides, zero-width), line
+#: and paragraph separators, surrogates. The envelope refuses them in names already (docs/ENVELOPE.md); the
+#: adapter replaces them anyway, because it writes to a file system someone will browse.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: Device names Windows refuses as file names, whatever the extension (an E-Office may share the folder).
+_WINDOWS_DEVICE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")
+#: A file extension kept on a fallback name: short, letters and digits only.
+_SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
+#: Bytes (UTF-8) an attachment file name may take; ext4 and most others take 255, leave room to spare.
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,22 +139,58 @@ class _Listed:
 
 
 def safe_file_name(name: str) -> str:
-    """``name`` usable as one file name: no directories, no control characters, no leading dot."""
+    """``name`` usable as one file name, or "" if nothing usable is left.
+
+    The last path component only; control, bidi and other invisible characters and the
+    characters Windows refuses become ``_``; no leading dot (hidden), no trailing dot or
+    space; a Windows device name (``CON``, ``NUL.txt``) gives ""; at most
+    :data:`MAX_NAME_BYTES` bytes, keeping the extension.
+    """
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = _UNSAFE.sub("_", base).strip().lstrip(".")
-    return cleaned[:200]
+    cleaned = "".join("_" if _UNSAFE.match(c) or unicodedata.category(c) in _INVISIBLE else c for c in base)
+    cleaned = cleaned.strip().lstrip(".").rstrip(". ")
+    if _WINDOWS_DEVICE.fullmatch(cleaned):
+        return ""
+    return _truncate(cleaned, MAX_NAME_BYTES)
+
+
+def _truncate(name: str, limit: int) -> str:
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    suffix = PurePosixPath(name).suffix if _SAFE_SUFFIX.fullmatch(PurePosixPath(name).suffix) else ""
+    stem = name[: len(name) - len(suffix)]
+    while len((stem + suffix).encode("utf-8")) > limit:
+        stem = stem[:-1]
+    return stem.rstrip(". ") + suffix
+
+
+def _fallback_name(cleaned: str, index: int, taken: set[str]) -> str:
+    """``attachment-<n>[.ext]``: built from the attachment's position, never from the id or the raw name."""
+    suffix = PurePosixPath(cleaned).suffix if cleaned else ""
+    suffix = suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""
+    candidate, n = f"attachment-{index}{suffix}", 1
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = f"attachment-{index}-{n}{suffix}"
+    return candidate
 
 
 def incoming_files(message: Incoming) -> dict[str, bytes]:
-    """The files of ``incoming/<message id>/`` for ``message``."""
+    """The files of ``incoming/<message id>/`` for ``message``.
+
+    Each attachment is written under its sanitised name (:func:`safe_file_name`). A name
+    that sanitises to nothing, is reserved (``message.json``, ``envelope.xml``) or repeats
+    one already taken (compared case-insensitively, as Windows and macOS do) gets
+    ``attachment-<n>[.ext]`` instead; ``message.json`` says which file is which.
+    """
     doc = message_json(message.envelope, recipient=message.agency, attempt=message.attempt)
     files: dict[str, bytes] = {}
-    taken = {MESSAGE_FILE, EVIDENCE_FILE}
-    for entry in doc["attachments"]:
+    taken = {n.casefold() for n in RESERVED_NAMES}
+    for index, entry in enumerate(doc["attachments"], start=1):
         name = safe_file_name(entry["name"])
-        if not name or name in taken:
-            name = f"{entry['id']}-{name or 'attachment'}"
-        taken.add(name)
+        if not name or name.casefold() in taken:
+            name = _fallback_name(name, index, taken)
+        taken.add(name.casefold())
         entry["file"] = name
         files[name] = message.attachments[entry["id"]]
     files[MESSAGE_FILE] = json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
@@ -167,6 +217,8 @@ class FileDropAdapter(FolderAdapter):
         final = self.folders.incoming / message.message_id
         try:
             await asyncio.to_thread(lambda: atomic_write_dir(final, incoming_files(message)))
+        except UnsafePathError as exc:  # cannot happen for a verified envelope (UUID ids); never retry it
+            return DeliveryResult.permanent(f"cannot be written to the E-Office's folder: {exc.message}", exc.code)
         except OSError as exc:
             return DeliveryResult.transient(f"cannot write to the E-Office's incoming folder: {exc.strerror}",
                                             "eoffice-write-failed")
@@ -208,10 +260,16 @@ class FileDropAdapter(FolderAdapter):
             raise DropRefused('each entry of "attachments" must be an object with "file", a path relative '
                               "to outgoing/")
         rel = PurePosixPath(spec["file"].replace("\\", "/"))
-        if rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts):
+        if rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts) or "\x00" in spec["file"]:
             raise DropRefused(f"attachment file {spec['file']!r} must be a plain path inside outgoing/ "
                               "(not absolute, no '..', no hidden or temporary names)")
-        path = self.folders.outgoing.joinpath(*rel.parts)
+        try:
+            # A symbolic link under outgoing/ that points elsewhere would send (and then move) a file from
+            # outside the E-Office's folder: resolve and refuse.
+            path = confined(self.folders.outgoing, *rel.parts)
+        except UnsafePathError:
+            raise DropRefused(f"attachment file {spec['file']!r} leads outside outgoing/ (a symbolic link?); "
+                              "put the file itself in the folder") from None
         if path == drop:
             raise DropRefused("a drop cannot list its own metadata file as an attachment")
         return path
