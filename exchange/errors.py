@@ -46,6 +46,17 @@ class ExchangeError(Exception):
         self.message = message
         self.detail = detail or {}
 
+    @property
+    def message(self) -> str:
+        """The one-line message (what the CLI prints after ``exchange: error [<code>]:``)."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # Whoever renders it (CLI, problem+json, a receipt's reason) gets one line, even if code
+        # elsewhere replaces the message after construction.
+        self._message = one_line(value)
+
     def to_problem(self) -> dict[str, object]:
         """The RFC 9457 problem+json body for this error."""
         body: dict[str, object] = {

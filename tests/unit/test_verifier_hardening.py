@@ -274,6 +274,6 @@ def test_every_error_message_and_problem_detail_is_one_line() -> None:
         pass
 
     late = Later("ok")
-    late.message = "changed\nafterwards"
-    assert late.to_problem()["detail"] == "changed afterwards"
+    late.message = "changed\nafterwards"  # what the CLI prints and problem+json carries stay one line
+    assert late.message == late.to_problem()["detail"] == "changed afterwards"
     assert json.dumps(late.to_problem()).count("\\n") == 0
