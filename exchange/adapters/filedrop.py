@@ -81,7 +81,6 @@ from exchange.adapters.folders import (
     is_temporary,
     sorted_by_age,
 )
-from exchange.adapters.safe_files import confined
 from exchange.adapters.jsonform import (
     document_from_json,
     message_json,
@@ -89,8 +88,9 @@ from exchange.adapters.jsonform import (
     staff_from_json,
     status_code_from_json,
 )
-from exchange.envelope.model import DocumentInfo, Kind, Operation, StaffInfo, StatusCode
-from exchange.errors import BadRequestError, UnsafePathError
+from exchange.adapters.safe_files import confined
+from exchange.envelope.model import DocumentInfo, Kind, Operation, StaffInfo, StatusCode, check_attachment_name
+from exchange.errors import AttachmentError, BadRequestError, UnsafePathError
 
 MESSAGE_FILE = "message.json"
 EVIDENCE_FILE = "envelope.xml"
@@ -260,7 +260,8 @@ class FileDropAdapter(FolderAdapter):
             raise DropRefused('each entry of "attachments" must be an object with "file", a path relative '
                               "to outgoing/")
         rel = PurePosixPath(spec["file"].replace("\\", "/"))
-        if rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts) or "\x00" in spec["file"]:
+        if (rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts)
+                or "\x00" in spec["file"]):
             raise DropRefused(f"attachment file {spec['file']!r} must be a plain path inside outgoing/ "
                               "(not absolute, no '..', no hidden or temporary names)")
         try:
@@ -334,6 +335,10 @@ class FileDropAdapter(FolderAdapter):
     def _listed(self, drop: Path, spec: Any) -> _Listed:
         path = self._attachment_path(drop, spec)
         name = spec.get("name") or path.name
+        try:
+            check_attachment_name(str(name))  # refused here, as everywhere names enter (docs/ENVELOPE.md)
+        except AttachmentError as exc:
+            raise DropRefused(f"{exc.code}: {exc.message}") from None
         size, sha = spec.get("size"), spec.get("sha256")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise DropRefused(f"attachment {name!r}: size must be a number of bytes")

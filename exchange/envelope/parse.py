@@ -371,6 +371,7 @@ def _attachment(a: etree._Element) -> Attachment:
     # Checked here, not only by the XSD and the model: the id names files on the recipient's side and the
     # name is shown to people, so a tree that skipped validation must not slip one through either.
     return Attachment(
-        id=check_attachment_id(_attr(a, "id")), name=check_attachment_name(_attr(a, "name")), media_type=_attr(a, "mediaType"),
+        id=check_attachment_id(_attr(a, "id")), name=check_attachment_name(_attr(a, "name")),
+        media_type=_attr(a, "mediaType"),
         size=int(_attr(a, "size").strip()), sha256=_attr(a, "sha256"), description=a.get("description", ""),
     )

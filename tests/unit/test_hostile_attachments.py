@@ -224,6 +224,17 @@ async def test_file_drop_never_sends_a_file_reached_through_a_link_out_of_its_fo
     assert (secret / "key.pem").exists()  # not moved out of its place either
 
 
+@pytest.mark.parametrize("listed", [{"file": "a.txt", "name": "\u202egpj.exe"}, {"file": "\u202egpj.exe"}],
+                         ids=["name", "file-name"])
+async def test_file_drop_refuses_a_bidi_name_in_a_drop(filedrop, listed: dict) -> None:
+    (filedrop.folders.outgoing / listed["file"]).write_bytes(PAYLOAD)
+    (filedrop.folders.outgoing / "x.json").write_text(json.dumps({
+        "to": [PEER], "document": {"number": "1", "subject": "x"}, "attachments": [listed]}))
+    assert await filedrop.scan_once() == 1
+    assert filedrop.bus.submissions == []
+    assert "attachment-invalid" in (filedrop.folders.error / "x.reason.txt").read_text()
+
+
 # -- the shared helper -----------------------------------------------------------------------------------
 
 
