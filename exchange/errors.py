@@ -63,7 +63,7 @@ class ExchangeError(Exception):
             "type": f"urn:exchange:error:{self.code}",
             "title": self.code.replace("-", " "),
             "status": self.http_status,
-            "detail": one_line(self.message),  # one_line again: a subclass may have replaced .message
+            "detail": self.message,  # one line, however it was set (the property normalises it)
             "code": self.code,
         }
         if self.detail:

@@ -52,7 +52,10 @@ written as ``incoming/.<message id>.<random>.tmp`` and renamed), holding:
   kind, sender, document or status fields) where each attachment entry also has
   ``file``, its file name in the folder;
 * ``envelope.xml``: the exact signed envelope, the evidence (``exchange verify``);
-* the attachment files, byte for byte.
+* the attachment files, byte for byte, under their sanitised names
+  (:func:`safe_file_name`; ``attachment-<n>[.ext]`` when a name sanitises to nothing
+  or is taken), written through :mod:`exchange.adapters.safe_files` so nothing lands
+  outside the folder.
 
 A repeated handover of the same message id finds the folder there and writes
 nothing, so the E-Office sees each message once; if it moves folders away, it
