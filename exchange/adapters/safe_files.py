@@ -83,7 +83,11 @@ def _temporary(name: str) -> str:
     return f".{name[:200]}.{uuid.uuid4().hex[:8]}.tmp"
 
 
-def write_new_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> None:
+#: Like open() and mkdir(): the process umask decides (an E-Office may read through its group).
+DEFAULT_FILE_MODE, DEFAULT_DIR_MODE = 0o666, 0o777
+
+
+def write_new_file(dir_fd: int, name: str, data: bytes, *, mode: int = DEFAULT_FILE_MODE) -> None:
     """Create ``name`` in the directory ``dir_fd`` (never an existing file or link), write ``data``, fsync."""
     fd = os.open(check_component(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode,
                  dir_fd=dir_fd)
@@ -104,7 +108,7 @@ def _exists(dir_fd: int, name: str) -> bool:
     return True
 
 
-def atomic_write_file(final: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write_file(final: Path, data: bytes, *, mode: int = DEFAULT_FILE_MODE) -> None:
     """Write ``final`` so that it appears complete or not at all; a repeat replaces it.
 
     ``final.name`` must be a plain name; a symbolic link already there is replaced,
@@ -138,7 +142,7 @@ def atomic_write_dir(final: Path, files: Mapping[str, bytes]) -> bool:
         if _exists(dir_fd, name):
             return False
         tmp = _temporary(name)
-        os.mkdir(tmp, 0o755, dir_fd=dir_fd)
+        os.mkdir(tmp, DEFAULT_DIR_MODE, dir_fd=dir_fd)
         try:
             tmp_fd = os.open(tmp, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd)
             try:
@@ -168,7 +172,7 @@ def _is_dir(dir_fd: int, name: str) -> bool:
         return False
 
 
-def append_line(path: Path, line: str, *, mode: int = 0o644) -> None:
+def append_line(path: Path, line: str, *, mode: int = DEFAULT_FILE_MODE) -> None:
     """Append ``line`` and a newline to ``path`` (created if missing, never through a symbolic link), fsync'd."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, mode)
     try:

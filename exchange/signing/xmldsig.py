@@ -229,11 +229,11 @@ def _check_x509_data(x509_data: etree._Element) -> None:
         raise SignatureError(f"ds:X509Data holds {found}; exactly X509Certificate elements (the signer's "
                              "certificate, then any intermediate CA certificate) are allowed (docs/SIGNING.md)")
     for element in (x509_data, *children):
-        if element.attrib:
+        if len(element.attrib):
             raise SignatureError(f"ds:{etree.QName(element).localname} carries attributes "
                                  f"({', '.join(sorted(element.attrib))}); it has none in the pinned shape")
-        if element is not x509_data:
-            _expect(element, (), "ds:X509Certificate")
+        if element is not x509_data and len(element):
+            _expect(element, (), "ds:X509Certificate")  # raises, naming what is inside
 
 
 #: The elements of the pinned shape whose text is a value; everywhere else only whitespace may stand.
@@ -246,13 +246,13 @@ def _check_no_stray_text(signature: etree._Element) -> None:
     The signature's own tail belongs to env:Signed and is covered by the enveloped transform.
     """
     for element in signature.iter():
-        name = etree.QName(element).localname
-        if element.tag not in _VALUE_ELEMENTS and element.text and element.text.strip():
-            raise SignatureError(f"ds:{name} holds text {element.text.strip()[:40]!r}; only DigestValue, "
-                                 "SignatureValue and X509Certificate carry text in the pinned shape")
-        if element is not signature and element.tail and element.tail.strip():
-            raise SignatureError(f"text {element.tail.strip()[:40]!r} follows ds:{name} inside ds:Signature; "
-                                 "nothing but whitespace may stand between the signature's elements")
+        text, tail = element.text, element.tail
+        if text and element.tag not in _VALUE_ELEMENTS and not text.isspace():
+            raise SignatureError(f"ds:{etree.QName(element).localname} holds text {text.strip()[:40]!r}; only "
+                                 "DigestValue, SignatureValue and X509Certificate carry text in the pinned shape")
+        if tail and element is not signature and not tail.isspace():
+            raise SignatureError(f"text {tail.strip()[:40]!r} follows ds:{etree.QName(element).localname} inside "
+                                 "ds:Signature; nothing but whitespace may stand between the signature's elements")
 
 
 def check_key(public_key: object, method: str) -> PublicKey:
