@@ -7,9 +7,33 @@ that fits it, and a message that tells the user what to do next.
 
 from __future__ import annotations
 
+import re
+
+# Line breaks of every kind (CR, LF, VT, FF, NEL, U+2028/9) and the other C0/C1 controls: an error message is
+# printed on one terminal line, written to one log line and sent in one problem+json detail, and part of it
+# often comes from outside (a library's message, a file name), where a control character could also move the
+# cursor or recolour a terminal, and a bidi control could reorder what the reader sees.
+_BREAKS = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: line breaks become a space, other controls and bidi marks ``\\xNN``/``\\uNNNN``."""
+    text = _BREAKS.sub(" ", str(text)).replace("\t", " ")
+    return _CONTROLS.sub(_escape, text).strip()
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
 
 class ExchangeError(Exception):
-    """Root of every error the bus raises on purpose."""
+    """Root of every error the bus raises on purpose.
+
+    The message is always one line (:func:`one_line`), whoever built it: CLI
+    output, log events and problem+json details rely on that.
+    """
 
     code: str = "exchange-error"
     http_status: int = 500
@@ -17,9 +41,21 @@ class ExchangeError(Exception):
     transient: bool = False
 
     def __init__(self, message: str, *, detail: dict[str, object] | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
         self.detail = detail or {}
+
+    @property
+    def message(self) -> str:
+        """The one-line message (what the CLI prints after ``exchange: error [<code>]:``)."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # Whoever renders it (CLI, problem+json, a receipt's reason) gets one line, even if code
+        # elsewhere replaces the message after construction.
+        self._message = one_line(value)
 
     def to_problem(self) -> dict[str, object]:
         """The RFC 9457 problem+json body for this error."""
@@ -27,7 +63,7 @@ class ExchangeError(Exception):
             "type": f"urn:exchange:error:{self.code}",
             "title": self.code.replace("-", " "),
             "status": self.http_status,
-            "detail": self.message,
+            "detail": self.message,  # one line, however it was set (the property normalises it)
             "code": self.code,
         }
         if self.detail:
@@ -172,6 +208,12 @@ class CertificateUsageError(CertificateError):
     code = "certificate-usage"
 
 
+class CertificateMalformedError(CertificateError):
+    """A certificate in the signature cannot be read at all (bad DER, invalid version, duplicated extension...)."""
+
+    code = "certificate-malformed"
+
+
 class AgencyMismatchError(CertificateError):
     """The signer's certificate names another agency than the envelope's From."""
 
@@ -268,3 +310,10 @@ class AdapterError(ExchangeError):
     """An adapter failed to start or is misconfigured."""
 
     code = "adapter-error"
+
+
+class UnsafePathError(ExchangeError):
+    """A file name from a message or a drop would leave the folder it must be written in (or read from)."""
+
+    code = "path-unsafe"
+    http_status = 422

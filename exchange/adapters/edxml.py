@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
@@ -63,9 +62,10 @@ from exchange.adapters.folders import (
     is_temporary,
     sorted_by_age,
 )
+from exchange.adapters.safe_files import append_line
 from exchange.envelope.edxml import code_text, export_package, import_package, reference_of
 from exchange.envelope.model import DocumentInfo, Envelope, Hop, Kind, Operation, ResponseRef, utcnow
-from exchange.errors import ExchangeError, XmlMalformedError
+from exchange.errors import ExchangeError, UnsafePathError, XmlMalformedError
 
 log = structlog.get_logger("exchange.adapters.edxml")
 
@@ -119,15 +119,8 @@ class DocumentIndex:
                            "code": ref.code, "promulgation_date": ref.promulgation_date.isoformat()},
                           ensure_ascii=False)
         async with self._lock:
-            await asyncio.to_thread(_append_line, self.path, line)
+            await asyncio.to_thread(append_line, self.path, line)
             self._remember(message_id, ref)
-
-
-def _append_line(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class EdxmlAdapter(FolderAdapter):
@@ -170,7 +163,9 @@ class EdxmlAdapter(FolderAdapter):
             return DeliveryResult.permanent(f"cannot be written as an edXML package: {exc.message}", exc.code)
         final = self.folders.incoming / f"{h.message_id}{SUFFIX}"
         try:
-            await asyncio.to_thread(atomic_write_file, final, package)
+            await asyncio.to_thread(atomic_write_file, final, package)  # confined: one plain name, no links
+        except UnsafePathError as exc:
+            return DeliveryResult.permanent(f"cannot be written to the E-Office's folder: {exc.message}", exc.code)
         except OSError as exc:
             return DeliveryResult.transient(f"cannot write to the E-Office's incoming folder: {exc.strerror}",
                                             "eoffice-write-failed")

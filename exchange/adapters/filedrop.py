@@ -52,7 +52,10 @@ written as ``incoming/.<message id>.<random>.tmp`` and renamed), holding:
   kind, sender, document or status fields) where each attachment entry also has
   ``file``, its file name in the folder;
 * ``envelope.xml``: the exact signed envelope, the evidence (``exchange verify``);
-* the attachment files, byte for byte.
+* the attachment files, byte for byte, under their sanitised names
+  (:func:`safe_file_name`; ``attachment-<n>[.ext]`` when a name sanitises to nothing
+  or is taken), written through :mod:`exchange.adapters.safe_files` so nothing lands
+  outside the folder.
 
 A repeated handover of the same message id finds the folder there and writes
 nothing, so the E-Office sees each message once; if it moves folders away, it
@@ -67,6 +70,7 @@ import hashlib
 import json
 import mimetypes
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -87,13 +91,35 @@ from exchange.adapters.jsonform import (
     staff_from_json,
     status_code_from_json,
 )
+from exchange.adapters.safe_files import confined
 from exchange.envelope.edxml.files import OfferedFile, offered_file
-from exchange.envelope.model import Attachment, DocumentInfo, Envelope, Kind, Operation, StaffInfo, StatusCode
-from exchange.errors import BadRequestError
+from exchange.envelope.model import (
+    Attachment,
+    DocumentInfo,
+    Envelope,
+    Kind,
+    Operation,
+    StaffInfo,
+    StatusCode,
+    check_attachment_name,
+)
+from exchange.errors import AttachmentError, BadRequestError, UnsafePathError
 
 MESSAGE_FILE = "message.json"
 EVIDENCE_FILE = "envelope.xml"
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:]")
+#: Names the adapter writes itself in ``incoming/<message id>/``: an attachment never takes one.
+RESERVED_NAMES = frozenset({MESSAGE_FILE, EVIDENCE_FILE})
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+#: Unicode categories replaced in file names: controls, format characters (bidi overrides, zero-width), line
+#: and paragraph separators, surrogates. The envelope refuses them in names already (docs/ENVELOPE.md); the
+#: adapter replaces them anyway, because it writes to a file system someone will browse.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: Device names Windows refuses as file names, whatever the extension (an E-Office may share the folder).
+_WINDOWS_DEVICE = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")
+#: A file extension kept on a fallback name: short, letters and digits only.
+_SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
+#: Bytes (UTF-8) an attachment file name may take; ext4 and most others take 255, leave room to spare.
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,25 +152,61 @@ class _Listed:
 
 
 def safe_file_name(name: str) -> str:
-    """``name`` usable as one file name: no directories, no control characters, no leading dot."""
+    """``name`` usable as one file name, or "" if nothing usable is left.
+
+    The last path component only; control, bidi and other invisible characters and the
+    characters Windows refuses become ``_``; no leading dot (hidden), no trailing dot or
+    space; a Windows device name (``CON``, ``NUL.txt``) gives ""; at most
+    :data:`MAX_NAME_BYTES` bytes, keeping the extension.
+    """
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = _UNSAFE.sub("_", base).strip().lstrip(".")
-    return cleaned[:200]
+    cleaned = "".join("_" if _UNSAFE.match(c) or unicodedata.category(c) in _INVISIBLE else c for c in base)
+    cleaned = cleaned.strip().lstrip(".").rstrip(". ")
+    if _WINDOWS_DEVICE.fullmatch(cleaned):
+        return ""
+    return _truncate(cleaned, MAX_NAME_BYTES)
+
+
+def _truncate(name: str, limit: int) -> str:
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    suffix = PurePosixPath(name).suffix if _SAFE_SUFFIX.fullmatch(PurePosixPath(name).suffix) else ""
+    stem = name[: len(name) - len(suffix)]
+    while len((stem + suffix).encode("utf-8")) > limit:
+        stem = stem[:-1]
+    return stem.rstrip(". ") + suffix
+
+
+def _fallback_name(cleaned: str, index: int, taken: set[str]) -> str:
+    """``attachment-<n>[.ext]``: built from the attachment's position, never from the id or the raw name."""
+    suffix = PurePosixPath(cleaned).suffix if cleaned else ""
+    suffix = suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""
+    candidate, n = f"attachment-{index}{suffix}", 1
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = f"attachment-{index}-{n}{suffix}"
+    return candidate
 
 
 def incoming_files(message: Incoming) -> dict[str, bytes]:
-    """The files of ``incoming/<message id>/`` for ``message``."""
+    """The files of ``incoming/<message id>/`` for ``message``.
+
+    Each attachment is written under its sanitised name (:func:`safe_file_name`). A name
+    that sanitises to nothing, is reserved (``message.json``, ``envelope.xml``) or repeats
+    one already taken (compared case-insensitively, as Windows and macOS do) gets
+    ``attachment-<n>[.ext]`` instead; ``message.json`` says which file is which.
+    """
     doc = message_json(message.envelope, recipient=message.agency, attempt=message.attempt)
     files: dict[str, bytes] = {}
-    taken = {MESSAGE_FILE, EVIDENCE_FILE}
+    taken = {n.casefold() for n in RESERVED_NAMES}
     by_id = {a.id: a for a in message.envelope.attachments}
-    for entry in doc["attachments"]:
+    for index, entry in enumerate(doc["attachments"], start=1):
         # A ZIP-wrapped edXML attachment is offered as the file inside (exchange.envelope.edxml.files).
         offered = offered_attachment(message.envelope, by_id[entry["id"]], message.attachments[entry["id"]], entry)
         name = safe_file_name(offered.name)
-        if not name or name in taken:
-            name = f"{entry['id']}-{name or 'attachment'}"
-        taken.add(name)
+        if not name or name.casefold() in taken:
+            name = _fallback_name(name, index, taken)
+        taken.add(name.casefold())
         entry["file"] = name
         files[name] = offered.data
     files[MESSAGE_FILE] = json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
@@ -182,6 +244,8 @@ class FileDropAdapter(FolderAdapter):
         final = self.folders.incoming / message.message_id
         try:
             await asyncio.to_thread(lambda: atomic_write_dir(final, incoming_files(message)))
+        except UnsafePathError as exc:  # cannot happen for a verified envelope (UUID ids); never retry it
+            return DeliveryResult.permanent(f"cannot be written to the E-Office's folder: {exc.message}", exc.code)
         except OSError as exc:
             return DeliveryResult.transient(f"cannot write to the E-Office's incoming folder: {exc.strerror}",
                                             "eoffice-write-failed")
@@ -223,10 +287,17 @@ class FileDropAdapter(FolderAdapter):
             raise DropRefused('each entry of "attachments" must be an object with "file", a path relative '
                               "to outgoing/")
         rel = PurePosixPath(spec["file"].replace("\\", "/"))
-        if rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts):
+        if (rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts)
+                or "\x00" in spec["file"]):
             raise DropRefused(f"attachment file {spec['file']!r} must be a plain path inside outgoing/ "
                               "(not absolute, no '..', no hidden or temporary names)")
-        path = self.folders.outgoing.joinpath(*rel.parts)
+        try:
+            # A symbolic link under outgoing/ that points elsewhere would send (and then move) a file from
+            # outside the E-Office's folder: resolve and refuse.
+            path = confined(self.folders.outgoing, *rel.parts)
+        except UnsafePathError:
+            raise DropRefused(f"attachment file {spec['file']!r} leads outside outgoing/ (a symbolic link?); "
+                              "put the file itself in the folder") from None
         if path == drop:
             raise DropRefused("a drop cannot list its own metadata file as an attachment")
         return path
@@ -291,6 +362,10 @@ class FileDropAdapter(FolderAdapter):
     def _listed(self, drop: Path, spec: Any) -> _Listed:
         path = self._attachment_path(drop, spec)
         name = spec.get("name") or path.name
+        try:
+            check_attachment_name(str(name))  # refused here, as everywhere names enter (docs/ENVELOPE.md)
+        except AttachmentError as exc:
+            raise DropRefused(f"{exc.code}: {exc.message}") from None
         size, sha = spec.get("size"), spec.get("sha256")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise DropRefused(f"attachment {name!r}: size must be a number of bytes")

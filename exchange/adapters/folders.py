@@ -11,7 +11,10 @@ An E-Office that exchanges files gets one root folder per agency::
 Writes into ``incoming/`` are atomic: everything is written under a temporary
 name starting with ``.`` in the same directory, fsync'd, then renamed, and the
 directory is fsync'd; an E-Office therefore never sees a partial file under a
-final name, and it must ignore names starting with ``.``.
+final name, and it must ignore names starting with ``.``. Writes are confined
+(:mod:`exchange.adapters.safe_files`): each file is one plain name created
+relative to its directory without following symbolic links, and every path built
+from a drop's contents is resolved and checked to stay under ``root``.
 
 The watcher polls ``outgoing/`` every ``poll_interval`` seconds (default 1); all
 file I/O runs in a worker thread, never on the event loop. A drop that looks
@@ -30,9 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import time
-import uuid
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from typing import Any, ClassVar
 import structlog
 
 from exchange.adapters.base import Adapter, BusHandle, SubmitResult
+from exchange.adapters.safe_files import atomic_write_dir, atomic_write_file, confined  # noqa: F401 (re-exported)
 from exchange.errors import (
     AdapterError,
     BrokerUnavailableError,
@@ -87,58 +89,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def temp_name(final: Path) -> Path:
-    """A hidden temporary name beside ``final`` (same directory, so the rename is atomic)."""
-    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def atomic_write_file(final: Path, data: bytes) -> None:
-    """Write ``final`` so that it appears complete or not at all; a repeat replaces it."""
-    tmp = temp_name(final)
-    try:
-        _write_synced(tmp, data)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(final.parent)
-
-
-def atomic_write_dir(final: Path, files: Mapping[str, bytes]) -> bool:
-    """Write a folder of files that appears complete or not at all.
-
-    Returns False, writing nothing, if ``final`` already exists: it is then the
-    complete result of an earlier handover of the same message id, and the
-    E-Office may already be reading it.
-    """
-    if final.exists():
-        return False
-    tmp = temp_name(final)
-    tmp.mkdir()
-    try:
-        for name, data in files.items():
-            _write_synced(tmp / name, data)
-        fsync_dir(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if final.is_dir():  # a concurrent handover of the same message won the race
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(final.parent)
-    return True
+# The atomic writes themselves are confined (each name one plain file name, written relative to a directory
+# descriptor, links never followed): exchange/adapters/safe_files.py, re-exported from here.
 
 
 def unused_stem(parent: Path, stem: str, suffix: str = "") -> str:
@@ -335,8 +287,9 @@ class FolderAdapter(Adapter):
             target.mkdir()
             for f in files:
                 rel = f.relative_to(self.folders.outgoing)
-                (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.rename(f, target / rel)
+                dest = confined(target, rel)  # rel has no '..' (checked on reading); links are refused too
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(f, dest)
                 _prune_empty(f.parent, self.folders.outgoing)
             fsync_dir(target)
         fsync_dir(parent)

@@ -7,7 +7,8 @@ dead letters and non-delivery receipts can be exercised end to end.
 Options: ``path`` (the JSONL file), ``transient_failures`` (answer transient
 this many times per message before accepting), ``refuse`` (answer permanent
 for every document), ``delay`` (seconds to hold each handover), ``receipts`` (true:
-also take the signed receipts that come back for what this agency sent).
+also take the signed receipts that come back for what this agency sent). The file
+is opened without following a symbolic link at ``path`` (exchange/adapters/safe_files.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from exchange.adapters.base import Adapter, DeliveryResult, Incoming
+from exchange.adapters.safe_files import append_line
 from exchange.errors import AdapterError
 
 
@@ -55,15 +57,13 @@ class RecordingAdapter(Adapter):
             "attempt": message.attempt,
         }, ensure_ascii=False)
         async with self._lock:
-            await asyncio.to_thread(_append, self.path, line)
+            try:
+                # append_line never follows a symbolic link planted at the path (e.g. in a shared /tmp).
+                await asyncio.to_thread(append_line, self.path, line)
+            except OSError as exc:
+                return DeliveryResult.transient(f"cannot append to {self.path}: {exc.strerror or exc}",
+                                                "eoffice-write-failed")
         return DeliveryResult.delivered()
-
-
-def _append(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict]:

@@ -75,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from exchange.adapters.safe_files import atomic_write_file, check_component
     from exchange.signing.sign import Signer, sign_envelope
 
     meta = load_metadata(args.meta)
@@ -88,12 +89,17 @@ def _run(args: argparse.Namespace) -> int:
     signer = Signer.from_files(args.key, args.cert)
     signed = sign_envelope(envelope, signer, data)
     xml_path, att_dir = output_paths(args.out, envelope.message_id)
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    xml_path.write_bytes(signed.xml)
-    if envelope.attachments:
-        att_dir.mkdir(parents=True, exist_ok=True)
-        for a in envelope.attachments:
-            (att_dir / a.id).write_bytes(data[a.id])
+    try:
+        xml_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_file(xml_path, signed.xml)
+        if envelope.attachments:
+            att_dir.mkdir(parents=True, exist_ok=True)
+            for a in envelope.attachments:
+                # The id was checked against the attachment id pattern when the envelope was built; the copy
+                # is still one plain name written inside att_dir without following links (safe_files).
+                atomic_write_file(att_dir / check_component(a.id), data[a.id])
+    except OSError as exc:
+        raise BadRequestError(f"cannot write to {args.out}: {exc.strerror or exc}; choose a writable --out") from exc
     print(f"signed {envelope.header.kind.value} {envelope.message_id} From {envelope.header.sender.code} "
           f"as {signer.agency_code} ({signer.signature_method.rsplit('#', 1)[-1].upper()}): {xml_path}")
     for a in envelope.attachments:

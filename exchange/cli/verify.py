@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 from pathlib import Path
 
-from exchange.errors import AttachmentError, BadRequestError, ConfigError, ExchangeError
+from exchange.errors import AttachmentError, BadRequestError, ConfigError, ExchangeError, XmlTooLargeError
 
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 
@@ -43,6 +45,33 @@ def _trust_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     raise ConfigError("no trust store: give --ca CA.pem (and --crl CRL.pem), or --config NODE.toml")
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, refused (XmlTooLargeError) without reading it when it holds more than ``limit``.
+
+    A regular file is measured first (stat); anything else (``/dev/zero``, a pipe) is read
+    at most ``limit + 1`` bytes, so memory stays bounded whatever the file is.
+    """
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+                raise XmlTooLargeError(
+                    f"{path} is {info.st_size} bytes, over the envelope limit of {limit} bytes; "
+                    "it is not an envelope (attachments travel beside the XML, not inside it)",
+                    detail={"size": info.st_size, "limit": limit},
+                )
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {path}: {exc.strerror or exc}; give the signed envelope's file") \
+            from exc
+    if len(data) > limit:
+        raise XmlTooLargeError(
+            f"{path} holds more than the envelope limit of {limit} bytes; it is not an envelope",
+            detail={"limit": limit},
+        )
+    return data
+
+
 def read_attachments(directory: Path, envelope) -> dict[str, bytes]:
     """Attachment bytes by id from ``directory`` (file named by the id, else by the manifest name).
 
@@ -58,21 +87,23 @@ def read_attachments(directory: Path, envelope) -> dict[str, bytes]:
         for name in candidates:
             path = directory / name
             if path.is_file():
-                data[a.id] = path.read_bytes()
+                # At most one byte more than the manifest says: enough to tell the verifier it is too long.
+                try:
+                    with open(path, "rb") as f:
+                        data[a.id] = f.read(a.size + 1)
+                except OSError as exc:
+                    raise AttachmentError(f"cannot read attachment {path}: {exc.strerror or exc}") from exc
                 break
     return data
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exchange.envelope.parse import envelope_from_element, parse_xml
+    from exchange.envelope.parse import DEFAULT_LIMITS, envelope_from_element, parse_xml
     from exchange.signing.keys import subject_name
     from exchange.signing.trust import TrustStore
     from exchange.signing.verify import Verifier
 
-    try:
-        xml = args.file.read_bytes()
-    except OSError as exc:
-        raise BadRequestError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    xml = read_bounded(args.file, DEFAULT_LIMITS.max_bytes)
     cas, crls = _trust_paths(args)
     verifier = Verifier(TrustStore.from_paths(cas, crls, stale_crl=args.stale_crl, reload_interval=None))
     att_dir = args.attachments_dir

@@ -24,6 +24,8 @@ from exchange.envelope.model import (
     ReceiptInfo,
     ResponseRef,
     StatusInfo,
+    check_attachment_id,
+    check_attachment_name,
 )
 from exchange.errors import SchemaError
 
@@ -198,7 +200,10 @@ def _receipt(header: etree._Element, receipt: ReceiptInfo) -> None:
 
 
 def _attachment(manifest: etree._Element, a: Attachment) -> None:
-    element = etree.SubElement(manifest, _q("Attachment"), id=a.id, name=a.name, mediaType=a.media_type,
+    # The model checks these on construction; checked again because nothing signed may carry an id that
+    # escapes a folder or a name that disguises a file (docs/ENVELOPE.md), however the value was made.
+    element = etree.SubElement(manifest, _q("Attachment"), id=check_attachment_id(a.id),
+                               name=check_attachment_name(a.name), mediaType=a.media_type,
                                size=str(a.size), sha256=a.sha256)
     _attrs(element, description=a.description)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 
 from exchange.envelope.codes import check_agency_code
+from exchange.errors import AttachmentError
 
 #: The envelope's XML namespace (version 1 of the schema).
 ENVELOPE_NS = "urn:exchange:envelope:1"
@@ -200,9 +203,56 @@ class ReceiptInfo:
     reason: str = ""
 
 
+#: What an attachment id may be (kept in sync with ``AttachmentId`` in schemas/envelope-1.0.xsd): a letter or
+#: digit, then up to 127 letters, digits and ``. _ @ + -``. Ids name files (``exchange sign`` output, the
+#: bytes beside the XML), so a separator, ``..`` alone or a control character must never get in.
+ATTACHMENT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,127}"
+_ATTACHMENT_ID = re.compile(ATTACHMENT_ID_PATTERN)
+#: Characters no attachment name may hold: bidi controls (U+202E "right-to-left override" makes
+#: ``\u202egpj.exe`` display as ``exe.jpg``), and the ones :func:`check_attachment_name` finds by category.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Unicode categories refused in attachment names: controls, format characters (bidi, zero-width, BOM),
+#: line and paragraph separators, lone surrogates.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def check_attachment_id(value: str) -> str:
+    """``value`` if it is a valid attachment id (:data:`ATTACHMENT_ID_PATTERN`), else AttachmentError."""
+    if not isinstance(value, str) or not _ATTACHMENT_ID.fullmatch(value):
+        raise AttachmentError(
+            f"attachment id {value!r} is not allowed: use 1-128 letters, digits and . _ @ + - starting with a "
+            "letter or digit (e.g. att-1)", detail={"attachment_id": str(value)[:200]},
+        )
+    return value
+
+
+def check_attachment_name(value: str) -> str:
+    """``value`` if it can be shown and stored as a file name, else AttachmentError (docs/ENVELOPE.md).
+
+    Refused: an empty name, and any control, format (bidi, zero-width), line or paragraph separator
+    character. Refusing rather than silently removing them keeps the signed manifest and what the
+    recipient sees identical.
+    """
+    if not isinstance(value, str) or not value:
+        raise AttachmentError("an attachment has an empty name; give every attachment a file name")
+    bad = next((c for c in value if c in BIDI_CONTROLS or unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+    if bad is not None:
+        kind = "a bidi control" if bad in BIDI_CONTROLS else "a control or invisible formatting"
+        raise AttachmentError(
+            f"attachment name {value!r} contains {kind} character (U+{ord(bad):04X}), which can disguise the "
+            "file's real name or type; rename the file without it", detail={"character": f"U+{ord(bad):04X}"},
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """One manifest entry. The bytes travel beside the XML; the manifest carries their digest."""
+    """One manifest entry. The bytes travel beside the XML; the manifest carries their digest.
+
+    The id and the name are checked on construction (:func:`check_attachment_id`,
+    :func:`check_attachment_name`): every way into an envelope (builder, parser, gateway,
+    adapters, edXML import, ``exchange sign``) refuses the same ones with AttachmentError.
+    """
 
     id: str
     name: str
@@ -210,6 +260,10 @@ class Attachment:
     size: int
     sha256: str
     description: str = ""
+
+    def __post_init__(self) -> None:
+        check_attachment_id(self.id)
+        check_attachment_name(self.name)
 
     @classmethod
     def of(cls, name: str, data: bytes, media_type: str = "application/octet-stream",

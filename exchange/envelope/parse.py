@@ -40,9 +40,11 @@ from exchange.envelope.model import (
     StatusCode,
     StatusInfo,
     SteeringType,
+    check_attachment_id,
+    check_attachment_name,
 )
 from exchange.envelope.schema import validate
-from exchange.errors import SchemaError, XmlMalformedError, XmlSecurityError, XmlTooLargeError
+from exchange.errors import SchemaError, XmlMalformedError, XmlSecurityError, XmlTooLargeError, one_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,21 +119,23 @@ def parse_xml(data: bytes, limits: XmlLimits = DEFAULT_LIMITS) -> etree._Element
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        if "depth" in (exc.msg or "").lower():
+        # libxml2's messages may hold a newline (e.g. "Char 0x0 out of allowed range\n, line 1"): one line only.
+        reason = re.sub(r"\s+,", ",", one_line(exc.msg or "syntax error")).rstrip(" ,")
+        if "depth" in reason.lower():
             # libxml2's own nesting cap (256 without huge_tree) fired before ours could.
             raise XmlTooLargeError(
                 f"the XML nests deeper than {limits.max_depth} elements; an envelope is shallow, "
                 "check what produced this document",
                 detail={"limit": limits.max_depth},
             ) from exc
-        if "amplification" in (exc.msg or "").lower():
+        if "amplification" in reason.lower():
             # libxml2's entity-expansion guard (billion laughs) fired: an attack, not a typo.
             raise XmlSecurityError(
                 "the XML expands entities beyond any sane size (billion laughs); envelopes must not "
                 "carry any DTD or entity: remove them"
             ) from exc
         raise XmlMalformedError(
-            f"the XML is not well-formed: {exc.msg} (line {exc.lineno}); check how the envelope was written"
+            f"the XML is not well-formed: {reason} (line {exc.lineno}); check how the envelope was written"
         ) from exc
     _check_tree(root, limits)
     return root
@@ -373,7 +377,10 @@ def _receipt(r: etree._Element) -> ReceiptInfo:
 
 
 def _attachment(a: etree._Element) -> Attachment:
+    # Checked here, not only by the XSD and the model: the id names files on the recipient's side and the
+    # name is shown to people, so a tree that skipped validation must not slip one through either.
     return Attachment(
-        id=_attr(a, "id"), name=_attr(a, "name"), media_type=_attr(a, "mediaType"),
+        id=check_attachment_id(_attr(a, "id")), name=check_attachment_name(_attr(a, "name")),
+        media_type=_attr(a, "mediaType"),
         size=int(_attr(a, "size").strip()), sha256=_attr(a, "sha256"), description=a.get("description", ""),
     )

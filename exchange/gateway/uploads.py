@@ -17,6 +17,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from exchange.adapters.base import OutgoingFile
+from exchange.envelope.model import check_attachment_name
 from exchange.errors import AttachmentError, BadRequestError, PayloadTooLargeError
 from exchange.gateway.errors import UnsupportedMediaTypeError
 from exchange.gateway.metadata import check_text, load_json
@@ -100,7 +101,8 @@ def _file_name(raw: str) -> str:
         raise AttachmentError("an attachment file name is longer than 255 characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise AttachmentError("an attachment file name contains control characters; rename the file")
-    return check_text(name, "attachment file name")
+    # Bidi and other invisible characters are refused before the bytes are read (docs/ENVELOPE.md).
+    return check_attachment_name(check_text(name, "attachment file name"))
 
 
 #: type "/" subtype, RFC 6838 restricted names.

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Union
 
 from cryptography import x509
+from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from exchange.errors import KeyMaterialError
+from exchange.errors import CertificateMalformedError, KeyMaterialError
 
 #: The private keys the bus signs with (RSA ≥ 2048 or ECDSA P-256).
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
@@ -90,14 +91,65 @@ def save_private_key(key: PrivateKey, path: str | os.PathLike[str], password: by
     return write_file_atomic(Path(path), pem, mode=0o600)
 
 
+#: What cryptography raises for a certificate it cannot read: bad DER or PEM, an invalid version, a duplicated
+#: extension, an unknown key or signature algorithm, an unsupported name type (measured by fuzzing DER bytes).
+CERTIFICATE_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, UnsupportedAlgorithm, InternalError, x509.DuplicateExtension, x509.InvalidVersion,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+def check_readable(cert: x509.Certificate) -> x509.Certificate:
+    """``cert`` once every lazily decoded part of it has been decoded; CertificateMalformedError otherwise.
+
+    cryptography decodes names, extensions and the key only when first asked for them, so a damaged
+    certificate loads fine and fails later, anywhere, with cryptography's own exception. Asking for
+    all of them here makes the failure happen once, at the door, as a typed error.
+    """
+    try:
+        cert.version  # noqa: B018 - each access decodes (and checks) that part
+        cert.serial_number  # noqa: B018
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.not_valid_before_utc  # noqa: B018
+        cert.not_valid_after_utc  # noqa: B018
+        cert.signature_hash_algorithm  # noqa: B018
+        for extension in cert.extensions:
+            extension.value  # noqa: B018
+        cert.public_key()
+    except CERTIFICATE_PARSE_ERRORS as exc:
+        raise CertificateMalformedError(f"a certificate cannot be read ({_reason(exc)}); the sender's certificate is "
+                                        "malformed: it must be reissued") from exc
+    return cert
+
+
+def certificate_from_der(der: bytes) -> x509.Certificate:
+    """Load and fully decode a DER certificate from untrusted input; CertificateMalformedError if it cannot be."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except CERTIFICATE_PARSE_ERRORS as exc:
+        raise CertificateMalformedError(f"an X509Certificate is not a readable DER certificate ({_reason(exc)}); "
+                                        "the signature or the sender's certificate is damaged") from exc
+    return check_readable(cert)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
 def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
-    """All PEM certificates in a file, in order (leaf first for an agency chain file)."""
+    """All PEM certificates in a file, in order (leaf first for an agency chain file), each fully decoded."""
     data = _read(path, "certificate file")
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise KeyMaterialError(f"{path} holds no readable PEM certificate ({exc}); give a .pem certificate") from exc
-    return certs
+    except CERTIFICATE_PARSE_ERRORS as exc:
+        raise KeyMaterialError(f"{path} holds no readable PEM certificate ({_reason(exc)}); give a .pem certificate") \
+            from exc
+    try:
+        return [check_readable(c) for c in certs]
+    except CertificateMalformedError as exc:
+        raise KeyMaterialError(f"{path}: {exc.message}") from exc
 
 
 def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:

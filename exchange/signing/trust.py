@@ -48,7 +48,13 @@ from exchange.errors import (
     KeyMaterialError,
     UntrustedCertificateError,
 )
-from exchange.signing.keys import agency_code_of, agency_codes_of, fingerprint, load_certificates
+from exchange.signing.keys import (
+    CERTIFICATE_PARSE_ERRORS,
+    agency_code_of,
+    agency_codes_of,
+    fingerprint,
+    load_certificates,
+)
 from exchange.signing.pki import DOCUMENT_SIGNING
 
 log = logging.getLogger(__name__)
@@ -173,10 +179,23 @@ def load_crls(path: str | os.PathLike[str]) -> list[x509.CertificateRevocationLi
     try:
         if b"-----BEGIN X509 CRL-----" in data:
             blocks = data.split(b"-----END X509 CRL-----")
-            return [x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n")
+            crls = [x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n")
                     for b in blocks if b"-----BEGIN X509 CRL-----" in b]
-        return [x509.load_der_x509_crl(data)]
-    except ValueError as exc:
+        else:
+            crls = [x509.load_der_x509_crl(data)]
+        for crl in crls:
+            # Decoded lazily by cryptography: decode every part now, so a damaged CRL fails here, typed,
+            # not in the middle of a verification.
+            crl.issuer.rfc4514_string()
+            crl.last_update_utc, crl.next_update_utc  # noqa: B018
+            for extension in crl.extensions:
+                extension.value  # noqa: B018
+            for entry in crl:
+                entry.serial_number, entry.revocation_date_utc  # noqa: B018
+                for extension in entry.extensions:
+                    extension.value  # noqa: B018
+        return crls
+    except CERTIFICATE_PARSE_ERRORS as exc:
         raise KeyMaterialError(f"{path} is not a readable CRL ({exc}); give a PEM or DER CRL") from exc
 
 

@@ -29,21 +29,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from lxml import etree
 
 from exchange.envelope.model import ENVELOPE_NS, SignedEnvelope
 from exchange.envelope.parse import DEFAULT_LIMITS, XmlLimits, envelope_from_element, parse_xml
 from exchange.envelope.schema import validate
 from exchange.errors import (
+    CertificateUsageError,
     SchemaError,
     SignatureError,
     SignatureMissingError,
     SignatureWrappingError,
 )
 from exchange.signing import xmldsig
+from exchange.signing.keys import certificate_from_der
 from exchange.signing.sign import check_attachments
-from exchange.signing.trust import Clock, TrustedCertificate, TrustStore, check_agency
+from exchange.signing.trust import Clock, TrustedCertificate, TrustStore, check_agency, describe
 
 _ENV = f"{{{ENVELOPE_NS}}}"
 _ENVELOPE, _SIGNED, _HEADER, _MANIFEST = (_ENV + n for n in ("Envelope", "Signed", "Header", "Manifest"))
@@ -82,8 +83,11 @@ class Verifier:
         # Schema first on the whole input: cheap, and it names the field at fault for ordinary mistakes.
         validate(root)
         leaf, chain = self._certificates(signature)
+        # The key's size and curve are algorithm choices: refused as such (signature-weak-algorithm) before the
+        # certificate is even looked up, and a key that does not fit SignatureMethod before any cryptography.
+        public_key = xmldsig.check_key(leaf.public_key(), method)
         self.trust.check(leaf, chain, now=self._clock())
-        xmldsig.verify(signed, signature, leaf.public_key(), method)  # type: ignore[arg-type]
+        xmldsig.verify(signed, signature, public_key, method)
         # Read only what was digested: this env:Signed (locate_signature made sure it is the only one, holds
         # exactly Header, Manifest and the signature, and alone carries the referenced Id). Trace is unsigned.
         envelope = envelope_from_element(signed, trace_from=root)
@@ -113,6 +117,13 @@ class Verifier:
         certs = [self._certificate(text) for text in texts]
         # The leaf is the one end-entity certificate; the others may only be CA certificates (intermediates).
         leaves = [c for c in certs if not _is_ca(c)]
+        if not leaves:
+            # Only CA certificates: the first is what signed (the signer comes first in X509Data), and a CA
+            # certificate may not sign envelopes (docs/SIGNING.md: certificate-usage).
+            raise CertificateUsageError(
+                f"the signer's certificate {describe(certs[0])} is a CA certificate; envelopes are signed by "
+                "agency (end-entity) certificates only"
+            )
         if len(leaves) != 1:
             raise SignatureError(
                 f"X509Data holds {len(leaves)} end-entity certificates; it must hold exactly the signer's "
@@ -129,17 +140,9 @@ class Verifier:
             if cert is not None:
                 self._certs.move_to_end(key)
                 return cert
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            # cryptography parses extensions and the key lazily: parse them now, so that a damaged
-            # certificate is refused here with a typed error rather than failing later, untyped.
-            for part in ("subject", "issuer", "not_valid_before_utc", "not_valid_after_utc", "extensions",
-                         "serial_number", "signature_hash_algorithm"):
-                getattr(cert, part)
-            cert.public_key()
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise SignatureError(f"an X509Certificate is not a DER certificate ({exc}); the signature is damaged") \
-                from exc
+        # cryptography decodes extensions and the key lazily: certificate_from_der decodes them all now, so a
+        # damaged certificate is refused here (certificate-malformed) rather than failing later, untyped.
+        cert = certificate_from_der(der)
         with self._lock:
             self._certs[key] = cert
             while len(self._certs) > self._cert_cache_size:

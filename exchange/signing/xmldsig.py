@@ -13,7 +13,7 @@ generality. The bus needs exactly one shape (docs/SIGNING.md, "What is signed"):
           ds:DigestMethod          SHA-256
           ds:DigestValue
       ds:SignatureValue
-      ds:KeyInfo/ds:X509Data/ds:X509Certificate+
+      ds:KeyInfo/ds:X509Data/ds:X509Certificate+   nothing else in X509Data; text only in the values
 
 This module signs and verifies that shape directly with lxml's exclusive c14n and
 the cryptography library. Anything else is refused by :func:`check_shape` before
@@ -212,7 +212,74 @@ def check_shape(signature: etree._Element, ref_id: str) -> str:
     _expect(digest_el, (), "ds:DigestMethod")
     key_info = signature.find(_KEY_INFO)
     _expect(key_info, (_X509_DATA,), "ds:KeyInfo")
+    _check_x509_data(key_info.find(_X509_DATA))
+    _check_no_stray_text(signature)
     return method
+
+
+def _check_x509_data(x509_data: etree._Element) -> None:
+    """X509Data holds X509Certificate elements only (the signer's, then intermediates), each plain base64 text.
+
+    No X509SubjectName, X509IssuerSerial, X509SKI, X509CRL or foreign element: the verifier reads only the
+    certificates, so anything else would be signed-looking content nobody checks.
+    """
+    children = element_children(x509_data)
+    if not children or any(c.tag != _X509_CERT for c in children):
+        found = ", ".join(etree.QName(c).localname for c in children) or "nothing"
+        raise SignatureError(f"ds:X509Data holds {found}; exactly X509Certificate elements (the signer's "
+                             "certificate, then any intermediate CA certificate) are allowed (docs/SIGNING.md)")
+    for element in (x509_data, *children):
+        if len(element.attrib):
+            raise SignatureError(f"ds:{etree.QName(element).localname} carries attributes "
+                                 f"({', '.join(sorted(element.attrib))}); it has none in the pinned shape")
+        if element is not x509_data and len(element):
+            _expect(element, (), "ds:X509Certificate")  # raises, naming what is inside
+
+
+#: The elements of the pinned shape whose text is a value; everywhere else only whitespace may stand.
+_VALUE_ELEMENTS = frozenset({_DIGEST_VALUE, _SIGNATURE_VALUE, _X509_CERT})
+
+
+def _check_no_stray_text(signature: etree._Element) -> None:
+    """Refuse text inside ds:Signature other than the three values (whitespace between elements is fine).
+
+    The signature's own tail belongs to env:Signed and is covered by the enveloped transform.
+    """
+    for element in signature.iter():
+        text, tail = element.text, element.tail
+        if text and element.tag not in _VALUE_ELEMENTS and not text.isspace():
+            raise SignatureError(f"ds:{etree.QName(element).localname} holds text {text.strip()[:40]!r}; only "
+                                 "DigestValue, SignatureValue and X509Certificate carry text in the pinned shape")
+        if tail and element is not signature and not tail.isspace():
+            raise SignatureError(f"text {tail.strip()[:40]!r} follows ds:{etree.QName(element).localname} inside "
+                                 "ds:Signature; nothing but whitespace may stand between the signature's elements")
+
+
+def check_key(public_key: object, method: str) -> PublicKey:
+    """``public_key`` if it fits ``method`` and the bus's key sizes; else a typed refusal (docs/SIGNING.md).
+
+    A key that does not match SignatureMethod is ``signature-invalid``; an RSA key under
+    :data:`MIN_RSA_BITS` bits or an EC key on another curve than P-256 is ``signature-weak-algorithm``.
+    """
+    if method == RSA_SHA256:
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise SignatureError("SignatureMethod is RSA-SHA256 but the certificate's key is not RSA")
+        if public_key.key_size < MIN_RSA_BITS:
+            raise WeakAlgorithmError(
+                f"the certificate's RSA key has {public_key.key_size} bits; at least {MIN_RSA_BITS} are required"
+            )
+        return public_key
+    if method == ECDSA_SHA256:
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise SignatureError("SignatureMethod is ECDSA-SHA256 but the certificate's key is not an EC key")
+        if not isinstance(public_key.curve, ec.SECP256R1):
+            raise WeakAlgorithmError(
+                f"the certificate's EC key is on {public_key.curve.name}; ECDSA-SHA256 on the bus is P-256 "
+                "(secp256r1) only: issue the agency a P-256 or RSA key",
+                detail={"curve": public_key.curve.name},
+            )
+        return public_key
+    raise WeakAlgorithmError(f"signature method {method} is not allowed")  # check_shape allows nothing else
 
 
 def certificates_text(signature: etree._Element) -> list[str]:
@@ -263,6 +330,7 @@ def verify(target: etree._Element, signature: etree._Element, public_key: Public
     ``signature`` must have passed :func:`check_shape` (which returned ``method``)
     and be a descendant of ``target``. Raises SignatureError on any mismatch.
     """
+    public_key = check_key(public_key, method)
     signed_info = signature.find(_SIGNED_INFO)
     assert signed_info is not None
     expected = b64(signed_info.findtext(f"{_REFERENCE}/{_DIGEST_VALUE}"), "DigestValue")
@@ -274,24 +342,13 @@ def verify(target: etree._Element, signature: etree._Element, public_key: Public
     value = b64(signature.findtext(_SIGNATURE_VALUE), "SignatureValue")
     data = c14n(signed_info)
     try:
-        if method == RSA_SHA256:
-            if not isinstance(public_key, rsa.RSAPublicKey):
-                raise SignatureError("SignatureMethod is RSA-SHA256 but the certificate's key is not RSA")
-            if public_key.key_size < MIN_RSA_BITS:
-                raise WeakAlgorithmError(
-                    f"the certificate's RSA key has {public_key.key_size} bits; at least {MIN_RSA_BITS} are required"
-                )
+        if isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(value, data, padding.PKCS1v15(), hashes.SHA256())
-        elif method == ECDSA_SHA256:
-            if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve,
-                                                                                       ec.SECP256R1):
-                raise SignatureError("SignatureMethod is ECDSA-SHA256 but the certificate's key is not P-256")
+        else:
             if len(value) != 64:
                 raise SignatureError(f"an ECDSA P-256 SignatureValue is 64 bytes (r || s), not {len(value)}")
             der = encode_dss_signature(int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big"))
             public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-        else:  # check_shape allows nothing else
-            raise WeakAlgorithmError(f"signature method {method} is not allowed")
     except InvalidSignature as exc:
         raise SignatureError(
             "the signature value does not verify with the signer's certificate: SignedInfo was altered or "

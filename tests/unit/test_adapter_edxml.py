@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.adapters import folders
+from exchange.adapters import safe_files
 from exchange.adapters.base import Outcome
 from exchange.adapters.edxml import EdxmlAdapter
 from exchange.envelope.edxml import EdxmlPackage, export_package, import_package
@@ -113,11 +113,13 @@ async def test_failed_write_leaves_no_file_under_the_final_name(make_adapter, mo
     adapter = await make_adapter()
     message = document_message()
 
-    def disk_full(path: Path, data: bytes) -> None:
-        path.write_bytes(data[: len(data) // 2])  # a partial temporary file, then the failure
+    real = safe_files.write_new_file
+
+    def disk_full(dir_fd: int, name: str, data: bytes, **kw) -> None:
+        real(dir_fd, name, data[: len(data) // 2], **kw)  # a partial temporary file, then the failure
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(folders, "_write_synced", disk_full)
+    monkeypatch.setattr(safe_files, "write_new_file", disk_full)
     result = await adapter.deliver(message)
     assert result.outcome is Outcome.TRANSIENT
     assert list(adapter.folders.incoming.iterdir()) == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.adapters import folders
+from exchange.adapters import safe_files
 from exchange.adapters.base import Outcome
 from exchange.adapters.filedrop import FileDropAdapter
 from exchange.envelope.model import Priority, StatusCode
@@ -88,19 +88,19 @@ async def test_repeated_handover_leaves_one_folder(make_adapter) -> None:
 async def test_a_failed_write_leaves_nothing_under_the_final_name_and_is_transient(make_adapter, monkeypatch) -> None:
     adapter = await make_adapter()
     message = document_message()
-    real, written = folders._write_synced, []
+    real, written = safe_files.write_new_file, []
 
-    def fail_on_second(path: Path, data: bytes) -> None:
+    def fail_on_second(dir_fd: int, name: str, data: bytes, **kw) -> None:
         if written:
             raise OSError(28, "No space left on device")
-        written.append(path)
-        real(path, data)
+        written.append(name)
+        real(dir_fd, name, data, **kw)
 
-    monkeypatch.setattr(folders, "_write_synced", fail_on_second)
+    monkeypatch.setattr(safe_files, "write_new_file", fail_on_second)
     result = await adapter.deliver(message)
     assert result.outcome is Outcome.TRANSIENT and "No space left" in result.reason
     assert list(adapter.folders.incoming.iterdir()) == []  # neither a partial folder nor a temporary one
-    monkeypatch.setattr(folders, "_write_synced", real)
+    monkeypatch.setattr(safe_files, "write_new_file", real)
     assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED  # the bus's retry succeeds
 
 
@@ -110,12 +110,13 @@ async def test_folder_only_appears_once_complete(make_adapter, monkeypatch) -> N
     final = adapter.folders.incoming / message.message_id
     real_rename, checks = os.rename, []
 
-    def watching_rename(src, dst) -> None:
-        if Path(dst) == final:
-            checks.append((final.exists(), sorted(p.name for p in Path(src).iterdir()), Path(src).name))
-        real_rename(src, dst)
+    def watching_rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None) -> None:
+        if dst == final.name:  # renamed relative to incoming/'s descriptor
+            tmp = final.parent / src
+            checks.append((final.exists(), sorted(p.name for p in tmp.iterdir()), tmp.name))
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
-    monkeypatch.setattr(folders.os, "rename", watching_rename)
+    monkeypatch.setattr(safe_files.os, "rename", watching_rename)
     await adapter.deliver(message)
     ((existed_before, files, tmp_name),) = checks
     assert not existed_before and tmp_name.startswith(".")

@@ -414,6 +414,10 @@ _xml_char = st.one_of(
 _text = st.text(_xml_char, max_size=40)
 _nonempty = st.text(_xml_char, min_size=1, max_size=40)
 _uuid = st.uuids().map(str)
+# Attachment ids and names have their own rules (docs/ENVELOPE.md): the id pattern, no control or format characters.
+_attachment_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,15}", fullmatch=True)
+_attachment_names = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp"),
+                                          blacklist_characters="\ufffe\uffff"), min_size=1, max_size=40)
 _dates = st.dates(min_value=date(1900, 1, 1), max_value=date(2199, 12, 31))
 _instants = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2199, 1, 1),
                          timezones=st.just(timezone.utc)).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
@@ -463,9 +467,9 @@ def _envelopes(draw: st.DrawFn) -> Envelope:
         operation=draw(st.sampled_from(Operation)),
         correlation_id=draw(st.sampled_from(["", "4bf92f3577b34da6a3ce929d0e0e4736", "x-1"])), **body,
     )
-    ids = draw(st.lists(st.text("abcdef0123456789-", min_size=1, max_size=8), unique=True, max_size=3))
+    ids = draw(st.lists(_attachment_ids, unique=True, max_size=3))
     attachments = tuple(
-        Attachment(id=i, name=draw(_nonempty), media_type=draw(st.sampled_from(["application/pdf", "text/plain"])),
+        Attachment(id=i, name=draw(_attachment_names), media_type=draw(st.sampled_from(["application/pdf", "text/plain"])),
                    size=draw(st.integers(0, 2**40)), sha256=draw(st.sampled_from(["0" * 64, "f" * 64])),
                    description=draw(_text))
         for i in ids
