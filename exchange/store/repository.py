@@ -407,7 +407,7 @@ class SqlStore(Store):
                 .values(lease_until=now + lease_seconds)
                 .returning(*outbox.c)
             ).all()
-            rows.sort(key=lambda r: (-r.priority, r.id))
+            rows = sorted(rows, key=lambda r: (-r.priority, r.id))
             frames = {f.message_id: bytes(f.body) for f in conn.execute(
                 select(outbox_frames).where(outbox_frames.c.message_id.in_({r.message_id for r in rows})))}
             return [OutboxItem(
@@ -430,7 +430,7 @@ class SqlStore(Store):
             ).all()
             if not gone:
                 return
-            gone.sort(key=lambda r: r.id)
+            gone = sorted(gone, key=lambda r: r.id)
             conn.execute(delete(outbox_frames).where(
                 outbox_frames.c.message_id.in_({r.message_id for r in gone}),
                 ~select(outbox.c.id).where(outbox.c.message_id == outbox_frames.c.message_id).exists()))
@@ -629,8 +629,7 @@ class SqlStore(Store):
         rows = await self._read(lambda conn: conn.execute(query, params).all())
         if not rows:
             return None
-        rows.sort(key=lambda r: r.direction != Direction.OUT.value)
-        return _message(rows[0])
+        return _message(min(rows, key=lambda r: r.direction != Direction.OUT.value))  # stable: first wins ties
 
     async def find_document(self, document_id: str, direction: Direction, agency: str) -> MessageRecord | None:
         if not document_id:

@@ -282,6 +282,22 @@ async def test_a_store_written_before_migrations_is_stamped_then_upgraded(old_ur
         assert (await store.verify_journal()).entries == OLD_ENTRIES
 
 
+async def test_a_failing_revision_leaves_the_database_as_it_was(empty_url: str, revisions: Path) -> None:
+    path = revisions / "versions" / "0002_operator_accounts.py"
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "        batch.add_column(", "        raise RuntimeError('half way')\n        batch.add_column("), encoding="utf-8")
+    async with opened(empty_url) as store:
+        await store.put_token(A, "a" * 64, "E-Office")
+        with pytest.raises(StoreError) as err:
+            await store._engine.write(  # type: ignore[union-attr]
+                lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
+        assert "from 0001 to 0002 failed (RuntimeError: half way)" in err.value.message
+        assert "nothing was changed" in err.value.message
+        assert "operators" not in await tables(store)  # created before the failure, rolled back with it
+        assert (await store.schema_state()).current == "0001"
+        assert await store.agency_for_token("a" * 64) == A
+
+
 def test_the_revisions_form_one_line_from_the_baseline() -> None:
     directory = migrations.script()
     assert directory.get_heads() == [migrations.head()]

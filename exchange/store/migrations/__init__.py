@@ -139,8 +139,11 @@ def upgrade(conn: Connection, *, postgres: bool, location: Path | None = None) -
     cfg.attributes["connection"] = conn
     try:
         command.upgrade(cfg, newest)
-    except CommandError as exc:
-        raise StoreError(f"the store's schema could not be upgraded: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a revision may raise anything; the caller's transaction rolls back
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise StoreError(
+            f"upgrading the store's schema from {current or 'empty'} to {newest} failed ({type(exc).__name__}: "
+            f"{detail}); nothing was changed: fix the cause (or report it with this message) and start again") from exc
     return UpgradeResult(before, newest, stamped, applied)
 
 
