@@ -284,8 +284,9 @@ async def test_a_store_written_before_migrations_is_stamped_then_upgraded(old_ur
 
 async def test_a_failing_revision_leaves_the_database_as_it_was(empty_url: str, revisions: Path) -> None:
     path = revisions / "versions" / "0002_operator_accounts.py"
-    path.write_text(path.read_text(encoding="utf-8").replace(
-        "        batch.add_column(", "        raise RuntimeError('half way')\n        batch.add_column("), encoding="utf-8")
+    source = path.read_text(encoding="utf-8")
+    failing = "        raise RuntimeError('half way')\n        batch.add_column("
+    path.write_text(source.replace("        batch.add_column(", failing), encoding="utf-8")
     async with opened(empty_url) as store:
         await store.put_token(A, "a" * 64, "E-Office")
         with pytest.raises(StoreError) as err:
