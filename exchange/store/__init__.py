@@ -40,6 +40,7 @@ def open_store(url: str) -> Store:
     for write speed (default: full). ``await store.open()`` brings the database's schema to
     this version's (see :mod:`exchange.store.migrations`).
     """
-    from exchange.store.repository import SqlStore  # SQLAlchemy is imported only when a store is used
+    # SQLAlchemy and Alembic are imported only when a store is used.
+    from exchange.store.repository import SqlStore
 
     return SqlStore(url)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import time
@@ -298,7 +299,7 @@ class _SqliteEngine(_Engine):
                 wake.clear()
                 await wake.wait()
                 continue
-            batch = []
+            batch: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
             while self._queue and len(batch) < self.max_batch:
                 fn, future = self._queue.popleft()
                 if future.get_loop() is not loop:
@@ -315,7 +316,7 @@ class _SqliteEngine(_Engine):
                 continue
             # Whatever happens to this task, the batch runs to its end in its thread and its
             # callers are settled with what it did.
-            running.add_done_callback(lambda done, batch=batch: _settle_from(done, batch))
+            running.add_done_callback(functools.partial(_settle_from, batch=batch))
             try:
                 await asyncio.wait([running])
             except asyncio.CancelledError:

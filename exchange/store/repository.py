@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import String, Text, delete, func, inspect, literal, or_, select, text, tuple_, update
+from sqlalchemy import String, Text, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from exchange.errors import ConflictError, NotFoundError, StoreError
+from exchange.store import migrations
 from exchange.store.base import (
     Delivery,
     DeliveryState,
@@ -70,7 +71,6 @@ from exchange.store.statements import (
     _SET_INBOX_SEQ,
     _VISIBLE,
     JOURNAL_LOCK_KEY,
-    SCHEMA_LOCK_KEY,
 )
 from exchange.store.tables import (
     UtcDateTime,
@@ -81,7 +81,6 @@ from exchange.store.tables import (
     inbox,
     journal,
     messages,
-    metadata,
     outbox,
     outbox_frames,
     timeline,
@@ -239,8 +238,13 @@ class SqlStore(Store):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Connect and create the schema if missing (safe when several processes open at once)."""
+    async def open(self, *, migrate_schema: bool = True) -> None:
+        """Connect and bring the schema to this version's (safe when several processes open at once).
+
+        An empty database gets the whole schema; one written by an earlier version is upgraded
+        in place (:mod:`exchange.store.migrations`). ``migrate_schema=False`` only connects
+        (``exchange store version`` looks before it upgrades).
+        """
         if self._engine is not None:
             return
         try:
@@ -252,16 +256,31 @@ class SqlStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot open the store at {_safe(self.url)}: {exc}") from exc
 
-        def create(conn: Connection) -> None:
-            if self.is_postgres:
-                conn.execute(_ADVISORY_LOCK, {"k": SCHEMA_LOCK_KEY})  # DDL is transactional there
-            metadata.create_all(conn)
-            _upgrade(conn)
+        def migrate(conn: Connection) -> None:
+            # One write transaction: on PostgreSQL under the schema lock, on SQLite under BEGIN IMMEDIATE.
+            migrations.upgrade(conn, postgres=self.is_postgres)
 
+        if not migrate_schema:
+            return
         try:
-            await self._engine.write(create)
+            await self._engine.write(migrate)
+        except StoreError:
+            await self.close()
+            raise
         except SQLAlchemyError as exc:
             await self.close()
+            raise self._store_error(exc) from exc
+
+    async def schema_state(self) -> migrations.SchemaState:
+        """Where the database's schema stands against this version (reads only; the store must be open)."""
+        return await self._read(lambda conn: migrations.state(conn))
+
+    async def upgrade_schema(self) -> migrations.UpgradeResult:
+        """Bring the schema to this version's head (what :meth:`open` does unless told not to)."""
+        engine = self._require()
+        try:
+            return await engine.write(lambda conn: migrations.upgrade(conn, postgres=self.is_postgres))
+        except SQLAlchemyError as exc:
             raise self._store_error(exc) from exc
 
     async def close(self) -> None:
@@ -392,7 +411,7 @@ class SqlStore(Store):
                 .values(lease_until=now + lease_seconds)
                 .returning(*outbox.c)
             ).all()
-            rows.sort(key=lambda r: (-r.priority, r.id))
+            rows = sorted(rows, key=lambda r: (-r.priority, r.id))
             frames = {f.message_id: bytes(f.body) for f in conn.execute(
                 select(outbox_frames).where(outbox_frames.c.message_id.in_({r.message_id for r in rows})))}
             return [OutboxItem(
@@ -415,7 +434,7 @@ class SqlStore(Store):
             ).all()
             if not gone:
                 return
-            gone.sort(key=lambda r: r.id)
+            gone = sorted(gone, key=lambda r: r.id)
             conn.execute(delete(outbox_frames).where(
                 outbox_frames.c.message_id.in_({r.message_id for r in gone}),
                 ~select(outbox.c.id).where(outbox.c.message_id == outbox_frames.c.message_id).exists()))
@@ -623,8 +642,7 @@ class SqlStore(Store):
         rows = await self._read(lambda conn: conn.execute(query, params).all())
         if not rows:
             return None
-        rows.sort(key=lambda r: r.direction != Direction.OUT.value)
-        return _message(rows[0])
+        return _message(min(rows, key=lambda r: r.direction != Direction.OUT.value))  # stable: first wins ties
 
     async def find_document(self, document_id: str, direction: Direction, agency: str) -> MessageRecord | None:
         if not document_id:
@@ -814,19 +832,3 @@ def _message(r: Any) -> MessageRecord:
         envelope_xml=bytes(r.envelope_xml), digest=r.digest, priority=r.priority, subject=r.subject,
         relates_to=r.relates_to, correlation_id=r.correlation_id, document_id=r.document_id,
     )
-
-
-def _upgrade(conn: Connection) -> None:
-    """Bring a database created by an earlier version up to this schema (inside ``open``'s transaction).
-
-    * Outbox frames moved from ``outbox.body`` to ``outbox_frames`` (one per message).
-    """
-    columns = {c["name"] for c in inspect(conn).get_columns("outbox")}
-    if "body" in columns:
-        frames: dict[str, bytes] = {}
-        for r in conn.execute(text("SELECT message_id, body FROM outbox ORDER BY id")):
-            frames.setdefault(r.message_id, bytes(r.body))
-        if frames:
-            conn.execute(outbox_frames.insert(), [{"message_id": m, "body": b} for m, b in frames.items()])
-        conn.execute(text("ALTER TABLE outbox DROP COLUMN body"))
-        next(i for i in outbox.indexes if i.name == "ix_outbox_message").create(conn, checkfirst=True)

@@ -26,9 +26,9 @@ from exchange.store.tables import (
     vxp_replay,
 )
 
-#: pg_advisory_xact_lock keys (arbitrary constants, "excjnl" / "excsch" in ASCII).
+#: pg_advisory_xact_lock key of the journal (an arbitrary constant, "excjnl" in ASCII; the
+#: schema's is in exchange.store.migrations).
 JOURNAL_LOCK_KEY = 0x6578636A6E6C
-SCHEMA_LOCK_KEY = 0x657863736368
 
 # Delivery states a move to the key state may start from: SUBMITTED < QUEUED < DELIVERED,
 # DELIVERED and FAILED terminal. Anything else is recorded in the timeline only.

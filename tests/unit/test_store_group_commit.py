@@ -156,14 +156,14 @@ async def test_closing_finishes_queued_writes_then_refuses_new_ones(tmp_path: Pa
 
 
 async def test_a_database_with_frames_inline_in_the_outbox_is_upgraded_on_open(tmp_path: Path) -> None:
-    """Databases written before outbox_frames: the waiting frames move over, nothing is lost."""
+    """Databases written before outbox_frames (and before migrations): the waiting frames move over, nothing is lost."""
     path = tmp_path / "old.db"
     s = SqlStore(f"sqlite:///{path}")
     await s.open()
     await s.close()
     db = sqlite3.connect(path)
     db.executescript("""
-        DROP TABLE outbox; DROP TABLE outbox_frames;
+        DROP TABLE alembic_version; DROP TABLE outbox; DROP TABLE outbox_frames;
         CREATE TABLE outbox (id INTEGER PRIMARY KEY, message_id VARCHAR(64) NOT NULL,
             recipient VARCHAR(32) NOT NULL, routing_key VARCHAR(128) NOT NULL, body BLOB NOT NULL,
             headers TEXT NOT NULL, priority SMALLINT NOT NULL, created_at DATETIME NOT NULL,
