@@ -19,6 +19,8 @@ from lxml import etree
 
 from exchange.envelope.codes import AGENCY_CODE_RE
 from exchange.envelope.edxml._common import (
+    _SLOT_RANK,
+    _TO_RE,
     EDXML_LIMITS,
     EDXML_NS,
     MAX_ATTACHMENT_BYTES,
@@ -28,7 +30,6 @@ from exchange.envelope.edxml._common import (
     DocumentIdLookup,
     _bare_cid,
     _children,
-    _elements,
     _first,
     _format_date,
     _format_timestamp,
