@@ -23,7 +23,8 @@ def test_check_reports_organ_ids_signature_and_that_an_export_changes_nothing(ca
     out = capsys.readouterr().out
     assert "edXML document package (new)" in out
     assert "MessageHeader/From/OrganId: 000.00.00.G22 -> 000.00.00.G22 [code]" in out
-    assert "legacy signature: edXML/edXMLEnvelope/edXMLHeader/Signature http://www.w3.org/2000/09/xmldsig#rsa-sha1" in out
+    assert ("legacy signature: edXML/edXMLEnvelope/edXMLHeader/Signature "
+            "http://www.w3.org/2000/09/xmldsig#rsa-sha1") in out
     assert "not XMLDSig" in out and "truncated" in out
     assert "an export would change: nothing" in out
 
