@@ -206,7 +206,9 @@ class EdxmlAdapter(FolderAdapter):
     async def submit(self, drop: Path) -> SubmitResult:
         data = await asyncio.to_thread(drop.read_bytes)
         try:
-            package = await asyncio.to_thread(import_package, data, resolve=self.index.message_id)
+            # The node's directory maps organ id aliases (docs/EDXML.md); a bare BusHandle may not offer one.
+            package = await asyncio.to_thread(import_package, data, resolve=self.index.message_id,
+                                              agencies=getattr(self.bus, "directory", None))
         except XmlMalformedError as exc:
             raise DropNotReady(f"{exc.code}: {exc.message}") from None
         except ExchangeError as exc:

@@ -544,3 +544,30 @@ async def test_the_edxml_adapter_hands_over_the_senders_package_with_the_bus_hop
 def test_a_status_package_gets_no_trace_from_the_bus_hops(name: str) -> None:
     package = imported(name)
     assert export_package(package.envelope, {}, hops=(Hop("exchange", CREATED),)) == wild(name)
+
+
+async def test_the_edxml_adapter_maps_its_own_alias_through_the_nodes_directory(tmp_path: Path) -> None:
+    """An E-Office that writes its hub-world id (28.22.H17) as From is the agency the directory says."""
+    from exchange.adapters.edxml import EdxmlAdapter
+
+    from tests.unit.adapter_fakes import FakeBus
+
+    class DirectoryBus(FakeBus):
+        directory = DIRECTORY
+
+        async def submit_edxml(self, package: bytes, *, idempotency_key: str | None = None):  # type: ignore[override]
+            imported = import_package(package, agencies=DIRECTORY)
+            result = self._result(idempotency_key, [r.code for r in imported.envelope.header.recipients])
+            self.submissions.append(("edxml", {"package": package, "message_id": result.message_id}))
+            return result
+
+    bus = DirectoryBus(agency=H41)
+    adapter = EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False}, bus)
+    await adapter.start()
+    try:
+        (tmp_path / "eoffice" / "outgoing" / "p.edxml").write_bytes(wild("organ_id_partial_28_22_h17_from.edxml"))
+        assert await adapter.scan_once() == 1
+    finally:
+        await adapter.stop()
+    assert [kind for kind, _ in bus.submissions] == ["edxml"]
+    assert list((tmp_path / "eoffice" / "error").iterdir()) == []
