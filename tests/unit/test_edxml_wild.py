@@ -6,6 +6,7 @@ domain notes), imported with the directory beside them (aliases per agency).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import re
@@ -23,6 +24,7 @@ from exchange.envelope.edxml import (
     EDXML_NS,
     MAX_CODE_NUMBER,
     EdxmlPackage,
+    PackageSource,
     export_package,
     import_package,
     offered_file,
@@ -153,6 +155,16 @@ def test_export_of_an_unchanged_import_is_the_input_after_exclusive_c14n(name: s
     out = export_package(package.envelope, package.attachment_data)
     assert normalised_c14n(out) == normalised_c14n(wild(name))
     assert out == wild(name)  # stronger: byte for byte, the source is the package
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_the_source_carries_no_attachment_payload_twice(name: str) -> None:
+    package = imported(name)
+    h = package.envelope.header
+    source = PackageSource.decode(h.document.source if h.document else h.status.source)  # type: ignore[union-attr]
+    assert len(source.holes) == len(package.envelope.attachments)
+    for data in package.attachment_data.values():
+        assert base64.b64encode(data)[:40] not in source.skeleton
 
 
 @pytest.mark.parametrize("name", [n for n in FIXTURES if not n.startswith("status_")])
