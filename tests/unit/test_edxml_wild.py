@@ -583,3 +583,29 @@ async def test_the_edxml_adapter_maps_its_own_alias_through_the_nodes_directory(
         await adapter.stop()
     assert [kind for kind, _ in bus.submissions] == ["edxml"]
     assert list((tmp_path / "eoffice" / "error").iterdir()) == []
+
+
+async def test_the_edxml_adapter_can_write_qcvn_codes_for_an_eoffice_that_knows_no_aliases(tmp_path: Path) -> None:
+    from exchange.adapters.base import Incoming, Outcome
+    from exchange.adapters.edxml import EdxmlAdapter
+    from exchange.errors import AdapterError
+
+    from tests.unit.adapter_fakes import FakeBus
+
+    class DirectoryBus(FakeBus):
+        directory = DIRECTORY
+
+    package = imported("organ_id_hub_system_from.edxml")
+    adapter = EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False, "organ_ids": "codes"},
+                           DirectoryBus(agency=H41))
+    await adapter.start()
+    try:
+        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>",
+                           attachments=package.attachment_data)
+        assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
+    finally:
+        await adapter.stop()
+    delivered = (tmp_path / "eoffice" / "incoming" / f"{MID}.edxml").read_bytes()
+    assert etree.fromstring(delivered).findtext(f".//{{{EDXML_NS}}}From/{{{EDXML_NS}}}OrganId") == G22
+    with pytest.raises(AdapterError, match="organ_ids"):
+        await EdxmlAdapter(H41, {"root": str(tmp_path / "x"), "watch": False, "organ_ids": "hub"}, FakeBus()).start()
