@@ -433,6 +433,13 @@ def test_a_status_written_on_the_bus_is_the_hubs_message_header_form() -> None:
                                                          "Email", "Telephone", "Fax", "Website"]
     again = import_package(out, created_at=CREATED, message_id=MID)
     assert again.envelope == package.envelope
+    # A status without staff or timestamp comes back as it was, too.
+    h = package.envelope.header
+    assert h.status is not None
+    bare = replace(package.envelope, header=replace(h, status=replace(h.status, staff=None, timestamp=None,
+                                                                      description="")))
+    again = import_package(export_package(bare, {}, use_source=False), created_at=CREATED, message_id=MID)
+    assert again.envelope == bare
 
 
 # -- hostile and mutated packages ------------------------------------------------------------------------

@@ -610,9 +610,11 @@ def _business(el: etree._Element, path: str, extra: list[tuple[str, str]]) -> tu
     return operation, paper, target
 
 
-def _staff(el: etree._Element) -> StaffInfo:
-    return StaffInfo(department=_opt_text(el, "Department"), staff=_opt_text(el, "Staff"),
-                     email=_opt_text(el, "Email"), mobile=_opt_text(el, "Mobile"))
+def _staff(el: etree._Element) -> StaffInfo | None:
+    """The StaffInfo of a status; None when every field is empty (the hub's form always writes the element)."""
+    staff = StaffInfo(department=_opt_text(el, "Department"), staff=_opt_text(el, "Staff"),
+                      email=_opt_text(el, "Email"), mobile=_opt_text(el, "Mobile"))
+    return None if staff == StaffInfo() else staff
 
 
 #: The extras key that records how an attachment's base64 is packed (AttachmentEncoded's ContentType),
