@@ -80,7 +80,7 @@ from exchange.errors import (
 __all__ = ["EdxmlPackage", "LegacySignature", "import_package"]
 
 #: Children of the wrapper, envelope and header that the reader understands; any other is carried verbatim.
-_KNOWN_ROOT = {"edXMLEnvelope", "AttachmentEncoded"}
+_KNOWN_ROOT = {"edXMLEnvelope", "AttachmentEncoded", "Attachment"}
 _KNOWN_ENVELOPE = {"edXMLHeader", "edXMLBody", "edXMLAttachments", "AttachmentEncoded", "Attachment"}
 _KNOWN_HEADER = {"MessageHeader", "Status", "TraceHeaderList", "Signature", "DigitalSignature"}
 _KNOWN_BODY = {"edXMLManifest", "Manifest", "Content"}
