@@ -52,7 +52,7 @@ import asyncio
 import json
 import os
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import structlog
@@ -66,8 +66,8 @@ from exchange.adapters.folders import (
     is_temporary,
     sorted_by_age,
 )
-from exchange.envelope.edxml import code_text, export_package, import_package, reference_of
-from exchange.envelope.model import DocumentInfo, Envelope, Hop, Kind, Operation, ResponseRef, utcnow
+from exchange.envelope.edxml import export_package, import_package, reference_of
+from exchange.envelope.model import Envelope, Hop, Kind, Operation, ResponseRef, utcnow
 from exchange.errors import AdapterError, ExchangeError, XmlMalformedError
 
 log = structlog.get_logger("exchange.adapters.edxml")
