@@ -631,6 +631,11 @@ class AgencyHandle:
     def agency(self) -> str:
         return self._agency
 
+    @property
+    def directory(self) -> Directory:
+        """The node's agency directory, read-only: the edXML adapter maps organ id aliases through it."""
+        return self._service.directory
+
     async def submit_document(self, recipients, document, files=(), *, operation=Operation.NEW,
                               idempotency_key=None) -> SubmitResult:
         return await self._service.submit_document(self._agency, recipients, document, files,

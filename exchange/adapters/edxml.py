@@ -1,7 +1,10 @@
 """The edXML adapter: the E-Office exchanges QCVN 102:2016 packages through folders.
 
 Options as the file drop: ``root``, ``poll_interval`` (default 1 s),
-``settle_seconds`` (default 30 s). Folder layout, atomic writes and polling:
+``settle_seconds`` (default 30 s); and ``organ_ids``: ``"as-sent"`` (default: a
+package comes with the organ ids its sender wrote) or ``"codes"`` (every id the
+directory knows, alias or code, written as the QCVN 102 code: for an E-Office that
+knows agencies only by their codes). Folder layout, atomic writes and polling:
 :mod:`exchange.adapters.folders`; the package format: docs/EDXML.md.
 
 **Sending.** The E-Office writes a document or status package to
@@ -48,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import structlog
@@ -63,9 +66,9 @@ from exchange.adapters.folders import (
     sorted_by_age,
 )
 from exchange.adapters.safe_files import append_line
-from exchange.envelope.edxml import code_text, export_package, import_package, reference_of
-from exchange.envelope.model import DocumentInfo, Envelope, Hop, Kind, Operation, ResponseRef, utcnow
-from exchange.errors import ExchangeError, UnsafePathError, XmlMalformedError
+from exchange.envelope.edxml import export_package, import_package, reference_of
+from exchange.envelope.model import Envelope, Hop, Kind, Operation, ResponseRef, utcnow
+from exchange.errors import AdapterError, ExchangeError, UnsafePathError, XmlMalformedError
 
 log = structlog.get_logger("exchange.adapters.edxml")
 
@@ -130,6 +133,11 @@ class EdxmlAdapter(FolderAdapter):
     wants_receipts = False
 
     async def start(self) -> None:
+        organ_ids = self.options.get("organ_ids", "as-sent")
+        if organ_ids not in ("as-sent", "codes"):
+            raise AdapterError(f"edxml adapter of {self.agency}: options.organ_ids must be \"as-sent\" (the ids the "
+                               "sender wrote) or \"codes\" (QCVN 102 codes, aliases mapped through the directory)")
+        self.organ_ids = organ_ids
         await super().start()
         self.index = DocumentIndex(self.folders.root / INDEX_FILE)
         await asyncio.to_thread(self.index.load)
@@ -158,7 +166,8 @@ class EdxmlAdapter(FolderAdapter):
             # The bus's own hops, after the sender's TraceHeaders: accepted by the ingress node, handed over here.
             hops = (Hop(BUS_HOP, h.created_at), Hop(BUS_HOP, utcnow()))
             package = await asyncio.to_thread(export_package, envelope, message.attachments,
-                                              document_id_of=self.index.document_id, hops=hops)
+                                              document_id_of=self.index.document_id, hops=hops,
+                                              organ_id_for=self._organ_id_for())
         except ExchangeError as exc:
             return DeliveryResult.permanent(f"cannot be written as an edXML package: {exc.message}", exc.code)
         final = self.folders.incoming / f"{h.message_id}{SUFFIX}"
@@ -170,6 +179,13 @@ class EdxmlAdapter(FolderAdapter):
             return DeliveryResult.transient(f"cannot write to the E-Office's incoming folder: {exc.strerror}",
                                             "eoffice-write-failed")
         return DeliveryResult.delivered()
+
+    def _organ_id_for(self):
+        """With ``organ_ids = "codes"``, every organ id the directory knows is written as its QCVN 102 code."""
+        directory = getattr(self.bus, "directory", None)
+        if self.organ_ids != "codes" or directory is None:
+            return None
+        return directory.resolve_organ_id
 
     async def _sent_reference(self, message_id: str) -> ResponseRef | None:
         """The ResponseFor of a document this agency sent without this adapter (looked up in the store)."""
@@ -201,7 +217,9 @@ class EdxmlAdapter(FolderAdapter):
     async def submit(self, drop: Path) -> SubmitResult:
         data = await asyncio.to_thread(drop.read_bytes)
         try:
-            package = await asyncio.to_thread(import_package, data, resolve=self.index.message_id)
+            # The node's directory maps organ id aliases (docs/EDXML.md); a bare BusHandle may not offer one.
+            package = await asyncio.to_thread(import_package, data, resolve=self.index.message_id,
+                                              agencies=getattr(self.bus, "directory", None))
         except XmlMalformedError as exc:
             raise DropNotReady(f"{exc.code}: {exc.message}") from None
         except ExchangeError as exc:

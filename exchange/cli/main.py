@@ -13,7 +13,7 @@ from exchange.errors import ExchangeError
 SUBCOMMAND_MODULES = (
     "pki", "sign", "verify",  # signing
     "serve", "send", "track", "directory", "dlq", "journal", "token", "store", "vxp",  # node and operators
-    "demo", "bench",
+    "demo", "bench", "edxml",
 )
 
 

@@ -296,6 +296,29 @@ async def test_an_edxml_package_posted_raw_is_sent_as_an_envelope(gw) -> None:
                   415, "unsupported-media-type")
 
 
+async def test_a_wild_edxml_package_names_its_refused_recipient_and_its_zip_downloads_unwrapped(gw) -> None:
+    """docs/EDXML.md: a To the bus cannot route to is refused alone and said; a ZIP-wrapped file comes out unzipped."""
+    text = (DATA / "edxml" / "wild" / "content_types_zip_wrapped.edxml").read_text(encoding="utf-8")
+    to = text[text.index("<edXML:To>"):text.index("</edXML:To>") + len("</edXML:To>")]
+    package = text.replace(to, to + to.replace(B, "vxp.unknown.99"), 1).encode("utf-8")
+    headers = {**gw.auth(A), "Content-Type": "application/xml"}
+    sent = await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=headers))
+    assert sent["recipients"] == [B]
+    (refused,) = sent["refused"]
+    assert (refused["organ_id"], refused["code"]) == ("vxp.unknown.99", "agency-code-invalid")
+    assert refused["element"].endswith("MessageHeader/To[2]/OrganId")
+    message = await gw.wait_in_inbox(B, sent["message_id"])
+    (attachment,) = message["attachments"]
+    async with gw.http.get(gw.url(B) + attachment["href"], headers=gw.auth(B)) as r:
+        assert r.status == 200 and r.content_type == "application/pdf"
+        assert (await r.read()).startswith(b"%PDF-1.4")
+
+    async def receipt_back() -> bool:  # so that no receipt is still in flight when the next test counts the outbox
+        return [d["state"] for d in (await gw.track(A, sent["message_id"]))["deliveries"]] == ["delivered"]
+
+    await wait_for(receipt_back, what="the delivery receipt in the sender's track")
+
+
 #: Each hostile XML file and the refusal the gateway answers with.
 HOSTILE = {
     "billion_laughs.xml": (400, "xml-forbidden-construct"),

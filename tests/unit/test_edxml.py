@@ -57,6 +57,7 @@ from exchange.errors import (
     InvalidAgencyCodeError,
     PayloadTooLargeError,
     UnknownAgencyError,
+    XmlMalformedError,
     XmlSecurityError,
 )
 
@@ -77,6 +78,9 @@ HOSTILE_EXPECTED: dict[str, type[ExchangeError]] = {
     "malformed_agency_code.edxml": InvalidAgencyCodeError,
     "manifest_without_bytes.edxml": AttachmentError,
     "unlisted_attachment.edxml": AttachmentError,
+    "text_before_xml_declaration.edxml": XmlMalformedError,
+    "undeclared_prefix.edxml": XmlMalformedError,
+    "template_placeholder_base64.edxml": EdxmlError,
 }
 
 
@@ -516,6 +520,16 @@ def test_hostile_package_is_refused(name: str, error: type[EnvelopeError]) -> No
 def test_bad_base64_names_the_element() -> None:
     with pytest.raises(EdxmlError, match=r"edXML/AttachmentEncoded\[1\]/Attachment\[1\]/ContentTransferEncoded"):
         import_package((HOSTILE / "bad_base64.edxml").read_bytes())
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("text_before_xml_declaration.edxml", "not well-formed: Start tag expected"),
+    ("undeclared_prefix.edxml", "Namespace prefix edXML on edXMLEnvelope is not defined"),
+    ("template_placeholder_base64.edxml", r"Attachment\[1\]/ContentTransferEncoded is not valid base64"),
+])
+def test_malformed_packages_from_the_wild_are_refused_with_a_clear_error(name: str, message: str) -> None:
+    with pytest.raises(ExchangeError, match=message):
+        import_package((HOSTILE / name).read_bytes())
 
 
 def test_missing_subject_names_the_path() -> None:

@@ -24,6 +24,7 @@ from exchange.envelope.edxml._common import (
     _sub,
 )
 
+
 def canonical_extra(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """``extra`` in the order export writes it (stable within a group): what import returns."""
     def rank(pair: tuple[str, str]) -> int:

@@ -22,14 +22,14 @@ from exchange.envelope.edxml._common import (
     _MAX_CODE_NUMBER,
     _MAX_SUBJECT,
     EDXML_LIMITS,
+    EDXML_NS,
     MAX_ATTACHMENT_BYTES,
     MAX_TEXT_NODE_CHARS,
     XLINK_NS,
     XMLDSIG_NS,
     DocumentResolver,
-    EDXML_NS,
-    _base64,
     _bare_cid,
+    _base64,
     _children,
     _date,
     _elements,
@@ -80,7 +80,7 @@ from exchange.errors import (
 __all__ = ["EdxmlPackage", "LegacySignature", "import_package"]
 
 #: Children of the wrapper, envelope and header that the reader understands; any other is carried verbatim.
-_KNOWN_ROOT = {"edXMLEnvelope", "AttachmentEncoded"}
+_KNOWN_ROOT = {"edXMLEnvelope", "AttachmentEncoded", "Attachment"}
 _KNOWN_ENVELOPE = {"edXMLHeader", "edXMLBody", "edXMLAttachments", "AttachmentEncoded", "Attachment"}
 _KNOWN_HEADER = {"MessageHeader", "Status", "TraceHeaderList", "Signature", "DigitalSignature"}
 _KNOWN_BODY = {"edXMLManifest", "Manifest", "Content"}
@@ -610,9 +610,11 @@ def _business(el: etree._Element, path: str, extra: list[tuple[str, str]]) -> tu
     return operation, paper, target
 
 
-def _staff(el: etree._Element) -> StaffInfo:
-    return StaffInfo(department=_opt_text(el, "Department"), staff=_opt_text(el, "Staff"),
-                     email=_opt_text(el, "Email"), mobile=_opt_text(el, "Mobile"))
+def _staff(el: etree._Element) -> StaffInfo | None:
+    """The StaffInfo of a status; None when every field is empty (the hub's form always writes the element)."""
+    staff = StaffInfo(department=_opt_text(el, "Department"), staff=_opt_text(el, "Staff"),
+                      email=_opt_text(el, "Email"), mobile=_opt_text(el, "Mobile"))
+    return None if staff == StaffInfo() else staff
 
 
 #: The extras key that records how an attachment's base64 is packed (AttachmentEncoded's ContentType),

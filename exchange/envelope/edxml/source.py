@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ _MAGIC = b"exchange-edxml-source/1\n"
 MAX_SOURCE_BYTES = 256 * 1024
 #: What the skeleton may inflate to (the package's XML outside its attachments).
 MAX_SKELETON_BYTES = 16 * 1024 * 1024
-_WS = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +62,15 @@ def _layout(raw_text: str, raw: bytes, at: int) -> Hole | None:
         return None
     lead = raw_text[: len(raw_text) - len(raw_text.lstrip())]
     trail = raw_text[len(raw_text.rstrip()):]
-    seps = _WS.findall(core)
-    hole = Hole(at=at, sha256=hashlib.sha256(raw).hexdigest(), lead=lead, trail=trail)
-    if seps:
-        lines = _WS.split(core)
-        if len(set(seps)) != 1:
-            return None
-        hole = Hole(at=at, sha256=hole.sha256, lead=lead, trail=trail, wrap=len(lines[0]), sep=seps[0])
+    digest = hashlib.sha256(raw).hexdigest()
+    lines = core.split()
+    if len(lines) == 1:
+        hole = Hole(at=at, sha256=digest, lead=lead, trail=trail)
+    else:
+        rest = core[len(lines[0]):]
+        hole = Hole(at=at, sha256=digest, lead=lead, trail=trail, wrap=len(lines[0]),
+                    sep=rest[: len(rest) - len(rest.lstrip())])
+    # The layout is right only if it gives back the very text (same line width and separator throughout).
     return hole if hole.text(raw) == raw_text else None
 
 
@@ -91,7 +91,10 @@ class PackageSource:
             by_text.setdefault(text, []).append(raw)
         for text, raws in by_text.items():
             # The parser turned CR LF into LF: look for the text as it is in the bytes.
-            for candidate in dict.fromkeys((text, text.replace("\n", "\r\n"))):
+            for crlf in (False, True):
+                if crlf and "\n" not in text:
+                    break
+                candidate = text.replace("\n", "\r\n") if crlf else text
                 needle = candidate.encode("utf-8")
                 if not needle.strip():
                     continue

@@ -19,6 +19,8 @@ from lxml import etree
 
 from exchange.envelope.codes import AGENCY_CODE_RE
 from exchange.envelope.edxml._common import (
+    _SLOT_RANK,
+    _TO_RE,
     EDXML_LIMITS,
     EDXML_NS,
     MAX_ATTACHMENT_BYTES,
@@ -28,7 +30,6 @@ from exchange.envelope.edxml._common import (
     DocumentIdLookup,
     _bare_cid,
     _children,
-    _elements,
     _first,
     _format_date,
     _format_timestamp,
@@ -179,6 +180,8 @@ def _export_from_source(envelope: Envelope, attachment_data: Mapping[str, bytes]
         status = again.envelope.header.status
         if status is None or _status_fields(h.status) != _status_fields(status):
             return None
+    if h.document is None:
+        hops = ()  # a status package has no trace: the hub's library reads none there
     if not hops and not add_document_id and organ_id_for is None:
         return original
     root = parse_xml(original, EDXML_LIMITS)
