@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from exchange.errors import BadRequestError, ExchangeError
+from exchange.metadata.errors import JsonLimitError, MetadataError
+
+__all__ = ["InternalError", "JsonLimitError", "MetadataError", "MethodNotAllowedError", "NotReadyError",
+           "UnsupportedMediaTypeError"]
 
 
 class UnsupportedMediaTypeError(BadRequestError):
@@ -10,13 +14,6 @@ class UnsupportedMediaTypeError(BadRequestError):
 
     code = "unsupported-media-type"
     http_status = 415
-
-
-class MetadataError(BadRequestError):
-    """The document or status metadata is well-formed JSON but not a valid submission."""
-
-    code = "metadata-invalid"
-    http_status = 422
 
 
 class MethodNotAllowedError(BadRequestError):
