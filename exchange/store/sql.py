@@ -50,6 +50,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
     create_engine,
     delete,
@@ -76,6 +77,7 @@ from exchange.store.base import (
     DeliveryState,
     Direction,
     InboxEntry,
+    IdempotencyEntry,
     InboxState,
     JournalReport,
     MessageRecord,
@@ -266,6 +268,18 @@ idempotency = Table(
     Column("message_id", String(64), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     PrimaryKeyConstraint("sender", "key", name="pk_idempotency"),
+)
+
+#: What request an idempotency key was first used with: a SHA-256 fingerprint (method, route, canonical
+#: body, attachment digests; exchange/gateway/idempotency.py), written in the same transaction as the
+#: ``idempotency`` row. A table of its own, not a column, so a store created before it gains it from
+#: ``create_all`` (keys used before it have no fingerprint and replay without the check).
+idempotency_requests = Table(
+    "idempotency_requests", metadata,
+    Column("sender", String(32), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    PrimaryKeyConstraint("sender", "key", name="pk_idempotency_requests"),
 )
 
 api_tokens = Table(
@@ -861,6 +875,7 @@ class SqlStore(Store):
         attachments: Mapping[str, bytes] | None = None,
         idempotency_key: str | None = None,
         track: bool = True,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[str, bool]:
         def tx(conn: Connection, pending: _Pending) -> tuple[str, bool]:
             if idempotency_key is not None:
@@ -874,6 +889,9 @@ class SqlStore(Store):
                         .where(idempotency.c.sender == message.sender, idempotency.c.key == idempotency_key)
                     ).scalar_one()
                     raise _Rollback((earlier, False))
+                if idempotency_fingerprint is not None:
+                    conn.execute(idempotency_requests.insert(), {
+                        "sender": message.sender, "key": idempotency_key, "fingerprint": idempotency_fingerprint})
             if not self._store_outgoing(conn, pending, message, outbox, attachments, track):
                 raise _Rollback((message.message_id, False))
             return message.message_id, True
@@ -1306,6 +1324,15 @@ class SqlStore(Store):
 
         await self._write(tx)
 
+    async def idempotency_entry(self, sender: str, key: str) -> IdempotencyEntry | None:
+        return await self._read(lambda conn: _idempotency_entry(conn.execute(
+            select(idempotency.c.message_id, idempotency_requests.c.fingerprint)
+            .select_from(idempotency.outerjoin(idempotency_requests, and_(
+                idempotency_requests.c.sender == idempotency.c.sender,
+                idempotency_requests.c.key == idempotency.c.key)))
+            .where(idempotency.c.sender == sender, idempotency.c.key == key)
+        ).first()))
+
     async def agency_for_token(self, token_hash: str) -> str | None:
         return await self._read(lambda conn: conn.execute(
             select(api_tokens.c.agency).where(api_tokens.c.token_hash == token_hash)
@@ -1340,6 +1367,10 @@ def _upgrade(conn: Connection) -> None:
 
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _JOURNAL_HEAD = select(journal.c.seq, journal.c.hash).order_by(journal.c.seq.desc()).limit(1)
+
+
+def _idempotency_entry(r: Any) -> IdempotencyEntry | None:
+    return None if r is None else IdempotencyEntry(r.message_id, r.fingerprint)
 
 
 def _message(r: Any) -> MessageRecord:
