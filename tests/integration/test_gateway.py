@@ -584,6 +584,10 @@ async def test_the_served_openapi_document_describes_exactly_the_routes_served(g
     async with gw.http.get(f"{gw.url(B)}/v1/openapi.json") as r:
         assert (await r.json()) == spec
     assert spec["openapi"].startswith("3.")
+    from openapi_spec_validator import validate
+
+    validate(spec)  # a valid OpenAPI document, as served
+    assert "DocumentSubmission" in spec["components"]["schemas"]  # the metadata JSON Schema, served within
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops if m != "parameters"}
     served = {(r.method, r.resource.canonical) for r in gw.local._runner.app.router.routes() if r.method != "HEAD"}
     assert documented == served

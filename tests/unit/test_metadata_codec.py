@@ -96,6 +96,22 @@ def test_brackets_inside_strings_do_not_count_as_depth() -> None:
     assert load_json(text.encode(), "body")["nested"] == [[["\"]]]"]]]
 
 
+def test_deep_nesting_without_long_runs_of_brackets_is_refused_too() -> None:
+    nested = "1"
+    for _ in range(40):
+        nested = f'[[], {{"a": {{}}}}, {nested}]'  # never more than two openings in a row
+    assert json_depth(nested) == 42  # 40 arrays, and {"a": {}} inside the innermost
+    with pytest.raises(JsonLimitError):
+        load_json(nested.encode(), "body")
+    assert load_json(json.dumps([[[[{"a": [[1]]}]]]]).encode(), "body") == [[[[{"a": [[1]]}]]]]
+
+
+def test_a_text_of_too_many_objects_is_refused_before_it_is_decoded() -> None:
+    with pytest.raises(JsonLimitError) as caught:
+        load_json(b"[" + b"{}," * 20_000 + b"{}]", "body")
+    assert "objects" in caught.value.message
+
+
 def test_ordinary_metadata_decodes_unchanged() -> None:
     assert load_json(json.dumps(CANONICAL).encode(), "body") == CANONICAL
 
