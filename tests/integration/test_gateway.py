@@ -797,6 +797,15 @@ async def test_an_idempotency_key_used_for_a_status_is_refused_for_a_document(gw
     assert replay == status
 
 
+async def test_an_idempotency_key_of_an_edxml_package_replays_it_and_refuses_another_package(gw) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/xml", **gw.auth(A)}
+    package = (DATA / "edxml" / "document_new.edxml").read_bytes()
+    first = await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=key))
+    assert await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=key)) == first
+    await problem(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package.replace(b"</", b"\n</", 1), headers=key),
+                  422, "idempotency-key-reused")
+
+
 # -- hostile client input -----------------------------------------------------------------------------
 
 DEEP = "[" * 100_000 + "]" * 100_000
