@@ -23,6 +23,7 @@ CASES = {
     "strings, 1 MiB": json.dumps(["[[[{{{" * 10] * (MIB // 70)).encode(),
     "[ nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
     "[ x 1 MiB (unclosed)": b"[" * MIB,
+    "unterminated string of \\\" x 500k": b'"' + b'\\"' * 500_000,
     "integer of 5,000 digits": b'{"priority": ' + b"9" * 5000 + b"}",
 }
 

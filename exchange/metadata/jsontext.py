@@ -53,8 +53,10 @@ class JsonLimits:
 
 DEFAULT_LIMITS = JsonLimits()
 
-#: A JSON string, unrolled (no alternation per character): blanked before structure is measured.
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+#: A JSON string, blanked before structure is measured; an unterminated one runs to the end of the
+#: text (which the decoder then refuses). Possessive quantifiers: never backtracks, so one pass is
+#: linear even for hostile texts such as '"' + '\\"' * n, which a backtracking pattern scans in O(n²).
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.S)
 #: Opening brackets to 2, closing ones to 0, everything else deleted: depth = 2*opens - position.
 _BRACKET_TABLE = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 _NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
@@ -79,7 +81,7 @@ def json_depth(text: str, *, structure: str | None = None) -> int:
 
 @lru_cache(maxsize=8)
 def _open_run(limit: int) -> re.Pattern[str]:
-    return re.compile(r"[\[{](?:\s*[\[{]){%d}" % limit)
+    return re.compile(r"[\[{](?:\s*+[\[{]){%d}" % limit)
 
 
 def json_depth_exceeds(text: str, limit: int, *, structure: str | None = None) -> bool:
@@ -115,6 +117,10 @@ def parse_bounded(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMI
                              detail={"limit": limits.max_bytes})
     text = bytes(raw).decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
     structure = _structure(text)
+    objects = structure.count("{")
+    if objects > limits.max_objects:  # bounds the Python hook below to a few milliseconds
+        raise JsonLimitError(f"the {what} has {objects} objects; at most {limits.max_objects} are accepted",
+                             detail={"limit": limits.max_objects})
     if json_depth_exceeds(text, limits.max_depth, structure=structure):
         raise JsonLimitError(f"the {what} nests deeper than {limits.max_depth} levels; send flat metadata JSON",
                              detail={"limit": limits.max_depth})
@@ -132,11 +138,6 @@ def parse_bounded(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMI
 
     def constant(name: str) -> Any:
         raise BadRequestError(f"the {what} contains {name}, which is not JSON; send finite numbers")
-
-    objects = structure.count("{")
-    if objects > limits.max_objects:  # bounds the Python hook below to a few milliseconds
-        raise JsonLimitError(f"the {what} has {objects} objects; at most {limits.max_objects} are accepted",
-                             detail={"limit": limits.max_objects})
 
     def members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(pairs)  # C speed; a repeated key shows as fewer members

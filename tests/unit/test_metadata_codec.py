@@ -112,6 +112,17 @@ def test_a_text_of_too_many_objects_is_refused_before_it_is_decoded() -> None:
     assert "objects" in caught.value.message
 
 
+@pytest.mark.parametrize("text", [
+    '"' + '\\"' * 300_000,  # one unterminated string of escaped quotes: a backtracking scan is O(n²)
+    '["' + '\\' * 400_001 + '"]',
+    '{"a": "' + "[" * 300_000,
+])
+def test_hostile_strings_are_measured_in_one_pass_and_refused_as_not_json(text: str) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        load_json(text.encode(), "body")
+    assert caught.value.code in ("bad-request", "json-limit-exceeded")
+
+
 def test_ordinary_metadata_decodes_unchanged() -> None:
     assert load_json(json.dumps(CANONICAL).encode(), "body") == CANONICAL
 
