@@ -121,11 +121,12 @@ class Node:
         from aiohttp import web
 
         from exchange.gateway.app import create_app
+        from exchange.gateway.protocol import GatewayRunner
 
         assert self.service is not None
         http = self.config.http
         app = create_app(self.service, http=http, metrics=self.metrics, readiness=self.readiness)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = GatewayRunner(app, access_log=None)  # problem+json for what aiohttp cannot parse
         await self._runner.setup()
         ctx = None
         if http.tls_cert:

@@ -247,11 +247,12 @@ class ExchangeService:
         if len(set(names)) != len(names):
             raise AttachmentError("two attachments have the same name; give each file a distinct name")
 
-    async def _accept(self, signed: SignedEnvelope, *, idempotency_key: str | None, track: bool) -> SubmitResult:
+    async def _accept(self, signed: SignedEnvelope, *, idempotency_key: str | None, track: bool,
+                      idempotency_fingerprint: str | None = None) -> SubmitResult:
         h = signed.envelope.header
         mid, created = await self.store.accept_outgoing(
             record_of(signed, Direction.OUT), self._items(signed), attachments=content_addressed(signed),
-            idempotency_key=idempotency_key, track=track,
+            idempotency_key=idempotency_key, track=track, idempotency_fingerprint=idempotency_fingerprint,
         )
         if created:
             self.outbox_event.set()
@@ -270,8 +271,13 @@ class ExchangeService:
         operation: Operation = Operation.NEW,
         idempotency_key: str | None = None,
         correlation_id: str = "",
+        idempotency_fingerprint: str | None = None,
     ) -> SubmitResult:
-        """Sign a document for ``sender`` and put it in the outbox for every recipient."""
+        """Sign a document for ``sender`` and put it in the outbox for every recipient.
+
+        ``idempotency_fingerprint`` identifies the request an ``idempotency_key`` comes with (the gateway's
+        check that a replayed key carries the same request); it is stored with the key.
+        """
         self._signer(sender)
         codes = list(dict.fromkeys(recipients))
         if not codes:
@@ -298,7 +304,8 @@ class ExchangeService:
             attachments,
         )
         signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files)})
-        result = await self._accept(signed, idempotency_key=idempotency_key, track=True)
+        result = await self._accept(signed, idempotency_key=idempotency_key, track=True,
+                                    idempotency_fingerprint=idempotency_fingerprint)
         if result.created and operation is not Operation.NEW:
             for code in codes:
                 await self.store.record_event(
@@ -319,6 +326,7 @@ class ExchangeService:
         staff: StaffInfo | None = None,
         idempotency_key: str | None = None,
         correlation_id: str = "",
+        idempotency_fingerprint: str | None = None,
     ) -> SubmitResult:
         """Send a business status about a document ``agency`` received, back to its sender."""
         self._signer(agency)
@@ -343,12 +351,14 @@ class ExchangeService:
                               document_ref=reference_of(received.sender, original.header.document,
                                                         original.header.created_at)),
         ))
-        result = await self._accept(self._sign(envelope, {}), idempotency_key=idempotency_key, track=True)
+        result = await self._accept(self._sign(envelope, {}), idempotency_key=idempotency_key, track=True,
+                                    idempotency_fingerprint=idempotency_fingerprint)
         log.info("status.submitted", message_id=result.message_id, sender=agency, recipient=received.sender,
                  response_for=document_message_id, status=code.value)
         return result
 
-    async def submit_edxml(self, agency: str, package: bytes, *, idempotency_key: str | None = None) -> SubmitResult:
+    async def submit_edxml(self, agency: str, package: bytes, *, idempotency_key: str | None = None,
+                           idempotency_fingerprint: str | None = None) -> SubmitResult:
         """Import a QCVN 102 edXML package sent by ``agency`` and send it as an envelope."""
         from exchange.envelope.edxml import import_package
 
@@ -375,14 +385,16 @@ class ExchangeService:
         if h.kind is Kind.STATUS and h.status is not None:
             return await self.submit_status(agency, h.status.response_for, h.status.code,
                                             description=h.status.description, staff=h.status.staff,
-                                            idempotency_key=idempotency_key)
+                                            idempotency_key=idempotency_key,
+                                            idempotency_fingerprint=idempotency_fingerprint)
         if h.document is None:
             raise BadRequestError("an edXML package must be a document or a status package")
         by_id = {a.id: a for a in imported.envelope.attachments}
         files = [OutgoingFile(by_id[i].name, data, by_id[i].media_type, by_id[i].description)
                  for i, data in imported.attachment_data.items()]
         result = await self.submit_document(agency, [r.code for r in h.recipients], h.document, files,
-                                            operation=h.operation, idempotency_key=idempotency_key)
+                                            operation=h.operation, idempotency_key=idempotency_key,
+                                            idempotency_fingerprint=idempotency_fingerprint)
         # Recipients the package names but the bus cannot route to (docs/EDXML.md): said, never dropped silently.
         refused = tuple({"organ_id": r.organ_id, "element": r.path, "code": r.code, "reason": r.reason}
                         for r in imported.refused)

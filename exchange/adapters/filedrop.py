@@ -86,6 +86,7 @@ from exchange.adapters.folders import (
 )
 from exchange.adapters.jsonform import (
     document_from_json,
+    load_form,
     message_json,
     operation_from_json,
     staff_from_json,
@@ -261,7 +262,7 @@ class FileDropAdapter(FolderAdapter):
     def files_of(self, drop: Path) -> list[Path]:
         files = [drop]
         try:
-            meta = json.loads(drop.read_bytes())
+            meta = load_form(drop.read_bytes(), drop.name)
             listed = meta.get("attachments") or [] if isinstance(meta, dict) else []
             for spec in listed:
                 try:
@@ -270,7 +271,7 @@ class FileDropAdapter(FolderAdapter):
                     continue
                 if path.is_file() and path not in files:
                     files.append(path)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, BadRequestError):
             pass
         return files
 
@@ -306,7 +307,9 @@ class FileDropAdapter(FolderAdapter):
         """Parse and check one metadata file and read its attachments (runs in a thread)."""
         raw = drop.read_bytes()
         try:
-            meta = json.loads(raw)
+            meta = load_form(raw, drop.name)  # bounded: depth, number size, duplicate keys (exchange.metadata)
+        except BadRequestError as exc:
+            raise DropRefused(exc.message) from None
         except UnicodeDecodeError:
             raise DropRefused(f"{drop.name} is not UTF-8 JSON") from None
         except ValueError as exc:

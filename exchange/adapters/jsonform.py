@@ -5,35 +5,43 @@ to ``incoming/`` describe a message with the same keys an E-Office uses in the
 metadata files it drops into ``outgoing/`` (and the same keys as ``exchange
 sign`` metadata files), so an E-Office implementer learns one format.
 
+Document and status metadata are decoded and encoded by the one codec,
+:mod:`exchange.metadata` (the field names of ``document-metadata-1.json``, the
+same as over HTTP); this module frames them for the adapters. Metadata files in
+the legacy flat dialect (``number``, ``type``, ``steering``...) are still read
+during the deprecation period (docs/API.md), and documents are written with the
+schema's names plus the legacy flat keys until it ends.
+
 Pure functions, no I/O. Parsing raises :class:`~exchange.errors.BadRequestError`
-with a message naming the offending key.
+(or its subclasses ``metadata-invalid`` / ``json-limit-exceeded``) with a message
+naming the offending key.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
-from datetime import date
 from typing import Any
 
 from exchange.envelope.model import (
     Attachment,
-    DocumentCode,
     DocumentInfo,
-    DocumentType,
     Envelope,
     Operation,
-    Priority,
-    Promulgation,
     ReceiptInfo,
-    ResponseRef,
-    SignerInfo,
     StaffInfo,
     StatusCode,
     StatusInfo,
-    SteeringType,
 )
-from exchange.errors import BadRequestError
+from exchange.metadata import (
+    JsonLimits,
+    decode_document,
+    decode_operation,
+    decode_staff,
+    decode_status_code,
+    encode_document,
+    encode_staff,
+)
+from exchange.metadata.jsontext import parse_bounded
 
 #: Version of the JSON form; an E-Office can refuse a version it does not know.
 FORMAT_VERSION = 1
@@ -43,39 +51,18 @@ FORMAT_VERSION = 1
 
 
 def document_json(doc: DocumentInfo) -> dict[str, Any]:
-    """Document metadata with the keys an E-Office also uses to send one."""
-    return {
-        "number": doc.code.number,
-        "notation": doc.code.notation,
-        "subject": doc.subject,
-        "type": doc.document_type.type,
-        "detail": doc.document_type.detail,
-        "type_name": doc.document_type.name,
-        "promulgation": ({"place": doc.promulgation.place, "date": doc.promulgation.date.isoformat()}
-                         if doc.promulgation else None),
-        "signer": ({"competence": doc.signer.competence, "position": doc.signer.position,
-                    "full_name": doc.signer.full_name} if doc.signer else None),
-        "content": doc.content,
-        "priority": int(doc.priority),
-        "steering": int(doc.steering),
-        "due_date": doc.due_date.isoformat() if doc.due_date else None,
-        "document_id": doc.document_id,
-        "relates_to": doc.relates_to,
-        "response_for": [
-            {"organ_id": r.organ_id, "code": r.code, "promulgation_date": r.promulgation_date.isoformat(),
-             "document_id": r.document_id}
-            for r in doc.response_for
-        ],
-        "paper": doc.paper,
-        "extra": [[k, v] for k, v in doc.extra],
-    }
+    """Document metadata with the schema's names (as over HTTP), plus the legacy flat keys while deprecated."""
+    out = encode_document(doc)
+    # Deprecated: the flat keys of the pre-schema dialect, kept for E-Offices that read them (docs/API.md).
+    out.update({"number": doc.code.number, "notation": doc.code.notation, "type": doc.document_type.type,
+                "detail": doc.document_type.detail, "type_name": doc.document_type.name,
+                "steering": int(doc.steering)})
+    return out
 
 
 def staff_json(staff: StaffInfo | None) -> dict[str, str] | None:
     """Who produced a status, or None."""
-    if staff is None:
-        return None
-    return {"department": staff.department, "staff": staff.staff, "email": staff.email, "mobile": staff.mobile}
+    return encode_staff(staff)
 
 
 def status_json(status: StatusInfo) -> dict[str, Any]:
@@ -129,121 +116,35 @@ def b64(data: bytes) -> str:
 
 # -- JSON -> values ---------------------------------------------------------------------
 
-
-def _obj(value: Any, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise BadRequestError(f"{key} must be a JSON object")
-    return value
+#: A metadata file is small JSON, held to the same bounds as the gateway's metadata.
+FORM_LIMITS = JsonLimits()
 
 
-def _str(d: Mapping[str, Any], key: str, path: str, default: str | None = None) -> str:
-    value = d.get(key, default)
-    if value is None:
-        raise BadRequestError(f"{path}{key} is required")
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise BadRequestError(f"{path}{key} must be a string")
-    return str(value)
+def load_form(raw: bytes, what: str = "metadata file") -> Any:
+    """Decode a metadata file within the codec's limits.
 
-
-def _int(d: Mapping[str, Any], key: str, path: str, default: int) -> int:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise BadRequestError(f"{path}{key} must be an integer")
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequestError(f"{path}{key} must be an integer, not {value!r}") from None
-
-
-def _date(value: Any, key: str) -> date:
-    try:
-        return date.fromisoformat(str(value).replace("/", "-"))
-    except ValueError:
-        raise BadRequestError(f"{key} must be a date written yyyy-mm-dd, not {value!r}") from None
-
-
-def _enum(enum: type, value: int, key: str):
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(str(int(m)) for m in enum)
-        raise BadRequestError(f"{key} must be one of {allowed}, not {value}") from None
+    JsonLimitError (a BadRequestError) when it is over a limit; ``UnicodeDecodeError`` /
+    ``json.JSONDecodeError`` (ValueError) when it is not UTF-8 JSON, which the file drop
+    reads as "still being written".
+    """
+    return parse_bounded(raw, what, FORM_LIMITS)
 
 
 def document_from_json(d: Any, path: str = "document.") -> DocumentInfo:
-    """The DocumentInfo an E-Office describes (keys of :func:`document_json`; subject required)."""
-    d = _obj(d, path.rstrip("."))
-    subject = _str(d, "subject", path)
-    if not subject.strip():
-        raise BadRequestError(f"{path}subject must not be empty")
-    prom = d.get("promulgation")
-    signer = d.get("signer")
-    extra = d.get("extra") or []
-    if isinstance(extra, Mapping):
-        extra = list(extra.items())
-    if not isinstance(extra, Sequence) or isinstance(extra, str):
-        raise BadRequestError(f"{path}extra must be a list of [path, value] pairs")
-    try:
-        extra_pairs = tuple((str(k), str(v)) for k, v in extra)
-    except (TypeError, ValueError):
-        raise BadRequestError(f"{path}extra must be a list of [path, value] pairs") from None
-    refs = d.get("response_for") or []
-    if not isinstance(refs, Sequence) or isinstance(refs, str):
-        raise BadRequestError(f"{path}response_for must be a list")
-    response_for = []
-    for i, r in enumerate(refs):
-        rp = f"{path}response_for[{i}]."
-        r = _obj(r, rp.rstrip("."))
-        response_for.append(ResponseRef(_str(r, "organ_id", rp), _str(r, "code", rp),
-                                        _date(_str(r, "promulgation_date", rp), f"{rp}promulgation_date"),
-                                        _str(r, "document_id", rp, "")))
-    if prom is not None:
-        prom = _obj(prom, f"{path}promulgation")
-    if signer is not None:
-        signer = _obj(signer, f"{path}signer")
-    return DocumentInfo(
-        code=DocumentCode(_str(d, "number", path, ""), _str(d, "notation", path, "")),
-        subject=subject,
-        document_type=DocumentType(_int(d, "type", path, 1), _int(d, "detail", path, 0),
-                                   _str(d, "type_name", path, "")),
-        promulgation=(Promulgation(_str(prom, "place", f"{path}promulgation.", ""),
-                                   _date(_str(prom, "date", f"{path}promulgation."), f"{path}promulgation.date"))
-                      if prom else None),
-        signer=(SignerInfo(_str(signer, "competence", path, ""), _str(signer, "position", path, ""),
-                           _str(signer, "full_name", path, "")) if signer else None),
-        content=_str(d, "content", path, ""),
-        priority=_enum(Priority, _int(d, "priority", path, 0), f"{path}priority"),
-        steering=_enum(SteeringType, _int(d, "steering", path, 0), f"{path}steering"),
-        due_date=_date(d["due_date"], f"{path}due_date") if d.get("due_date") else None,
-        document_id=_str(d, "document_id", path, ""),
-        relates_to=str(d["relates_to"]) if d.get("relates_to") else None,
-        response_for=tuple(response_for),
-        paper=bool(d.get("paper", False)),
-        extra=extra_pairs,
-    )
+    """The DocumentInfo an E-Office describes (schema ``Document``, or the legacy flat dialect)."""
+    return decode_document(d, path=path.rstrip("."), caller="filedrop", legacy=True, require_code=False)
 
 
 def operation_from_json(value: Any) -> Operation:
     """``new`` (default), ``revoke``, ``update`` or ``replace``."""
-    try:
-        return Operation(str(value or "new"))
-    except ValueError:
-        raise BadRequestError(
-            f"operation must be one of {', '.join(o.value for o in Operation)}, not {value!r}") from None
+    return decode_operation(value or None, "operation")
 
 
 def status_code_from_json(value: Any) -> StatusCode:
-    """A status code written ``"03"``, ``"3"`` or ``3``."""
-    try:
-        return StatusCode(str(value).zfill(2))
-    except ValueError:
-        raise BadRequestError(
-            f"code must be a status code ({', '.join(c.value for c in StatusCode)}), not {value!r}") from None
+    """A status code ``"03"`` (the legacy dialect's ``"3"`` and ``3`` too, deprecated)."""
+    return decode_status_code(value, "code", caller="filedrop", legacy=True)
 
 
 def staff_from_json(value: Any) -> StaffInfo | None:
     """``{"department", "staff", "email", "mobile"}`` (all optional), or None."""
-    if value is None:
-        return None
-    s = _obj(value, "staff")
-    return StaffInfo(*(_str(s, k, "staff.", "") for k in ("department", "staff", "email", "mobile")))
+    return decode_staff(value, "staff", caller="filedrop", legacy=True)

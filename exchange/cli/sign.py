@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import mimetypes
 import tomllib
 import uuid
@@ -15,27 +14,21 @@ from typing import Any
 from exchange.envelope.model import (
     AgencyRef,
     Attachment,
-    DocumentCode,
     DocumentInfo,
-    DocumentType,
     Envelope,
     Header,
     Kind,
     Operation,
-    Priority,
-    Promulgation,
     ReceiptInfo,
     ReceiptOutcome,
-    ResponseRef,
-    SignerInfo,
-    StaffInfo,
-    StatusCode,
     StatusInfo,
-    SteeringType,
     new_message_id,
     utcnow,
 )
 from exchange.errors import BadRequestError, ExchangeError
+
+#: A metadata file is small; the codec's JSON bound, applied to TOML too.
+_MAX_METADATA_BYTES = 1024 * 1024
 
 METADATA_HELP = """\
 metadata file (TOML or JSON, by extension). Top level:
@@ -44,10 +37,12 @@ metadata file (TOML or JSON, by extension). Top level:
   message_id = "<uuid>"  created_at = "2026-11-24T05:00:00Z"  correlation_id = "..."   (optional)
   from = { code = "000.00.00.G22", name = "Văn phòng Chính phủ" }
   to = [ { code = "000.00.00.H41", name = "UBND tỉnh Nghệ An" } ]    (1..n)
-[document]  number, notation, subject (required), type, detail, type_name, content,
-  priority (0-4), steering (0-2), due_date, document_id, relates_to, paper,
-  promulgation = { place, date }, signer = { competence, position, full_name },
-  response_for = [ { organ_id, code, promulgation_date, document_id } ], extra = { Name = "value" }
+[document]  the fields of document-metadata-1.json (as over HTTP, docs/API.md): subject (required),
+  code = { number, notation }, document_type = { type, detail, name }, content, priority (0-4),
+  steering_type (0-2), due_date, document_id, relates_to, paper, promulgation = { place, date },
+  signer = { competence, position, full_name },
+  response_for = [ { organ_id, code, promulgation_date, document_id } ], extra = [ { name, value } ]
+  (the legacy flat number/notation/type/detail/type_name/steering are read until removed, with a warning)
 [status]    response_for (message id), code ("01".."16"), description,
   staff = { department, staff, email, mobile }, timestamp
 [receipt]   response_for, outcome ("delivered" | "failed"), envelope_digest, reason_code, reason
@@ -115,18 +110,24 @@ def output_paths(out: Path, message_id: str) -> tuple[Path, Path]:
 
 
 def load_metadata(path: Path) -> dict[str, Any]:
-    """Read a TOML or JSON metadata file."""
+    """Read a TOML or JSON metadata file (JSON within the metadata codec's bounds)."""
+    from exchange.metadata import load_json
+
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise BadRequestError(f"cannot read metadata {path}: {exc.strerror or exc}") from exc
-    try:
-        if path.suffix.lower() == ".json":
-            meta = json.loads(raw.decode("utf-8"))
-        else:
+    if len(raw) > _MAX_METADATA_BYTES:
+        raise BadRequestError(f"{path} is {len(raw)} bytes; a metadata file has at most {_MAX_METADATA_BYTES}")
+    if path.suffix.lower() == ".json":
+        meta = load_json(raw, f"metadata file {path}")
+    else:
+        try:
             meta = tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"{path} is not valid TOML: {exc}") from exc
+        except RecursionError:  # tomllib recurses per nested array / inline table
+            raise BadRequestError(f"{path} nests too deeply; metadata is a few levels deep at most") from None
     if not isinstance(meta, dict):
         raise BadRequestError(f"{path} must hold a table/object at the top level")
     return meta
@@ -152,41 +153,24 @@ def _datetime(value: Any) -> datetime:
     return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
 
 
-def _document(d: Mapping[str, Any]) -> DocumentInfo:
-    prom = d.get("promulgation")
-    signer = d.get("signer")
-    extra = d.get("extra", {})
-    extra_items = list(extra.items()) if isinstance(extra, Mapping) else [(str(k), str(v)) for k, v in extra]
-    return DocumentInfo(
-        code=DocumentCode(str(d.get("number", "")), str(d.get("notation", ""))),
-        subject=str(d["subject"]),
-        document_type=DocumentType(int(d.get("type", 1)), int(d.get("detail", 0)), str(d.get("type_name", ""))),
-        promulgation=Promulgation(str(prom["place"]), _date(prom["date"])) if prom else None,
-        signer=SignerInfo(str(signer.get("competence", "")), str(signer.get("position", "")),
-                          str(signer.get("full_name", ""))) if signer else None,
-        content=str(d.get("content", "")),
-        priority=Priority(int(d.get("priority", 0))),
-        steering=SteeringType(int(d.get("steering", 0))),
-        due_date=_date(d["due_date"]) if d.get("due_date") else None,
-        document_id=str(d.get("document_id", "")),
-        relates_to=str(d["relates_to"]) if d.get("relates_to") else None,
-        response_for=tuple(
-            ResponseRef(str(r["organ_id"]), str(r["code"]), _date(r["promulgation_date"]), str(r.get("document_id", "")))
-            for r in d.get("response_for", [])
-        ),
-        paper=bool(d.get("paper", False)),
-        extra=tuple((str(k), str(v)) for k, v in extra_items),
-    )
+def _document(d: Any) -> DocumentInfo:
+    from exchange.metadata import decode_document
+
+    return decode_document(d, path="document", caller="exchange sign", legacy=True, require_code=False)
 
 
-def _status(s: Mapping[str, Any]) -> StatusInfo:
-    staff = s.get("staff")
+def _status(s: Any) -> StatusInfo:
+    from exchange.metadata import decode_status
+
+    if not isinstance(s, Mapping):
+        raise BadRequestError("[status] must be a table; see `exchange sign --help`")
+    status = decode_status(s, path="status", caller="exchange sign", legacy=True,
+                           context_fields=frozenset({"response_for", "timestamp"}))
     return StatusInfo(
         response_for=str(s["response_for"]),
-        code=StatusCode(str(s["code"]).zfill(2)),
-        description=str(s.get("description", "")),
-        staff=StaffInfo(**{k: str(staff.get(k, "")) for k in ("department", "staff", "email", "mobile")})
-        if staff else None,
+        code=status.code,
+        description=status.description,
+        staff=status.staff,
         timestamp=_datetime(s["timestamp"]) if s.get("timestamp") else None,
     )
 

@@ -113,8 +113,34 @@ async def gateway_middleware(request: web.Request, handler: Callable[[web.Reques
 
 
 def load_openapi_text() -> str:
-    """The OpenAPI document shipped with the package (exchange/gateway/openapi.yaml)."""
+    """The hand-written part of the OpenAPI document (exchange/gateway/openapi.yaml), as shipped."""
     return resources.files("exchange.gateway").joinpath("openapi.yaml").read_text(encoding="utf-8")
+
+
+def load_openapi() -> dict[str, Any]:
+    """The served OpenAPI document: openapi.yaml with the metadata JSON Schema's definitions as components.
+
+    The metadata schemas (DocumentSubmission, StatusSubmission, Document...) live once, in
+    ``exchange/metadata/document-metadata-1.json``; the served document carries them under
+    ``components/schemas`` so that clients and validators see one description.
+    """
+    import yaml
+
+    from exchange.metadata.schema import openapi_components
+
+    spec = yaml.safe_load(load_openapi_text())
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    clash = sorted(set(schemas) & set(openapi_components()))
+    if clash:  # a schema described twice would drift: the JSON Schema file is the only source
+        raise RuntimeError(f"openapi.yaml redefines the metadata schemas {clash}; remove them there")
+    schemas.update(openapi_components())
+    return spec
+
+
+def _yaml_text(spec: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=120)
 
 
 def create_app(
@@ -130,7 +156,8 @@ def create_app(
     app[HTTP] = http
     app[AUTH] = Authenticator(service.store, service.hosted, mtls=bool(http.tls_client_ca))
 
-    openapi_text = load_openapi_text()
+    openapi = load_openapi()
+    openapi_text = _yaml_text(openapi)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -157,11 +184,7 @@ def create_app(
         return web.Response(text=openapi_text, content_type="application/yaml")
 
     async def openapi_json(_: web.Request) -> web.Response:
-        try:
-            import yaml
-        except ImportError:  # PyYAML absent: the YAML document is the source of truth
-            raise NotFoundError("the JSON form needs PyYAML on the node; fetch /v1/openapi.yaml instead") from None
-        return web.json_response(yaml.safe_load(openapi_text))
+        return web.json_response(openapi)
 
     if metrics is not None and hasattr(metrics, "aiohttp_handler"):
         metrics_handler = metrics.aiohttp_handler()

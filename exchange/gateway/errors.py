@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from exchange.errors import BadRequestError, ExchangeError
+from exchange.metadata.errors import JsonLimitError, MetadataError
+
+__all__ = ["IdempotencyKeyReusedError", "InternalError", "JsonLimitError", "MalformedRequestError", "MetadataError",
+           "MethodNotAllowedError", "NotReadyError", "RequestLineTooLongError", "UnsupportedMediaTypeError"]
 
 
 class UnsupportedMediaTypeError(BadRequestError):
@@ -12,18 +16,32 @@ class UnsupportedMediaTypeError(BadRequestError):
     http_status = 415
 
 
-class MetadataError(BadRequestError):
-    """The document or status metadata is well-formed JSON but not a valid submission."""
-
-    code = "metadata-invalid"
-    http_status = 422
-
-
 class MethodNotAllowedError(BadRequestError):
     """The path exists but not with this HTTP method."""
 
     code = "method-not-allowed"
     http_status = 405
+
+
+class MalformedRequestError(BadRequestError):
+    """aiohttp could not parse the request (request line, headers, framing)."""
+
+    code = "http-malformed"
+    http_status = 400
+
+
+class RequestLineTooLongError(BadRequestError):
+    """The request line or one header is over aiohttp's line limit (8190 bytes)."""
+
+    code = "http-line-too-long"
+    http_status = 400
+
+
+class IdempotencyKeyReusedError(BadRequestError):
+    """An Idempotency-Key the agency already used, sent with a different request."""
+
+    code = "idempotency-key-reused"
+    http_status = 422
 
 
 class NotReadyError(ExchangeError):

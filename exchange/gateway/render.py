@@ -7,6 +7,7 @@ from typing import Any
 
 from exchange.adapters.base import SubmitResult
 from exchange.envelope.model import DocumentInfo, StaffInfo, StatusInfo
+from exchange.metadata import encode_document, encode_staff, encode_status
 from exchange.routing.directory import AgencyEntry
 from exchange.service import FetchedMessage, TrackResult
 from exchange.store.base import InboxEntry
@@ -47,36 +48,16 @@ def inbox_entry(e: InboxEntry) -> dict[str, Any]:
 
 
 def document(d: DocumentInfo) -> dict[str, Any]:
-    return {
-        "subject": d.subject,
-        "code": {"number": d.code.number, "notation": d.code.notation},
-        "document_type": {"type": d.document_type.type, "detail": d.document_type.detail,
-                          "name": d.document_type.name},
-        "promulgation": {"place": d.promulgation.place, "date": day(d.promulgation.date)} if d.promulgation else None,
-        "signer": {"competence": d.signer.competence, "position": d.signer.position,
-                   "full_name": d.signer.full_name} if d.signer else None,
-        "content": d.content,
-        "priority": int(d.priority),
-        "steering_type": int(d.steering),
-        "due_date": day(d.due_date),
-        "document_id": d.document_id,
-        "relates_to": d.relates_to,
-        "response_for": [{"organ_id": r.organ_id, "code": r.code, "promulgation_date": day(r.promulgation_date),
-                          "document_id": r.document_id} for r in d.response_for],
-        "paper": d.paper,
-        "extra": [{"name": k, "value": v} for k, v in d.extra],
-    }
+    """A received document's metadata: the schema's field names (the codec's encoder)."""
+    return encode_document(d)
 
 
 def staff(s: StaffInfo | None) -> dict[str, str] | None:
-    if s is None:
-        return None
-    return {"department": s.department, "staff": s.staff, "email": s.email, "mobile": s.mobile}
+    return encode_staff(s)
 
 
 def status(s: StatusInfo) -> dict[str, Any]:
-    return {"response_for": s.response_for, "code": s.code.value, "description": s.description,
-            "staff": staff(s.staff), "timestamp": ts(s.timestamp)}
+    return encode_status(s, ts(s.timestamp))
 
 
 def fetched(f: FetchedMessage, digest: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from exchange.errors import BadRequestError, NotFoundError
 from exchange.gateway import render
 from exchange.gateway.auth import Principal
 from exchange.gateway.errors import MetadataError, UnsupportedMediaTypeError
+from exchange.gateway.idempotency import fingerprint, submit_once
 from exchange.gateway.keys import CORRELATION_ID, HTTP, PRINCIPAL, SERVICE
 from exchange.gateway.metadata import DocumentSubmission, parse_document, parse_status
 from exchange.gateway.uploads import (
@@ -85,12 +86,6 @@ def _bool_query(request: web.Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _created(result: SubmitResult) -> web.Response:
-    structlog.contextvars.bind_contextvars(message_id=result.message_id)
-    body = render.submitted(result)
-    return web.json_response(body, status=201 if result.created else 200, headers={"Location": body["track"]})
-
-
 def _digest_header(data: bytes) -> str:
     """RFC 9530 Repr-Digest of a body: what the E-Office can check the download against."""
     return f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
@@ -140,15 +135,19 @@ async def submit_document(request: web.Request) -> web.Response:
             "edXML packages go to POST /v1/edxml")
     submission = parse_document(raw)
     files = _describe(files, submission)
-    recipients = submission.recipients
-    if not recipients and submission.operation is not Operation.NEW:
-        # A revoke / update / replace goes by default to everyone who received the original.
-        original = await service.track(agency, submission.document.relates_to or "")
-        recipients = original.message.recipients
-    result = await service.submit_document(
-        agency, recipients, submission.document, files, operation=submission.operation,
-        idempotency_key=key, correlation_id=_correlation_id(request))
-    return _created(result)
+    request_fingerprint = fingerprint(request.method, request.path, raw, files)
+
+    async def submit() -> SubmitResult:
+        recipients = submission.recipients
+        if not recipients and submission.operation is not Operation.NEW:
+            # A revoke / update / replace goes by default to everyone who received the original.
+            original = await service.track(agency, submission.document.relates_to or "")
+            recipients = original.message.recipients
+        return await service.submit_document(
+            agency, recipients, submission.document, files, operation=submission.operation,
+            idempotency_key=key, correlation_id=_correlation_id(request), idempotency_fingerprint=request_fingerprint)
+
+    return await submit_once(service, agency, key, request_fingerprint, submit)
 
 
 def _describe(files: list[OutgoingFile], submission: DocumentSubmission) -> list[OutgoingFile]:
@@ -168,8 +167,10 @@ async def submit_edxml(request: web.Request) -> web.Response:
             f"send the edXML package as application/xml, not {request.content_type or 'no Content-Type'}")
     key = _idempotency_key(request)
     package = await read_body(request, min(http.max_body_bytes, EDXML_LIMIT))
-    result = await service.submit_edxml(_agency(request), package, idempotency_key=key)
-    return _created(result)
+    agency = _agency(request)
+    request_fingerprint = fingerprint(request.method, request.path, hashlib.sha256(package).hexdigest())
+    return await submit_once(service, agency, key, request_fingerprint, lambda: service.submit_edxml(
+        agency, package, idempotency_key=key, idempotency_fingerprint=request_fingerprint))
 
 
 # -- inbox ----------------------------------------------------------------------------------------
@@ -241,11 +242,13 @@ async def send_status(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     structlog.contextvars.bind_contextvars(response_for=message_id)
     key = _idempotency_key(request)
-    status = parse_status(await read_json(request))
-    result = await service.submit_status(_agency(request), message_id, status.code, description=status.description,
-                                         staff=status.staff, idempotency_key=key,
-                                         correlation_id=_correlation_id(request))
-    return _created(result)
+    raw = await read_json(request)
+    status = parse_status(raw)
+    agency = _agency(request)
+    request_fingerprint = fingerprint(request.method, request.path, raw)
+    return await submit_once(service, agency, key, request_fingerprint, lambda: service.submit_status(
+        agency, message_id, status.code, description=status.description, staff=status.staff, idempotency_key=key,
+        correlation_id=_correlation_id(request), idempotency_fingerprint=request_fingerprint))
 
 
 # -- sent -----------------------------------------------------------------------------------------

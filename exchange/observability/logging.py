@@ -13,7 +13,10 @@ an AMQP URL with a password):
   ``access_token`` or ``Set-Cookie``) has its value replaced, at any depth;
   keys that carry document contents (subject, content, body, attachments) are
   removed, at any depth;
-* text: every string value is scrubbed of bearer/basic credentials, URL
+* text: every string value (and every string key) is scrubbed of API tokens
+  by their shape (the ``exg_`` prefix of ``exchange.tokens``, wherever it
+  appears: a path segment logged as ``message_id``, an over-long header quoted
+  by aiohttp's parser, an exception text), bearer/basic credentials, URL
   passwords, ``key=value`` secrets and PEM private keys.
 """
 
@@ -31,6 +34,9 @@ from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
 
+#: ``exchange.tokens.TOKEN_PREFIX`` (not imported: logging sits below the store; a test keeps them equal).
+TOKEN_PREFIX = "exg_"
+
 #: A key is secret if, lower-cased with '-' as '_', it contains one of these.
 SECRET_WORDS = (
     "token", "secret", "password", "passwd", "authorization", "api_key", "apikey", "hmac",
@@ -45,6 +51,8 @@ CONTENT_KEYS = frozenset({
 _RESERVED = frozenset({"event", "level", "timestamp", "logger", "exception"})
 
 _TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    # An API token by its shape, anywhere (also cut short, as aiohttp quotes only a line's first bytes).
+    (re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]*"), REDACTED),
     (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
      REDACTED),
     # token=..., "password": "...", api-key: ..., Authorization: Bearer ..., Cookie: ...
@@ -92,7 +100,7 @@ def _clean(value: Any, depth: int = 0) -> Any:
         for k, v in value.items():
             if is_content_key(k):
                 continue
-            out[k] = REDACTED if is_secret_key(k) else _clean(v, depth + 1)
+            out[_clean_key(k)] = REDACTED if is_secret_key(k) else _clean(v, depth + 1)
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_clean(v, depth + 1) for v in value]
@@ -103,13 +111,17 @@ def _clean(value: Any, depth: int = 0) -> Any:
     return scrub_text(str(value))  # anything else is rendered as text anyway: scrub that text
 
 
+def _clean_key(key: Any) -> Any:
+    return scrub_text(key) if isinstance(key, str) else key
+
+
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: redact secrets and drop document contents, at any depth."""
+    """structlog processor: redact secrets and drop document contents, at any depth, in keys and values."""
     out: EventDict = {}
     for k, v in event_dict.items():
         if k not in _RESERVED and is_content_key(k):
             continue
-        out[k] = REDACTED if is_secret_key(k) else _clean(v)
+        out[_clean_key(k)] = REDACTED if is_secret_key(k) else _clean(v)
     return out
 
 

@@ -59,6 +59,15 @@ class MessageRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyEntry:
+    """What an idempotency key of a sender was first used for."""
+
+    message_id: str
+    #: The fingerprint of the first request (None for keys used before fingerprints were stored).
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxItem:
     """A publish waiting for the broker's confirm. ``id`` is assigned by the store."""
 
@@ -165,6 +174,7 @@ class Store(ABC):
         attachments: Mapping[str, bytes] | None = None,
         idempotency_key: str | None = None,
         track: bool = True,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[str, bool]:
         """Persist a signed outgoing envelope and its outbox items in one transaction.
 
@@ -172,8 +182,13 @@ class Store(ABC):
         and statuses; receipts are not tracked). ``attachments`` maps sha256 to
         bytes (content-addressed). If ``idempotency_key`` was already used by the
         same sender, nothing is written and the earlier message id is returned
-        with ``created=False``.
+        with ``created=False``. ``idempotency_fingerprint`` (with a key) is kept with
+        the key, in the same transaction, for :meth:`idempotency_entry`.
         """
+
+    @abstractmethod
+    async def idempotency_entry(self, sender: str, key: str) -> IdempotencyEntry | None:
+        """The message id and request fingerprint ``sender``'s idempotency ``key`` was first used with."""
 
     @abstractmethod
     async def claim_outbox(self, limit: int, *, lease_seconds: float = 30.0) -> list[OutboxItem]:

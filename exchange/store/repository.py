@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import String, Text, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy import String, Text, and_, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -32,6 +32,7 @@ from exchange.store.base import (
     Delivery,
     DeliveryState,
     Direction,
+    IdempotencyEntry,
     InboxEntry,
     InboxState,
     JournalReport,
@@ -78,6 +79,7 @@ from exchange.store.tables import (
     attachments,
     deliveries,
     idempotency,
+    idempotency_requests,
     inbox,
     journal,
     messages,
@@ -301,6 +303,7 @@ class SqlStore(Store):
         attachments: Mapping[str, bytes] | None = None,
         idempotency_key: str | None = None,
         track: bool = True,
+        idempotency_fingerprint: str | None = None,
     ) -> tuple[str, bool]:
         def tx(conn: Connection, pending: _Pending) -> tuple[str, bool]:
             if idempotency_key is not None:
@@ -314,6 +317,9 @@ class SqlStore(Store):
                         .where(idempotency.c.sender == message.sender, idempotency.c.key == idempotency_key)
                     ).scalar_one()
                     raise _Rollback((earlier, False))
+                if idempotency_fingerprint is not None:
+                    conn.execute(idempotency_requests.insert(), {
+                        "sender": message.sender, "key": idempotency_key, "fingerprint": idempotency_fingerprint})
             if not self._store_outgoing(conn, pending, message, outbox, attachments, track):
                 raise _Rollback((message.message_id, False))
             return message.message_id, True
@@ -754,6 +760,15 @@ class SqlStore(Store):
 
         await self._write(tx)
 
+    async def idempotency_entry(self, sender: str, key: str) -> IdempotencyEntry | None:
+        return await self._read(lambda conn: _idempotency_entry(conn.execute(
+            select(idempotency.c.message_id, idempotency_requests.c.fingerprint)
+            .select_from(idempotency.outerjoin(idempotency_requests, and_(
+                idempotency_requests.c.sender == idempotency.c.sender,
+                idempotency_requests.c.key == idempotency.c.key)))
+            .where(idempotency.c.sender == sender, idempotency.c.key == key)
+        ).first()))
+
     async def agency_for_token(self, token_hash: str) -> str | None:
         return await self._read(lambda conn: conn.execute(
             select(api_tokens.c.agency).where(api_tokens.c.token_hash == token_hash)
@@ -818,6 +833,10 @@ class SqlStore(Store):
         counts = {s.value: 0 for s in DeliveryState}
         counts.update({state: int(n) for state, n in rows})
         return counts
+
+
+def _idempotency_entry(r: Any) -> IdempotencyEntry | None:
+    return None if r is None else IdempotencyEntry(r.message_id, r.fingerprint)
 
 
 def _vxp_system(r: Any) -> VxpSystem:

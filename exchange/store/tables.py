@@ -165,6 +165,18 @@ idempotency = Table(
     PrimaryKeyConstraint("sender", "key", name="pk_idempotency"),
 )
 
+#: What request an idempotency key was first used with: a SHA-256 fingerprint (method, route, canonical
+#: body, attachment digests; exchange/gateway/idempotency.py), written in the same transaction as the
+#: ``idempotency`` row. A table of its own, not a column: keys used before it have no fingerprint and
+#: replay without the check (revision 0003).
+idempotency_requests = Table(
+    "idempotency_requests", metadata,
+    Column("sender", String(32), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    PrimaryKeyConstraint("sender", "key", name="pk_idempotency_requests"),
+)
+
 api_tokens = Table(
     "api_tokens", metadata,
     Column("token_hash", String(128), primary_key=True),

@@ -226,8 +226,8 @@ async def test_status_sent_by_the_recipient_shows_in_the_senders_track_and_inbox
     body = {"code": "03", "description": "đã tiếp nhận", "staff": {"department": "Văn thư", "staff": "Trần B"}}
     headers = {**gw.auth(B), "Idempotency-Key": f"status-{mid}"}
     first = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json=body, headers=headers))
-    again = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json=body, headers=headers), 200)
-    assert again["message_id"] == first["message_id"] and again["created"] is False
+    again = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json=body, headers=headers))
+    assert again == first  # the replay answers exactly what the first request got
 
     async def status_tracked() -> bool:
         deliveries = {d["recipient"]: d for d in (await gw.track(A, mid))["deliveries"]}
@@ -249,8 +249,8 @@ async def test_status_sent_by_the_recipient_shows_in_the_senders_track_and_inbox
 async def test_a_retry_with_the_same_idempotency_key_sends_nothing_new(gw) -> None:
     key = {"Idempotency-Key": str(uuid.uuid4())}
     first = await created(await gw.submit(A, metadata([C]), headers=key))
-    retry = await created(await gw.submit(A, metadata([C]), headers=key), 200)
-    assert retry["message_id"] == first["message_id"] and retry["created"] is False
+    retry = await created(await gw.submit(A, metadata([C]), headers=key))
+    assert retry == first
     other = await created(await gw.submit(A, metadata([C]), headers={"Idempotency-Key": str(uuid.uuid4())}))
     assert other["message_id"] != first["message_id"]
     await gw.wait_in_inbox(C, first["message_id"])
@@ -607,6 +607,10 @@ async def test_the_served_openapi_document_describes_exactly_the_routes_served(g
     async with gw.http.get(f"{gw.url(B)}/v1/openapi.json") as r:
         assert (await r.json()) == spec
     assert spec["openapi"].startswith("3.")
+    from openapi_spec_validator import validate
+
+    validate(spec)  # a valid OpenAPI document, as served
+    assert "DocumentSubmission" in spec["components"]["schemas"]  # the metadata JSON Schema, served within
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops if m != "parameters"}
     # /vxp/ speaks the national hub's own protocol (signed headers, its JSON answers): docs/API.md describes it.
     served = {(r.method, r.resource.canonical) for r in gw.local._runner.app.router.routes()
@@ -761,3 +765,175 @@ async def test_a_client_certificate_from_the_client_ca_authenticates_its_agency(
                 await r.read()
     finally:
         await tls_node._runner.cleanup()
+
+
+# -- idempotency replays ------------------------------------------------------------------------------
+
+
+async def test_an_idempotent_replay_answers_exactly_what_the_first_request_got(gw) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    files = {"a.txt": (b"one", "text/plain")}
+    meta = metadata([B, C], priority=1)
+    async with await gw.submit(A, meta, files, headers=key) as r:
+        assert r.status == 201 and "Idempotent-Replayed" not in r.headers
+        first, location = await r.json(), r.headers["Location"]
+    await asyncio.sleep(0.01)  # a later created_at, were the replay answered from the new request
+    # The same request again, its JSON spelled differently (key order, whitespace): the stored answer.
+    form = aiohttp.FormData()
+    form.add_field("metadata", json.dumps(dict(reversed(list(meta.items()))), indent=2),
+                   content_type="application/json")
+    form.add_field("file", b"one", filename="a.txt", content_type="text/plain")
+    async with gw.http.post(f"{gw.url(A)}/v1/documents", data=form, headers={**gw.auth(A), **key}) as r:
+        assert r.status == 201 and r.headers["Idempotent-Replayed"] == "true"
+        assert await r.json() == first and r.headers["Location"] == location
+    track = await gw.track(A, first["message_id"])
+    assert sorted(first["recipients"]) == sorted(track["recipients"]) == sorted([B, C])
+
+
+@pytest.mark.parametrize("change", ["recipients", "subject", "attachment bytes", "no attachment"])
+async def test_an_idempotency_key_reused_for_a_different_document_is_refused(gw, change: str) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    files = {"a.txt": (b"one", "text/plain")}
+    first = await created(await gw.submit(A, metadata([B, C]), files, headers=key))
+    other_meta, other_files = {
+        "recipients": (metadata([B]), files),
+        "subject": (metadata([B, C], subject="Another"), files),
+        "attachment bytes": (metadata([B, C]), {"a.txt": (b"two", "text/plain")}),
+        "no attachment": (metadata([B, C]), None),
+    }[change]
+    body = await problem(await gw.submit(A, other_meta, other_files, headers=key), 422, "idempotency-key-reused")
+    assert "different request" in body["detail"]
+    # The key still answers its first request, unchanged.
+    assert await created(await gw.submit(A, metadata([B, C]), files, headers=key)) == first
+
+
+async def test_an_idempotency_key_used_for_a_status_is_refused_for_a_document(gw) -> None:
+    mid = (await created(await gw.submit(A, metadata([B]))))["message_id"]
+    await gw.wait_in_inbox(B, mid)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    status = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "01"},
+                                              headers={**gw.auth(B), **key}))
+    await problem(await gw.submit(B, metadata([A]), headers=key), 422, "idempotency-key-reused")
+    # ... and for a status with another code, or about another document.
+    await problem(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "03"},
+                                     headers={**gw.auth(B), **key}), 422, "idempotency-key-reused")
+    replay = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "01"},
+                                              headers={**gw.auth(B), **key}))
+    assert replay == status
+
+
+async def test_an_idempotency_key_of_an_edxml_package_replays_it_and_refuses_another_package(gw) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/xml", **gw.auth(A)}
+    package = (DATA / "edxml" / "document_new.edxml").read_bytes()
+    first = await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=key))
+    assert await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=key)) == first
+    await problem(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package.replace(b"</", b"\n</", 1), headers=key),
+                  422, "idempotency-key-reused")
+
+
+# -- hostile client input -----------------------------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "1" * 5_000
+
+
+def _with_number(literal: str) -> str:
+    return json.dumps(metadata([B]))[:-1] + f', "priority": {literal}}}'
+
+
+@pytest.mark.parametrize("text, code", [
+    (DEEP, "json-limit-exceeded"),
+    ('{"recipients": ' + "[" * 5_000 + "]" * 5_000 + "}", "json-limit-exceeded"),
+    (_with_number(HUGE_INT), "json-limit-exceeded"),
+    (_with_number("-" + HUGE_INT), "json-limit-exceeded"),
+    (_with_number("1e99999"), "json-limit-exceeded"),
+    (_with_number("NaN"), "bad-request"),
+    ('{"subject": "a", "subject": "b"}', "bad-request"),
+])
+async def test_hostile_json_is_a_400_problem_on_every_json_input(gw, text: str, code: str) -> None:
+    mid = str(uuid.uuid4())
+    json_headers = {**gw.auth(A), "Content-Type": "application/json"}
+    await problem(await gw.http.post(f"{gw.url(A)}/v1/documents", data=text, headers=json_headers), 400, code)
+    await problem(await gw.http.post(f"{gw.url(A)}/v1/documents", data=_form(metadata=text), headers=gw.auth(A)),
+                  400, code)
+    await problem(await gw.http.post(f"{gw.url(A)}/v1/inbox/{mid}/status", data=text, headers=json_headers),
+                  400, code)
+
+
+async def _raw_http(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is (no client-side checks) and read the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("what", ["Authorization", "X-Api-Key", "request line"])
+async def test_an_oversized_request_is_a_problem_that_echoes_nothing(gw, what: str) -> None:
+    secret = "exg_" + "S3cr3t" * 2_000
+    if what == "request line":
+        request = f"GET /v1/inbox?token={secret} HTTP/1.1\r\nHost: x\r\n\r\n"
+    else:
+        request = f"GET /v1/me HTTP/1.1\r\nHost: x\r\n{what}: {secret}\r\n\r\n"
+    status, headers, body = await _raw_http(gw.url(B), request.encode())
+    assert status == 400
+    assert headers["content-type"].startswith(PROBLEM)
+    problem_body = json.loads(body)
+    assert problem_body["code"] == "http-line-too-long" and problem_body["status"] == 400
+    assert "S3cr3t" not in body.decode() and "exg_" not in body.decode()
+
+
+# -- tokens never reach the log ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def node_log():
+    """The node's real log output (configure_logging, as `exchange serve` does), restored afterwards."""
+    import io
+    import logging
+
+    import structlog
+
+    from exchange.observability.logging import configure_logging
+
+    root = logging.getLogger()
+    handlers, level, config = list(root.handlers), root.level, structlog.get_config()
+    stream = io.StringIO()
+    configure_logging("DEBUG", json=True, stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
+        logging.captureWarnings(False)
+
+
+async def test_no_token_reaches_the_log_on_any_of_the_known_paths(gw, node_log) -> None:
+    token = gw.tokens[B]
+    body_of = token.removeprefix("exg_")
+    # 1. Oversized Authorization / X-Api-Key headers without "Bearer" (aiohttp's parser refuses them).
+    padding = "A" * 9_000
+    for header in ("Authorization", "X-Api-Key"):
+        await _raw_http(gw.url(B), f"GET /v1/me HTTP/1.1\r\nHost: x\r\n{header}: {token}{padding}\r\n\r\n".encode())
+    # 2. A token in the query string of an over-long request line.
+    await _raw_http(gw.url(B), f"GET /v1/inbox?token={token}&x={padding} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    # 3. An authenticated GET /v1/inbox/<token>: the path segment is logged as message_id.
+    async with gw.http.get(f"{gw.url(B)}/v1/inbox/{token}", headers=gw.auth(B)) as r:
+        assert r.status == 404
+    # Also a token sent as a bare Authorization value (no scheme), short enough to be parsed.
+    async with gw.http.get(f"{gw.url(B)}/v1/me", headers={"Authorization": token}) as r:
+        assert r.status == 401
+    text = node_log.getvalue()
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert any(e.get("event") == "http.unparseable" for e in events)
+    assert any(e.get("event") == "http.request" and e.get("status") == 404 for e in events)
+    assert body_of not in text and token not in text

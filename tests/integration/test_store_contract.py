@@ -265,6 +265,26 @@ async def test_concurrent_uses_of_one_idempotency_key_create_one_message(store: 
     assert (await store.verify_journal()).ok
 
 
+async def test_an_idempotency_key_keeps_the_fingerprint_of_its_first_request(store: Store) -> None:
+    first, second = message(), message()
+    assert await store.idempotency_entry(first.sender, "fp-1") is None
+    await store.accept_outgoing(first, items(first), idempotency_key="fp-1", idempotency_fingerprint="a" * 64)
+    # A second use, with another fingerprint, neither writes nor replaces the first one's.
+    assert await store.accept_outgoing(second, items(second), idempotency_key="fp-1",
+                                       idempotency_fingerprint="b" * 64) == (first.message_id, False)
+    entry = await store.idempotency_entry(first.sender, "fp-1")
+    assert entry is not None and (entry.message_id, entry.fingerprint) == (first.message_id, "a" * 64)
+    # A key stored without a fingerprint (as before fingerprints existed) answers with None.
+    third = message()
+    await store.accept_outgoing(third, items(third), idempotency_key="fp-2")
+    entry = await store.idempotency_entry(third.sender, "fp-2")
+    assert entry is not None and (entry.message_id, entry.fingerprint) == (third.message_id, None)
+    # Nothing is written for a message that was already stored (the whole transaction rolls back).
+    await store.accept_outgoing(third, items(third), idempotency_key="fp-3", idempotency_fingerprint="c" * 64)
+    assert await store.idempotency_entry(third.sender, "fp-3") is None
+    assert await store.idempotency_entry(C, "fp-1") is None  # keys are per sender
+
+
 async def test_accepting_a_stored_message_again_writes_nothing(store: Store) -> None:
     m = message()
     assert (await store.accept_outgoing(m, items(m)))[1]

@@ -270,6 +270,20 @@ async def test_non_json_metadata_goes_to_error_once_settled(make_adapter) -> Non
     assert (adapter.folders.error / "broken" / "broken.json").exists()
 
 
+@pytest.mark.parametrize("text, complaint", [
+    ("[" * 100_000 + "]" * 100_000, "nests deeper"),
+    ('{"kind": "status", "response_for": "m", "code": ' + "3" * 5_000 + "}", "number of 5000 characters"),
+    ('{"to": ["000.00.00.G22"], "to": ["000.00.00.H41"]}', "repeats the key"),
+])
+async def test_hostile_metadata_json_goes_to_error_with_a_reason(make_adapter, text: str, complaint: str) -> None:
+    bus = FakeBus()
+    adapter = await make_adapter(bus, settle_seconds=0)
+    (adapter.folders.outgoing / "hostile.json").write_text(text)
+    assert await adapter.scan_once() == 1
+    assert bus.submissions == []
+    assert complaint in (adapter.folders.error / "hostile.reason.txt").read_text()
+
+
 async def test_bus_refusal_goes_to_error_but_bus_trouble_is_retried(make_adapter) -> None:
     bus = FakeBus(fail_with=StoreError("database is locked"))
     adapter = await make_adapter(bus)

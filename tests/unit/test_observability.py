@@ -229,6 +229,29 @@ def test_stdlib_loggers_write_json_and_are_redacted(captured: io.StringIO) -> No
     assert "RuntimeError" in entries[3]["exception"]
 
 
+def test_anything_shaped_like_an_api_token_is_redacted_in_keys_values_and_exceptions(captured: io.StringIO) -> None:
+    from exchange.observability import logging as exchange_logging
+    from exchange.tokens import TOKEN_PREFIX
+
+    assert exchange_logging.TOKEN_PREFIX == TOKEN_PREFIX
+    token = TOKEN_PREFIX + "Zq3v_9-kLmN0pQrStUvWxYz0123456789abcdefGhIj"
+    cut = token[:20]  # aiohttp quotes only the first bytes of an over-long line
+    log = structlog.get_logger("exchange.test")
+    log.info("http.request", message_id=token, path=f"/v1/inbox/{token}/ack",
+             nested={"items": [{"note": f"got {cut}"}], token: "as a key"})
+    try:
+        raise ValueError(f"Got more than 8190 bytes when reading: b'X-Api-Key: {cut}'")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1")
+    logging.getLogger("aiohttp.access").info('127.0.0.1 "GET /v1/inbox?t=%s HTTP/1.1" 400', token)
+    out = captured.getvalue()
+    assert token[4:] not in out and cut[4:] not in out
+    entries = lines(captured)
+    assert entries[0]["message_id"] == REDACTED and entries[0]["path"] == f"/v1/inbox/{REDACTED}/ack"
+    assert entries[0]["nested"][REDACTED] == "as a key"
+    assert "ValueError" in entries[1]["exception"] and entries[2]["logger"] == "aiohttp.access"
+
+
 def test_each_line_has_iso_utc_timestamp_and_level(captured: io.StringIO) -> None:
     structlog.get_logger("exchange.test").error("boom")
     entry = lines(captured)[0]
