@@ -201,6 +201,14 @@ class Store(ABC):
     ) -> None:
         """Move an incoming pair to HANDED_OVER or FAILED and enqueue its receipt atomically."""
 
+    @abstractmethod
+    async def reopen_incoming(self, message_id: str, recipient: str, *, reason: str) -> bool:
+        """Move a FAILED incoming pair back to RECEIVED: an operator replays its dead letter.
+
+        Returns False, writing nothing, unless the pair is FAILED (a replay of a delivered
+        message must never hand it over twice; of two replays at once, one wins).
+        """
+
     # -- sender-side tracking ------------------------------------------------
     @abstractmethod
     async def record_event(
@@ -214,13 +222,16 @@ class Store(ABC):
         status_code: str | None = None,
         detail: str = "",
         only_if_open: bool = False,
+        reopen: bool = False,
     ) -> bool:
         """Append to the timeline; update the delivery's state/status if given.
 
         Returns False if the delivery (message_id, recipient) is unknown, or, with
         ``only_if_open``, already DELIVERED or FAILED (then nothing is written: a receipt
         sent again is not a second event). A state never moves backwards (a late QUEUED
-        after DELIVERED is timeline-only).
+        after DELIVERED is timeline-only), with one exception: ``reopen`` writes only if the
+        delivery is FAILED and moves it to ``state`` (a dead letter the recipient's operator
+        replayed runs again), clearing its failure reason.
         """
 
     @abstractmethod

@@ -348,6 +348,12 @@ _COMPLETE_INBOX = {
     .returning(inbox.c.message_id)
     for state in _INBOX_ENTER_FROM
 }
+_REOPEN_INBOX = (
+    update(inbox)
+    .where(inbox.c.agency == _P("a"), inbox.c.message_id == _P("m"), inbox.c.state == InboxState.FAILED.value)
+    .values(state=InboxState.RECEIVED.value, reason=_P("reason"))
+    .returning(inbox.c.message_id)
+)
 _DELIVERY_KEY = (deliveries.c.message_id == _P("m"), deliveries.c.recipient == _P("r"))
 _DELIVERY_STATE = select(deliveries.c.state).where(*_DELIVERY_KEY)
 _DELIVERY_STATE_FOR_UPDATE = _DELIVERY_STATE.with_for_update()
@@ -1120,6 +1126,17 @@ class SqlStore(Store):
 
         await self._write(tx)
 
+    async def reopen_incoming(self, message_id: str, recipient: str, *, reason: str) -> bool:
+        def tx(conn: Connection, pending: _Pending) -> bool:
+            row = conn.execute(_REOPEN_INBOX, {"a": recipient, "m": message_id, "reason": reason[:500]}).first()
+            if row is None:
+                raise _Rollback(False)
+            pending.events.append(JournalEvent("reopen_incoming", message_id, recipient, {
+                "state": InboxState.RECEIVED.value, "reason": reason[:500]}))
+            return True
+
+        return await self._write(tx)
+
     # -- sender-side tracking -------------------------------------------------------------------
 
     async def record_event(
@@ -1133,23 +1150,30 @@ class SqlStore(Store):
         status_code: str | None = None,
         detail: str = "",
         only_if_open: bool = False,
+        reopen: bool = False,
     ) -> bool:
-        """Timeline always; state only forward (SUBMITTED < QUEUED < DELIVERED, FAILED and DELIVERED terminal)."""
+        """Timeline always; state only forward (SUBMITTED < QUEUED < DELIVERED, FAILED and DELIVERED terminal).
+
+        ``reopen``: only a FAILED delivery, moved to ``state`` (a replayed dead letter).
+        """
         def tx(conn: Connection, pending: _Pending) -> bool:
             where = (deliveries.c.message_id == message_id, deliveries.c.recipient == recipient)
             key = {"m": message_id, "r": recipient}
             # SQLite: BEGIN IMMEDIATE already excludes other writers.
             query = _DELIVERY_STATE_FOR_UPDATE if self.is_postgres else _DELIVERY_STATE
             current = conn.execute(query, key).scalar_one_or_none()
-            if current is None or only_if_open and current in _CLOSED:
+            if current is None or only_if_open and current in _CLOSED \
+                    or reopen and current != DeliveryState.FAILED.value:
                 raise _Rollback(False)
             values: dict[str, Any] = {}
-            moved = state is not None and DeliveryState(current) in _ENTER_FROM[state]
+            moved = state is not None and (reopen or DeliveryState(current) in _ENTER_FROM[state])
             if moved:
                 assert state is not None
                 values.update(state=state.value, updated_at=at)
                 if state is DeliveryState.FAILED:
                     values["reason"] = detail
+                elif reopen:
+                    values["reason"] = ""
             if status_code is not None:
                 # Statuses may arrive out of order (each travels on its own): the current one is
                 # the latest by the time the recipient set it, not the last to arrive.
