@@ -491,11 +491,11 @@ class ExchangeService:
         age = abs((self.clock() - h.created_at).total_seconds())
         # A replay of a delivery that failed here is no captured-and-resent envelope: our own
         # record of it is older than any window, so the window does not apply to it.
-        if age > self.limits.created_window_seconds and not (
+        if age > self.limits.replay_window_seconds and not (
                 replay is not None and await self.store.incoming_state(h.message_id, recipient) is InboxState.FAILED):
             await self._ndr_if_possible(recipient, env, signed.digest, "envelope-stale",
                                         f"created {h.created_at.isoformat()}, outside the recipient's replay window "
-                                        f"of {self.limits.created_window_seconds} s")
+                                        f"of {self.limits.replay_window_seconds} s")
             return ReceiveResult(Received.PERMANENT, "envelope-stale", "created time outside the replay window",
                                  **base)
 

@@ -182,7 +182,23 @@ async def test_a_replay_of_a_failed_delivery_older_than_the_replay_window_is_sti
     adapter.options = {**adapter.options, "refuse": True}
     await service.receive(B, xml, parts)
     adapter.options = {**adapter.options, "refuse": False}
-    later = service.clock() + timedelta(seconds=service.limits.created_window_seconds + 60)
+    later = service.clock() + timedelta(seconds=service.limits.replay_window_seconds + 60)
     service.clock = lambda: later
     assert (await service.receive(B, xml, parts, replay=Replay(1, "late fix"))).outcome is Received.DELIVERED
     assert len(read_records(tmp_path / f"{B}.jsonl")) == 1
+
+
+async def test_an_envelope_outside_the_configured_replay_window_is_refused_with_a_receipt(
+        service: ExchangeService, tmp_path: Path) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    mid, xml, parts = await send(service)
+    service.limits = replace(service.limits, replay_window_seconds=3600)
+    later = service.clock() + timedelta(hours=2)
+    service.clock = lambda: later
+    result = await service.receive(B, xml, parts)
+    assert (result.outcome, result.reason_code) == (Received.PERMANENT, "envelope-stale")
+    (receipt,) = await deliver_receipts(service)
+    assert receipt.reason_code == "envelope-stale" and "3600 s" in receipt.reason
+    assert read_records(tmp_path / f"{B}.jsonl") == []
