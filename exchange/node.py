@@ -108,6 +108,8 @@ class Node:
         once (:class:`~exchange.errors.PortInUseError`). A start that fails or is cancelled part
         way stops what it started: nothing is left running to keep the process alive.
         """
+        if self.serve_http:
+            self._check_http_port()  # before the seconds build_service takes (the XSD, keys, store)
         try:
             self.service = service = await build_service(self.config, metrics=self.metrics)
             if self.serve_http:
@@ -128,6 +130,35 @@ class Node:
             raise
         log.info("node.started", node=self.config.name, agencies=[a.code for a in self.config.agencies],
                  http=self.http_url)
+
+    def _check_http_port(self) -> None:
+        """Fail at once if the gateway's port is taken (the real bind in _start_http checks again)."""
+        import socket
+
+        http = self.config.http
+        if not http.port:
+            return  # any free port
+        try:
+            addresses = socket.getaddrinfo(http.host, http.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError:
+            return  # an unresolvable host: the real bind says so
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    raise self._bind_error(exc) from None
+
+    def _bind_error(self, exc: OSError) -> ConfigError:
+        http = self.config.http
+        hint = "choose another with --port N, [http] port in the node's TOML, or EXCHANGE__HTTP__PORT (0: any free port)"
+        if exc.errno == errno.EADDRINUSE:
+            return PortInUseError(
+                f"HTTP port {http.port} on {http.host} is already in use (another node or program holds it); "
+                f"stop it or {hint}")
+        return ConfigError(f"cannot listen on {http.host}:{http.port} ({exc.strerror or exc}); "
+                           f"check [http] host, or {hint}")
 
     async def _start_http(self) -> None:
         from aiohttp import web
@@ -150,14 +181,7 @@ class Node:
         try:
             await site.start()
         except OSError as exc:
-            hint = ("choose another with --port N, [http] port in the node's TOML, or EXCHANGE__HTTP__PORT "
-                    "(0: any free port)")
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(
-                    f"HTTP port {http.port} on {http.host} is already in use (another node or program holds it); "
-                    f"stop it or {hint}") from None
-            raise ConfigError(f"cannot listen on {http.host}:{http.port} ({exc.strerror or exc}); "
-                              f"check [http] host, or {hint}") from None
+            raise self._bind_error(exc) from None
         port = site._server.sockets[0].getsockname()[1] if site._server else http.port  # type: ignore[union-attr]
         self.http_url = f"{'https' if ctx else 'http'}://{http.host}:{port}"
 
