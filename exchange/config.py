@@ -59,8 +59,14 @@ class LimitsConfig:
     max_xml_bytes: int = 1024 * 1024
     max_attachment_bytes: int = 32 * 1024 * 1024
     max_message_bytes: int = 64 * 1024 * 1024
-    #: Envelopes created longer ago (or further in the future) than this are refused.
-    created_window_seconds: int = 7 * 24 * 3600
+    #: The replay window: a received envelope whose signed CreatedAt lies further than this in
+    #: the past or the future is refused (``envelope-stale``). See docs/ARCHITECTURE.md.
+    replay_window_seconds: int = 7 * 24 * 3600
+
+    @property
+    def created_window_seconds(self) -> int:
+        """The replay window under its former name."""
+        return self.replay_window_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,4 +213,22 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError(f"{path}: [pki] ca_files is empty: the node needs a trust store to verify envelopes")
     if cfg.amqp.max_attempts < 1 or not cfg.amqp.retry_delays:
         raise ConfigError(f"{path}: [amqp] max_attempts must be >= 1 and retry_delays non-empty")
+    _check_replay_window(path, cfg)
     return cfg
+
+
+def retry_span_seconds(amqp: AmqpConfig) -> int:
+    """Seconds from a message's first handover attempt to its last, by the retry schedule."""
+    delays = amqp.retry_delays
+    return sum(delays[min(attempt, len(delays)) - 1] for attempt in range(1, amqp.max_attempts))
+
+
+def _check_replay_window(path: Path, cfg: NodeConfig) -> None:
+    # Each attempt checks the window again: one shorter than the retry schedule would refuse the
+    # last retries of a message as stale.
+    window, span = cfg.limits.replay_window_seconds, retry_span_seconds(cfg.amqp)
+    if window <= span:
+        raise ConfigError(
+            f"{path}: [limits] replay_window_seconds = {window} must be longer than the node's retry schedule "
+            f"({span} s by [amqp] retry_delays and max_attempts), or the last retries are refused as stale; "
+            "the default is 604800 (7 days)")

@@ -80,6 +80,12 @@ class ConfigError(ExchangeError):
     code = "config-invalid"
 
 
+class PortInUseError(ConfigError):
+    """The gateway's HTTP port is taken by another process."""
+
+    code = "port-in-use"
+
+
 # --- XML and envelope --------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 import time
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
-from exchange.errors import ConfigError
+from exchange.errors import ConfigError, PortInUseError
 from exchange.transport.consumer import Consumer
 from exchange.routing.directory import Directory
 from exchange.routing.lanes import Lane
@@ -95,27 +96,69 @@ class Node:
         self._stopping = False
         self._depth_since: dict[tuple[str, Lane], float] = {}
         self._ages: dict[tuple[str, Lane], float] = {}
+        #: Seconds a stop waits for in-flight handovers before dropping them (unacked: redelivered).
+        self.stop_grace = 5.0
 
     # -- assembly --------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, load keys, start adapters and the gateway; connect to RabbitMQ in the background."""
-        self.service = service = await build_service(self.config, metrics=self.metrics)
-        for agency in self.config.agencies:
-            cls = adapter_class(agency.adapter)
-            adapter = cls(agency.code, agency.options, service.handle(agency.code))
-            await adapter.start()
-            service.adapters[agency.code] = adapter
-        self.relay = OutboxRelay(service.store, service.outbox_event, confirm_timeout=self.config.amqp.confirm_timeout,
-                                 metrics=self.metrics)
-        self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
-        if self.metrics is not None:
-            self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
+        """Open the store, load keys, bind the gateway, start adapters; connect to RabbitMQ in the background.
+
+        The HTTP port is bound before anything else starts, so a taken port fails the start at
+        once (:class:`~exchange.errors.PortInUseError`). A start that fails or is cancelled part
+        way stops what it started: nothing is left running to keep the process alive.
+        """
         if self.serve_http:
-            await self._start_http()
+            self._check_http_port()  # before the seconds build_service takes (the XSD, keys, store)
+        try:
+            self.service = service = await build_service(self.config, metrics=self.metrics)
+            if self.serve_http:
+                await self._start_http()
+            for agency in self.config.agencies:
+                cls = adapter_class(agency.adapter)
+                adapter = cls(agency.code, agency.options, service.handle(agency.code))
+                await adapter.start()
+                service.adapters[agency.code] = adapter
+            self.relay = OutboxRelay(service.store, service.outbox_event,
+                                     confirm_timeout=self.config.amqp.confirm_timeout, metrics=self.metrics)
+            self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+            if self.metrics is not None:
+                self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
+        except BaseException:
+            await self.stop(step_timeout=5.0)
+            raise
         log.info("node.started", node=self.config.name, agencies=[a.code for a in self.config.agencies],
                  http=self.http_url)
+
+    def _check_http_port(self) -> None:
+        """Fail at once if the gateway's port is taken (the real bind in _start_http checks again)."""
+        import socket
+
+        http = self.config.http
+        if not http.port:
+            return  # any free port
+        try:
+            addresses = socket.getaddrinfo(http.host, http.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError:
+            return  # an unresolvable host: the real bind says so
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    raise self._bind_error(exc) from None
+
+    def _bind_error(self, exc: OSError) -> ConfigError:
+        http = self.config.http
+        hint = "choose another with --port N, [http] port in the node's TOML, or EXCHANGE__HTTP__PORT (0: any free port)"
+        if exc.errno == errno.EADDRINUSE:
+            return PortInUseError(
+                f"HTTP port {http.port} on {http.host} is already in use (another node or program holds it); "
+                f"stop it or {hint}")
+        return ConfigError(f"cannot listen on {http.host}:{http.port} ({exc.strerror or exc}); "
+                           f"check [http] host, or {hint}")
 
     async def _start_http(self) -> None:
         from aiohttp import web
@@ -136,7 +179,10 @@ class Node:
                 ctx.load_verify_locations(http.tls_client_ca)
                 ctx.verify_mode = ssl.CERT_OPTIONAL
         site = web.TCPSite(self._runner, http.host, http.port, ssl_context=ctx)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise self._bind_error(exc) from None
         port = site._server.sockets[0].getsockname()[1] if site._server else http.port  # type: ignore[union-attr]
         self.http_url = f"{'https' if ctx else 'http'}://{http.host}:{port}"
 
@@ -178,11 +224,26 @@ class Node:
                 backoff = min(backoff * 2, 30.0)
 
     async def _connect(self) -> AbstractRobustConnection:
+        """``aio_pika.connect_robust``, but holding the connection while it connects.
+
+        The robust connection connects in a task of its own that survives (and swallows) the
+        cancellation of whoever awaits it. Cancelled mid-connect (a stop while the broker
+        accepts TCP but never answers AMQP), that task would keep reconnecting forever and
+        keep the process from exiting; closing the connection is what ends it.
+        """
+        from aio_pika.connection import make_url
+
         cfg = self.config
-        connection = await aio_pika.connect_robust(
-            cfg.amqp.url, ssl_context=amqp_ssl_context(cfg), timeout=10,
-            client_properties={"connection_name": f"exchange {cfg.name}"},
+        connection = aio_pika.RobustConnection(
+            make_url(cfg.amqp.url, client_properties={"connection_name": f"exchange {cfg.name}"}),
+            ssl_context=amqp_ssl_context(cfg),
         )
+        try:
+            await connection.connect(timeout=10)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5.0)
+            raise
         connection.close_callbacks.add(lambda *_: self._on_broker_lost())
         connection.reconnect_callbacks.add(lambda *_: self._on_broker_back())
         return connection
@@ -336,7 +397,8 @@ class Node:
                 log.info("node.stop_step_failed", node=self.config.name, step=step, error=type(exc).__name__)
 
         if self.consumer is not None:
-            await self.consumer.stop()  # bounded itself, and always cancels its workers
+            # bounded itself, and always cancels its workers
+            await self.consumer.stop(grace=min(self.stop_grace, step_timeout))
         for task in self._tasks:
             task.cancel()
         await bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True))

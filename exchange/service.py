@@ -1,8 +1,10 @@
 """The bus's use cases, independent of transport: submit, receive, inbox, status, track.
 
 The HTTP gateway, the adapters and the CLI call :class:`ExchangeService`; the
-AMQP side (``exchange.routing``) only moves the frames it produces and feeds it
-the frames it receives. Sending never touches the broker: an envelope is signed
+AMQP side (``exchange.transport``) publishes the outbox it fills, unpacks each
+frame it receives and settles the message by the answer
+:meth:`ExchangeService.receive` gives (:class:`Received`: delivered, duplicate,
+transient or permanent). Sending never touches the broker: an envelope is signed
 and written to the outbox in one transaction, and the outbox relay publishes it
 with confirms, so a broker outage delays a document but never loses it.
 """
@@ -82,22 +84,70 @@ INLINE_VERIFY_BYTES = 1024 * 1024
 EOFFICE_REFUSED = "eoffice-refused"
 
 
-class Decision(str, enum.Enum):
-    """What the consumer must do with a received AMQP message."""
+#: The reason code of a non-delivery receipt for a message the recipient's node failed to process
+#: (a bug, not a refusal). The receipt carries only this code and RECEIVE_ERROR_TEXT: the exception
+#: itself is the recipient's business and stays in its log and dead letter.
+RECEIVE_ERROR = "receive-error"
+RECEIVE_ERROR_TEXT = "the recipient's node could not process the message; its operator has the details"
+#: The reason code of a delivered receipt that answers an operator's replay of a dead letter.
+REPLAYED = "replayed"
+#: How a failed receipt that answers a replay starts its reason: ``after replay (<why>): <reason>``.
+AFTER_REPLAY = "after replay ("
 
-    ACK = "ack"
-    RETRY = "retry"
-    DEAD = "dead"
+_INFRA_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+try:  # the store's driver errors are infrastructure trouble, not poison
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    _INFRA_ERRORS += (OperationalError, DBAPIError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for failures of what the node runs on (store, network): worth holding and retrying.
+
+    Anything else that escapes the receive path is a bug or an input the code does not
+    handle, and retrying it only repeats it.
+    """
+    return isinstance(exc, _INFRA_ERRORS) or (isinstance(exc, ExchangeError) and exc.transient)
+
+
+class Received(str, enum.Enum):
+    """What became of one received envelope: the service's answer, which the transport settles."""
+
+    DELIVERED = "delivered"  # handed over to the E-Office (a receipt: recorded)
+    DUPLICATE = "duplicate"  # seen before: nothing handed over again (a delivered one's receipt is re-sent)
+    TRANSIENT = "transient"  # not delivered yet, worth another attempt later
+    PERMANENT = "permanent"  # never to be delivered; the sender got a non-delivery receipt where possible
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """An operator's request to deliver a dead letter again (``exchange dlq replay``)."""
+
+    count: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiveResult:
-    decision: Decision
+    """The answer of :meth:`ExchangeService.receive`: the outcome and, if not delivered, why."""
+
+    outcome: Received
     reason_code: str = ""
     reason: str = ""
     message_id: str = ""
     sender: str = ""
     kind: str = ""
+
+
+def replay_of(receipt: ReceiptInfo) -> str | None:
+    """The operator's reason if ``receipt`` answers a replayed dead letter, else None."""
+    if receipt.outcome is ReceiptOutcome.DELIVERED and receipt.reason_code == REPLAYED:
+        return receipt.reason
+    if receipt.outcome is ReceiptOutcome.FAILED and receipt.reason.startswith(AFTER_REPLAY):
+        return receipt.reason[len(AFTER_REPLAY):].partition("): ")[0]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,65 +471,102 @@ class ExchangeService:
 
     # -- receiving ------------------------------------------------------------------
 
-    async def receive(self, recipient: str, body: bytes, *, attempt: int = 1) -> ReceiveResult:
-        """Verify, deduplicate, persist and hand over one frame for hosted agency ``recipient``."""
-        from exchange.signing.verify import Verifier  # noqa: F401  (type of self.verifier)
+    async def receive(self, recipient: str, xml: bytes, attachments: Mapping[str, bytes], *, attempt: int = 1,
+                      replay: Replay | None = None) -> ReceiveResult:
+        """Verify, deduplicate, persist and hand over one envelope for hosted agency ``recipient``.
 
-        if recipient not in self.hosted:
-            return ReceiveResult(Decision.DEAD, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+        ``xml`` and ``attachments`` are what the transport unpacked from its frame; ``attempt``
+        counts handovers from 1; ``replay`` is set when an operator replays a dead letter: a
+        message whose delivery here had failed is then handed over again (a duplicate of a
+        delivered one still is not). Store and network failures raise (see
+        :func:`is_infrastructure_error`): the transport holds the message and tries again.
+        Anything else unexpected is answered once, with a non-delivery receipt, never retried.
+        """
         try:
-            xml, parts = frame.decode(body, max_bytes=self.limits.max_message_bytes + self.limits.max_xml_bytes)
-            if len(body) <= INLINE_VERIFY_BYTES:
-                verified = self.verifier.verify(xml, parts)
+            return await self._receive(recipient, xml, attachments, attempt, replay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            return await self._refuse_after_error(recipient, xml, exc)
+
+    async def _receive(self, recipient: str, xml: bytes, attachments: Mapping[str, bytes], attempt: int,
+                       replay: Replay | None) -> ReceiveResult:
+        if recipient not in self.hosted:
+            return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+        try:
+            if len(xml) + sum(len(d) for d in attachments.values()) <= INLINE_VERIFY_BYTES:
+                verified = self.verifier.verify(xml, attachments)
             else:
-                verified = await asyncio.to_thread(self.verifier.verify, xml, parts)
+                verified = await asyncio.to_thread(self.verifier.verify, xml, attachments)
         except (SignatureError, EnvelopeError) as exc:
-            return await self._refuse_unverified(recipient, body, exc)
+            return await self._refuse_unverified(recipient, xml, exc)
         signed: SignedEnvelope = verified.signed
         env = signed.envelope
         h = env.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
         if recipient not in {r.code for r in h.recipients}:
-            return ReceiveResult(Decision.DEAD, "recipient-mismatch",
+            return ReceiveResult(Received.PERMANENT, "recipient-mismatch",
                                  f"routed to {recipient} but addressed to others", **base)
         age = abs((self.clock() - h.created_at).total_seconds())
-        if age > self.limits.created_window_seconds:
+        # A replay of a delivery that failed here is no captured-and-resent envelope: our own
+        # record of it is older than any window, so the window does not apply to it.
+        if age > self.limits.replay_window_seconds and not (
+                replay is not None and await self.store.incoming_state(h.message_id, recipient) is InboxState.FAILED):
             await self._ndr_if_possible(recipient, env, signed.digest, "envelope-stale",
-                                        f"created {h.created_at.isoformat()}, outside the replay window")
-            return ReceiveResult(Decision.DEAD, "envelope-stale", "created time outside the replay window", **base)
+                                        f"created {h.created_at.isoformat()}, outside the recipient's replay window "
+                                        f"of {self.limits.replay_window_seconds} s")
+            return ReceiveResult(Received.PERMANENT, "envelope-stale", "created time outside the replay window",
+                                 **base)
 
         record = record_of(signed, Direction.IN)
         is_new = await self.store.accept_incoming(record, recipient, attachments=content_addressed(signed))
         if not is_new:
-            self._metric("duplicates_suppressed", recipient)
             state = await self.store.incoming_state(h.message_id, recipient)
+            if state is InboxState.FAILED and replay is not None:
+                if await self.store.reopen_incoming(h.message_id, recipient,
+                                                    reason=f"replay {replay.count}: {replay.reason}"):
+                    log.info("replay.reopened", **base, recipient=recipient, replay=replay.count,
+                             reason=replay.reason)
+                    return await self._after_dedupe(recipient, signed, attempt, base, replay)
+                state = None  # another copy of the replay reopened it first and is handing it over
+            self._metric("duplicates_suppressed", recipient)
             if state in (InboxState.HANDED_OVER, InboxState.ACKED):
                 if h.kind is not Kind.RECEIPT:
                     await self._send_receipt(self._receipt(recipient, env, h.sender.code, h.message_id,
                                                            ReceiptOutcome.DELIVERED, digest=signed.digest))
-                log.info("duplicate.suppressed", **base, recipient=recipient, state=state.value)
-                return ReceiveResult(Decision.ACK, "duplicate", **base)
+                log.info("duplicate.suppressed", **base, recipient=recipient, state=state.value,
+                         replay=replay.count if replay else 0)
+                return ReceiveResult(Received.DUPLICATE, "duplicate", **base)
             if state is InboxState.FAILED:
-                return ReceiveResult(Decision.ACK, "duplicate-of-failed", **base)
+                return ReceiveResult(Received.DUPLICATE, "duplicate-of-failed", **base)
+            if state is None:
+                return ReceiveResult(Received.DUPLICATE, "replay-in-progress", **base)
             # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
+        return await self._after_dedupe(recipient, signed, attempt, base, replay)
 
+    async def _after_dedupe(self, recipient: str, signed: SignedEnvelope, attempt: int, base: dict[str, str],
+                            replay: Replay | None) -> ReceiveResult:
+        env = signed.envelope
+        h = env.header
         if h.kind is Kind.RECEIPT:
             await self._on_receipt(env, recipient)
             adapter = self.adapters.get(recipient)
             if adapter is not None and adapter.wants_receipts:
                 # The E-Office gets the signed receipt as well (proof of delivery to keep);
                 # the timeline already has it, so a retry only repeats the handover.
-                return await self._hand_over(recipient, signed, attempt, base)
+                return await self._hand_over(recipient, signed, attempt, base, replay)
             await self.store.complete_incoming(h.message_id, recipient, InboxState.ACKED)
-            return ReceiveResult(Decision.ACK, **base)
+            return ReceiveResult(Received.DELIVERED, **base)
         if h.kind is Kind.STATUS and h.status is not None:
             await self.store.record_event(h.status.response_for, h.sender.code, f"status:{h.status.code.value}",
                                           at=h.created_at, status_code=h.status.code.value,
                                           detail=h.status.description[:500])
-        return await self._hand_over(recipient, signed, attempt, base)
+        return await self._hand_over(recipient, signed, attempt, base, replay)
 
     async def _hand_over(self, recipient: str, signed: SignedEnvelope, attempt: int,
-                         base: dict[str, str]) -> ReceiveResult:
+                         base: dict[str, str], replay: Replay | None = None) -> ReceiveResult:
         env = signed.envelope
         h = env.header
         adapter = self.adapters.get(recipient)
@@ -489,30 +576,35 @@ class ExchangeService:
             try:
                 result = await adapter.deliver(Incoming(recipient, env, signed.xml, signed.attachment_data, attempt))
             except Exception as exc:  # an adapter bug or outage is transient: the bus retries
-                log.warning("adapter.error", **base, recipient=recipient, error=type(exc).__name__)
-                result = DeliveryResult.transient(f"{type(exc).__name__}: {exc}", "adapter-error")
+                # The exception's text is this node's business: the sender's receipt gets a fixed text.
+                log.warning("adapter.error", **base, recipient=recipient, error=type(exc).__name__,
+                            detail=str(exc)[:300])
+                result = DeliveryResult.transient(f"the {recipient} adapter failed ({type(exc).__name__})",
+                                                  "adapter-error")
         answer = h.kind is not Kind.RECEIPT  # a receipt is never answered with a receipt
         if result.outcome is Outcome.DELIVERED:
             await self.store.complete_incoming(
                 h.message_id, recipient, InboxState.HANDED_OVER,
                 receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.DELIVERED,
-                                      digest=signed.digest) if answer else None)
+                                      digest=signed.digest, reason_code=REPLAYED if replay else "",
+                                      reason=replay.reason if replay else "") if answer else None)
             self.outbox_event.set()
-            log.info("delivered", **base, recipient=recipient, attempt=attempt)
-            return ReceiveResult(Decision.ACK, **base)
+            log.info("delivered", **base, recipient=recipient, attempt=attempt, replay=replay.count if replay else 0)
+            return ReceiveResult(Received.DELIVERED, **base)
         if result.outcome is Outcome.TRANSIENT and attempt < self.max_attempts:
             log.info("delivery.retry", **base, recipient=recipient, attempt=attempt, reason=result.reason_code)
-            return ReceiveResult(Decision.RETRY, result.reason_code, result.reason, **base)
+            return ReceiveResult(Received.TRANSIENT, result.reason_code, result.reason, **base)
         code = result.reason_code if result.outcome is Outcome.PERMANENT else "retries-exhausted"
         reason = result.reason if result.outcome is Outcome.PERMANENT else (
             f"gave up after {attempt} attempts: {result.reason}")
+        told = f"{AFTER_REPLAY}{replay.reason}): {reason}" if replay else reason
         await self.store.complete_incoming(
             h.message_id, recipient, InboxState.FAILED, reason=reason,
             receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.FAILED,
-                                  digest=signed.digest, reason_code=code, reason=reason) if answer else None)
+                                  digest=signed.digest, reason_code=code, reason=told) if answer else None)
         self.outbox_event.set()
         log.warning("delivery.failed", **base, recipient=recipient, reason_code=code)
-        return ReceiveResult(Decision.DEAD, code, reason, **base)
+        return ReceiveResult(Received.PERMANENT, code, reason, **base)
 
     async def _on_receipt(self, env: Envelope, recipient: str) -> None:
         receipt = env.header.receipt
@@ -520,6 +612,12 @@ class ExchangeService:
         sender = env.header.sender.code  # the agency that received the original
         delivered = receipt.outcome is ReceiptOutcome.DELIVERED
         detail = f"digest {receipt.envelope_digest}" if delivered else f"{receipt.reason_code}: {receipt.reason}"
+        replayed = replay_of(receipt)
+        if replayed is not None:
+            # An operator replayed the dead letter at the recipient: the failed delivery runs again.
+            # replay: only a delivery that is failed moves (a repeated receipt finds it closed otherwise).
+            await self.store.record_event(receipt.response_for, sender, "replayed", at=env.header.created_at,
+                                          state=DeliveryState.QUEUED, detail=replayed[:1000], replay=True)
         # only_if_open: a receipt re-sent for a duplicate finds the delivery closed and adds nothing.
         known = await self.store.record_event(
             receipt.response_for, sender, receipt.outcome.value, at=env.header.created_at,
@@ -540,21 +638,64 @@ class ExchangeService:
         log.info("receipt.received", message_id=receipt.response_for, sender=recipient, recipient=sender,
                  outcome=receipt.outcome.value)
 
-    async def _refuse_unverified(self, recipient: str, body: bytes, exc: ExchangeError) -> ReceiveResult:
-        """A frame that fails verification is never delivered; tell the claimed sender if we can."""
+    async def _refuse_unverified(self, recipient: str, xml: bytes, exc: ExchangeError) -> ReceiveResult:
+        """An envelope that fails verification is never delivered; tell the claimed sender if we can."""
         self._metric("rejections", rejection_stage(exc), exc.code)
         try:
             from exchange.envelope.parse import parse_envelope
 
-            xml, _ = frame.decode(body, max_bytes=self.limits.max_message_bytes + self.limits.max_xml_bytes)
             _, claimed = parse_envelope(xml)
         except ExchangeError:
-            return ReceiveResult(Decision.DEAD, exc.code, exc.message)
+            return ReceiveResult(Received.PERMANENT, exc.code, exc.message)
         h = claimed.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
         log.warning("envelope.refused", **base, recipient=recipient, reason_code=exc.code)
         await self._ndr_if_possible(recipient, claimed, hashlib.sha256(xml).hexdigest(), exc.code, exc.message)
-        return ReceiveResult(Decision.DEAD, exc.code, exc.message, **base)
+        return ReceiveResult(Received.PERMANENT, exc.code, exc.message, **base)
+
+    async def _refuse_after_error(self, recipient: str, xml: bytes, exc: Exception) -> ReceiveResult:
+        """The receive path failed unexpectedly: answer once, permanently, instead of looping.
+
+        Logged here, once, with the traceback. The sender gets a signed non-delivery receipt
+        with a fixed text; the exception (the recipient's business) goes to the dead letter.
+        """
+        log.exception("receive.unexpected_error", recipient=recipient, error=type(exc).__name__)
+        detail = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            from exchange.envelope.parse import parse_envelope
+
+            _, claimed = parse_envelope(xml)
+        except Exception as again:
+            return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR,
+                                 f"{detail}; no non-delivery receipt: the envelope cannot be read "
+                                 f"({type(again).__name__})")
+        h = claimed.header
+        base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
+        try:
+            state = await self.store.incoming_state(h.message_id, recipient)
+            if state in (InboxState.HANDED_OVER, InboxState.ACKED):
+                # It reached the E-Office (and its receipt is enqueued) before the failure.
+                return ReceiveResult(Received.DELIVERED, RECEIVE_ERROR, detail, **base)
+            answer = h.kind is not Kind.RECEIPT and h.sender.code in self.directory and state is not InboxState.FAILED
+            receipt = self._receipt(recipient, claimed, h.sender.code, h.message_id, ReceiptOutcome.FAILED,
+                                    digest=hashlib.sha256(xml).hexdigest(), reason_code=RECEIVE_ERROR,
+                                    reason=RECEIVE_ERROR_TEXT) if answer else None
+            if state is InboxState.RECEIVED:
+                await self.store.complete_incoming(h.message_id, recipient, InboxState.FAILED, reason=detail,
+                                                   receipt=receipt)
+            elif receipt is not None:
+                await self.store.accept_outgoing(receipt[0], [receipt[1]], track=False)
+            self.outbox_event.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            if is_infrastructure_error(again):
+                raise  # the store is away: hold the message, answer it when the store is back
+            log.error("receive.ndr_failed", **base, recipient=recipient, error=type(again).__name__,
+                      detail=str(again)[:300])
+            return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR,
+                                 f"{detail}; the non-delivery receipt failed too ({type(again).__name__})", **base)
+        return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, detail, **base)
 
     async def _ndr_if_possible(self, recipient: str, env: Envelope, digest: str, code: str, reason: str) -> None:
         h = env.header

@@ -30,8 +30,12 @@ Body: :func:`exchange.adapters.jsonform.message_json` (``message_id``, ``kind``,
 the evidence an E-Office can keep and verify (``exchange verify``).
 
 Answer: 2xx → delivered; 408, 429, 5xx, a timeout or a connection error →
-transient (the bus retries with backoff); any other status → permanent, with
-the status and the start of the response body as the reason the sender gets.
+transient (the bus retries with backoff); any other status → permanent. The
+sender's signed receipt gets a code (``eoffice-refused``, ``eoffice-unavailable``)
+and a fixed text with the HTTP status only: the E-Office's answer is the recipient
+agency's business, so its start (up to ``ANSWER_LOG_CHARS`` characters) is logged
+on the recipient's node (``webhook.refused`` / ``webhook.retry``, key ``answer``)
+and never leaves it.
 
 E-Office implementers check requests with :func:`verify_webhook`.
 """
@@ -64,6 +68,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TOLERANCE = 300
+#: How much of an E-Office's error answer is read, and logged (locally only).
+ANSWER_LOG_CHARS = 200
 
 
 def _key(secret: str | bytes) -> bytes:
@@ -191,7 +197,8 @@ class WebhookAdapter(Adapter):
         try:
             async with self._session.post(self._url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
-                text = "" if 200 <= status < 300 else (await resp.content.read(300)).decode("utf-8", "replace")
+                text = "" if 200 <= status < 300 else (await resp.content.read(4 * ANSWER_LOG_CHARS)).decode(
+                    "utf-8", "replace")
         except asyncio.TimeoutError:
             log.info("webhook.timeout", **base)
             return DeliveryResult.transient("the E-Office did not answer in time", "eoffice-timeout")
@@ -201,9 +208,10 @@ class WebhookAdapter(Adapter):
                                             "eoffice-unreachable")
         if 200 <= status < 300:
             return DeliveryResult.delivered()
-        reason = f"HTTP {status}" + (f": {' '.join(text.split())[:200]}" if text.strip() else "")
+        # The answer's text stays here, in this node's log; the sender's receipt gets the status only.
+        answer = " ".join(text.split())[:ANSWER_LOG_CHARS]
         if status >= 500 or status in TRANSIENT_STATUSES:
-            log.info("webhook.retry", **base, status=status)
-            return DeliveryResult.transient(f"the E-Office answered {reason}", "eoffice-unavailable")
-        log.warning("webhook.refused", **base, status=status)
-        return DeliveryResult.permanent(f"the E-Office refused the message: {reason}", "eoffice-refused")
+            log.info("webhook.retry", **base, status=status, answer=answer)
+            return DeliveryResult.transient(f"the E-Office is unavailable (HTTP {status})", "eoffice-unavailable")
+        log.warning("webhook.refused", **base, status=status, answer=answer)
+        return DeliveryResult.permanent(f"the E-Office refused the message (HTTP {status})", "eoffice-refused")

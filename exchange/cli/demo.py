@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,8 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from exchange.observability.logging import configure_logging
 
+    from exchange.cli.serve import run_until_signalled
+
     configure_logging("WARNING")  # the demo narrates; the node's JSON logs only show trouble
-    return asyncio.run(demo(args))
+    return run_until_signalled(lambda: demo(args), what="exchange demo")
 
 
 def say(text: str) -> None:
@@ -137,7 +138,11 @@ async def demo(args: argparse.Namespace) -> int:
     (root / "tokens.txt").chmod(0o600)
 
     node = Node(load_config(config_path), metrics=Metrics())
-    await node.start()
+    try:
+        await node.start()  # a taken --port fails here, in one line (port-in-use)
+    except BaseException:
+        await eoffice.stop()
+        raise
     try:
         say(f"node 'demo' started; gateway {node.http_url}; connecting to RabbitMQ at {args.amqp_url.split('@')[-1]} …")
         try:
@@ -203,12 +208,8 @@ async def demo(args: argparse.Namespace) -> int:
         if args.once:
             return 0
         say("the node keeps running; stop with Ctrl-C")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT cancel it (run_until_signalled)
         return 0
     finally:
-        await node.stop()
+        await node.stop(step_timeout=5.0)
         await eoffice.stop()

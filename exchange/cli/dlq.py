@@ -3,8 +3,11 @@
 Listing takes messages off the dead-letter queue without acknowledging them and
 puts them back afterwards, so it changes nothing. Replaying republishes the
 chosen messages to their agency queue with publisher confirms and only then
-removes them from the dead-letter queue; the reason is recorded on the
-message and logged.
+removes them from the dead-letter queue; the reason travels with the message
+(``x-replays``, ``x-replay-reason``) and is logged. The recipient's node hands a
+replayed message over again only if its delivery there had failed; a replay of
+one that was delivered stays a duplicate. The sender's timeline shows
+``replayed`` (with the reason) and then the new outcome.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ import json
 import aio_pika
 
 from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.errors import BrokerUnavailableError, NotFoundError
+from exchange.transport.consumer import REPLAY_REASON_HEADER, REPLAYS_HEADER
 from exchange.transport.relay import publish_confirmed
 from exchange.transport.topology import Names
+
+#: Seconds to wait for RabbitMQ to accept the connection (TCP and the AMQP handshake).
+CONNECT_TIMEOUT = 10.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,14 +63,40 @@ def describe(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]
         "dead_at": str(h.get("x-exchange-dead-at", "")),
         "attempts": int(h.get("x-attempt", 1) or 1),
         "routing_key": str(routing or ""),
-        "replays": int(h.get("x-replays", 0) or 0),
+        "replays": int(h.get(REPLAYS_HEADER, 0) or 0),
     }
 
 
+async def _connect(cfg) -> aio_pika.abc.AbstractConnection:
+    """A plain (not robust) connection: a command should fail in one line, not reconnect forever."""
+    from exchange.node import amqp_ssl_context
+
+    where = cfg.amqp.url.rpartition("@")[2]
+    try:
+        # The bound covers a broker that accepts TCP but never speaks AMQP, too.
+        return await asyncio.wait_for(
+            aio_pika.connect(cfg.amqp.url, ssl_context=amqp_ssl_context(cfg), timeout=CONNECT_TIMEOUT),
+            CONNECT_TIMEOUT + 1)
+    except Exception as exc:  # refused, unreachable, TLS, authentication, silence
+        raise BrokerUnavailableError(
+            f"cannot reach RabbitMQ at {where} ({type(exc).__name__}); check that it runs "
+            "(`rabbitmqctl status`) and that [amqp] url (or EXCHANGE__AMQP__URL) points at it") from None
+
+
 async def _drain(cfg, limit: int):
-    connection = await aio_pika.connect_robust(cfg.amqp.url, timeout=10)
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    queue = await channel.declare_queue(Names(cfg.amqp.prefix).dlq, durable=True, passive=True)
+    connection = await _connect(cfg)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        name = Names(cfg.amqp.prefix).dlq
+        try:
+            queue = await channel.declare_queue(name, durable=True, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            raise NotFoundError(
+                f"there is no dead-letter queue {name} on this broker; check [amqp] prefix (a node with "
+                "this prefix declares it when it starts)") from None
+    except BaseException:
+        await connection.close()
+        raise
     taken = []
     while len(taken) < limit:
         message = await queue.get(no_ack=False, fail=False, timeout=10)
@@ -118,8 +152,8 @@ def _replay(args: argparse.Namespace) -> int:
                            if not k.startswith("x-exchange-dead") and k not in ("x-death", "x-first-death-reason",
                                                                               "x-first-death-queue",
                                                                               "x-first-death-exchange")}
-                headers.update({"x-attempt": 1, "x-replays": info["replays"] + 1,
-                                "x-replay-reason": args.reason[:500]})
+                headers.update({"x-attempt": 1, REPLAYS_HEADER: info["replays"] + 1,
+                                REPLAY_REASON_HEADER: args.reason[:500]})
                 copy = aio_pika.Message(m.body, content_type=m.content_type, headers=headers,
                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                         message_id=f"{info['message_id']}/{info['recipient']}/replay{info['replays'] + 1}",
@@ -128,6 +162,7 @@ def _replay(args: argparse.Namespace) -> int:
                                         timeout=cfg.amqp.confirm_timeout)
                 await asyncio.wait_for(m.ack(), cfg.amqp.confirm_timeout)
                 replayed += 1
+                print(f"replayed {info['message_id']} to {info['recipient']} ({info['reason_code']})")
                 log.info("dlq.replayed", message_id=info["message_id"], recipient=info["recipient"],
                          reason=args.reason)
         finally:

@@ -232,6 +232,14 @@ class Store(ABC):
     ) -> None:
         """Move an incoming pair to HANDED_OVER or FAILED and enqueue its receipt atomically."""
 
+    @abstractmethod
+    async def reopen_incoming(self, message_id: str, recipient: str, *, reason: str) -> bool:
+        """Move a FAILED incoming pair back to RECEIVED: an operator replays its dead letter.
+
+        Returns False, writing nothing, unless the pair is FAILED (a replay of a delivered
+        message must never hand it over twice; of two replays at once, one wins).
+        """
+
     # -- sender-side tracking ------------------------------------------------
     @abstractmethod
     async def record_event(
@@ -246,15 +254,19 @@ class Store(ABC):
         detail: str = "",
         only_if_open: bool = False,
         reopen: bool = False,
+        replay: bool = False,
     ) -> bool:
         """Append to the timeline; update the delivery's state/status if given.
-
-        ``reopen`` lets a FAILED state replace DELIVERED (an E-Office's refusal after hand-over).
 
         Returns False if the delivery (message_id, recipient) is unknown, or, with
         ``only_if_open``, already DELIVERED or FAILED (then nothing is written: a receipt
         sent again is not a second event). A state never moves backwards (a late QUEUED
-        after DELIVERED is timeline-only).
+        after DELIVERED is timeline-only), with two exceptions:
+
+        * ``reopen`` (with ``state`` FAILED) lets FAILED replace DELIVERED: the recipient's
+          E-Office refused, after hand-over, what its channel took in (the hub protocol's ``fail``);
+        * ``replay`` writes only if the delivery is FAILED and moves it to ``state`` (a dead
+          letter the recipient's operator replayed runs again), clearing its failure reason.
         """
 
     @abstractmethod

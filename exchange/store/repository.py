@@ -69,6 +69,7 @@ from exchange.store.statements import (
     _MESSAGE_BY_ID,
     _MESSAGE_BY_ID_DIR,
     _PRESENT_ATTACHMENTS,
+    _REOPEN_INBOX,
     _SET_INBOX_SEQ,
     _VISIBLE,
     JOURNAL_LOCK_KEY,
@@ -566,6 +567,17 @@ class SqlStore(Store):
 
         await self._write(tx)
 
+    async def reopen_incoming(self, message_id: str, recipient: str, *, reason: str) -> bool:
+        def tx(conn: Connection, pending: _Pending) -> bool:
+            row = conn.execute(_REOPEN_INBOX, {"a": recipient, "m": message_id, "reason": reason[:500]}).first()
+            if row is None:
+                raise _Rollback(False)
+            pending.events.append(JournalEvent("reopen_incoming", message_id, recipient, {
+                "state": InboxState.RECEIVED.value, "reason": reason[:500]}))
+            return True
+
+        return await self._write(tx)
+
     # -- sender-side tracking -------------------------------------------------------------------
 
     async def record_event(
@@ -580,11 +592,13 @@ class SqlStore(Store):
         detail: str = "",
         only_if_open: bool = False,
         reopen: bool = False,
+        replay: bool = False,
     ) -> bool:
         """Timeline always; state only forward (SUBMITTED < QUEUED < DELIVERED, FAILED and DELIVERED terminal).
 
         ``reopen`` (with ``state`` FAILED) also moves a DELIVERED delivery to FAILED: the recipient's
-        E-Office refused, after hand-over, what its channel took in.
+        E-Office refused, after hand-over, what its channel took in. ``replay``: only a FAILED
+        delivery, moved to ``state`` (a replayed dead letter).
         """
         def tx(conn: Connection, pending: _Pending) -> bool:
             where = (deliveries.c.message_id == message_id, deliveries.c.recipient == recipient)
@@ -594,17 +608,20 @@ class SqlStore(Store):
             current = conn.execute(query, key).scalar_one_or_none()
             reopening = reopen and state is DeliveryState.FAILED
             closed = _CLOSED - {DeliveryState.DELIVERED.value} if reopening else _CLOSED
-            if current is None or only_if_open and current in closed:
+            if current is None or only_if_open and current in closed \
+                    or replay and current != DeliveryState.FAILED.value:
                 raise _Rollback(False)
             values: dict[str, Any] = {}
             allowed = _ENTER_FROM[state] | {DeliveryState.DELIVERED} if reopening else (
                 _ENTER_FROM[state] if state is not None else frozenset())
-            moved = state is not None and DeliveryState(current) in allowed
+            moved = state is not None and (replay or DeliveryState(current) in allowed)
             if moved:
                 assert state is not None
                 values.update(state=state.value, updated_at=at)
                 if state is DeliveryState.FAILED:
                     values["reason"] = detail
+                elif replay:
+                    values["reason"] = ""
             if status_code is not None:
                 # Statuses may arrive out of order (each travels on its own): the current one is
                 # the latest by the time the recipient set it, not the last to arrive.

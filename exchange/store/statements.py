@@ -94,6 +94,12 @@ _COMPLETE_INBOX = {
     .returning(inbox.c.message_id)
     for state in _INBOX_ENTER_FROM
 }
+_REOPEN_INBOX = (
+    update(inbox)
+    .where(inbox.c.agency == _P("a"), inbox.c.message_id == _P("m"), inbox.c.state == InboxState.FAILED.value)
+    .values(state=InboxState.RECEIVED.value, reason=_P("reason"))
+    .returning(inbox.c.message_id)
+)
 _DELIVERY_KEY = (deliveries.c.message_id == _P("m"), deliveries.c.recipient == _P("r"))
 _DELIVERY_STATE = select(deliveries.c.state).where(*_DELIVERY_KEY)
 _DELIVERY_STATE_FOR_UPDATE = _DELIVERY_STATE.with_for_update()

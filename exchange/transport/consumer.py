@@ -1,15 +1,21 @@
-"""Consuming: agency lane queues → the service's receive path → ack, retry or dead-letter.
+"""Consuming: agency lane queues → frame → the service's receive path → ack, retry or dead-letter.
 
 Messages from every lane of every hosted agency feed one in-process priority
 queue that a pool of workers serves lowest lane rank first, so an express
 document overtakes whatever backlog of normal ones the prefetch window holds.
 
+The transport unpacks the frame and reads its own headers (attempt, replay);
+the service answers what became of the envelope (:class:`~exchange.service.Received`)
+and this module alone maps that to AMQP: delivered or duplicate → ack,
+transient → a retry copy with backoff, permanent → a dead letter with the reason.
+
 Acks happen only after the store committed the outcome (PITFALLS.md: after a
 reconnect, acks from the old channel fail and the broker redelivers; the
 message-id dedupe in the store makes that harmless). A store outage holds the
 message and retries in place instead of requeueing it, so it never burns the
-queue's delivery limit; an unexpected exception requeues it, and the broker
-dead-letters a poison message once the delivery limit is reached.
+queue's delivery limit. Nothing else is ever requeued: an unexpected failure is
+answered once (the service sends a non-delivery receipt) and dead-lettered, so a
+poison message cannot loop to the broker's delivery limit.
 """
 
 from __future__ import annotations
@@ -24,25 +30,39 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
-from exchange.errors import ExchangeError
+from exchange.errors import EnvelopeError
+from exchange.routing import frame
 from exchange.routing.lanes import Lane
+from exchange.service import (
+    RECEIVE_ERROR,
+    ExchangeService,
+    Received,
+    ReceiveResult,
+    Replay,
+    is_infrastructure_error,
+    rejection_stage,
+)
 from exchange.transport.relay import publish_confirmed
 from exchange.transport.topology import RETRY_HEADER, Topology
-from exchange.service import Decision, ExchangeService, ReceiveResult
 
 log = structlog.get_logger("exchange.consumer")
 
-_INFRA_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
-try:  # the store's driver errors are infrastructure trouble, not poison
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    _INFRA_ERRORS += (OperationalError, DBAPIError)
-except ImportError:  # pragma: no cover
-    pass
+#: Headers ``exchange dlq replay`` sets on a replayed dead letter.
+REPLAYS_HEADER = "x-replays"
+REPLAY_REASON_HEADER = "x-replay-reason"
 
 
-def _is_infra(exc: BaseException) -> bool:
-    return isinstance(exc, _INFRA_ERRORS) or (isinstance(exc, ExchangeError) and exc.transient)
+def replay_request(headers: dict[str, object]) -> Replay | None:
+    """The operator's replay a message carries, if any (``exchange dlq replay`` sets the headers)."""
+    try:
+        count = int(headers.get(REPLAYS_HEADER, 0) or 0)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    if count < 1:
+        return None
+    reason = headers.get(REPLAY_REASON_HEADER, "")
+    reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason or "")
+    return Replay(count, reason[:500] or "replayed by the operator")
 
 
 class Consumer:
@@ -87,11 +107,14 @@ class Consumer:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking new messages, let in-flight handling finish, drop (unacked) the rest."""
-        for queue, tag in self._consumers:
-            try:
-                await asyncio.wait_for(queue.cancel(tag), 5.0)
-            except Exception:  # channel gone or broker not answering: it requeues unacked messages
-                pass
+        # All at once and bounded as a whole: one by one, a broker that stopped answering cost
+        # 5 s per queue (a minute for a node of four agencies).
+        cancels = [asyncio.ensure_future(queue.cancel(tag)) for queue, tag in self._consumers]
+        if cancels:
+            _, pending = await asyncio.wait(cancels, timeout=5.0)
+            for c in pending:  # channel gone or broker not answering: it requeues unacked messages
+                c.cancel()
+            await asyncio.gather(*cancels, return_exceptions=True)
         self._consumers.clear()
         deadline = time.monotonic() + grace
         while self._busy and time.monotonic() < deadline:
@@ -124,12 +147,11 @@ class Consumer:
             correlation_id=str(headers.get("x-correlation-id") or message.correlation_id or ""),
         )
         try:
-            result = await self._receive_holding(message, recipient, attempt)
-            if result is None:
-                return
-            if result.decision is Decision.RETRY:
+            result = await self._receive_holding(message, headers, recipient, attempt)
+            # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
+            if result.outcome is Received.TRANSIENT:
                 await self._republish_retry(message, headers, attempt, result)
-            elif result.decision is not Decision.ACK:
+            elif result.outcome is Received.PERMANENT:
                 await self._dead_letter(message, headers, result)
             await self._bounded(message.ack())
             self.handled += 1
@@ -140,27 +162,34 @@ class Consumer:
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "sender", "recipient", "correlation_id")
 
-    async def _receive_holding(self, message: AbstractIncomingMessage, recipient: str,
-                               attempt: int) -> ReceiveResult | None:
-        """Run the receive path; hold the message through store outages; requeue on a bug."""
+    async def _receive_holding(self, message: AbstractIncomingMessage, headers: dict[str, object],
+                               recipient: str, attempt: int) -> ReceiveResult:
+        """Unpack the frame and run the receive path; hold the message through store outages."""
+        limits = self.service.limits
+        try:
+            xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
+        except EnvelopeError as exc:  # not a frame, or too big to look at: nobody to answer
+            counter = getattr(self.metrics, "rejections", None)
+            if counter is not None:
+                counter.labels(rejection_stage(exc), exc.code).inc()
+            return ReceiveResult(Received.PERMANENT, exc.code, exc.message)
+        replay = replay_request(headers)
         backoff = 0.5
         while True:
             try:
-                return await self.service.receive(recipient, message.body, attempt=attempt)
+                return await self.service.receive(recipient, xml, parts, attempt=attempt, replay=replay)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if _is_infra(exc):
+                if is_infrastructure_error(exc):
                     log.warning("consumer.store_unavailable", error=type(exc).__name__, retry_in=backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 15.0)
                     continue
+                # The service answers everything else itself; what still escapes it is dead-lettered
+                # here, once, rather than requeued to the delivery limit.
                 log.exception("consumer.poison", error=type(exc).__name__)
-                try:
-                    await self._bounded(message.nack(requeue=True))
-                except Exception:
-                    pass
-                return None
+                return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, f"{type(exc).__name__}: {exc}"[:500])
 
     async def _bounded(self, settle: Awaitable[None]) -> None:
         """An ack or nack, given up after ``confirm_timeout`` (raises TimeoutError).
@@ -203,4 +232,4 @@ class Consumer:
         counter = getattr(self.metrics, "dead_letters", None)
         if counter is not None:
             counter.labels(str(headers.get("x-recipient", "")), result.reason_code or "unknown").inc()
-        log.warning("dead_lettered", reason_code=result.reason_code)
+        log.warning("dead_lettered", reason_code=result.reason_code, reason=result.reason[:300])

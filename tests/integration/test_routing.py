@@ -456,3 +456,101 @@ async def test_a_refused_topology_is_logged_and_retried_until_the_operator_fixes
         await wait_for(lambda: all_delivered(world.service("local"), result.message_id, [C]), what="delivered")
     finally:
         await connection.close()
+
+
+async def test_an_unexpected_error_while_receiving_gives_one_non_delivery_receipt_and_one_dead_letter(
+        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    """A bug in the receive path (here: the verifier raising a library's own error, as a malformed
+    certificate once made it) is answered once: a signed non-delivery receipt to the sender, a
+    dead letter with the exception for the operator. It used to be requeued to the delivery limit
+    (21 tracebacks) and dead-lettered by the broker with no receipt at all."""
+    from exchange.service import RECEIVE_ERROR, RECEIVE_ERROR_TEXT
+
+    world = make_world(agencies(tmp_path), ["central", "local"])
+    local = await world.start("local")
+    central = await world.start("central")
+    real = local.service.verifier.verify
+    calls = 0
+
+    def verify(xml: bytes, parts):
+        nonlocal calls
+        if b"Poisoned subject" in xml:
+            calls += 1
+            raise ValueError("error parsing asn1 value: duplicate extension")
+        return real(xml, parts)
+
+    local.service.verifier.verify = verify
+    result = await central.service.submit_document(A, [B], doc("Poisoned subject"))
+    await wait_for(lambda: _failed(central.service, result.message_id), what="non-delivery receipt")
+    failed = [t for t in await central.service.store.timeline(result.message_id) if t.event == "failed"]
+    assert failed[0].detail == f"{RECEIVE_ERROR}: {RECEIVE_ERROR_TEXT}"  # no foreign exception text
+    (dead,) = [d for d in await dead_letters(amqp_url, amqp_prefix) if d["message_id"] == result.message_id]
+    assert dead["reason_code"] == RECEIVE_ERROR and "ValueError" in dead["reason"], dead
+    assert calls == 1  # answered at the first occurrence, not retried
+    # The node keeps working for everything else.
+    ok = await central.service.submit_document(A, [B], doc("Chỉ thị bình thường"))
+    await wait_for(lambda: all_delivered(central.service, ok.message_id, [B]), what="next document delivered")
+
+
+async def _dlq_replay(config: Path, *args: str) -> tuple[int, str, str]:
+    """Run the real `exchange dlq replay` without blocking the nodes running on this loop."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exchange.cli.main", "dlq", "replay", "--config", str(config), *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_a_replayed_dead_letter_is_delivered_and_the_timeline_shows_replayed_then_delivered(
+        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    """The runbook's step: the E-Office refused, the operator fixes it and replays the dead letter.
+    The recipient must hand it over (its delivery had failed), and the sender must see it; a replay
+    of a message that was delivered still delivers nothing twice."""
+    world = make_world(agencies(tmp_path, **{B: {"refuse": True}}), ["central", "local"])
+    local = await world.start("local")
+    central = await world.start("central")
+    result = await central.service.submit_document(A, [B], doc())
+    mid = result.message_id
+    await wait_for(lambda: _failed(central.service, mid), what="non-delivery receipt")
+
+    async def dead_lettered() -> bool:
+        return any(d["message_id"] == mid for d in await dead_letters(amqp_url, amqp_prefix))
+
+    await wait_for(dead_lettered, what="the dead letter")
+    adapter = local.service.adapters[B]
+    adapter.options = {**adapter.options, "refuse": False}  # the recipient's E-Office is fixed
+
+    code, out, err = await _dlq_replay(world.configs["local"], "--id", mid, "--reason", "TICKET-42 E-Office fixed")
+    assert code == 0 and "replayed 1 message(s)" in out, out + err
+    await wait_for(lambda: all_delivered(central.service, mid, [B]), what="delivered after the replay")
+    (record,) = read_records(tmp_path / f"{B}.jsonl")
+    assert record["message_id"] == mid
+    timeline = [(t.event, t.detail) for t in await central.service.store.timeline(mid)
+                if t.event not in ("submitted", "queued")]
+    assert [e for e, _ in timeline] == ["failed", "replayed", "delivered"], timeline
+    assert timeline[1][1] == "TICKET-42 E-Office fixed"
+    assert not await dead_lettered()
+
+    # A dead letter of a copy that was in fact delivered (say the broker dead-lettered a redelivery):
+    # replaying it is a duplicate at the recipient.
+    sent = await central.service.store.get_message(mid, Direction.OUT)
+    handled = local.consumer.handled
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        dlx = await channel.get_exchange(Names(amqp_prefix).dlx)
+        await dlx.publish(aio_pika.Message(
+            frame.encode(sent.envelope_xml, {}), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{mid}/{B}/dead",
+            headers={"x-message-id": mid, "x-recipient": B, "x-sender": A, "x-attempt": 1,
+                     "x-routing-key": routing_key(B, Lane.NORMAL), "x-exchange-dead-code": "delivery_limit"}),
+            routing_key="", timeout=10)
+    finally:
+        await connection.close()
+    code, out, err = await _dlq_replay(world.configs["local"], "--id", mid, "--reason", "again")
+    assert code == 0 and "replayed 1 message(s)" in out, out + err
+    await wait_until(lambda: local.consumer.handled > handled, what="the second replay consumed")
+    await asyncio.sleep(0.5)  # let a (wrong) second delivery or receipt land if there were one
+    assert len(read_records(tmp_path / f"{B}.jsonl")) == 1
+    events = [t.event for t in await central.service.store.timeline(mid)]
+    assert events.count("delivered") == 1 and events.count("replayed") == 1, events

@@ -142,10 +142,28 @@ async def test_http_status_maps_to_delivery_outcome(eoffice, make_adapter, statu
     adapter = await make_adapter(url=url, secret=random_secret())
     result = await adapter.deliver(document_message())
     assert result.outcome is outcome
-    if outcome is Outcome.PERMANENT:
+    if outcome is not Outcome.DELIVERED:
         assert f"HTTP {status}" in result.reason  # the sender's non-delivery receipt says why
-        if status != 301:
-            assert "số văn bản đã tồn tại" in result.reason
+
+
+@pytest.mark.parametrize("status", [422, 503])
+async def test_the_eoffice_answer_is_logged_locally_and_never_put_in_the_senders_receipt(
+        eoffice, make_adapter, status) -> None:
+    """The reason becomes the signed receipt sent to another agency: a code and a fixed text.
+    The recipient E-Office's own words (internal ids, stack traces, names) stay on its node."""
+    server, url = eoffice
+    server.status = status
+    server.text = "Lỗi nội bộ: hồ sơ HS-2291 của ông Nguyễn Văn A bị khóa\n" + "x" * 5000
+    adapter = await make_adapter(url=url, secret=random_secret())
+    with structlog.testing.capture_logs() as logs:
+        result = await adapter.deliver(document_message())
+    assert result.reason_code in ("eoffice-refused", "eoffice-unavailable")
+    assert "HS-2291" not in result.reason and "Nguyễn" not in result.reason
+    assert result.reason in (f"the E-Office refused the message (HTTP {status})",
+                             f"the E-Office is unavailable (HTTP {status})")
+    (event,) = [e for e in logs if e["event"] in ("webhook.refused", "webhook.retry")]
+    assert "HS-2291" in event["answer"] and len(event["answer"]) <= 200  # bounded, one line
+    assert "\n" not in event["answer"]
 
 
 async def test_slow_eoffice_is_a_transient_timeout(eoffice, make_adapter) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from exchange.config import LimitsConfig
+from exchange.routing import frame
 from exchange.transport.relay import OutboxRelay, publish_confirmed
 from exchange.store import Direction, MessageRecord, OutboxItem
 from exchange.store.sql import SqlStore
@@ -61,7 +63,7 @@ async def test_the_relay_releases_an_item_whose_confirm_never_comes(tmp_path: Pa
 class HungMessage:
     """An incoming message whose ack, like a publish, never completes (the connection dropped)."""
 
-    body = b"frame"
+    body = frame.encode(b"<envelope/>", {})
     headers = {"x-attempt": 1, "x-message-id": "m1", "x-sender": A}
     correlation_id = None
     routing_key = f"{B}.normal"
@@ -76,11 +78,13 @@ class HungMessage:
 async def test_a_consumer_worker_is_not_held_by_an_ack_that_never_completes() -> None:
     from exchange.transport.consumer import Consumer
     from exchange.routing.lanes import Lane
-    from exchange.service import Decision, ReceiveResult
+    from exchange.service import Received, ReceiveResult
 
     class Service:
-        async def receive(self, recipient, body, *, attempt=1):
-            return ReceiveResult(Decision.ACK, message_id="m1")
+        limits = LimitsConfig()
+
+        async def receive(self, recipient, xml, attachments, *, attempt=1, replay=None):
+            return ReceiveResult(Received.DELIVERED, message_id="m1")
 
     consumer = Consumer(Service(), None, None, None, confirm_timeout=0.05)  # type: ignore[arg-type]
     await asyncio.wait_for(consumer._process(HungMessage(), B, Lane.NORMAL), 10)  # type: ignore[arg-type]

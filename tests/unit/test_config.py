@@ -62,3 +62,28 @@ def test_invalid_configs_say_what_to_fix(tmp_path, edit, message) -> None:
 def test_missing_file_points_to_the_dev_command(tmp_path) -> None:
     with pytest.raises(ConfigError, match="exchange serve --dev"):
         load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_the_replay_window_is_seven_days_and_can_be_set_in_limits_or_the_environment(tmp_path) -> None:
+    path = tmp_path / "exchange.toml"
+    path.write_text(BASE, encoding="utf-8")
+    assert load_config(path, environ={}).limits.replay_window_seconds == 7 * 24 * 3600
+    path.write_text(BASE + "\n[limits]\nreplay_window_seconds = 1209600\n", encoding="utf-8")
+    assert load_config(path, environ={}).limits.replay_window_seconds == 1209600
+    cfg = load_config(path, environ={"EXCHANGE__LIMITS__REPLAY_WINDOW_SECONDS": "86400"})
+    assert cfg.limits.replay_window_seconds == 86400
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "must be longer than the node's retry schedule"),
+    ("-5", "must be longer than the node's retry schedule"),
+    # BASE retries after 1 s and then 2 s (max_attempts 6 by default): 1 + 2 + 2 + 2 + 2 = 9 s.
+    ("9", r"\(9 s by \[amqp\] retry_delays"),
+    ("seven days", "is not a valid int"),
+])
+def test_a_replay_window_the_retries_would_outlast_is_refused_at_start(tmp_path, value, message) -> None:
+    path = tmp_path / "exchange.toml"
+    path.write_text(BASE, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={"EXCHANGE__LIMITS__REPLAY_WINDOW_SECONDS": value})
+    load_config(path, environ={"EXCHANGE__LIMITS__REPLAY_WINDOW_SECONDS": "10"})  # just longer: fine
