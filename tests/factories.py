@@ -20,6 +20,7 @@ from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.envelope.model import DocumentCode, DocumentInfo, Priority, Promulgation
 from exchange.node import build_service
+from exchange.routing import frame
 from exchange.service import ExchangeService
 
 GOVERNMENT_OFFICE, NGHE_AN, HCMC, NGHI_LOC = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29", "000.00.31.H41"
@@ -91,7 +92,8 @@ class ServiceWorld:
             for service in self.services.values():
                 items = await service.store.claim_outbox(1000)
                 for item in items:
-                    await self.host_of(item.recipient).receive(item.recipient, item.body)
+                    xml, attachments = frame.decode(item.body, max_bytes=64 << 20)
+                    await self.host_of(item.recipient).receive(item.recipient, xml, attachments)
                 await service.store.mark_published([i.id for i in items if i.id is not None])
                 batch += len(items)
             moved += batch

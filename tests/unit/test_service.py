@@ -14,7 +14,13 @@ import pytest
 from exchange.adapters.base import DeliveryResult
 from exchange.devworld import AgencySpec
 from exchange.envelope.model import Operation, StatusCode
-from exchange.errors import BadRequestError, NotFoundError, NotHostedError, UnknownAgencyError
+from exchange.errors import (
+    BadRequestError,
+    NotFoundError,
+    NotHostedError,
+    UnknownAgencyError,
+)
+from exchange.routing import frame
 from exchange.store.base import Direction
 from tests.factories import GOVERNMENT_OFFICE, HCMC, NGHE_AN, ServiceWorld, document
 
@@ -63,8 +69,9 @@ async def test_a_frame_carried_twice_is_handed_over_once(world: ServiceWorld) ->
     central, local = world.services["central"], world.services["local"]
     await central.submit_document(GOVERNMENT_OFFICE, [HCMC], document())
     item = (await central.store.claim_outbox(10))[0]
-    await local.receive(HCMC, item.body)
-    await local.receive(HCMC, item.body)
+    xml, attachments = frame.decode(item.body, max_bytes=1 << 20)
+    await local.receive(HCMC, xml, attachments)
+    await local.receive(HCMC, xml, attachments)
     assert len(local.adapters[HCMC].delivered) == 1
 
 
