@@ -43,6 +43,7 @@ class NodeSpec:
     retry_delays: tuple[int, ...] = (1, 5, 30, 120, 600)
     max_attempts: int = 6
     delivery_limit: int = 20
+    confirm_timeout: float = 10.0
     extra: str = ""  # raw TOML appended (tests)
 
 
@@ -103,7 +104,7 @@ def build_world(
             f'[node]\nname = "{n.name}"\ndata_dir = "{n.name}"\n',
             f"[amqp]\nurl = {_toml_value(n.amqp_url)}\nprefix = {_toml_value(n.prefix)}\n"
             f"retry_delays = {_toml_value(n.retry_delays)}\nmax_attempts = {n.max_attempts}\n"
-            f"delivery_limit = {n.delivery_limit}\n",
+            f"delivery_limit = {n.delivery_limit}\nconfirm_timeout = {n.confirm_timeout}\n",
             f"[store]\nurl = {_toml_value(store)}\n",
             f'[http]\nhost = "127.0.0.1"\nport = {n.http_port}\n',
             f'[pki]\nca_files = ["pki/ca.pem"]\ncrl_files = ["pki/crl.pem"]\n',

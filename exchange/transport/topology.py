@@ -277,13 +277,20 @@ def _copy(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:
 
 
 async def _drain_legacy(connection: AbstractConnection, route: AbstractExchange, names: Names, agency: str,
-                        lane: Lane, *, confirm_timeout: float) -> int:
+                        lane: Lane, *, confirm_timeout: float) -> tuple[int, bool]:
     """Move every message of one legacy queue to the route exchange under its own key, then delete the queue.
 
     The legacy queue is unbound first, so nothing new arrives in it while it drains; each
     message is acked only after the broker confirmed its copy (a crash in between leaves a
-    duplicate, which the store's dedupe absorbs: never a loss). The queue is deleted with
-    ``if_empty``: a message that arrived anyway keeps it alive for the next start.
+    duplicate, which the store's dedupe absorbs: never a loss).
+
+    The queue is deleted only when a fresh declare says it holds no message and has no
+    consumer. ``queue.delete`` with ``if_empty`` would say that atomically, but quorum
+    queues refuse the flag, and with a *connection* error that takes the node's whole
+    connection down (NOT_IMPLEMENTED, rabbitmq-server#2211, #10543). Nothing routes to
+    the unbound queue any more, so the check cannot be overtaken by a publish through
+    the route exchange; a queue another consumer still reads (an old node) is left for
+    the next start. Returns (messages moved, whether the queue is gone).
     """
     from exchange.transport.relay import publish_confirmed
 
@@ -294,24 +301,41 @@ async def _drain_legacy(connection: AbstractConnection, route: AbstractExchange,
     try:
         queue = await channel.declare_queue(name, passive=True)
         await queue.unbind(names.route, routing_key=key)
-        while (message := await queue.get(no_ack=False, fail=False, timeout=confirm_timeout)) is not None:
-            await publish_confirmed(route, _copy(message), routing_key=key, timeout=confirm_timeout)
-            await message.ack()
-            moved += 1
-        await queue.delete(if_unused=False, if_empty=True)
+        for _ in range(40):
+            while (message := await queue.get(no_ack=False, fail=False, timeout=confirm_timeout)) is not None:
+                await publish_confirmed(route, _copy(message), routing_key=key, timeout=confirm_timeout)
+                await message.ack()
+                moved += 1
+            # A fresh declare frame: aio-pika's declare_queue hands back the channel's first answer again.
+            state = await (await channel.get_underlay_channel()).queue_declare(name, passive=True)
+            if not state.message_count and not state.consumer_count:
+                break
+            if state.consumer_count:
+                log.warning("topology.legacy_queue_kept", queue=name, messages=state.message_count,
+                            consumers=state.consumer_count,
+                            hint="a node of the old version still consumes it; the next start retries")
+                return moved, False
+            # A quorum queue counts a message until the ack, which it applies asynchronously,
+            # has gone through its log: look again shortly (and move anything that came back).
+            await asyncio.sleep(0.25)
+        else:
+            log.warning("topology.legacy_queue_kept", queue=name, messages=state.message_count,
+                        hint="it still reports messages after draining; the next start retries")
+            return moved, False
+        await channel.queue_delete(name)
     finally:
         if not channel.is_closed:
             await channel.close()
     log.info("topology.legacy_queue_migrated", queue=name, moved=moved)
-    return moved
+    return moved, True
 
 
 async def migrate_legacy(connection: AbstractConnection, topology: Topology, *, confirm_timeout: float = 10.0,
                          concurrency: int = 8) -> int:
     """Empty and delete the legacy per-agency queues of the agencies this node hosts; returns messages moved.
 
-    Runs once per node and prefix: when done it declares the node's ``migrated`` marker
-    exchange, and later starts skip it. A prefix with no DLQ before this start was never
+    Runs once per node and prefix: when every legacy queue is gone it declares the node's
+    ``migrated`` marker exchange, and later starts skip it. A prefix with no DLQ before this start was never
     used, so it has no legacy queues to look for. Publishes go through ``topology.route``
     (a channel with publisher confirms) with the legacy queue's routing key, which the
     node's lane queue is bound to.
@@ -332,13 +356,15 @@ async def migrate_legacy(connection: AbstractConnection, topology: Topology, *, 
 
     await asyncio.gather(*(probe(a, lane) for a in sorted(topology.hosted) for lane in Lane))
 
-    async def drain(agency: str, lane: Lane) -> int:
+    async def drain(agency: str, lane: Lane) -> tuple[int, bool]:
         async with limit:
             return await _drain_legacy(connection, topology.route, names, agency, lane,
                                        confirm_timeout=confirm_timeout)
 
-    moved = sum(await asyncio.gather(*(drain(a, lane) for a, lane in found)))
-    await _declare_marker(connection, marker)
+    results = await asyncio.gather(*(drain(a, lane) for a, lane in found))
+    moved = sum(n for n, _ in results)
+    if all(gone for _, gone in results):  # else the next start looks again
+        await _declare_marker(connection, marker)
     log.info("topology.migration_done", node=topology.node, legacy_queues=len(found), moved=moved)
     return moved
 

@@ -66,8 +66,10 @@ async def test_a_directive_to_500_agencies_reaches_each_once_on_three_queues_and
     specs, nodes = national_specs(tmp_path, "central", communes=466)  # 34 provinces + 466 communes
     recipients = [s.code for s in specs if s.node == "recipients"]
     assert len(recipients) == 500
-    configs = build_world(tmp_path, specs, [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0)
-                                            for n in nodes])
+    # Both nodes share this process (and a broker other work may be loading): confirms of a
+    # 500-copy burst may take longer than the default 10 s, and a timed-out copy is published again.
+    configs = build_world(tmp_path, specs, [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0,
+                                                     confirm_timeout=30.0) for n in nodes])
     started: list[Node] = []
     try:
         for name in ("recipients", "national"):
