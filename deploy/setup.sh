@@ -33,6 +33,37 @@ else
   say "RabbitMQ is up"
 fi
 
+# --- RabbitMQ capacity: its open-files limit against the directory it will carry -------
+# Each exchange node costs 3 quorum queues (about 3 file handles each) and a connection; the
+# DLQ and retry queues are shared. Past its limit RabbitMQ wedges rather than fails
+# (docs/OPERATIONS.md#exchangebrokerfiledescriptors). EXCHANGE_DIRECTORY names the directory
+# TOML to size for (default: the dev world's, if any).
+directory="${EXCHANGE_DIRECTORY:-.dev/directory.toml}"
+fd_limit="$(as_root rabbitmqctl status --formatter json 2>/dev/null \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["file_descriptors"]["total_limit"])' 2>/dev/null || true)"
+if [ -n "$fd_limit" ]; then
+  need=""
+  if [ -f "$directory" ]; then
+    read -r agencies nodes need < <(python3 - "$directory" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+nodes = set(re.findall(r'^node\s*=\s*"([^"]+)"', text, re.M))
+queues = 3 * len(nodes) + 1 + 5
+print(len(re.findall(r"^\[\[agency\]\]", text, re.M)), len(nodes), 3 * queues + 4 * len(nodes) + 200)
+PY
+    )
+  fi
+  if [ -n "$need" ] && [ "$fd_limit" -lt "$need" ]; then
+    say "WARNING: RabbitMQ may hold $fd_limit files; $directory ($agencies agencies on $nodes nodes) needs about $need."
+    say "  raise it: deploy/rabbitmq/rabbitmq-server.service.d/limits.conf (systemd) or deploy/rabbitmq/rabbitmq-env.conf"
+  elif [ "$fd_limit" -le 1024 ]; then
+    say "note: RabbitMQ may hold only $fd_limit files (Debian's default); enough here${need:+ (needs ~$need)}, too few for production"
+    say "  (deploy/rabbitmq/rabbitmq-server.service.d/limits.conf raises it)"
+  else
+    say "RabbitMQ may hold $fd_limit files${need:+; $directory needs about $need}"
+  fi
+fi
+
 # --- test-only services and tools ----------------------------------------------------
 if [ "$mode" = "--test" ]; then
   if ! port_open 127.0.0.1 5432; then

@@ -43,6 +43,7 @@ class NodeSpec:
     retry_delays: tuple[int, ...] = (1, 5, 30, 120, 600)
     max_attempts: int = 6
     delivery_limit: int = 20
+    confirm_timeout: float = 10.0
     extra: str = ""  # raw TOML appended (tests)
 
 
@@ -72,8 +73,9 @@ def issue_identities(pki_dir: Path, agencies: Sequence[AgencySpec]) -> dict[str,
 
     ca = pki.DevCA.load_or_create(pki_dir)
     out = {}
-    for a in agencies:
-        out[a.code] = ca.issue(a.code, a.name, ec=a.ec, exist_ok=True)
+    with ca.batch():  # one index write for the whole world (3,355 agencies in a national one)
+        for a in agencies:
+            out[a.code] = ca.issue(a.code, a.name, ec=a.ec, exist_ok=True)
     ca.write_crl()
     return out
 
@@ -102,7 +104,7 @@ def build_world(
             f'[node]\nname = "{n.name}"\ndata_dir = "{n.name}"\n',
             f"[amqp]\nurl = {_toml_value(n.amqp_url)}\nprefix = {_toml_value(n.prefix)}\n"
             f"retry_delays = {_toml_value(n.retry_delays)}\nmax_attempts = {n.max_attempts}\n"
-            f"delivery_limit = {n.delivery_limit}\n",
+            f"delivery_limit = {n.delivery_limit}\nconfirm_timeout = {n.confirm_timeout}\n",
             f"[store]\nurl = {_toml_value(store)}\n",
             f'[http]\nhost = "127.0.0.1"\nport = {n.http_port}\n',
             f'[pki]\nca_files = ["pki/ca.pem"]\ncrl_files = ["pki/crl.pem"]\n',
@@ -127,6 +129,26 @@ def build_world(
         path.write_text("\n".join(text), encoding="utf-8")
         configs[n.name] = path
     return configs
+
+
+def national_specs(root: Path, how: str = "central", *, communes: int | None = None,
+                   adapter: str = "recording") -> tuple[list[AgencySpec], list[str]]:
+    """The national directory (exchange/routing/national.py) as a world: ECDSA keys, one adapter each.
+
+    ``how`` is ``central`` (Government Office and ministries on node ``national``, every
+    province and commune on node ``recipients``) or ``provincial`` (one node per province
+    hosting it and its communes). The recording adapter writes one JSONL file per agency
+    under ``root/eoffice/``. Returns the agency specs and the node names.
+    """
+    from exchange.routing.national import COMMUNES, layout, national_agencies
+
+    agencies = national_agencies(COMMUNES if communes is None else communes)
+    node_of = layout(agencies, how)
+    specs = [AgencySpec(a.code, a.name, node=node_of(a), adapter=adapter, ec=True,
+                        options={"path": str(root / "eoffice" / f"{a.code}.jsonl")} if adapter == "recording" else {})
+             for a in agencies]
+    nodes = list(dict.fromkeys(s.node for s in specs))
+    return specs, nodes
 
 
 async def issue_tokens(config_path: Path) -> dict[str, str]:

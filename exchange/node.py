@@ -12,11 +12,15 @@ import contextlib
 import errno
 import ssl
 import time
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
+from cryptography import x509
 
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
@@ -25,10 +29,91 @@ from exchange.transport.consumer import Consumer
 from exchange.routing.directory import Directory
 from exchange.routing.lanes import Lane
 from exchange.transport.relay import OutboxRelay
-from exchange.transport.topology import Topology, declare
+from exchange.transport.topology import BindingLedger, Topology, declare, migrate_legacy
 from exchange.service import ExchangeService
 
+if TYPE_CHECKING:
+    from exchange.signing.sign import Signer
+
 log = structlog.get_logger("exchange.node")
+
+#: Up to this many hosted agencies, every key is loaded (and checked) before the node starts;
+#: beyond, keys load on first use and a background task loads the rest (2 ms each: a province
+#: hub hosting 3,355 agencies would otherwise spend 7 s before it takes its first message).
+EAGER_SIGNERS = 200
+
+
+class LazySigners(Mapping[str, "Signer"]):
+    """Agency code -> Signer, each read from its key and certificate files once, on first use.
+
+    ``certificate(code)`` reads only the certificate (for readiness and expiry gauges),
+    so those checks do not force every private key to be loaded.
+    """
+
+    def __init__(self, files: Mapping[str, tuple[Path, Path]]) -> None:
+        self._files = dict(files)
+        self._loaded: dict[str, Signer] = {}
+        self._certs: dict[str, x509.Certificate] = {}
+        #: code -> what went wrong loading it (filled by load_all / warm)
+        self.failed: dict[str, str] = {}
+
+    def __getitem__(self, code: str) -> "Signer":
+        signer = self._loaded.get(code)
+        if signer is not None:
+            return signer
+        if code not in self._files:
+            raise KeyError(code)
+        from exchange.signing.sign import Signer
+
+        key, cert = self._files[code]
+        signer = Signer.from_files(key, cert)
+        if signer.agency_code != code:
+            raise ConfigError(f"the certificate configured for {code} names agency {signer.agency_code}")
+        self._loaded[code] = signer
+        self._certs[code] = signer.certificate
+        return signer
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._files
+
+    @property
+    def loaded(self) -> int:
+        return len(self._loaded)
+
+    def certificate(self, code: str) -> x509.Certificate:
+        cert = self._certs.get(code)
+        if cert is None:
+            from exchange.signing.keys import load_certificate
+
+            cert = self._certs[code] = load_certificate(self._files[code][1])
+        return cert
+
+    def load_all(self) -> None:
+        """Load every signer now; the first bad key or certificate raises (a start-time ConfigError)."""
+        for code in self._files:
+            self.__getitem__(code)
+
+    async def warm(self, batch: int = 25) -> None:
+        """Load every signer in small batches between other work; failures are logged and kept."""
+        from exchange.errors import ExchangeError
+
+        codes = [c for c in self._files if c not in self._loaded]
+        for i in range(0, len(codes), batch):
+            for code in codes[i:i + batch]:
+                try:
+                    self.__getitem__(code)
+                except ExchangeError as exc:
+                    self.failed[code] = exc.message
+                    log.error("keys.unusable", agency=code, detail=exc.message,
+                              hint="fix the key/cert paths of this agency in [[agencies]]; the node cannot sign for it")
+            await asyncio.sleep(0)
+        log.info("keys.loaded", agencies=len(self._loaded), failed=len(self.failed))
 
 
 def amqp_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
@@ -45,7 +130,6 @@ def amqp_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
 async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> ExchangeService:
     """Load the directory, keys, trust store and store of a node: everything but the broker."""
     from exchange.envelope.schema import envelope_schema
-    from exchange.signing.sign import Signer
     from exchange.signing.trust import TrustStore
     from exchange.signing.verify import Verifier
     from exchange.store import open_store
@@ -61,10 +145,13 @@ async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> Ex
                 f"agency {agency.code} is configured on node {cfg.name} but the directory says node "
                 f"{entry.node} hosts it; fix [[agencies]] or the directory"
             )
-    signers = {a.code: Signer.from_files(a.key, a.cert) for a in cfg.agencies}
-    for code, signer in signers.items():
-        if signer.agency_code != code:
-            raise ConfigError(f"the certificate configured for {code} names agency {signer.agency_code}")
+    signers = LazySigners({a.code: (Path(a.key), Path(a.cert)) for a in cfg.agencies})
+    for code, (key, cert) in signers._files.items():
+        for path in (key, cert):
+            if not path.is_file():
+                raise ConfigError(f"{path} (configured for agency {code}) does not exist; fix [[agencies]]")
+    if len(signers) <= EAGER_SIGNERS:
+        signers.load_all()
     verifier = Verifier(TrustStore.from_paths(cfg.ca_files, cfg.crl_files))
     store = open_store(cfg.store_url)
     await store.open()
@@ -94,8 +181,9 @@ class Node:
         self._runner = None
         self._connected = asyncio.Event()
         self._stopping = False
-        self._depth_since: dict[tuple[str, Lane], float] = {}
-        self._ages: dict[tuple[str, Lane], float] = {}
+        self._depth_since: dict[Lane, float] = {}
+        self._waiting_labels: set[str] = set()
+        self.migration: asyncio.Task[int] | None = None
         #: Seconds a stop waits for in-flight handovers before dropping them (unacked: redelivered).
         self.stop_grace = 5.0
 
@@ -119,6 +207,8 @@ class Node:
                 adapter = cls(agency.code, agency.options, service.handle(agency.code))
                 await adapter.start()
                 service.adapters[agency.code] = adapter
+            if isinstance(service.signers, LazySigners) and service.signers.loaded < len(service.signers):
+                self._tasks.append(asyncio.create_task(service.signers.warm(), name="keys-warm"))
             self.relay = OutboxRelay(service.store, service.outbox_event,
                                      confirm_timeout=self.config.amqp.confirm_timeout, metrics=self.metrics)
             self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
@@ -253,15 +343,19 @@ class Node:
         assert self.service is not None and self.relay is not None
         cfg = self.config
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        hosted = [a.code for a in cfg.agencies]
+        ledger = self._binding_ledger()
         self.topology = await declare(
-            publish, prefix=cfg.amqp.prefix, agencies=[a.code for a in cfg.agencies],
+            publish, prefix=cfg.amqp.prefix, node=cfg.name, agencies=hosted,
             retry_delays=cfg.amqp.retry_delays, delivery_limit=cfg.amqp.delivery_limit,
+            connection=connection, stale=ledger.previous(),
         )
+        ledger.record(hosted)
         consume = await connection.channel()
         await consume.set_qos(prefetch_count=cfg.amqp.prefetch)
         consume_queues = {
-            key: await consume.declare_queue(q.name, durable=True, passive=True)
-            for key, q in self.topology.agency_queues.items()
+            lane: await consume.declare_queue(q.name, durable=True, passive=True)
+            for lane, q in self.topology.node_queues.items()
         }
         self._consume_channel = consume
         self._publish_channel = publish
@@ -270,8 +364,30 @@ class Node:
                                  metrics=self.metrics)
         await self.consumer.start(consume_queues)
         self.relay.exchange = self.topology.route
+        if self.migration is None or self.migration.done():
+            # In the background: the lanes already take new messages while legacy queues drain.
+            self.migration = asyncio.create_task(self._migrate(connection, self.topology), name="legacy-migration")
         self._on_broker_back()
         log.info("broker.connected", prefix=cfg.amqp.prefix)
+
+    def _binding_ledger(self) -> BindingLedger:
+        """Where this node remembers the agencies it bound, per broker (credentials left out) and prefix."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.config.amqp.url)
+        scope = f"{url.hostname}:{url.port or 5672}{url.path or '/'}|{self.config.amqp.prefix}|{self.config.name}"
+        return BindingLedger(self.config.data_dir / "amqp-bindings.json", scope)
+
+    async def _migrate(self, connection: AbstractRobustConnection, topology: Topology) -> int:
+        """Move messages left in legacy per-agency queues into the lanes; logged, retried at the next start."""
+        try:
+            return await migrate_legacy(connection, topology, confirm_timeout=self.config.amqp.confirm_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("topology.migration_failed", error=type(exc).__name__, detail=str(exc)[:500],
+                      hint="legacy queues keep their messages; the next start tries again")
+            return 0
 
     async def _tear_down(self, timeout: float = 10.0) -> None:
         """Undo a failed setup: stop what started, close the connection (the next try reconnects)."""
@@ -319,8 +435,11 @@ class Node:
         except Exception:
             store_ok = False
         now = datetime.now(timezone.utc)
-        keys_ok = all(s.certificate.not_valid_before_utc <= now < s.certificate.not_valid_after_utc
-                      for s in self.service.signers.values())
+        signers = self.service.signers
+        certificates = ([signers.certificate(c) for c in signers] if isinstance(signers, LazySigners)
+                        else [s.certificate for s in signers.values()])
+        keys_ok = all(c.not_valid_before_utc <= now < c.not_valid_after_utc for c in certificates) and not (
+            isinstance(signers, LazySigners) and signers.failed)
         broker_ok = self._connected.is_set() and self.connection is not None and not self.connection.is_closed
         return {"broker": broker_ok, "store": store_ok, "keys": keys_ok}
 
@@ -335,9 +454,10 @@ class Node:
                 self._set_gauge("outbox_size", size)
                 self._set_gauge("outbox_oldest_age_seconds", oldest or 0)
                 now = datetime.now(timezone.utc)
-                for code, signer in self.service.signers.items():
-                    self._set_gauge("certificate_expiry_seconds",
-                                    (signer.certificate.not_valid_after_utc - now).total_seconds(), code)
+                signers = self.service.signers
+                for code in signers:
+                    cert = signers.certificate(code) if isinstance(signers, LazySigners) else signers[code].certificate
+                    self._set_gauge("certificate_expiry_seconds", (cert.not_valid_after_utc - now).total_seconds(), code)
                 if self.topology is not None and self._connected.is_set():
                     await self._queue_gauges()
             except asyncio.CancelledError:
@@ -347,28 +467,30 @@ class Node:
             await asyncio.sleep(interval)
 
     async def _queue_gauges(self) -> None:
-        assert self.topology is not None and self.connection is not None
+        """The node's lane queues from the broker; per agency, waiting deliveries from the store.
+
+        With one queue per lane for all hosted agencies, the broker no longer knows how much
+        waits for one agency; the store does: deliveries this node sent that no receipt has
+        closed yet, per recipient, and how long the oldest has waited.
+        """
+        assert self.topology is not None and self.connection is not None and self.service is not None
         channel = await self.connection.channel()
         try:
             now = time.time()
-            for (agency, lane), queue in self.topology.agency_queues.items():
+            for lane, queue in self.topology.node_queues.items():
                 declared = await channel.declare_queue(queue.name, passive=True)
                 depth = declared.declaration_result.message_count
-                self._set_gauge("queue_depth", depth, agency, lane.value)
-                key = (agency, lane)
+                self._set_gauge("queue_depth", depth, lane.value)
                 if depth == 0:
-                    self._depth_since.pop(key, None)
+                    self._depth_since.pop(lane, None)
                     age = 0.0
                 else:
-                    # Age of the oldest waiting message, approximated from our side: how long the
-                    # queue has had a backlog without the consumer taking anything from it.
-                    since = self._depth_since.setdefault(key, now)
-                    taken = self.consumer.last_taken.get(key, 0.0) if self.consumer else 0.0
+                    # Approximated from our side: how long the lane has had a backlog without the
+                    # consumer taking anything from it.
+                    since = self._depth_since.setdefault(lane, now)
+                    taken = self.consumer.last_taken.get(lane, 0.0) if self.consumer else 0.0
                     age = now - max(since, taken)
-                self._ages[key] = age
-            for agency in {a for a, _ in self.topology.agency_queues}:
-                self._set_gauge("queue_oldest_message_age_seconds",
-                                max(self._ages.get((agency, lane), 0.0) for lane in Lane), agency)
+                self._set_gauge("lane_oldest_message_age_seconds", age, lane.value)
             retry_depth = 0
             for delay in self.topology.retry_delays:
                 declared = await channel.declare_queue(self.topology.names.retry_queue(delay), passive=True)
@@ -376,6 +498,26 @@ class Node:
             self._set_gauge("retry_backlog", retry_depth)
         finally:
             await channel.close()
+        await self._agency_gauges()
+
+    async def _agency_gauges(self) -> None:
+        """Per recipient agency: deliveries waiting for a receipt and the age of the oldest (from the store).
+
+        Only agencies with something waiting have a series; it is dropped when they drain, so
+        3,355 idle communes cost no series.
+        """
+        assert self.service is not None
+        waiting = await self.service.store.waiting_deliveries()
+        for agency, (count, oldest) in waiting.items():
+            self._set_gauge("deliveries_pending", count, agency)
+            self._set_gauge("queue_oldest_message_age_seconds", oldest, agency)
+        for agency in self._waiting_labels - waiting.keys():
+            for name in ("deliveries_pending", "queue_oldest_message_age_seconds"):
+                gauge = getattr(self.metrics, name, None)
+                if gauge is not None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(agency)
+        self._waiting_labels = set(waiting)
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -399,6 +541,8 @@ class Node:
         if self.consumer is not None:
             # bounded itself, and always cancels its workers
             await self.consumer.stop(grace=min(self.stop_grace, step_timeout))
+        if self.migration is not None:
+            self._tasks.append(self.migration)
         for task in self._tasks:
             task.cancel()
         await bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True))

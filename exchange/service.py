@@ -228,7 +228,8 @@ class ExchangeService:
         self.node = node
         self.directory = directory
         self.store = store
-        self.signers = dict(signers)  # agency code -> exchange.signing.sign.Signer
+        # agency code -> exchange.signing.sign.Signer; a node's lazy mapping (node.LazySigners) stays lazy
+        self.signers = dict(signers) if isinstance(signers, dict) else signers
         self.verifier = verifier  # exchange.signing.verify.Verifier
         self.limits = limits
         self.max_attempts = max_attempts

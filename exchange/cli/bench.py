@@ -1,4 +1,4 @@
-"""`exchange bench signing|store|e2e`: run a benchmark from benchmarks/ (figures beside their baseline)."""
+"""`exchange bench signing|store|e2e|fanout`: run a benchmark from benchmarks/ (figures beside their baseline)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 
 from exchange.errors import ConfigError
 
-BENCHMARKS = {"signing": "bench_signing.py", "store": "bench_store.py", "e2e": "bench_e2e.py"}
+BENCHMARKS = {"signing": "bench_signing.py", "store": "bench_store.py", "e2e": "bench_e2e.py",
+              "fanout": "bench_fanout.py"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (signing, store, e2e); extra arguments go to it")
+    p = sub.add_parser("bench", help="run a benchmark (signing, store, e2e, fanout); extra arguments go to it")
     p.add_argument("which", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)

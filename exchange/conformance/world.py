@@ -253,7 +253,7 @@ class ConformanceWorld:
         from exchange.transport.topology import Names
 
         names = Names(self.prefix)
-        queues = [names.dlq, *(names.agency_queue(a, lane) for a in (SENDER, HOST, PEER) for lane in Lane),
+        queues = [names.dlq, *(names.node_queue(n, lane) for n in self.nodes for lane in Lane),
                   *(names.retry_queue(d) for d in set(RETRY_DELAYS))]
         with contextlib.suppress(Exception):
             connection = await aio_pika.connect(self.amqp_url, timeout=10)
@@ -263,7 +263,7 @@ class ConformanceWorld:
                         channel = await connection.channel()
                         await channel.queue_delete(name)
                         await channel.close()
-                for name in (names.route, names.retry, names.dlx):
+                for name in (names.route, names.retry, names.dlx, *(names.migrated_marker(n) for n in self.nodes)):
                     with contextlib.suppress(Exception):
                         channel = await connection.channel()
                         await channel.exchange_delete(name)

@@ -108,14 +108,24 @@ class Metrics:
             buckets=CONFIRM_BUCKETS, registry=r)
 
         # -- state gauges (refreshed every few seconds by the node) ------------------
-        #: exchange_queue_depth{agency,lane}: messages waiting in an agency's lane queue.
+        #: exchange_queue_depth{lane}: messages ready in the node's lane queue (all hosted agencies).
         self.queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Messages ready in an agency's inbound queue, by lane.",
-            ["agency", "lane"], registry=r)
-        #: exchange_queue_oldest_message_age_seconds{agency}: how long the oldest waiting message has waited.
+            f"{PREFIX}_queue_depth", "Messages ready in the node's inbound lane queue (every hosted agency).",
+            ["lane"], registry=r)
+        #: exchange_lane_oldest_message_age_seconds{lane}: how long the lane has had a backlog nobody took from.
+        self.lane_oldest_message_age_seconds = Gauge(
+            f"{PREFIX}_lane_oldest_message_age_seconds",
+            "Approximate age of the oldest message waiting in the node's lane queue (0 when empty).",
+            ["lane"], registry=r)
+        #: exchange_deliveries_pending{agency}: deliveries this node sent to the agency, no receipt yet.
+        self.deliveries_pending = Gauge(
+            f"{PREFIX}_deliveries_pending",
+            "Deliveries to a recipient agency not yet closed by its receipt (from the store; only agencies "
+            "with some waiting).", ["agency"], registry=r)
+        #: exchange_queue_oldest_message_age_seconds{agency}: how long the oldest of those has waited.
         self.queue_oldest_message_age_seconds = Gauge(
             f"{PREFIX}_queue_oldest_message_age_seconds",
-            "Approximate age of the oldest message waiting in any of an agency's lanes (0 when empty).",
+            "Seconds the oldest delivery to a recipient agency has waited for its receipt (from the store).",
             ["agency"], registry=r)
         #: exchange_retry_backlog: messages parked in retry (delay) queues.
         self.retry_backlog = Gauge(

@@ -348,3 +348,8 @@ class Store(ABC):
     @abstractmethod
     async def delivery_counts(self) -> dict[str, int]:
         """Number of deliveries per DeliveryState value (for metrics)."""
+
+    @abstractmethod
+    async def waiting_deliveries(self) -> dict[str, tuple[int, float]]:
+        """Per recipient agency with deliveries not yet closed by a receipt (submitted or queued):
+        (how many, seconds the oldest has waited since its last state change). For metrics."""

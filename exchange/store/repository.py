@@ -851,6 +851,19 @@ class SqlStore(Store):
         counts.update({state: int(n) for state, n in rows})
         return counts
 
+    async def waiting_deliveries(self) -> dict[str, tuple[int, float]]:
+        open_states = (DeliveryState.SUBMITTED.value, DeliveryState.QUEUED.value)
+        rows = await self._read(lambda conn: conn.execute(
+            select(deliveries.c.recipient, func.count(), func.min(deliveries.c.updated_at))
+            .where(deliveries.c.state.in_(open_states)).group_by(deliveries.c.recipient)
+        ).all())
+        now, out = _now(), {}
+        for recipient, count, oldest in rows:
+            if isinstance(oldest, str):  # SQLite may hand back the aggregate as raw text
+                oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+            out[recipient] = (int(count), max(0.0, (now - oldest).total_seconds()))
+        return out
+
 
 def _idempotency_entry(r: Any) -> IdempotencyEntry | None:
     return None if r is None else IdempotencyEntry(r.message_id, r.fingerprint)

@@ -1,8 +1,12 @@
-"""Consuming: agency lane queues → frame → the service's receive path → ack, retry or dead-letter.
+"""Consuming: the node's lane queues → frame → the service's receive path → ack, retry or dead-letter.
 
-Messages from every lane of every hosted agency feed one in-process priority
-queue that a pool of workers serves lowest lane rank first, so an express
-document overtakes whatever backlog of normal ones the prefetch window holds.
+Messages from the node's three lane queues (carrying every hosted agency) feed one
+in-process priority queue that a pool of workers serves lowest lane rank first, so
+an express document overtakes whatever backlog of normal ones the prefetch window holds.
+
+The recipient of a message is the agency its routing key names (``message.routing_key``,
+set by the broker from the publish that routed it, never from a header), if the node
+hosts it; the service then checks it against the signed envelope's To list.
 
 The transport unpacks the frame and reads its own headers (attempt, replay);
 the service answers what became of the envelope (:class:`~exchange.service.Received`)
@@ -91,19 +95,27 @@ class Consumer:
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._busy = 0
-        #: (agency, lane) -> (enqueued-at time of the last message taken, its AMQP timestamp)
-        self.last_taken: dict[tuple[str, Lane], float] = {}
+        #: lane -> when a worker last took a message from it (for the lane's oldest-message gauge)
+        self.last_taken: dict[Lane, float] = {}
         self.handled = 0
 
-    async def start(self, queues: dict[tuple[str, Lane], AbstractQueue]) -> None:
+    async def start(self, queues: dict[Lane, AbstractQueue]) -> None:
         for _ in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work()))
-        for (agency, lane), queue in queues.items():
-            # The queue a message came from names its recipient: headers could be forged.
-            async def on_message(message: AbstractIncomingMessage, agency: str = agency, lane: Lane = lane) -> None:
-                await self._queue.put((lane.rank, next(self._seq), message, agency, lane))
+        for lane, queue in queues.items():
+            async def on_message(message: AbstractIncomingMessage, lane: Lane = lane) -> None:
+                await self._queue.put((lane.rank, next(self._seq), message, self.recipient_of(message), lane))
             tag = await queue.consume(on_message, no_ack=False)
             self._consumers.append((queue, tag))
+
+    def recipient_of(self, message: AbstractIncomingMessage) -> str:
+        """The hosted agency the message was routed to, from its routing key; "" when it names none.
+
+        Headers (``x-recipient``) could be forged by any publisher; the routing key is what
+        the route exchange matched against this node's bindings. An empty answer is refused
+        by the service as not hosted, so the message is dead-lettered, never delivered.
+        """
+        return self.topology.recipient_of(message.routing_key) or ""
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking new messages, let in-flight handling finish, drop (unacked) the rest."""
@@ -141,7 +153,7 @@ class Consumer:
         headers = dict(message.headers or {})
         attempt = int(headers.get("x-attempt", 1) or 1)
         message_id = str(headers.get("x-message-id") or "")
-        self.last_taken[(recipient, lane)] = time.time()
+        self.last_taken[lane] = time.time()
         structlog.contextvars.bind_contextvars(
             message_id=message_id, sender=str(headers.get("x-sender", "")), recipient=recipient,
             correlation_id=str(headers.get("x-correlation-id") or message.correlation_id or ""),
@@ -205,7 +217,8 @@ class Consumer:
     async def _republish_retry(self, message: AbstractIncomingMessage, headers: dict[str, object],
                                attempt: int, result: ReceiveResult) -> None:
         delay = self.topology.retry_delay(attempt)
-        routing = str(headers.get("x-routing-key") or message.routing_key)
+        # The key the message was routed with, not a header a publisher could have set.
+        routing = str(message.routing_key or headers.get("x-routing-key"))
         copy = aio_pika.Message(
             message.body, content_type=message.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=f"{headers.get('x-message-id')}/{headers.get('x-recipient')}/{attempt + 1}",

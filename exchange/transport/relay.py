@@ -5,13 +5,23 @@ queue bound yet), a nack (quorum queue full: ``reject-publish``) or a timeout
 releases the item for a later attempt, so a broker outage delays documents but
 never loses one. Publishes are pipelined with a bounded number in flight: one
 confirm awaited at a time caps a process at about 1,000 messages/s (PITFALLS.md).
+
+In flight is bounded by count and by bytes. A fan-out publishes one frame per
+recipient (3,355 copies of a 70 KB directive); 256 such copies in flight are
+18 MB queued in the client, and on a busy broker the last of them waited longer
+than the confirm timeout, were released, published again and made the broker
+busier still (a 500-agency fan-out never settled). The byte budget keeps the
+window at what the broker confirms within a second or two. Fan-out copies share
+one frame: the store hands every copy of a message in a claim the same bytes
+object, and :func:`amqp_message` wraps it without copying.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import structlog
@@ -64,6 +74,27 @@ def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: dict[str, object]
     )
 
 
+class ByteBudget:
+    """At most ``limit`` bytes held at once; one holder may exceed it alone (a frame bigger than the budget)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
+
+
 class OutboxRelay:
     """Drains the outbox into the route exchange; wake it with ``event.set()``."""
 
@@ -74,6 +105,7 @@ class OutboxRelay:
         *,
         batch: int = 500,
         in_flight: int = 256,
+        bytes_in_flight: int = 8 * 1024 * 1024,
         confirm_timeout: float = 10.0,
         poll_interval: float = 1.0,
         metrics: object | None = None,
@@ -83,6 +115,7 @@ class OutboxRelay:
         self.event = event
         self.batch = batch
         self.in_flight = asyncio.Semaphore(in_flight)
+        self.bytes_in_flight = ByteBudget(bytes_in_flight)
         self.confirm_timeout = confirm_timeout
         self.poll_interval = poll_interval
         self.metrics = metrics
@@ -91,7 +124,7 @@ class OutboxRelay:
         self.published = 0
 
     async def _publish(self, exchange: AbstractExchange, item: OutboxItem) -> bool:
-        async with self.in_flight:
+        async with self.in_flight, self.bytes_in_flight.hold(len(item.body)):
             started = time.perf_counter()
             try:
                 await publish_confirmed(exchange, amqp_message(item), routing_key=item.routing_key,

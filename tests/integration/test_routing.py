@@ -435,7 +435,7 @@ async def test_a_refused_topology_is_logged_and_retried_until_the_operator_fixes
     the operator deletes the queue it connects without a restart."""
     from structlog.testing import capture_logs
 
-    squatted = Names(amqp_prefix).agency_queue(B, Lane.NORMAL)
+    squatted = Names(amqp_prefix).node_queue("local", Lane.NORMAL)
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel()

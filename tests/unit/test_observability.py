@@ -91,7 +91,7 @@ def test_the_metrics_the_node_reads_by_attribute_exist() -> None:
     for gauge in ("broker_up", "store_up", "outbox_size", "outbox_oldest_age_seconds", "retry_backlog"):
         getattr(m, gauge).set(1)
     m.certificate_expiry_seconds.labels("000.00.00.G22").set(-5)
-    m.queue_depth.labels("000.00.00.G22", "express").set(3)
+    m.queue_depth.labels("express").set(3)
     m.queue_oldest_message_age_seconds.labels("000.00.00.G22").set(12)
     get = m.registry.get_sample_value
     assert get("exchange_documents_submitted_total", {"agency": "000.00.00.G22", "kind": "document"}) == 1
@@ -141,7 +141,7 @@ def _exercise(m: Metrics) -> None:
     m.rejections.labels("xml", "r").inc()
     m.delivery_latency.labels("a").observe(1)
     m.receipt_latency.labels("a").observe(1)
-    m.queue_depth.labels("a", "normal").set(1)
+    m.queue_depth.labels("normal").set(1)
     m.queue_oldest_message_age_seconds.labels("a").set(1)
     m.certificate_expiry_seconds.labels("a").set(1)
 
