@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from exchange.cli._common import add_config_argument, resolve_config, table
+from exchange.cli._common import add_config_argument, command_help, resolve_config, table
 from exchange.routing.directory import Directory
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("directory", help="list the agency directory")
+    p = sub.add_parser(
+        "directory", help="list the agency directory",
+        **command_help(
+            "List the agencies of the node's directory ([directory] file of the node TOML): code, name, the "
+            "node that hosts it and its parent. --code shows one agency and the agencies under it.",
+            "exchange directory",
+            "exchange directory --code 000.00.00.H41 --json",
+        ),
+    )
     add_config_argument(p)
     p.add_argument("--code", help="show one agency and its children")
     p.add_argument("--json", action="store_true", help="machine-readable output")
