@@ -148,6 +148,7 @@ cert = "pki/agencies/000.00.00.G22.pem"
 adapter = "pull"
 EOF
 mkdir -p data
+: >serve.out; : >serve.err  # exist before the background shell opens them: the loop below reads them at once
 "$ex" serve --config node.toml --port 0 >serve.out 2>serve.err &
 node_pid=$!
 # Generous bounds: on a loaded 2-core machine a cold start takes tens of seconds; a healthy one, about 2.
