@@ -16,6 +16,32 @@ T = TypeVar("T")
 DEFAULT_DEV_DIR = Path("var/dev")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that blocks with indented lines (examples, layouts) keep their lines.
+
+    Plain paragraphs of a description are wrapped to the terminal as usual.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for block in text.split("\n\n"):
+            lines = block.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                blocks.append("\n".join(indent + line for line in lines))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
+
+
+def command_help(description: str, *examples: str) -> dict[str, Any]:
+    """``add_parser`` keywords: what the command does, and an epilog of examples (``--help`` shows both)."""
+    return {
+        "description": description,
+        "epilog": "examples:\n" + "\n".join(f"  {example}" for example in examples),
+        "formatter_class": HelpFormatter,
+    }
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", "-c", default=os.environ.get("EXCHANGE_CONFIG"),

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from exchange.cli._common import command_help
 from exchange.errors import ConfigError
 
 BENCHMARKS = {"signing": "bench_signing.py", "store": "bench_store.py", "e2e": "bench_e2e.py",
@@ -14,7 +15,16 @@ BENCHMARKS = {"signing": "bench_signing.py", "store": "bench_store.py", "e2e": "
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (signing, store, e2e, fanout); extra arguments go to it")
+    p = sub.add_parser(
+        "bench", help="run a benchmark (signing, store, e2e, fanout); extra arguments go to it",
+        **command_help(
+            "Run one of the benchmarks in benchmarks/ (a source checkout): each prints its figures beside a "
+            "baseline measured in the same run. Arguments after the benchmark's name are passed to it.",
+            "exchange bench signing",
+            "exchange bench e2e --repeat 3",
+            "exchange bench fanout",
+        ),
+    )
     p.add_argument("which", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from exchange.cli._common import command_help
 from exchange.errors import BrokerUnavailableError
 
 DEFAULT_DEMO_DIR = Path("var/demo")
@@ -34,7 +35,16 @@ WALK = ("01", "03", "06")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="a small world exchanging a directive with statuses, left running")
+    p = sub.add_parser(
+        "demo", help="a small world exchanging a directive with statuses, left running",
+        **command_help(
+            "Build a small world in --dir (four agencies on one node: HTTP pull, file drop, edXML and webhook "
+            "adapters), send a directive to three of them, walk each copy through statuses 01, 03 and 06, print "
+            "the sender's timeline, then keep the node running for curl and `exchange track`.",
+            "exchange demo",
+            "exchange demo --once --port 0 --dir /tmp/demo",
+        ),
+    )
     p.add_argument("--dir", type=Path, default=DEFAULT_DEMO_DIR, help=f"where the demo world lives (default {DEFAULT_DEMO_DIR})")
     p.add_argument("--port", type=int, default=8080, help="gateway port (0: any free port)")
     p.add_argument("--amqp-url", default=os.environ.get("EXCHANGE__AMQP__URL", "amqp://guest:guest@127.0.0.1:5672/"))

@@ -9,12 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 
-from exchange.cli._common import add_config_argument, resolve_config, table
+from exchange.cli._common import add_config_argument, command_help, resolve_config, table
 from exchange.routing.directory import Directory
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("directory", help="list the agency directory, or generate a national test directory")
+    p = sub.add_parser(
+        "directory", help="list the agency directory, or generate a national test directory",
+        **command_help(
+            "List the agencies of the node's directory ([directory] file of the node TOML): code, name, the "
+            "node that hosts it and its parent. --code shows one agency and the agencies under it. "
+            "`generate --national OUT` writes a national directory (34 provinces, 3,321 communes) for "
+            "development and benchmarks.",
+            "exchange directory",
+            "exchange directory --code 000.00.00.H41 --json",
+            "exchange directory generate --national var/national.toml",
+        ),
+    )
     p.add_argument("action", nargs="?", choices=["list", "generate"], default="list",
                    help="list (default) or generate (with --national OUT)")
     add_config_argument(p)

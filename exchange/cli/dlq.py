@@ -18,7 +18,7 @@ import json
 
 import aio_pika
 
-from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 from exchange.errors import BrokerUnavailableError, NotFoundError
 from exchange.transport.consumer import REPLAY_REASON_HEADER, REPLAYS_HEADER
 from exchange.transport.relay import publish_confirmed
@@ -29,14 +29,39 @@ CONNECT_TIMEOUT = 10.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dlq", help="inspect and replay dead-lettered messages")
+    p = sub.add_parser(
+        "dlq", help="inspect and replay dead-lettered messages",
+        **command_help(
+            "Dead letters are messages a node could not deliver (invalid, untrusted, or out of retries). "
+            "`list` shows them without changing anything; `replay` sends chosen ones back to their agency "
+            "queue, with a reason that is kept with the message.",
+            "exchange dlq list",
+            'exchange dlq replay --id 40dd068d-5a2c-4d8e-9b1e-3f0c2a7b9e11 --reason "E-Office back up"',
+        ),
+    )
     dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
-    lp = dsub.add_parser("list", help="show dead letters with their reason")
+    lp = dsub.add_parser(
+        "list", help="show dead letters with their reason",
+        **command_help(
+            "Show the dead letters (message id, sender, recipient, reason, attempts). Messages are taken off the queue "
+            "unacknowledged and put back, so listing changes nothing.",
+            "exchange dlq list --limit 20",
+            "exchange dlq list --json --config /etc/exchange/node.toml",
+        ),
+    )
     add_config_argument(lp)
     lp.add_argument("--limit", type=int, default=100)
     lp.add_argument("--json", action="store_true")
     lp.set_defaults(func=_list)
-    rp = dsub.add_parser("replay", help="send dead letters back to their agency queue")
+    rp = dsub.add_parser(
+        "replay", help="send dead letters back to their agency queue",
+        **command_help(
+            "Republish the chosen dead letters to their agency queue (publisher confirms), then remove them "
+            "from the dead-letter queue. The reason is recorded on the message and logged.",
+            'exchange dlq replay --id 40dd068d-5a2c-4d8e-9b1e-3f0c2a7b9e11 --reason "certificate renewed"',
+            'exchange dlq replay --all --reason "broker maintenance over"',
+        ),
+    )
     add_config_argument(rp)
     sel = rp.add_mutually_exclusive_group(required=True)
     sel.add_argument("--id", dest="ids", action="append", help="message id to replay (repeat)")

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from exchange.cli._common import command_help
 from exchange.errors import ConfigError, JournalTamperedError
 
 
@@ -15,9 +16,24 @@ DEV_CONFIG = Path("var/dev/dev.toml")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("journal", help="check the tamper-evident journal")
+    p = sub.add_parser(
+        "journal", help="check the tamper-evident journal",
+        **command_help(
+            "Every state change goes into a hash-chained journal in the store. `verify` recomputes the chain "
+            "end to end and reports the first entry that was altered or removed.",
+            "exchange journal verify",
+        ),
+    )
     jsub = p.add_subparsers(dest="journal_command", metavar="ACTION")
-    v = jsub.add_parser("verify", help="recompute the hash chain end to end; exit 1 at the first bad entry")
+    v = jsub.add_parser(
+        "verify", help="recompute the hash chain end to end; exit 1 at the first bad entry",
+        **command_help(
+            "Recompute the journal's hash chain from the first entry to the last. Exit 0 with a summary if "
+            "it holds; exit 1 naming the first entry whose hash or link does not match.",
+            "exchange journal verify --config /etc/exchange/node.toml",
+            "exchange journal verify --store-url sqlite:///var/dev/dev/exchange.db --json",
+        ),
+    )
     where = v.add_mutually_exclusive_group()
     where.add_argument("--store-url", help="store URL, e.g. sqlite:///var/exchange.db or postgresql://user@host/db")
     where.add_argument("--config", "-c", default=None,

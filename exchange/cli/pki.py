@@ -10,7 +10,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from exchange.cli._common import DEFAULT_DEV_DIR, table
+from exchange.cli._common import DEFAULT_DEV_DIR, HelpFormatter, command_help, table
 from exchange.errors import KeyMaterialError
 
 DEFAULT_PKI_DIR = DEFAULT_DEV_DIR / "pki"
@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pki", help="development CA: create it, issue and revoke agency certificates, write the CRL",
         description="Development certificate authority. Layout: DIR/ca.pem, ca.key, index.json, crl.pem, "
                     "agencies/<code>.pem and agencies/<code>.key (keys are mode 0600).",
+        epilog="examples:\n"
+               "  exchange pki init --dir var/pki\n"
+               "  exchange pki issue --dir var/pki --code 000.00.00.G22 --name 'Văn phòng Chính phủ'\n"
+               "  exchange pki revoke --dir var/pki --code 000.00.00.G22",
+        formatter_class=HelpFormatter,
     )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     pki_sub = p.add_subparsers(dest="pki_command", metavar="ACTION")
@@ -28,14 +33,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--dir", type=Path, default=DEFAULT_PKI_DIR, help=f"CA directory (default {DEFAULT_PKI_DIR})")
 
-    q = pki_sub.add_parser("init", help="create a CA (RSA 3072 by default) and an empty CRL")
+    q = pki_sub.add_parser(
+        "init", help="create a CA (RSA 3072 by default) and an empty CRL",
+        **command_help(
+            "Create a development CA in --dir: a self-signed CA certificate and key (RSA 3072, or ECDSA P-256 "
+            "with --ec) and an empty CRL. Refuses to overwrite an existing CA.",
+            "exchange pki init --dir var/pki",
+            "exchange pki init --dir var/pki --ec --name 'Test CA' --days 365",
+        ),
+    )
     common(q)
     q.add_argument("--ec", action="store_true", help="ECDSA P-256 CA key instead of RSA 3072")
     q.add_argument("--name", default="Exchange Development CA", help="the CA's common name")
     q.add_argument("--days", type=int, default=3650, help="CA validity in days (default 3650)")
     q.set_defaults(func=_init)
 
-    q = pki_sub.add_parser("issue", help="generate an agency key and issue its certificate")
+    q = pki_sub.add_parser(
+        "issue", help="generate an agency key and issue its certificate",
+        **command_help(
+            "Generate a key for an agency and issue its signing certificate (the agency code in the subject, "
+            "digitalSignature key usage) from the CA in --dir.",
+            "exchange pki issue --dir var/pki --code 000.00.00.G22 --name 'Văn phòng Chính phủ'",
+            "exchange pki issue --dir var/pki --code 000.00.00.G22 --name 'Văn phòng Chính phủ' --suffix 2027",
+        ),
+    )
     common(q)
     q.add_argument("--code", required=True, help="QCVN 102 agency code, e.g. 000.00.00.G22")
     q.add_argument("--name", required=True, help="agency name, e.g. 'Văn phòng Chính phủ'")
@@ -45,19 +66,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--replace", action="store_true", help="overwrite an existing key and certificate")
     q.set_defaults(func=_issue)
 
-    q = pki_sub.add_parser("revoke", help="revoke an agency's certificates and rewrite the CRL")
+    q = pki_sub.add_parser(
+        "revoke", help="revoke an agency's certificates and rewrite the CRL",
+        **command_help(
+            "Revoke an agency's certificates (all of them, one file by --suffix, or one --serial) and rewrite "
+            "DIR/crl.pem; copy the CRL to every node's [pki] crl_files.",
+            "exchange pki revoke --dir var/pki --code 000.00.00.G22",
+            "exchange pki revoke --dir var/pki --code 000.00.00.G22 --serial 3f2a9c",
+        ),
+    )
     common(q)
     q.add_argument("--code", required=True)
     q.add_argument("--suffix", default=None, help="only the certificate agencies/<code>-<suffix>.pem")
     q.add_argument("--serial", default=None, help="only the certificate with this serial (hex)")
     q.set_defaults(func=_revoke)
 
-    q = pki_sub.add_parser("crl", help="write a fresh CRL (DIR/crl.pem)")
+    q = pki_sub.add_parser(
+        "crl", help="write a fresh CRL (DIR/crl.pem)",
+        **command_help(
+            "Write a fresh CRL with every revoked certificate and a new nextUpdate; nodes refuse a CRL past "
+            "its nextUpdate, so run it before that date.",
+            "exchange pki crl --dir var/pki --days 30",
+        ),
+    )
     common(q)
     q.add_argument("--days", type=int, default=30, help="nextUpdate in days from now (default 30)")
     q.set_defaults(func=_crl)
 
-    q = pki_sub.add_parser("list", help="list the certificates this CA issued")
+    q = pki_sub.add_parser(
+        "list", help="list the certificates this CA issued",
+        **command_help(
+            "List every certificate the CA in --dir issued: agency code, name, serial, key type, expiry, "
+            "whether it is revoked, and its file.",
+            "exchange pki list --dir var/pki",
+        ),
+    )
     common(q)
     q.set_defaults(func=_list)
 

@@ -11,11 +11,22 @@ import mimetypes
 from datetime import date
 from pathlib import Path
 
-from exchange.cli._common import add_config_argument, resolve_config, run
+from exchange.cli._common import add_config_argument, command_help, resolve_config, run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("send", help="sign and submit a document from the command line")
+    p = sub.add_parser(
+        "send", help="sign and submit a document from the command line",
+        **command_help(
+            "Sign a document with the sender agency's key and write it to the node's outbox; the running node "
+            "(`exchange serve`) publishes it. Prints only the message id on stdout (logs go to stderr), so "
+            "scripts can capture it; follow it with `exchange track ID`.",
+            "exchange send --from 000.00.00.G22 --to 000.00.00.H41 --number 12 --notation CT-TTg "
+            "--subject 'Chỉ thị về chuyển đổi số' --attach qd.pdf",
+            "id=$(exchange send --from 000.00.00.G22 --to 000.00.00.H41 --to 000.00.31.H41 --number 13 "
+            "--subject 'Báo cáo' --priority 3)",
+        ),
+    )
     add_config_argument(p)
     p.add_argument("--from", dest="sender", required=True, help="sender agency code (hosted by this node)")
     p.add_argument("--to", dest="recipients", action="append", required=True, help="recipient agency code (repeat)")

@@ -17,11 +17,20 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from exchange.cli._common import DEFAULT_DEV_DIR, add_config_argument
+from exchange.cli._common import DEFAULT_DEV_DIR, add_config_argument, command_help
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run a node: RabbitMQ consumer, outbox relay, adapters, HTTP gateway")
+    p = sub.add_parser(
+        "serve", help="run a node: RabbitMQ consumer, outbox relay, adapters, HTTP gateway",
+        **command_help(
+            "Run a node until SIGTERM or Ctrl-C: the RabbitMQ consumer, the outbox relay, the agencies' "
+            "adapters and the HTTP gateway (/healthz, /readyz, /metrics, /v1/...). --dev generates a working "
+            "local world on first run (dev CA, sample agencies, directory, API tokens) and serves it.",
+            "exchange serve --dev",
+            "exchange serve --config /etc/exchange/node.toml --port 0 --log-level DEBUG",
+        ),
+    )
     add_config_argument(p)
     p.add_argument("--dev", action="store_true", help=f"generate (first run) and use the local dev world in {DEFAULT_DEV_DIR}")
     p.add_argument("--dev-dir", type=Path, default=DEFAULT_DEV_DIR, help="where --dev keeps its world")

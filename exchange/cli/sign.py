@@ -47,7 +47,12 @@ metadata file (TOML or JSON, by extension). Top level:
   staff = { department, staff, email, mobile }, timestamp
 [receipt]   response_for, outcome ("delivered" | "failed"), envelope_digest, reason_code, reason
 [[attachments]]  optional, per --attach file: file = "qd.pdf", name, media_type, description, id
-See docs/SIGNING.md for a complete example."""
+See docs/SIGNING.md for a complete example.
+
+examples:
+  exchange sign --key pki/agencies/000.00.00.G22.key --cert pki/agencies/000.00.00.G22.pem \\
+      --meta directive.toml --attach qd.pdf --out out/
+  exchange verify out/MESSAGE_ID.xml --ca pki/ca.pem --crl pki/crl.pem"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("track", help="print the per-recipient timeline of a sent message")
+    p = sub.add_parser(
+        "track", help="print the per-recipient timeline of a sent message",
+        **command_help(
+            "Show a sent message's state per recipient (submitted, queued, delivered or failed, and its latest "
+            "business status) and its timeline of events (delivery, receipts, statuses), from the sender "
+            "node's store.",
+            "exchange track 40dd068d-5a2c-4d8e-9b1e-3f0c2a7b9e11",
+            "exchange track 40dd068d-5a2c-4d8e-9b1e-3f0c2a7b9e11 --json --config var/demo/demo.toml",
+        ),
+    )
     add_config_argument(p)
     p.add_argument("message_id")
     p.add_argument("--json", action="store_true")

@@ -8,6 +8,7 @@ import re
 import stat
 from pathlib import Path
 
+from exchange.cli._common import HelpFormatter
 from exchange.errors import AttachmentError, BadRequestError, ConfigError, ExchangeError, XmlTooLargeError
 
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
@@ -19,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Verify FILE: structure, algorithms, certificate (chain, validity, key usage, CRL), "
                     "signature, schema, From agency = certificate agency, and attachment digests. Exit 0 and "
                     "a summary if it verifies; exit 1 and one line with the reason otherwise.",
+        epilog="examples:\n"
+               "  exchange verify out/signed.xml --ca pki/ca.pem --crl pki/crl.pem\n"
+               "  exchange verify received.xml --attachments-dir received/ --config /etc/exchange/node.toml",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the signed envelope XML")
     p.add_argument("--attachments-dir", type=Path, default=None, metavar="D",
