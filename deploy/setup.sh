@@ -101,6 +101,9 @@ if [ ! -f "$(stamp_for "$lock")" ] && [ ! -f "$(stamp_for requirements-dev.lock)
     say "removing the old 'exchange' distribution from .venv (now exchange-bus)"
     .venv/bin/python -m pip uninstall -q -y exchange
   fi
+  # ... and its editable install left exchange.egg-info in the source tree, which importlib.metadata
+  # still finds (the tree is on sys.path): the same duplicate entry points.
+  rm -rf exchange.egg-info
   say "installing exchange into .venv (pip install --no-deps -e .)"
   "${pip[@]}" --no-deps -e .
   # A dependency added to pyproject.toml but not to the lock shows up here, not at run time.
