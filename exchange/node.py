@@ -189,8 +189,9 @@ class Node:
     async def start(self) -> None:
         """Open the store, load keys, start adapters and the gateway; connect to RabbitMQ in the background."""
         self.service = service = await build_service(self.config, metrics=self.metrics)
+        classes: dict[str, type] = {}  # entry points are read from package metadata: once per kind, not per agency
         for agency in self.config.agencies:
-            cls = adapter_class(agency.adapter)
+            cls = classes.get(agency.adapter) or classes.setdefault(agency.adapter, adapter_class(agency.adapter))
             adapter = cls(agency.code, agency.options, service.handle(agency.code))
             await adapter.start()
             service.adapters[agency.code] = adapter
@@ -286,7 +287,7 @@ class Node:
         self.topology = await declare(
             publish, prefix=cfg.amqp.prefix, node=cfg.name, agencies=hosted,
             retry_delays=cfg.amqp.retry_delays, delivery_limit=cfg.amqp.delivery_limit,
-            connection=connection, stale=ledger.previous(),
+            connection=connection, stale=ledger.previous(), bound=ledger.previous(),
         )
         ledger.record(hosted)
         consume = await connection.channel()

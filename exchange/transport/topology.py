@@ -243,13 +243,18 @@ async def declare(
     delivery_limit: int,
     connection: AbstractConnection | None = None,
     stale: Iterable[str] = (),
+    bound: Iterable[str] | None = None,
 ) -> Topology:
     """Declare (or confirm) the topology of one node: exchanges, retry and dead-letter queues,
     the node's three lane queues and one binding per hosted agency and lane.
 
     ``stale`` names agencies this node bound before and hosts no more: their bindings are
-    removed, so their messages stop landing here. With ``connection`` the bindings are
-    declared over several channels side by side (a node hosting 3,355 agencies has 10,065).
+    removed, so their messages stop landing here. ``bound`` names agencies bound at an
+    earlier start: when the three lane queues already existed (durable queues keep their
+    bindings across broker restarts) only the others are bound, so a restart of a node
+    hosting 3,355 agencies does not redeclare 10,065 bindings; a lane queue created now
+    (first start, or deleted by hand) gets every binding. With ``connection`` the bindings
+    go over several channels side by side.
     """
     names = Names(prefix)
     hosted = frozenset(agencies)
@@ -265,10 +270,14 @@ async def declare(
             arguments={"x-message-ttl": delay * 1000, "x-dead-letter-exchange": names.route},
         )
         await q.bind(retry, routing_key="", arguments={"x-match": "all", RETRY_HEADER: str(delay)})
+    lanes_existed = connection is not None and all(
+        [await _exists(connection, queue=names.node_queue(node, lane)) for lane in Lane])
     args = lane_queue_arguments(names, delivery_limit)
     queues = {lane: await channel.declare_queue(names.node_queue(node, lane), durable=True, arguments=args)
               for lane in Lane}
-    bindings = [(queues[lane].name, names.route, routing_key(a, lane)) for a in sorted(hosted) for lane in Lane]
+    known = set(bound or ()) if lanes_existed else set()
+    bindings = [(queues[lane].name, names.route, routing_key(a, lane))
+                for a in sorted(hosted - known) for lane in Lane]
     gone = sorted(set(stale) - hosted)
     unbindings = [(queues[lane].name, names.route, routing_key(a, lane)) for a in gone for lane in Lane]
     started = time.perf_counter()
