@@ -176,3 +176,33 @@ def test_issuing_a_world_writes_the_ca_index_once_per_batch(tmp_path: Path, monk
     ca = pki.DevCA.load_or_create(tmp_path / "pki")
     assert len([e for e in ca.entries() if e.code.endswith("H41")]) == 20
     assert len([w for w in writes if w >= 20]) <= 2  # the batch, then the CRL's number; not one per certificate
+
+
+def _capacity_block() -> str:
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "setup.sh").read_text(encoding="utf-8")
+    start = text.index("# --- RabbitMQ capacity")
+    return text[start:text.index("# --- test-only services", start)]
+
+
+@pytest.mark.parametrize("limit, warned", [(927, True), (65536, False)])
+def test_setup_warns_when_the_brokers_open_files_limit_is_too_low_for_the_directory(
+        tmp_path: Path, limit: int, warned: bool) -> None:
+    import json
+    import os
+    import subprocess
+
+    fake = tmp_path / "bin" / "rabbitmqctl"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '" + json.dumps({"file_descriptors": {"total_limit": limit}}) + "'\n")
+    fake.chmod(0o755)
+    directory = tmp_path / "directory.toml"  # 400 nodes: 1,206 queues, ~5,000 handles
+    directory.write_text("".join(f'[[agency]]\ncode = "000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}"\n'
+                                 f'node = "n{i}"\n' for i in range(400)), encoding="utf-8")
+    script = 'say() { echo "[setup] $*"; }\nas_root() { "$@"; }\n' + _capacity_block()
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}",
+                              "EXCHANGE_DIRECTORY": str(directory)})
+    assert out.returncode == 0, out.stderr
+    assert ("WARNING" in out.stdout) is warned, out.stdout
+    if warned:
+        assert "400 agencies on 400 nodes" in out.stdout and "limits.conf" in out.stdout
