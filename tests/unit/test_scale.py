@@ -206,3 +206,51 @@ def test_setup_warns_when_the_brokers_open_files_limit_is_too_low_for_the_direct
     assert ("WARNING" in out.stdout) is warned, out.stdout
     if warned:
         assert "400 agencies on 400 nodes" in out.stdout and "limits.conf" in out.stdout
+
+
+class CongestedExchange:
+    """Confirms at most ``capacity`` publishes per batch in time; the rest time out."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.pending = 0
+        self.calls = 0
+
+    async def publish(self, message, routing_key, *, mandatory=True, timeout=None):
+        self.calls += 1
+        self.pending += 1
+        try:
+            if self.pending > self.capacity:
+                await asyncio.sleep(10)  # longer than the relay's confirm timeout
+            await asyncio.sleep(0)
+        finally:
+            self.pending -= 1
+
+
+async def test_a_relay_facing_a_congested_broker_shrinks_its_batches_instead_of_republishing_them_whole(
+        tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
+    await store.open()
+    try:
+        recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(400)]
+        xml = b"<envelope/>"
+        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=GOVERNMENT_OFFICE,
+                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
+                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
+        relay = OutboxRelay(store, asyncio.Event(), batch=200, confirm_timeout=0.05)
+        exchange = CongestedExchange(capacity=30)
+        relay.exchange = exchange  # type: ignore[assignment]
+        published = 0
+        for _ in range(40):
+            ok, _ = await relay.drain_once()
+            published += ok
+            if published == 400:
+                break
+            await store.release_outbox([])  # nothing: released items are claimable again at once
+        assert published == 400
+        assert relay.window < 200  # it backed off
+        # Without the shrinking window every round re-sent ~170 copies that could not be confirmed.
+        assert exchange.calls < 400 + 3 * 200, exchange.calls
+    finally:
+        await store.close()
