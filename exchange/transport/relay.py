@@ -11,7 +11,8 @@ recipient (3,355 copies of a 70 KB directive); 256 such copies in flight are
 18 MB queued in the client, and on a busy broker the last of them waited longer
 than the confirm timeout, were released, published again and made the broker
 busier still (a 500-agency fan-out never settled). The byte budget keeps the
-window at what the broker confirms within a second or two. Fan-out copies share
+window at what the broker confirms within a second or two, and a batch whose confirms
+timed out halves the next one (clean batches grow it back). Fan-out copies share
 one frame: the store hands every copy of a message in a claim the same bytes
 object, and :func:`amqp_message` wraps it without copying.
 """
