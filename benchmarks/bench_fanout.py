@@ -288,6 +288,9 @@ def report(r: dict[str, object], base: tuple[float, int]) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
+    from exchange.observability.logging import configure_logging
+
+    configure_logging("WARNING")  # the sending node in this process: 3,355 receipt lines are noise here
     vhost = f"bench-fanout-{uuid.uuid4().hex[:8]}"
     ctl("add_vhost", vhost)
     ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")

@@ -22,6 +22,7 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 from cryptography import x509
 
+from exchange.adapters.base import Adapter
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
 from exchange.errors import ConfigError, PortInUseError
@@ -202,8 +203,9 @@ class Node:
             self.service = service = await build_service(self.config, metrics=self.metrics)
             if self.serve_http:
                 await self._start_http()
+            classes: dict[str, type[Adapter]] = {}  # entry points are read from package metadata: once per kind
             for agency in self.config.agencies:
-                cls = adapter_class(agency.adapter)
+                cls = classes.get(agency.adapter) or classes.setdefault(agency.adapter, adapter_class(agency.adapter))
                 adapter = cls(agency.code, agency.options, service.handle(agency.code))
                 await adapter.start()
                 service.adapters[agency.code] = adapter
@@ -348,7 +350,7 @@ class Node:
         self.topology = await declare(
             publish, prefix=cfg.amqp.prefix, node=cfg.name, agencies=hosted,
             retry_delays=cfg.amqp.retry_delays, delivery_limit=cfg.amqp.delivery_limit,
-            connection=connection, stale=ledger.previous(),
+            connection=connection, stale=ledger.previous(), bound=ledger.previous(),
         )
         ledger.record(hosted)
         consume = await connection.channel()

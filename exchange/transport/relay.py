@@ -11,7 +11,8 @@ recipient (3,355 copies of a 70 KB directive); 256 such copies in flight are
 18 MB queued in the client, and on a busy broker the last of them waited longer
 than the confirm timeout, were released, published again and made the broker
 busier still (a 500-agency fan-out never settled). The byte budget keeps the
-window at what the broker confirms within a second or two. Fan-out copies share
+window at what the broker confirms within a second or two, and a batch whose confirms
+timed out halves the next one (clean batches grow it back). Fan-out copies share
 one frame: the store hands every copy of a message in a claim the same bytes
 object, and :func:`amqp_message` wraps it without copying.
 """
@@ -116,6 +117,12 @@ class OutboxRelay:
         self.batch = batch
         self.in_flight = asyncio.Semaphore(in_flight)
         self.bytes_in_flight = ByteBudget(bytes_in_flight)
+        #: Items one batch publishes: halved after a batch with failures, grown back after clean
+        #: ones (additive increase, multiplicative decrease). A broker that cannot confirm a
+        #: batch in time gets fewer re-publications, not the whole batch again.
+        self.max_batch = batch
+        self.window = batch
+        self._more = False
         self.confirm_timeout = confirm_timeout
         self.poll_interval = poll_interval
         self.metrics = metrics
@@ -143,7 +150,9 @@ class OutboxRelay:
         exchange = self.exchange
         if exchange is None:
             return 0, 0
-        items = await self.store.claim_outbox(self.batch, lease_seconds=max(30.0, self.confirm_timeout * 3))
+        window = self.window
+        items = await self.store.claim_outbox(window, lease_seconds=max(30.0, self.confirm_timeout * 3))
+        self._more = len(items) >= window  # a full claim: more may be waiting
         if not items:
             return 0, 0
         results = await asyncio.gather(*(self._publish(exchange, i) for i in items))
@@ -156,6 +165,9 @@ class OutboxRelay:
                 self.on_published(ok)
         if bad:
             await self.store.release_outbox([i.id for i in bad if i.id is not None])
+            self.window = max(8, self.window // 2)
+        elif self._more:
+            self.window = min(self.max_batch, self.window + max(8, self.window // 4))
         return len(ok), len(bad)
 
     async def run(self) -> None:
@@ -176,7 +188,7 @@ class OutboxRelay:
                 await asyncio.sleep(min(0.2 * 2 ** min(failures, 6), 10.0))
                 continue
             failures = 0
-            if published >= self.batch:
+            if self._more:
                 continue
             try:
                 await asyncio.wait_for(self.event.wait(), timeout=self.poll_interval)

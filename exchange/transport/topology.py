@@ -42,6 +42,8 @@ from pathlib import Path
 
 import aio_pika
 import aiormq
+import aiormq.abc
+import pamqp.commands
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
@@ -51,9 +53,12 @@ log = structlog.get_logger("exchange.topology")
 
 RETRY_HEADER = "x-retry-delay"
 
-#: Channels used side by side to declare bindings: one channel carries one synchronous
-#: method at a time, so 10,065 bindings on one channel are 10,065 round trips in a row.
-BIND_CHANNELS = 8
+#: Channels used side by side to declare bindings. Bindings go out without waiting for
+#: each answer (``nowait``) and one synchronous method per channel then proves they all
+#: succeeded: the broker handles a channel's methods in order and closes the channel on
+#: the first failure. One round trip per binding made 10,065 bindings take 27 s on a
+#: loaded machine.
+BIND_CHANNELS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +172,17 @@ async def _on_channels(connection: AbstractConnection, jobs: Sequence[tuple[str,
 
     async def run(channel: AbstractChannel, part: Sequence[tuple[str, str, str]]) -> None:
         raw = await channel.get_underlay_channel()  # one method frame per binding, no aio-pika bookkeeping
-        for queue, exchange, key in part:
+        for i, (queue, exchange, key) in enumerate(part):
             if bind:
-                await raw.queue_bind(queue, exchange, routing_key=key)
+                await _bind_nowait(raw, queue, exchange, key)
             else:
+                # queue.unbind has no nowait flag in AMQP 0-9-1: one round trip each (few, and rare)
                 await raw.queue_unbind(queue, exchange, routing_key=key)
+            if i % 500 == 499:
+                await raw.basic_qos(prefetch_count=0)  # a synchronous method: paces the writes, surfaces errors
+        # The answer to this synchronous method comes after every binding above was applied,
+        # or the channel is closed with the first binding's error, which this then raises.
+        await raw.basic_qos(prefetch_count=0)
 
     try:
         await asyncio.gather(*(run(c, jobs[i::width]) for i, c in enumerate(opened)))
@@ -179,6 +190,17 @@ async def _on_channels(connection: AbstractConnection, jobs: Sequence[tuple[str,
         for c in opened:
             if not c.is_closed:
                 await c.close()
+
+
+async def _bind_nowait(raw: aiormq.abc.AbstractChannel, queue: str, exchange: str, key: str) -> None:
+    """queue.bind with nowait: the frame is written and no answer awaited.
+
+    aiormq 6.9's ``queue_bind(nowait=True)`` still waits for a BindOk, which the broker never
+    sends for nowait, so it hangs; the frame goes straight to the channel's write queue
+    instead (frames of one channel keep their order there).
+    """
+    frame = pamqp.commands.Queue.Bind(queue=queue, exchange=exchange, routing_key=key, nowait=True)
+    await raw.write_queue.put(aiormq.abc.ChannelFrame.marshall(channel_number=raw.number, frames=[frame]))
 
 
 class BindingLedger:
@@ -221,13 +243,18 @@ async def declare(
     delivery_limit: int,
     connection: AbstractConnection | None = None,
     stale: Iterable[str] = (),
+    bound: Iterable[str] | None = None,
 ) -> Topology:
     """Declare (or confirm) the topology of one node: exchanges, retry and dead-letter queues,
     the node's three lane queues and one binding per hosted agency and lane.
 
     ``stale`` names agencies this node bound before and hosts no more: their bindings are
-    removed, so their messages stop landing here. With ``connection`` the bindings are
-    declared over several channels side by side (a node hosting 3,355 agencies has 10,065).
+    removed, so their messages stop landing here. ``bound`` names agencies bound at an
+    earlier start: when the three lane queues already existed (durable queues keep their
+    bindings across broker restarts) only the others are bound, so a restart of a node
+    hosting 3,355 agencies does not redeclare 10,065 bindings; a lane queue created now
+    (first start, or deleted by hand) gets every binding. With ``connection`` the bindings
+    go over several channels side by side.
     """
     names = Names(prefix)
     hosted = frozenset(agencies)
@@ -243,10 +270,14 @@ async def declare(
             arguments={"x-message-ttl": delay * 1000, "x-dead-letter-exchange": names.route},
         )
         await q.bind(retry, routing_key="", arguments={"x-match": "all", RETRY_HEADER: str(delay)})
+    lanes_existed = connection is not None and all(
+        [await _exists(connection, queue=names.node_queue(node, lane)) for lane in Lane])
     args = lane_queue_arguments(names, delivery_limit)
     queues = {lane: await channel.declare_queue(names.node_queue(node, lane), durable=True, arguments=args)
               for lane in Lane}
-    bindings = [(queues[lane].name, names.route, routing_key(a, lane)) for a in sorted(hosted) for lane in Lane]
+    known = set(bound or ()) if lanes_existed else set()
+    bindings = [(queues[lane].name, names.route, routing_key(a, lane))
+                for a in sorted(hosted - known) for lane in Lane]
     gone = sorted(set(stale) - hosted)
     unbindings = [(queues[lane].name, names.route, routing_key(a, lane)) for a in gone for lane in Lane]
     started = time.perf_counter()
