@@ -228,19 +228,26 @@ async def test_a_database_with_only_some_of_the_store_tables_is_refused(tmp_path
 # -- a pending revision ------------------------------------------------------------------------------------
 
 
+#: The package's newest revision, and the one the fixture below writes after it.
+HEAD = migrations.head()
+NEXT = f"{int(HEAD) + 1:04d}"
+#: What a database at the baseline still has to run to reach NEXT.
+AFTER_BASELINE = tuple(f"{n:04d}" for n in range(int(migrations.BASELINE) + 1, int(NEXT) + 1))
+
+
 @pytest.fixture
 def revisions(tmp_path: Path) -> Iterator[Path]:
     """A copy of the package's migrations with one more revision, written the documented way."""
     location = tmp_path / "migrations"
     shutil.copytree(migrations.LOCATION, location, ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
-    path = migrations.new_revision("operator accounts", location)
-    assert path.name == "0002_operator_accounts.py" and path.parent == location / "versions"
+    path = migrations.new_revision("probe accounts", location)
+    assert path.name == f"{NEXT}_probe_accounts.py" and path.parent == location / "versions"
     source = path.read_text(encoding="utf-8")
-    assert "down_revision: str | None = '0001'" in source
+    assert f"down_revision: str | None = '{HEAD}'" in source
     path.write_text(source.replace('''def upgrade() -> None:
     pass''', '''def upgrade() -> None:
     op.create_table(
-        "operators",
+        "probe_accounts",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
@@ -258,32 +265,32 @@ async def test_open_runs_a_pending_revision_and_keeps_the_data(empty_url: str, r
         await store.put_token(A, "a" * 64, "E-Office")
         pending = await store._engine.read(  # type: ignore[union-attr]
             lambda conn: migrations.state(conn, revisions))
-        assert (pending.current, pending.head, pending.pending) == ("0001", "0002", ("0002",))
+        assert (pending.current, pending.head, pending.pending) == (HEAD, NEXT, (NEXT,))
         result = await store._engine.write(  # type: ignore[union-attr]
             lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
-        assert (result.before, result.after, result.applied, result.stamped) == ("0001", "0002", ("0002",), False)
-        assert "operators" in await tables(store)
+        assert (result.before, result.after, result.applied, result.stamped) == (HEAD, NEXT, (NEXT,), False)
+        assert "probe_accounts" in await tables(store)
         assert await store.agency_for_token("a" * 64) == A  # the copied table kept its rows
         await store.put_token(B, "b" * 64, "x" * 300)  # the wider column
         assert (await store.verify_journal()).ok
         again = await store._engine.write(  # type: ignore[union-attr]
             lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
-        assert (again.before, again.applied) == ("0002", ())
+        assert (again.before, again.applied) == (NEXT, ())
 
 
 async def test_a_store_written_before_migrations_is_stamped_then_upgraded(old_url: str, revisions: Path) -> None:
     async with opened(old_url, migrate_schema=False) as store:
         state = await store._engine.read(lambda conn: migrations.state(conn, revisions))  # type: ignore[union-attr]
-        assert (state.current, state.unversioned, state.pending) == (None, True, ("0002",))
+        assert (state.current, state.unversioned, state.pending) == (None, True, AFTER_BASELINE)
         result = await store._engine.write(  # type: ignore[union-attr]
             lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
-        assert (result.before, result.stamped, result.applied, result.after) == (None, True, ("0002",), "0002")
+        assert (result.before, result.stamped, result.applied, result.after) == (None, True, AFTER_BASELINE, NEXT)
         assert await store.agency_for_token("f" * 64) == A
         assert (await store.verify_journal()).entries == OLD_ENTRIES
 
 
 async def test_a_failing_revision_leaves_the_database_as_it_was(empty_url: str, revisions: Path) -> None:
-    path = revisions / "versions" / "0002_operator_accounts.py"
+    path = revisions / "versions" / f"{NEXT}_probe_accounts.py"
     source = path.read_text(encoding="utf-8")
     failing = "        raise RuntimeError('half way')\n        batch.add_column("
     path.write_text(source.replace("        batch.add_column(", failing), encoding="utf-8")
@@ -292,10 +299,10 @@ async def test_a_failing_revision_leaves_the_database_as_it_was(empty_url: str, 
         with pytest.raises(StoreError) as err:
             await store._engine.write(  # type: ignore[union-attr]
                 lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
-        assert "from 0001 to 0002 failed (RuntimeError: half way)" in err.value.message
+        assert f"from {HEAD} to {NEXT} failed (RuntimeError: half way)" in err.value.message
         assert "nothing was changed" in err.value.message
-        assert "operators" not in await tables(store)  # created before the failure, rolled back with it
-        assert (await store.schema_state()).current == "0001"
+        assert "probe_accounts" not in await tables(store)  # created before the failure, rolled back with it
+        assert (await store.schema_state()).current == HEAD
         assert await store.agency_for_token("a" * 64) == A
 
 

@@ -59,7 +59,11 @@ class Hub:
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
-    """Run `exchange …` in-process; its stdout and stderr."""
+    """Run `exchange …` in-process; its stdout and stderr.
+
+    The nodes of the fixture run in this process too, and ``redirect_stdout`` swaps the
+    process's stdout: a node's log line can land in ``out``. The secret is its last line.
+    """
     import contextlib
     import io
 
@@ -93,7 +97,7 @@ async def hub(tmp_path_factory, amqp_url: str) -> AsyncIterator[Hub]:
             rc, out, err = await asyncio.to_thread(cli, "vxp", "secret", "create", "--system", system,
                                                    "--agency", code, "--config", config)
             assert rc == 0, err
-            secrets[code] = out.strip()
+            secrets[code] = out.strip().splitlines()[-1]
             assert "shown only this once" in err and secrets[code] not in err
         async with aiohttp.ClientSession() as http:
             yield Hub(nodes["central"], nodes["local"], root, http, secrets)
@@ -255,7 +259,7 @@ async def test_secrets_are_shown_once_stored_sealed_rotated_and_never_logged(hub
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         rc, out, _ = await asyncio.to_thread(cli, "vxp", "secret", "rotate", "--system", SYSTEMS[C], "--config", config)
         assert rc == 0
-        new = out.strip()
+        new = out.strip().splitlines()[-1]
         assert new and new != hub.secrets[C]
         await refused(old, "getAgenciesList", old.headers(), 401, "3", "vxp-signature-invalid")
         hub.secrets[C] = new
