@@ -26,6 +26,7 @@ from exchange.envelope.model import (
     DocumentInfo,
     Envelope,
     Header,
+    Hop,
     Kind,
     Operation,
     ReceiptInfo,
@@ -398,10 +399,15 @@ class ExchangeService:
             correlation_id=received.header.correlation_id if received else "",
             receipt=ReceiptInfo(response_for=response_for, outcome=outcome, envelope_digest=digest,
                                 reason_code=reason_code, reason=reason[:1000]),
-        ))
+        ), trace=self._receipt_trace(received))
         signed = self._sign(envelope, {})
         (item,) = self._items(signed)
         return record_of(signed, Direction.OUT), item
+
+    @staticmethod
+    def _receipt_trace(received: Envelope | None) -> tuple[Hop, ...]:
+        """The hub hops the answered envelope made, carried back (unsigned) so its sender can show them."""
+        return tuple(received.trace) if received is not None else ()
 
     async def _send_receipt(self, receipt: tuple[MessageRecord, OutboxItem]) -> None:
         await self.store.accept_outgoing(receipt[0], [receipt[1]], track=False)
@@ -409,8 +415,14 @@ class ExchangeService:
 
     # -- receiving ------------------------------------------------------------------
 
-    async def receive(self, recipient: str, body: bytes, *, attempt: int = 1) -> ReceiveResult:
-        """Verify, deduplicate, persist and hand over one frame for hosted agency ``recipient``."""
+    async def receive(self, recipient: str, body: bytes, *, attempt: int = 1,
+                      hops: tuple[Hop, ...] = ()) -> ReceiveResult:
+        """Verify, deduplicate, persist and hand over one frame for hosted agency ``recipient``.
+
+        ``hops`` are the hub links the frame crossed (exchange.hub.trace, from the broker's
+        forward headers): they join the envelope's unsigned Trace, travel back in the receipt's
+        Trace, and the sender's timeline shows them (docs/FEDERATION.md).
+        """
         from exchange.signing.verify import Verifier  # noqa: F401  (type of self.verifier)
 
         if recipient not in self.hosted:
@@ -424,6 +436,8 @@ class ExchangeService:
         except (SignatureError, EnvelopeError) as exc:
             return await self._refuse_unverified(recipient, body, exc)
         signed: SignedEnvelope = verified.signed
+        if hops:  # hub hops: outside the signature, informational only
+            signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
         env = signed.envelope
         h = env.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
@@ -452,7 +466,7 @@ class ExchangeService:
             # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
 
         if h.kind is Kind.RECEIPT:
-            await self._on_receipt(env, recipient)
+            await self._on_receipt(env, recipient, return_hops=tuple(hops))
             adapter = self.adapters.get(recipient)
             if adapter is not None and adapter.wants_receipts:
                 # The E-Office gets the signed receipt as well (proof of delivery to keep);
@@ -464,6 +478,8 @@ class ExchangeService:
             await self.store.record_event(h.status.response_for, h.sender.code, f"status:{h.status.code.value}",
                                           at=h.created_at, status_code=h.status.code.value,
                                           detail=h.status.description[:500])
+            if is_new and hops:
+                await self._record_hops(h.status.response_for, h.sender.code, (), (), status=tuple(hops))
         return await self._hand_over(recipient, signed, attempt, base)
 
     async def _hand_over(self, recipient: str, signed: SignedEnvelope, attempt: int,
@@ -502,7 +518,7 @@ class ExchangeService:
         log.warning("delivery.failed", **base, recipient=recipient, reason_code=code)
         return ReceiveResult(Decision.DEAD, code, reason, **base)
 
-    async def _on_receipt(self, env: Envelope, recipient: str) -> None:
+    async def _on_receipt(self, env: Envelope, recipient: str, return_hops: tuple[Hop, ...] = ()) -> None:
         receipt = env.header.receipt
         assert receipt is not None
         sender = env.header.sender.code  # the agency that received the original
@@ -514,6 +530,7 @@ class ExchangeService:
             state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000],
             only_if_open=True, reopen=not delivered and receipt.reason_code == EOFFICE_REFUSED)
         if known:
+            await self._record_hops(receipt.response_for, sender, env.trace, return_hops)
             original = await self.store.get_message(receipt.response_for, Direction.OUT)
             if delivered and original is not None and receipt.envelope_digest != original.digest:
                 log.error("receipt.digest_mismatch", message_id=receipt.response_for, recipient=sender)
@@ -527,6 +544,14 @@ class ExchangeService:
                 self.metrics.receipt_latency.labels(sender).observe(max(in_flight, 0.0))
         log.info("receipt.received", message_id=receipt.response_for, sender=recipient, recipient=sender,
                  outcome=receipt.outcome.value)
+
+    async def _record_hops(self, message_id: str, recipient: str, forward: tuple[Hop, ...],
+                           back: tuple[Hop, ...], *, status: tuple[Hop, ...] = ()) -> None:
+        """The hub hops of a delivery on the sender's timeline: the document's way there, the way back."""
+        for way, hops in (("document", forward), ("receipt", back), ("status", status)):
+            for hop in hops:
+                await self.store.record_event(message_id, recipient, "hop", at=hop.at,
+                                              detail=f"{way} via {hop.node}"[:500])
 
     async def _refuse_unverified(self, recipient: str, body: bytes, exc: ExchangeError) -> ReceiveResult:
         """A frame that fails verification is never delivered; tell the claimed sender if we can."""

@@ -25,6 +25,7 @@ import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from exchange.errors import ExchangeError
+from exchange.hub.trace import shovel_hops
 from exchange.routing.lanes import Lane
 from exchange.transport.relay import publish_confirmed
 from exchange.transport.topology import RETRY_HEADER, Topology
@@ -124,7 +125,9 @@ class Consumer:
             correlation_id=str(headers.get("x-correlation-id") or message.correlation_id or ""),
         )
         try:
-            result = await self._receive_holding(message, recipient, attempt)
+            # Hub hops (docs/FEDERATION.md): the shovels' forward headers, for the unsigned Trace.
+            hops = shovel_hops(headers)
+            result = await self._receive_holding(message, recipient, attempt, hops)
             if result is None:
                 return
             if result.decision is Decision.RETRY:
@@ -141,12 +144,12 @@ class Consumer:
             structlog.contextvars.unbind_contextvars("message_id", "sender", "recipient", "correlation_id")
 
     async def _receive_holding(self, message: AbstractIncomingMessage, recipient: str,
-                               attempt: int) -> ReceiveResult | None:
+                               attempt: int, hops: tuple = ()) -> ReceiveResult | None:
         """Run the receive path; hold the message through store outages; requeue on a bug."""
         backoff = 0.5
         while True:
             try:
-                return await self.service.receive(recipient, message.body, attempt=attempt)
+                return await self.service.receive(recipient, message.body, attempt=attempt, hops=hops)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
