@@ -436,7 +436,9 @@ class ExchangeService:
         except (SignatureError, EnvelopeError) as exc:
             return await self._refuse_unverified(recipient, body, exc)
         signed: SignedEnvelope = verified.signed
-        if hops:  # hub hops: outside the signature, informational only
+        if hops and signed.envelope.header.kind is not Kind.RECEIPT:
+            # Hub hops join the (unsigned, informational) trace and go back in the receipt. A
+            # receipt's own trace already holds the hops of what it answers: its hops are passed on.
             signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
         env = signed.envelope
         h = env.header

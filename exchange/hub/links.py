@@ -230,13 +230,14 @@ class ManagementApi:
                               f"{parts.scheme!r}")
         self.base = urlunsplit((parts.scheme, f"{parts.hostname}:{parts.port or 15672}", parts.path.rstrip("/"), "", ""))
         self.display = self.base  # what messages show: no credentials
-        self._auth = aiohttp.BasicAuth(parts.username or "guest", parts.password or "guest")
+        self._auth = aiohttp.encode_basic_auth(parts.username or "guest", parts.password or "guest") if hasattr(
+            aiohttp, "encode_basic_auth") else aiohttp.BasicAuth(parts.username or "guest", parts.password or "guest").encode()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "ManagementApi":
-        self._session = aiohttp.ClientSession(auth=self._auth, timeout=self._timeout)
+        self._session = aiohttp.ClientSession(headers={"Authorization": self._auth}, timeout=self._timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
