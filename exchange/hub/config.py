@@ -13,6 +13,7 @@
     name = "h41-national"
     to = "amqps://hub.national.example.vn:5671"   # the neighbour, as this broker reaches it
     patterns = ["#"]                              # everything not for home or another link
+    # or: hubs = ["h29"]                          # the agencies the directory places on those hubs
     password_env = "EXCHANGE_HUB_LINK_H41_NATIONAL"
     ca_file = "/etc/rabbitmq/tls/national-ca.pem" # files on THIS broker's machine
     cert_file = "/etc/rabbitmq/tls/h41-link.pem"
@@ -33,10 +34,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from exchange.errors import ConfigError
-from exchange.hub.links import LinkSpec, Side, Tls, _check_pattern
+from exchange.hub.links import LinkSpec, Side, Tls, _check_pattern, hub_patterns
+from exchange.routing.directory import Directory
 
 _LINK_KEYS = {"name", "to", "vhost", "patterns", "password_env", "ca_file", "cert_file", "key_file",
-              "server_name", "verify", "reconnect_delay", "prefetch", "max_backlog_bytes", "downstream_api"}
+              "server_name", "verify", "reconnect_delay", "prefetch", "max_backlog_bytes", "downstream_api", "hubs"}
 _HUB_KEYS = {"name", "api", "api_password_env", "amqp", "vhost", "home", "links", "prefix"}
 
 
@@ -62,7 +64,7 @@ def _with_password(url: str, password: str) -> str:
 
 
 def hub_config(raw: Mapping[str, Any], *, prefix: str, environ: Mapping[str, str] | None = None,
-               source: str = "config") -> HubConfig | None:
+               source: str = "config", directory: Directory | None = None) -> HubConfig | None:
     """Parse ``raw["hub"]`` (None when the node is not a hub operator's)."""
     env = os.environ if environ is None else environ
     hub = raw.get("hub")
@@ -89,9 +91,16 @@ def hub_config(raw: Mapping[str, Any], *, prefix: str, environ: Mapping[str, str
         unknown = set(link) - _LINK_KEYS
         if unknown:
             raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; known keys are {sorted(_LINK_KEYS)}")
-        for key in ("name", "to", "patterns"):
+        for key in ("name", "to"):
             if not link.get(key):
                 raise ConfigError(f"{where} lacks {key!r}")
+        patterns = [str(p) for p in link.get("patterns", [])]
+        if link.get("hubs"):
+            if directory is None:
+                raise ConfigError(f"{where}: hubs = [...] needs the node's [directory] file to know who is where")
+            patterns += hub_patterns(directory, [str(h) for h in link["hubs"]])
+        if not patterns:
+            raise ConfigError(f"{where} carries nothing: give patterns = [...] or hubs = [...] that the directory uses")
         password = ""
         if link.get("password_env"):
             password = env.get(str(link["password_env"]), "")
@@ -108,7 +117,7 @@ def hub_config(raw: Mapping[str, Any], *, prefix: str, environ: Mapping[str, str
                 name=str(link["name"]), upstream=here,
                 downstream=Side(amqp=str(link["to"]), api=str(link.get("downstream_api", "")),
                                 vhost=str(link.get("vhost", "/")), tls=tls),
-                patterns=tuple(str(p) for p in link["patterns"]), prefix=prefix,
+                patterns=tuple(dict.fromkeys(patterns)), prefix=prefix,
                 reconnect_delay=int(link.get("reconnect_delay", 5)), prefetch=int(link.get("prefetch", 500)),
                 max_backlog_bytes=int(link.get("max_backlog_bytes", 0)), password=password,
             ))
@@ -128,5 +137,9 @@ def load_hub_config(path: str | Path, environ: Mapping[str, str] | None = None) 
         raise ConfigError(f"configuration file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    directory = None
+    if raw.get("directory", {}).get("file"):
+        file = Path(raw["directory"]["file"]).expanduser()
+        directory = Directory.load(file if file.is_absolute() else path.parent / file)
     return hub_config(raw, prefix=str(raw.get("amqp", {}).get("prefix", "exchange")), environ=environ,
-                      source=str(path))
+                      source=str(path), directory=directory)

@@ -39,12 +39,15 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
 from exchange.errors import BrokerUnavailableError, ConfigError, ExchangeError
+
+if TYPE_CHECKING:
+    from exchange.routing.directory import Directory
 
 
 class HubLinkError(ExchangeError):
@@ -55,7 +58,8 @@ class HubLinkError(ExchangeError):
 
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_PATTERN_RE = re.compile(r"^(#|\*|[0-9A-Z]+)(\.(#|\*|[0-9A-Z]+))*$")
+#: "#" (everything), or the five words of a routing key {code}.{lane}, each exact or "*".
+_PATTERN_RE = re.compile(r"^(#|(\*|\d{3})\.(\*|\d{2})\.(\*|\d{2})\.(\*|[A-Z]\d{2})\.(\*|express|urgent|normal))$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,31 @@ def province_pattern(province: str) -> str:
     if not re.fullmatch(r"[A-Z]\d{2}", province):
         raise ConfigError(f"province group {province!r} must look like H79 (QCVN 102 level 1)")
     return f"*.*.*.{province}.*"
+
+
+def hub_patterns(directory: "Directory", hubs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The binding patterns that carry every agency the directory places on ``hubs``.
+
+    A level-1 group (a province, a ministry) wholly on those hubs gets one pattern
+    (``*.*.*.H29.*``); a group split between hubs gets one exact pattern per agency
+    (``000.00.11.H29.*``), so the link never takes an agency that lives elsewhere.
+    """
+    wanted = set(hubs)
+    groups: dict[str, list[str]] = {}
+    split: set[str] = set()
+    for e in directory:
+        group = e.code[-3:]
+        if e.hub in wanted:
+            groups.setdefault(group, []).append(e.code)
+        else:
+            split.add(group)
+    out: list[str] = []
+    for group, codes in sorted(groups.items()):
+        if group in split:
+            out += [f"{code}.*" for code in sorted(codes)]
+        else:
+            out.append(province_pattern(group))
+    return tuple(out)
 
 
 def quorum_link_arguments(max_backlog_bytes: int) -> dict[str, Any]:
