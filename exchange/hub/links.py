@@ -189,7 +189,7 @@ def province_pattern(province: str) -> str:
     return f"*.*.*.{province}.*"
 
 
-def hub_patterns(directory: "Directory", hubs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def hub_patterns(directory: Directory, hubs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The binding patterns that carry every agency the directory places on ``hubs``.
 
     A level-1 group (a province, a ministry) wholly on those hubs gets one pattern
@@ -265,7 +265,7 @@ class ManagementApi:
         self._ssl = ssl
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "ManagementApi":
+    async def __aenter__(self) -> ManagementApi:
         self._session = aiohttp.ClientSession(headers={"Authorization": self._auth}, timeout=self._timeout)
         return self
 

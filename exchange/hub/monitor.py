@@ -70,7 +70,7 @@ async def poll(api_url: str, prefix: str, vhost: str, metrics: HubMetrics) -> No
     try:
         async with ManagementApi(api_url) as api:
             metrics.update(await hub_status(api, prefix, vhost))
-    except (ExchangeError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, ExchangeError, OSError) as exc:
         metrics.scrape_ok.set(0)
         log.warning("hub.poll_failed", error=type(exc).__name__, detail=getattr(exc, "message", str(exc))[:200])
 

@@ -11,7 +11,7 @@ ever end up in the unsigned, informational Trace and the timeline, never in a de
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from exchange.envelope.model import Hop
 
@@ -34,10 +34,10 @@ def shovel_hops(headers: Mapping[str, object] | None, *, received_at: datetime |
         return ()
     ts = headers.get("x-shovelled-timestamp")
     try:
-        at = datetime.fromtimestamp(float(ts), tz=timezone.utc) if ts is not None else None  # type: ignore[arg-type]
+        at = datetime.fromtimestamp(float(ts), tz=UTC) if ts is not None else None  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         at = None
-    at = at or received_at or datetime.now(timezone.utc)
+    at = at or received_at or datetime.now(UTC)
     hops = []
     for entry in reversed(list(entries)[:MAX_HOPS]):
         if not isinstance(entry, Mapping):

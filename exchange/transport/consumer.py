@@ -24,6 +24,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
+from exchange.envelope.model import Hop
 from exchange.errors import ExchangeError
 from exchange.hub.trace import shovel_hops
 from exchange.routing.lanes import Lane
@@ -144,7 +145,7 @@ class Consumer:
             structlog.contextvars.unbind_contextvars("message_id", "sender", "recipient", "correlation_id")
 
     async def _receive_holding(self, message: AbstractIncomingMessage, recipient: str,
-                               attempt: int, hops: tuple = ()) -> ReceiveResult | None:
+                               attempt: int, hops: tuple[Hop, ...] = ()) -> ReceiveResult | None:
         """Run the receive path; hold the message through store outages; requeue on a bug."""
         backoff = 0.5
         while True:

@@ -4,7 +4,7 @@ and the per-link metrics."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,10 +33,10 @@ from tests.factories import GOVERNMENT_OFFICE, NGHE_AN, ServiceWorld, document
 
 
 def spec(**kw) -> LinkSpec:
-    base = dict(name="h41-national", upstream=Side("amqp://127.0.0.1:5672"),
-                downstream=Side("amqps://hub.national.example.vn:5671",
-                                tls=Tls("/etc/rabbitmq/ca.pem", "/etc/rabbitmq/link.pem", "/etc/rabbitmq/link.key")),
-                patterns=("#",), prefix="exchange")
+    base = {"name": "h41-national", "upstream": Side("amqp://127.0.0.1:5672"),
+            "downstream": Side("amqps://hub.national.example.vn:5671",
+                               tls=Tls("/etc/rabbitmq/ca.pem", "/etc/rabbitmq/link.pem", "/etc/rabbitmq/link.key")),
+            "patterns": ("#",), "prefix": "exchange"}
     return LinkSpec(**{**base, **kw})
 
 
@@ -128,7 +128,7 @@ def test_hops_are_read_oldest_first_from_the_shovel_headers() -> None:
     hops = shovel_hops(headers)
     assert [h.node for h in hops] == ["hub link exchange.link.h41-national (broker hub1@vm)",
                                       "hub link exchange.link.national-h29 (broker hub2@vm)"]
-    assert hops[-1].at == datetime.fromtimestamp(1796158834, tz=timezone.utc)
+    assert hops[-1].at == datetime.fromtimestamp(1796158834, tz=UTC)
     assert shovel_hops({}) == () and shovel_hops({"x-shovelled": "junk"}) == ()
 
 
@@ -156,7 +156,7 @@ async def test_the_hops_of_a_document_and_of_its_receipt_reach_the_senders_timel
     try:
         central, local = world.services["central"], world.services["local"]
         sent = await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document())
-        at = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+        at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
         there = (Hop("hub link exchange.link.national-h41 (broker hub2@vm)", at),)
         back = (Hop("hub link exchange.link.h41-national (broker hub1@vm)", at),)
         for service, hops in ((central, there), (local, back)):
