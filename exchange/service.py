@@ -28,6 +28,7 @@ from exchange.envelope.model import (
     DocumentInfo,
     Envelope,
     Header,
+    Hop,
     Kind,
     Operation,
     ReceiptInfo,
@@ -461,10 +462,15 @@ class ExchangeService:
             correlation_id=received.header.correlation_id if received else "",
             receipt=ReceiptInfo(response_for=response_for, outcome=outcome, envelope_digest=digest,
                                 reason_code=reason_code, reason=reason[:1000]),
-        ))
+        ), trace=self._receipt_trace(received))
         signed = self._sign(envelope, {})
         (item,) = self._items(signed)
         return record_of(signed, Direction.OUT), item
+
+    @staticmethod
+    def _receipt_trace(received: Envelope | None) -> tuple[Hop, ...]:
+        """The hub hops the answered envelope made, carried back (unsigned) so its sender can show them."""
+        return tuple(received.trace) if received is not None else ()
 
     async def _send_receipt(self, receipt: tuple[MessageRecord, OutboxItem]) -> None:
         await self.store.accept_outgoing(receipt[0], [receipt[1]], track=False)
@@ -473,18 +479,21 @@ class ExchangeService:
     # -- receiving ------------------------------------------------------------------
 
     async def receive(self, recipient: str, xml: bytes, attachments: Mapping[str, bytes], *, attempt: int = 1,
-                      replay: Replay | None = None) -> ReceiveResult:
+                      replay: Replay | None = None, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
         """Verify, deduplicate, persist and hand over one envelope for hosted agency ``recipient``.
 
         ``xml`` and ``attachments`` are what the transport unpacked from its frame; ``attempt``
         counts handovers from 1; ``replay`` is set when an operator replays a dead letter: a
         message whose delivery here had failed is then handed over again (a duplicate of a
-        delivered one still is not). Store and network failures raise (see
+        delivered one still is not). ``hops`` are the hub links the frame crossed
+        (exchange.hub.trace, from the broker's forward headers): they join the envelope's
+        unsigned Trace, travel back in the receipt's Trace, and the sender's timeline shows them
+        (docs/FEDERATION.md). Store and network failures raise (see
         :func:`is_infrastructure_error`): the transport holds the message and tries again.
         Anything else unexpected is answered once, with a non-delivery receipt, never retried.
         """
         try:
-            return await self._receive(recipient, xml, attachments, attempt, replay)
+            return await self._receive(recipient, xml, attachments, attempt, replay, hops)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -493,7 +502,7 @@ class ExchangeService:
             return await self._refuse_after_error(recipient, xml, exc)
 
     async def _receive(self, recipient: str, xml: bytes, attachments: Mapping[str, bytes], attempt: int,
-                       replay: Replay | None) -> ReceiveResult:
+                       replay: Replay | None, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
         if recipient not in self.hosted:
             return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
         try:
@@ -504,6 +513,10 @@ class ExchangeService:
         except (SignatureError, EnvelopeError) as exc:
             return await self._refuse_unverified(recipient, xml, exc)
         signed: SignedEnvelope = verified.signed
+        if hops and signed.envelope.header.kind is not Kind.RECEIPT:
+            # Hub hops join the (unsigned, informational) trace and go back in the receipt. A
+            # receipt's own trace already holds the hops of what it answers: its hops are passed on.
+            signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
         env = signed.envelope
         h = env.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
@@ -530,7 +543,7 @@ class ExchangeService:
                                                     reason=f"replay {replay.count}: {replay.reason}"):
                     log.info("replay.reopened", **base, recipient=recipient, replay=replay.count,
                              reason=replay.reason)
-                    return await self._after_dedupe(recipient, signed, attempt, base, replay)
+                    return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
                 state = None  # another copy of the replay reopened it first and is handing it over
             self._metric("duplicates_suppressed", recipient)
             if state in (InboxState.HANDED_OVER, InboxState.ACKED):
@@ -545,14 +558,14 @@ class ExchangeService:
             if state is None:
                 return ReceiveResult(Received.DUPLICATE, "replay-in-progress", **base)
             # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
-        return await self._after_dedupe(recipient, signed, attempt, base, replay)
+        return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
 
     async def _after_dedupe(self, recipient: str, signed: SignedEnvelope, attempt: int, base: dict[str, str],
-                            replay: Replay | None) -> ReceiveResult:
+                            replay: Replay | None, hops: tuple[Hop, ...] = (), is_new: bool = True) -> ReceiveResult:
         env = signed.envelope
         h = env.header
         if h.kind is Kind.RECEIPT:
-            await self._on_receipt(env, recipient)
+            await self._on_receipt(env, recipient, return_hops=tuple(hops))
             adapter = self.adapters.get(recipient)
             if adapter is not None and adapter.wants_receipts:
                 # The E-Office gets the signed receipt as well (proof of delivery to keep);
@@ -564,6 +577,8 @@ class ExchangeService:
             await self.store.record_event(h.status.response_for, h.sender.code, f"status:{h.status.code.value}",
                                           at=h.created_at, status_code=h.status.code.value,
                                           detail=h.status.description[:500])
+            if is_new and hops:
+                await self._record_hops(h.status.response_for, h.sender.code, (), (), status=tuple(hops))
         return await self._hand_over(recipient, signed, attempt, base, replay)
 
     async def _hand_over(self, recipient: str, signed: SignedEnvelope, attempt: int,
@@ -607,7 +622,7 @@ class ExchangeService:
         log.warning("delivery.failed", **base, recipient=recipient, reason_code=code)
         return ReceiveResult(Received.PERMANENT, code, reason, **base)
 
-    async def _on_receipt(self, env: Envelope, recipient: str) -> None:
+    async def _on_receipt(self, env: Envelope, recipient: str, return_hops: tuple[Hop, ...] = ()) -> None:
         receipt = env.header.receipt
         assert receipt is not None
         sender = env.header.sender.code  # the agency that received the original
@@ -625,6 +640,7 @@ class ExchangeService:
             state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000],
             only_if_open=True, reopen=not delivered and receipt.reason_code == EOFFICE_REFUSED)
         if known:
+            await self._record_hops(receipt.response_for, sender, env.trace, return_hops)
             original = await self.store.get_message(receipt.response_for, Direction.OUT)
             if delivered and original is not None and receipt.envelope_digest != original.digest:
                 log.error("receipt.digest_mismatch", message_id=receipt.response_for, recipient=sender)
@@ -638,6 +654,14 @@ class ExchangeService:
                 self.metrics.receipt_latency.labels(sender).observe(max(in_flight, 0.0))
         log.info("receipt.received", message_id=receipt.response_for, sender=recipient, recipient=sender,
                  outcome=receipt.outcome.value)
+
+    async def _record_hops(self, message_id: str, recipient: str, forward: tuple[Hop, ...],
+                           back: tuple[Hop, ...], *, status: tuple[Hop, ...] = ()) -> None:
+        """The hub hops of a delivery on the sender's timeline: the document's way there, the way back."""
+        for way, hops in (("document", forward), ("receipt", back), ("status", status)):
+            for hop in hops:
+                await self.store.record_event(message_id, recipient, "hop", at=hop.at,
+                                              detail=f"{way} via {hop.node}"[:500])
 
     async def _refuse_unverified(self, recipient: str, xml: bytes, exc: ExchangeError) -> ReceiveResult:
         """An envelope that fails verification is never delivered; tell the claimed sender if we can."""

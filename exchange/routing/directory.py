@@ -6,7 +6,8 @@ holding the same objects (code, name, node, optional cert and
 retired code keeps its history but receives nothing new; optional ``aliases``,
 the ids other directories use for the agency, such as the hub's system id
 ``vxp.saas.03`` or a unit id ``020100107370``, which edXML packages carry in
-place of its QCVN 102 code: docs/EDXML.md, Organ ids).
+place of its QCVN 102 code: docs/EDXML.md, Organ ids; optional ``hub``, the
+hub (RabbitMQ installation) whose broker the agency's node uses: docs/FEDERATION.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class AgencyEntry:
     successor: str | None = None
     #: Ids that name this agency in other directories (edXML packages in the wild), matched exactly.
     aliases: tuple[str, ...] = ()
+    #: The hub whose broker serves this agency's node (docs/FEDERATION.md); None: no hubs in this deployment.
+    hub: str | None = None
 
     @property
     def parent(self) -> str | None:
@@ -84,6 +87,7 @@ class Directory:
                     cert=(path.parent / cert) if cert else None,
                     retired=bool(a.get("retired", False)), successor=a.get("successor"),
                     aliases=_aliases(a.get("aliases", [])),
+                    hub=_hub(a.get("hub")),
                 ))
             except KeyError as exc:
                 raise ConfigError(f"{path}: [[agency]] #{i + 1} lacks {exc.args[0]!r}") from None
@@ -132,6 +136,15 @@ class Directory:
     def hosted_by(self, node: str) -> list[AgencyEntry]:
         return [e for e in self if e.node == node]
 
+    def on_hub(self, hub: str) -> list[AgencyEntry]:
+        """The agencies whose node uses hub ``hub``'s broker."""
+        return [e for e in self if e.hub == hub]
+
+    def same_hub(self, a: str, b: str) -> bool:
+        """Whether traffic between ``a`` and ``b`` stays on one hub (never crosses a link)."""
+        ha, hb = self.require(a).hub, self.require(b).hub
+        return ha == hb
+
     def children(self, code: str) -> list[AgencyEntry]:
         return [e for e in self if e.parent == code]
 
@@ -140,3 +153,11 @@ def _aliases(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() == v and v for v in value):
         raise ConfigError("aliases must be a list of non-empty ids without surrounding spaces")
     return tuple(value)
+
+
+def _hub(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or value.strip() != value:
+        raise ConfigError("hub must be the non-empty name of a hub, e.g. \"h41\"")
+    return value

@@ -34,7 +34,9 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
+from exchange.envelope.model import Hop
 from exchange.errors import EnvelopeError
+from exchange.hub.trace import shovel_hops
 from exchange.routing import frame
 from exchange.routing.lanes import Lane
 from exchange.service import (
@@ -159,7 +161,9 @@ class Consumer:
             correlation_id=str(headers.get("x-correlation-id") or message.correlation_id or ""),
         )
         try:
-            result = await self._receive_holding(message, headers, recipient, attempt)
+            # Hub hops (docs/FEDERATION.md): the shovels' forward headers, for the unsigned Trace.
+            hops = shovel_hops(headers)
+            result = await self._receive_holding(message, headers, recipient, attempt, hops)
             # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
             if result.outcome is Received.TRANSIENT:
                 await self._republish_retry(message, headers, attempt, result)
@@ -175,7 +179,7 @@ class Consumer:
             structlog.contextvars.unbind_contextvars("message_id", "sender", "recipient", "correlation_id")
 
     async def _receive_holding(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                               recipient: str, attempt: int) -> ReceiveResult:
+                               recipient: str, attempt: int, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
         """Unpack the frame and run the receive path; hold the message through store outages."""
         limits = self.service.limits
         try:
@@ -189,7 +193,7 @@ class Consumer:
         backoff = 0.5
         while True:
             try:
-                return await self.service.receive(recipient, xml, parts, attempt=attempt, replay=replay)
+                return await self.service.receive(recipient, xml, parts, attempt=attempt, replay=replay, hops=hops)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -50,7 +50,9 @@ def load_yaml(path: Path) -> Any:
 
 @lru_cache(maxsize=1)
 def known_metrics() -> frozenset[str]:
-    return frozenset(sample_names(Metrics().registry))
+    from exchange.hub.monitor import HubMetrics  # `exchange hub exporter`'s metrics (docs/FEDERATION.md)
+
+    return frozenset(sample_names(Metrics().registry)) | frozenset(sample_names(HubMetrics().registry))
 
 
 def metrics_in(expr: str) -> set[str]:

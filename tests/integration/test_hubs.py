@@ -1,0 +1,298 @@
+"""Hubs on separate brokers linked by RabbitMQ shovels (docs/FEDERATION.md), end to end.
+
+Three independent RabbitMQ nodes started by deploy/hubs/rabbit-hubs.sh in a temporary base dir
+(names hubtest1..3, AMQP 5711-5713, management 15711-15713): hub 1 is Nghệ An's (H41), hub 2 the
+national hub, hub 3 Ho Chi Minh City's (H29). The links are declared by `exchange hub apply` from
+each hub's [hub] section, exactly as an operator would. Exchange nodes run on hubs 1 and 3 only.
+The shared broker on 5672 is never touched; the three nodes are stopped in the fixture's teardown
+whatever happens (a failing test included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from exchange.adapters.recording import read_records
+from exchange.devworld import AgencySpec, NodeSpec, build_world
+from exchange.envelope.model import DocumentCode, DocumentInfo, StatusCode
+from exchange.hub.links import ManagementApi
+from exchange.hub.status import hub_status
+from exchange.store.base import DeliveryState
+from tests.integration.conftest import World, wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "deploy" / "hubs" / "rabbit-hubs.sh"
+NAME = "hubtest"
+PORT_BASE, MGMT_BASE, DIST_BASE, CTL_MIN = 5710, 15710, 25710, 35830
+
+NA_1, NA_2 = "000.00.31.H41", "000.00.32.H41"     # two communes of Nghệ An
+HCM_1 = "000.00.11.H29"                           # a commune of Ho Chi Minh City
+
+
+@dataclass
+class Hubs:
+    base: Path
+    env: dict[str, str]
+
+    def amqp(self, n: int) -> str:
+        return f"amqp://127.0.0.1:{PORT_BASE + n}"
+
+    def url(self, n: int) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{PORT_BASE + n}/"
+
+    def api(self, n: int) -> str:
+        return f"http://guest:guest@127.0.0.1:{MGMT_BASE + n}"
+
+    def run(self, *args: str, timeout: float = 400) -> str:
+        proc = subprocess.run([str(SCRIPT), *args], check=False, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"rabbit-hubs.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+    async def arun(self, *args: str) -> str:
+        return await asyncio.to_thread(self.run, *args)
+
+    def leftovers(self) -> list[int]:
+        out = subprocess.run(["ps", "-eo", "pid=,args="], check=False, capture_output=True, text=True).stdout
+        return [int(line.split(None, 1)[0]) for line in out.splitlines()
+                if str(self.base) in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
+    if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        pytest.skip("Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    base = tmp_path_factory.mktemp("rabbit-hubs")
+    env = {**os.environ, "RABBIT_HUBS_BASE": str(base), "RABBIT_HUBS_NAME": NAME,
+           "RABBIT_HUBS_PORT_BASE": str(PORT_BASE), "RABBIT_HUBS_MGMT_BASE": str(MGMT_BASE),
+           "RABBIT_HUBS_DIST_BASE": str(DIST_BASE), "RABBIT_HUBS_CTL_PORT_MIN": str(CTL_MIN),
+           "RABBIT_HUBS_TIMEOUT": "300"}
+    h = Hubs(base, env)
+    try:
+        h.run("start")
+        yield h
+    finally:
+        with contextlib.suppress(Exception):
+            h.run("stop")
+        left = h.leftovers()
+        for pid in left:  # only processes started from this module's own base dir
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        assert not left, f"rabbit-hubs.sh stop left processes behind: {left}"
+
+
+def hub_toml(hubs: Hubs, n: int, prefix: str, name: str, home: list[str], links: list[tuple[str, int, list[str]]]) -> str:
+    out = [f'[amqp]\nprefix = "{prefix}"\n', f'[hub]\nname = "{name}"\napi = "{hubs.api(n)}"\n'
+           f'amqp = "{hubs.amqp(n)}"\nhome = {home!r}\n'.replace("'", '"')]
+    for link, to, patterns in links:
+        out.append(f'[[hub.links]]\nname = "{link}"\nto = "{hubs.amqp(to)}"\ndownstream_api = "{hubs.api(to)}"\n'
+                   f'patterns = {patterns!r}\nreconnect_delay = 1\npassword_env = "HUBTEST_LINK_PW"\n'.replace("'", '"'))
+    return "\n".join(out)
+
+
+def apply_hubs(hubs: Hubs, root: Path, prefix: str) -> None:
+    """Each hub operator's `exchange hub apply` (one password for the test's links, from the environment)."""
+    plan = {
+        1: ("h41", ["*.*.*.H41.*"], [("h41-national", 2, ["#"])]),
+        2: ("national", [], [("national-h41", 1, ["*.*.*.H41.*"]), ("national-h29", 3, ["*.*.*.H29.*"])]),
+        3: ("h29", ["*.*.*.H29.*"], [("h29-national", 2, ["#"])]),
+    }
+    env = {**os.environ, "HUBTEST_LINK_PW": uuid.uuid4().hex}
+    for n, (name, home, links) in plan.items():
+        path = root / f"hub-{name}.toml"
+        path.write_text(hub_toml(hubs, n, prefix, name, home, links), encoding="utf-8")
+        proc = subprocess.run([sys.executable, "-m", "exchange.cli.main", "hub", "apply", "-c", str(path)],
+                              check=False, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert env["HUBTEST_LINK_PW"] not in proc.stdout + proc.stderr  # the password is never printed
+
+
+@pytest.fixture
+async def world(hubs: Hubs, tmp_path: Path) -> AsyncIterator[World]:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    apply_hubs(hubs, tmp_path, prefix)
+
+    def rec(code: str, node: str) -> AgencySpec:
+        return AgencySpec(code, f"agency {code}", node=node, adapter="recording",
+                          options={"path": str(tmp_path / f"{code}.jsonl")})
+
+    specs = [NodeSpec("na", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
+             NodeSpec("na2", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
+             NodeSpec("hcm", amqp_url=hubs.url(3), prefix=prefix, http_port=0, retry_delays=(1,))]
+    w = World(tmp_path, build_world(tmp_path, [rec(NA_1, "na"), rec(NA_2, "na2"), rec(HCM_1, "hcm")], specs))
+    w.prefix = prefix  # type: ignore[attr-defined]
+    try:
+        for node in ("na", "na2", "hcm"):
+            await w.start(node)
+        yield w
+    finally:
+        await w.close()
+
+
+def doc(subject: str = "Công văn liên tỉnh") -> DocumentInfo:
+    return DocumentInfo(code=DocumentCode("7", "UBND-VP"), subject=subject)
+
+
+async def delivered(service, message_id: str, recipient: str) -> bool:
+    return any(d.recipient == recipient and d.state is DeliveryState.DELIVERED
+               for d in await service.store.deliveries(message_id))
+
+
+async def link_status(hubs: Hubs, n: int, prefix: str) -> dict[str, object]:
+    async with ManagementApi(hubs.api(n)) as api:
+        return {s.link: s for s in (await hub_status(api, prefix)).links}
+
+
+async def test_a_document_between_provinces_goes_through_the_national_hub_and_its_hops_reach_the_senders_timeline(
+        world: World, tmp_path: Path) -> None:
+    na, hcm = world.service("na"), world.service("hcm")
+    sent = await na.submit_document(NA_1, [HCM_1], doc())
+    await wait_for(lambda: delivered(na, sent.message_id, HCM_1), 90, "receipt from Ho Chi Minh City")
+    (record,) = read_records(tmp_path / f"{HCM_1}.jsonl")
+    assert record["message_id"] == sent.message_id and record["sender"] == NA_1
+
+    async def hop_details() -> list[str]:
+        return [t.detail for t in await na.store.timeline(sent.message_id) if t.event == "hop"]
+
+    async def four_hops() -> bool:  # recorded just after the receipt's own event
+        return len(await hop_details()) >= 4
+
+    await wait_for(four_hops, 10, "the four hops in the sender's timeline")
+    hops = await hop_details()
+    # Nghệ An hub → national hub → Ho Chi Minh City hub, and the receipt back the same way.
+    assert [h.split(" (")[0] for h in hops] == [
+        "document via hub link " + f"{world.prefix}.link.h41-national",  # type: ignore[attr-defined]
+        "document via hub link " + f"{world.prefix}.link.national-h29",  # type: ignore[attr-defined]
+        "receipt via hub link " + f"{world.prefix}.link.h29-national",  # type: ignore[attr-defined]
+        "receipt via hub link " + f"{world.prefix}.link.national-h41",  # type: ignore[attr-defined]
+    ], hops
+
+    # A status from Ho Chi Minh City comes back the same way and lands in the sender's timeline.
+    await hcm.submit_status(HCM_1, sent.message_id, StatusCode.ACCEPTED, description="đã tiếp nhận")
+
+    async def status_hop_details() -> list[str]:
+        return [t.detail for t in await na.store.timeline(sent.message_id)
+                if t.event == "hop" and t.detail.startswith("status via")]
+
+    async def status_back() -> bool:
+        events = [t.event for t in await na.store.timeline(sent.message_id)]
+        return "status:03" in events and len(await status_hop_details()) >= 2
+
+    await wait_for(status_back, 90, "status 03 and its two hops back in Nghệ An")
+    status_hops = await status_hop_details()
+    assert len(status_hops) == 2 and "h29-national" in status_hops[0] and "national-h41" in status_hops[1]
+
+
+async def test_a_document_between_two_agencies_of_one_province_never_leaves_its_hub(
+        world: World, hubs: Hubs, tmp_path: Path) -> None:
+    na = world.service("na")
+    sent = await na.submit_document(NA_1, [NA_2], doc("Công văn trong tỉnh"))
+    await wait_for(lambda: delivered(na, sent.message_id, NA_2), 60, "receipt from the other commune")
+    assert len(read_records(tmp_path / f"{NA_2}.jsonl")) == 1
+    # Every message that crosses a link carries the shovel's forward headers, which become hops:
+    # none here, neither way.
+    assert [t for t in await na.store.timeline(sent.message_id) if t.event == "hop"] == []
+    up = await link_status(hubs, 1, world.prefix)  # type: ignore[attr-defined]
+    assert up["h41-national"].backlog == 0 and up["h41-national"].up
+
+
+async def submit_many(service, sender: str, recipient: str, count: int, label: str) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, count, 20):
+        results = await asyncio.gather(*(service.submit_document(sender, [recipient], doc(f"{label} {i}"))
+                                         for i in range(start, min(start + 20, count))))
+        ids += [r.message_id for r in results]
+    return ids
+
+
+_SEEN: dict[str, set[str]] = {}
+
+
+async def all_delivered(service, ids: list[str], recipient: str) -> int:
+    """How many of ``ids`` have their receipt back (checks only those not seen delivered yet)."""
+    seen = _SEEN.setdefault(f"{id(service)}:{recipient}", set())
+    for mid in ids:
+        if mid not in seen and await delivered(service, mid, recipient):
+            seen.add(mid)
+    if len(seen & set(ids)) < len(ids):
+        await asyncio.sleep(1)  # let the nodes work between polls
+    return len(seen & set(ids))
+
+
+@pytest.mark.slow
+async def test_a_burst_of_1000_loses_nothing_and_duplicates_nothing_when_the_national_hub_stops_midway(
+        world: World, hubs: Hubs, tmp_path: Path) -> None:
+    started = time.monotonic()
+    na = world.service("na")
+    first = await submit_many(na, NA_1, HCM_1, 300, "trước")
+    await wait_for(lambda: delivered(na, first[0], HCM_1), 60, "the burst flowing between the provinces")
+    # The national hub goes down mid-burst: 400 documents are submitted while it stops, 300 once it is down.
+    stopper = asyncio.create_task(hubs.arun("stop-node", "2"))
+    try:
+        during = await submit_many(na, NA_1, HCM_1, 400, "trong lúc")
+        await stopper
+        down_at = time.monotonic()
+        after = await submit_many(na, NA_1, HCM_1, 300, "sau")
+
+        async def held_in_nghe_an() -> bool:  # the management API's figures lag by up to 5 s
+            waiting = (await link_status(hubs, 1, world.prefix))["h41-national"]  # type: ignore[attr-defined]
+            return not waiting.up and waiting.backlog > 0
+
+        # Nghệ An's hub keeps accepting: what cannot cross waits in its link queue.
+        await wait_for(held_in_nghe_an, 60, "documents waiting in Nghệ An's link queue, its shovel down")
+    finally:
+        if not stopper.done():
+            with contextlib.suppress(Exception):
+                await stopper
+        await hubs.arun("start-node", "2")   # always: the next test needs the national hub
+    ids = first + during + after
+
+    async def every_receipt_back() -> bool:
+        return await all_delivered(na, ids, HCM_1) == len(ids)
+
+    await wait_for(every_receipt_back, 400, "1000 receipts back in Nghệ An")
+    records = read_records(tmp_path / f"{HCM_1}.jsonl")
+    got = [r["message_id"] for r in records]
+    assert len(got) == len(set(got)) == 1000, "each document handed to the E-Office exactly once"
+    assert set(got) == set(ids)
+    print(f"\n1000 documents across a national-hub outage: {time.monotonic() - started:.1f}s in all, "
+          f"outage and recovery from {down_at - started:.1f}s")
+
+
+@pytest.mark.slow
+async def test_the_national_hub_keeps_what_it_accepts_for_a_provincial_hub_that_is_down(
+        world: World, hubs: Hubs, tmp_path: Path) -> None:
+    na = world.service("na")
+    await hubs.arun("stop-node", "3")   # Ho Chi Minh City's hub goes down
+    try:
+        ids = await submit_many(na, NA_1, HCM_1, 50, "chờ")
+
+        async def held_nationally() -> bool:
+            s = (await link_status(hubs, 2, world.prefix))["national-h29"]  # type: ignore[attr-defined]
+            return s.backlog == 50 and not s.up
+
+        await wait_for(held_nationally, 120, "50 documents waiting on the national hub for H29")
+        national = (await link_status(hubs, 2, world.prefix))["national-h29"]  # type: ignore[attr-defined]
+        assert national.oldest_seconds is not None and national.oldest_seconds >= 0
+    finally:
+        await hubs.arun("start-node", "3")
+
+    async def every_receipt_back() -> bool:
+        return await all_delivered(na, ids, HCM_1) == len(ids)
+
+    await wait_for(every_receipt_back, 300, "50 receipts back once H29's hub is up")
+    got = [r["message_id"] for r in read_records(tmp_path / f"{HCM_1}.jsonl")]
+    assert sorted(got) == sorted(ids)
