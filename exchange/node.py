@@ -163,12 +163,14 @@ class Node:
     async def _start_http(self) -> None:
         from aiohttp import web
 
+        from exchange import console
         from exchange.gateway.app import create_app
         from exchange.gateway.protocol import GatewayRunner
 
         assert self.service is not None
         http = self.config.http
         app = create_app(self.service, http=http, metrics=self.metrics, readiness=self.readiness)
+        console.mount(app, self.service, self.config, readiness=self.readiness)  # /console (docs/CONSOLE.md)
         self._runner = GatewayRunner(app, access_log=None)  # problem+json for what aiohttp cannot parse
         await self._runner.setup()
         ctx = None
