@@ -96,6 +96,7 @@ class Node:
         self._stopping = False
         self._depth_since: dict[tuple[str, Lane], float] = {}
         self._ages: dict[tuple[str, Lane], float] = {}
+        self._unreceipted_agencies: set[str] = set()
         #: Seconds a stop waits for in-flight handovers before dropping them (unacked: redelivered).
         self.stop_grace = 5.0
 
@@ -170,7 +171,8 @@ class Node:
         assert self.service is not None
         http = self.config.http
         app = create_app(self.service, http=http, metrics=self.metrics, readiness=self.readiness)
-        console.mount(app, self.service, self.config, readiness=self.readiness)  # /console (docs/CONSOLE.md)
+        console.mount(app, self.service, self.config, readiness=self.readiness,  # /console (docs/CONSOLE.md)
+                      amqp_ssl=amqp_ssl_context(self.config))
         self._runner = GatewayRunner(app, access_log=None)  # problem+json for what aiohttp cannot parse
         await self._runner.setup()
         ctx = None
@@ -340,6 +342,7 @@ class Node:
                 for code, signer in self.service.signers.items():
                     self._set_gauge("certificate_expiry_seconds",
                                     (signer.certificate.not_valid_after_utc - now).total_seconds(), code)
+                await self._store_gauges()
                 if self.topology is not None and self._connected.is_set():
                     await self._queue_gauges()
             except asyncio.CancelledError:
@@ -347,6 +350,23 @@ class Node:
             except Exception as exc:
                 log.debug("gauges.error", error=type(exc).__name__)
             await asyncio.sleep(interval)
+
+    async def _store_gauges(self) -> None:
+        """The operator's numbers, from the store: a document sent by any process (`exchange send`) counts."""
+        from exchange.console.data import ConsoleData
+
+        assert self.service is not None
+        for state, count in (await self.service.store.delivery_counts()).items():
+            self._set_gauge("deliveries_by_state", count, state)
+        now = datetime.now(timezone.utc)
+        oldest = await ConsoleData(self.service.store).oldest_unreceipted_by_agency()
+        ages = {agency: max((now - at).total_seconds(), 0.0) for agency, at in oldest.items()}
+        for agency in self._unreceipted_agencies - set(ages):
+            self._set_gauge("unreceipted_oldest_age_by_agency_seconds", 0, agency)  # its receipts came
+        for agency, age in ages.items():
+            self._set_gauge("unreceipted_oldest_age_by_agency_seconds", age, agency)
+        self._unreceipted_agencies |= set(ages)
+        self._set_gauge("unreceipted_oldest_age_seconds", max(ages.values(), default=0.0))
 
     async def _queue_gauges(self) -> None:
         assert self.topology is not None and self.connection is not None
@@ -376,6 +396,8 @@ class Node:
                 declared = await channel.declare_queue(self.topology.names.retry_queue(delay), passive=True)
                 retry_depth += declared.declaration_result.message_count
             self._set_gauge("retry_backlog", retry_depth)
+            declared = await channel.declare_queue(self.topology.names.dlq, passive=True)
+            self._set_gauge("dead_letters_waiting", declared.declaration_result.message_count)
         finally:
             await channel.close()
 

@@ -37,9 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=_replay)
 
 
+def _letters(cfg) -> DeadLetters:
+    from exchange.node import amqp_ssl_context
+
+    return DeadLetters(cfg, amqp_ssl_context(cfg))
+
+
 def _list(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    rows = run(lambda: DeadLetters(cfg).list(args.limit))
+    rows = run(lambda: _letters(cfg).list(args.limit))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif not rows:
@@ -57,7 +63,7 @@ def _replay(args: argparse.Namespace) -> int:
     log = structlog.get_logger("exchange.dlq")
     wanted = set(args.ids or [])
     reason = check_reason(args.reason)
-    outcomes = run(lambda: DeadLetters(cfg).replay(None if args.all else wanted, reason))
+    outcomes = run(lambda: _letters(cfg).replay(None if args.all else wanted, reason))
     count = 0
     for o in outcomes:
         info = o.info

@@ -10,6 +10,7 @@ with a reason that goes into the store's journal with the operator's name. docs/
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,7 @@ class ConsoleState:
     secure_cookies: bool
     env: Environment
     data: ConsoleData
+    amqp_ssl: ssl.SSLContext | None = None
     throttle: security.LoginThrottle = field(default_factory=security.LoginThrottle)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -274,7 +276,7 @@ async def _broker_dead_letters(st: ConsoleState) -> int | None:
     from exchange.transport.deadletters import DeadLetters
 
     try:
-        return await asyncio.wait_for(DeadLetters(st.config).count(), 15)
+        return await asyncio.wait_for(DeadLetters(st.config, st.amqp_ssl).count(), 15)
     except Exception:
         return None
 
@@ -409,7 +411,7 @@ async def dead_letters(request: web.Request, *, done: list[Any] | None = None, v
     rows: list[dict[str, object]] = []
     error = ""
     try:
-        rows = await DeadLetters(st.config).list(500)
+        rows = await DeadLetters(st.config, st.amqp_ssl).list(500)
     except ExchangeError as exc:
         error = exc.message
     return _render(request, "deadletters.html", rows=rows, error=error, done=done or [], verb=verb)
@@ -424,7 +426,7 @@ async def _dead_letter_action(request: web.Request, action: str) -> web.Response
     ids = [str(v) for v in request["form"].getall("message_id", [])][:500]
     if not ids:
         raise BadRequestError(translate("dl.none_chosen", request[_LANG]))
-    letters = DeadLetters(st.config)
+    letters = DeadLetters(st.config, st.amqp_ssl)
     outcomes = await (letters.replay(set(ids), reason) if action == "replay" else letters.discard(set(ids), reason))
     done = [o for o in outcomes if o.done]
     for o in done:
@@ -521,13 +523,13 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 def create_console(service: Any, config: Any, *, readiness: Readiness | None = None,
-                   secure_cookies: bool | None = None) -> web.Application:
+                   secure_cookies: bool | None = None, amqp_ssl: ssl.SSLContext | None = None) -> web.Application:
     """The console application for one node (mounted at ``/console`` by :func:`mount`)."""
     app = web.Application(middlewares=[console_middleware], client_max_size=64 * 1024)
     tls = bool(getattr(getattr(config, "http", None), "tls_cert", ""))
     app[STATE] = ConsoleState(service=service, config=config, readiness=readiness,
                               secure_cookies=tls if secure_cookies is None else secure_cookies,
-                              env=_environment(), data=ConsoleData(service.store))
+                              env=_environment(), data=ConsoleData(service.store), amqp_ssl=amqp_ssl)
     r = app.router
     r.add_get("/", overview)
     r.add_get("/login", login_page)
@@ -550,6 +552,7 @@ def create_console(service: Any, config: Any, *, readiness: Readiness | None = N
     return app
 
 
-def mount(app: web.Application, service: Any, config: Any, *, readiness: Readiness | None = None) -> None:
-    """Serve the console under ``/console`` of the gateway ``app``."""
-    app.add_subapp(PREFIX, create_console(service, config, readiness=readiness))
+def mount(app: web.Application, service: Any, config: Any, *, readiness: Readiness | None = None,
+          amqp_ssl: ssl.SSLContext | None = None) -> None:
+    """Serve the console under ``/console`` of the gateway ``app`` (``amqp_ssl``: TLS to RabbitMQ, if any)."""
+    app.add_subapp(PREFIX, create_console(service, config, readiness=readiness, amqp_ssl=amqp_ssl))

@@ -12,6 +12,7 @@ for good (the sender's timeline keeps the failure). Both need a reason from the 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -70,16 +71,17 @@ def describe(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]
     }
 
 
-async def connect(cfg: Any) -> aio_pika.abc.AbstractConnection:
-    """A plain (not robust) connection to ``cfg``'s broker (a NodeConfig): fail in one line, never retry forever."""
-    from exchange.node import amqp_ssl_context
+async def connect(cfg: Any, ssl_context: ssl.SSLContext | None = None) -> aio_pika.abc.AbstractConnection:
+    """A plain (not robust) connection to ``cfg``'s broker (a NodeConfig): fail in one line, never retry forever.
 
+    ``ssl_context``: the node's TLS settings for RabbitMQ (``exchange.node.amqp_ssl_context``), if any.
+    """
     amqp = cfg.amqp
     where = amqp.url.rpartition("@")[2]
     try:
         # The bound covers a broker that accepts TCP but never speaks AMQP, too.
         return await asyncio.wait_for(
-            aio_pika.connect(amqp.url, ssl_context=amqp_ssl_context(cfg), timeout=CONNECT_TIMEOUT),
+            aio_pika.connect(amqp.url, ssl_context=ssl_context, timeout=CONNECT_TIMEOUT),
             CONNECT_TIMEOUT + 1)
     except Exception as exc:  # refused, unreachable, TLS, authentication, silence
         raise BrokerUnavailableError(
@@ -90,13 +92,14 @@ async def connect(cfg: Any) -> aio_pika.abc.AbstractConnection:
 class DeadLetters:
     """The dead-letter queue of one node's prefix on its broker (``cfg``: the node's NodeConfig)."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, ssl_context: ssl.SSLContext | None = None) -> None:
         self.cfg = cfg
+        self.ssl_context = ssl_context
         self.amqp = cfg.amqp
         self.name = Names(cfg.amqp.prefix).dlq
 
     async def _drain(self, limit: int) -> tuple[Any, Any, list[aio_pika.abc.AbstractIncomingMessage]]:
-        connection = await connect(self.cfg)
+        connection = await connect(self.cfg, self.ssl_context)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             try:
@@ -126,7 +129,7 @@ class DeadLetters:
 
     async def count(self) -> int:
         """Dead letters waiting (the queue's ready messages)."""
-        connection = await connect(self.cfg)
+        connection = await connect(self.cfg, self.ssl_context)
         try:
             channel = await connection.channel()
             try:
