@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import ssl
 import time
 from datetime import datetime, timezone
@@ -75,6 +76,38 @@ async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> Ex
     )
 
 
+#: What the AMQP client logs on every reconnect attempt (per retry, while the broker is away): the
+#: node logs ``broker.connection_lost`` once when it goes and ``broker.reconnected`` once when it is back.
+_RECONNECT_NOISE = (
+    ("aiormq.connection", "error when creating transport"),
+    ("aio_pika.robust_connection", "Connection attempt to"),
+    ("aio_pika.robust_connection", "Connection to "),
+    ("aio_pika.robust_connection", "Reconnect attempt failed"),
+)
+
+
+class _ReconnectNoise(logging.Filter):
+    """Drops the AMQP client's per-attempt reconnect lines (record.msg is the unformatted template)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_reconnect_attempts() -> None:
+    """Install the filters once per process (idempotent)."""
+    by_logger: dict[str, tuple[str, ...]] = {}
+    for name, prefix in _RECONNECT_NOISE:
+        by_logger[name] = (*by_logger.get(name, ()), prefix)
+    for name, prefixes in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ReconnectNoise) for f in logger.filters):
+            logger.addFilter(_ReconnectNoise(prefixes))
+
+
 class Node:
     """Assemble and run everything one ``exchange serve`` process does."""
 
@@ -97,6 +130,7 @@ class Node:
         self._depth_since: dict[tuple[str, Lane], float] = {}
         self._ages: dict[tuple[str, Lane], float] = {}
         self._unreceipted_agencies: set[str] = set()
+        self._lost_at: float | None = None
         #: Seconds a stop waits for in-flight handovers before dropping them (unacked: redelivered).
         self.stop_grace = 5.0
 
@@ -249,7 +283,8 @@ class Node:
                 await asyncio.wait_for(connection.close(), 5.0)
             raise
         connection.close_callbacks.add(lambda *_: self._on_broker_lost())
-        connection.reconnect_callbacks.add(lambda *_: self._on_broker_back())
+        connection.reconnect_callbacks.add(lambda *_: self._on_broker_reconnected())
+        quiet_reconnect_attempts()
         return connection
 
     async def _set_up(self, connection: AbstractRobustConnection) -> None:
@@ -291,12 +326,23 @@ class Node:
                 await asyncio.wait_for(connection.close(), timeout)
 
     def _on_broker_lost(self) -> None:
+        first = self._connected.is_set()
         self._connected.clear()
         self._set_gauge("broker_up", 0)
+        if not first:
+            return  # a failed reconnect attempt closes again: the outage was logged when it began
+        self._lost_at = time.monotonic()
         if self._stopping:
             log.info("broker.connection_closed")  # our own shutdown: nothing for an operator to chase
         else:
             log.warning("broker.connection_lost", hint="the node reconnects by itself; documents wait in the outbox")
+
+    def _on_broker_reconnected(self) -> None:
+        """The robust connection is back after an outage: one line, however many attempts it took."""
+        lost_at, self._lost_at = self._lost_at, None
+        log.info("broker.reconnected", prefix=self.config.amqp.prefix,
+                 outage_seconds=round(time.monotonic() - lost_at, 1) if lost_at is not None else None)
+        self._on_broker_back()
 
     def _on_broker_back(self) -> None:
         self._connected.set()
