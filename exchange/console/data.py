@@ -18,7 +18,13 @@ from sqlalchemy.engine import Connection
 from exchange.errors import ConflictError, NotFoundError, StoreError
 from exchange.store.base import DeliveryState, Direction, MessageRecord, Store
 from exchange.store.journal import JournalEvent
-from exchange.store.tables import api_tokens, deliveries, messages, operator_sessions, operators
+from exchange.store.tables import (
+    api_tokens,
+    deliveries,
+    messages,
+    operator_sessions,
+    operators,
+)
 
 #: The two roles: a viewer reads, an operator also replays, discards and manages tokens.
 ROLES = ("viewer", "operator")

@@ -83,7 +83,7 @@ async def connect(cfg: Any, ssl_context: ssl.SSLContext | None = None) -> aio_pi
         return await asyncio.wait_for(
             aio_pika.connect(amqp.url, ssl_context=ssl_context, timeout=CONNECT_TIMEOUT),
             CONNECT_TIMEOUT + 1)
-    except Exception as exc:  # refused, unreachable, TLS, authentication, silence
+    except Exception as exc:  # noqa: BLE001 - refused, unreachable, TLS, authentication, silence
         raise BrokerUnavailableError(
             f"cannot reach RabbitMQ at {where} ({type(exc).__name__}); check that it runs "
             "(`rabbitmqctl status`) and that [amqp] url (or EXCHANGE__AMQP__URL) points at it") from None

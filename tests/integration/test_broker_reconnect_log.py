@@ -18,7 +18,6 @@ import pytest
 
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.observability.logging import configure_logging
-
 from tests.integration.conftest import World, wait_until
 
 pytestmark = [pytest.mark.broker]

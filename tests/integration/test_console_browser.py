@@ -26,7 +26,6 @@ from exchange.console.security import hash_password
 from exchange.devworld import AgencySpec
 from exchange.envelope.model import DocumentCode, DocumentInfo
 from exchange.store.base import DeliveryState
-
 from tests.integration.conftest import World, wait_for
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -107,7 +106,7 @@ async def new_page(browser, request, tmp_path) -> AsyncIterator[object]:
                 try:
                     await page.screenshot(path=str(shot), full_page=True)
                     print(f"\nscreenshot of the failing page: {shot}")
-                except Exception as exc:  # the page may be gone
+                except Exception as exc:  # noqa: BLE001 - the page may be gone
                     print(f"\nno screenshot ({type(exc).__name__})")
     for context in contexts:
         await context.close()
@@ -276,3 +275,38 @@ async def test_a_form_posted_without_its_csrf_token_is_refused(world, new_page) 
     assert response.status == 403
     assert (await response.all_headers())["content-security-policy"].count("unsafe-inline") == 0
     assert await ConsoleData(central.service.store).list_tokens() == before
+
+
+async def test_an_operator_discards_a_dead_letter_with_a_reason_and_it_leaves_the_queue(world, new_page) -> None:
+    import aio_pika
+
+    from exchange.routing.lanes import Lane, routing_key
+    from exchange.transport.deadletters import DeadLetters
+    from exchange.transport.topology import Names
+
+    local = world.nodes["local"]
+    cfg = world.config("local")
+    mid = "00000000-0000-4000-8000-" + os.urandom(6).hex()
+    connection = await aio_pika.connect(cfg.amqp.url)
+    try:  # a dead letter of a message nobody will want again
+        channel = await connection.channel(publisher_confirms=True)
+        dlx = await channel.get_exchange(Names(cfg.amqp.prefix).dlx)
+        await dlx.publish(aio_pika.Message(b"junk", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, headers={
+            "x-message-id": mid, "x-recipient": C, "x-sender": A, "x-attempt": 1,
+            "x-routing-key": routing_key(C, Lane.NORMAL), "x-exchange-dead-code": "frame-invalid"}),
+            routing_key="", timeout=10)
+    finally:
+        await connection.close()
+
+    page = await new_page()
+    await sign_in(page, local)
+    await page.goto(f"{local.http_url}/console/deadletters")
+    await page.check(f"input[name=message_id][value='{mid}']")
+    await page.fill("#dl-reason", "TICKET-9 garbage from a test peer")
+    await page.click("#dl-discard")
+    await page.wait_for_selector("#dl-done")
+    assert mid in await page.text_content("#dl-done")
+    assert mid not in [d["message_id"] for d in await DeadLetters(cfg).list()]
+    entries = await ConsoleData(local.service.store).journal_of(mid)
+    assert [(e["action"], e["data"]["operator"], e["data"]["reason"]) for e in entries] == [
+        ("operator_discard", "ops", "TICKET-9 garbage from a test peer")]

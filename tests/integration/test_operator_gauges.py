@@ -9,11 +9,10 @@ import sys
 import pytest
 from prometheus_client import generate_latest
 
+from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.node import Node
-from exchange.config import load_config
 from exchange.observability.metrics import Metrics
-
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.broker]
