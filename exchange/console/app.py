@@ -163,6 +163,8 @@ async def _guarded(request: web.Request, handler: Callable[[web.Request], Awaita
         session = await st.data.session(security.session_key(sid), now=st.clock())
     request[_SESSION] = session
     path = request.path
+    if path == PREFIX:
+        return _redirect(f"{PREFIX}/")  # the address an operator types
     is_static = path.startswith(f"{PREFIX}/static/")
     if session is None and path not in _OPEN and not is_static:
         return _redirect(f"{PREFIX}/login?" + urlencode({"next": request.path_qs}))

@@ -73,7 +73,7 @@ async def client(tmp_path: Path):
         url="amqp://guest:guest@127.0.0.1:1/", prefix="x", confirm_timeout=1.0, ca_file="", cert_file="",
         key_file=""))
     root = web.Application()
-    root.add_subapp("/console", console_app.create_console(service, config))
+    console_app.mount(root, service, config)
     async with TestClient(TestServer(root)) as c:
         c.state = root._subapps[0][console_app.STATE]  # type: ignore[attr-defined]
         yield c
@@ -89,6 +89,11 @@ async def _login(client: TestClient, name: str = "ops", password: str = PASSWORD
 
 def _csrf(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+async def test_the_bare_console_address_leads_to_the_console(client) -> None:
+    response = await client.get("/console", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/console/"
 
 
 async def test_a_page_without_a_session_redirects_to_the_login_form(client) -> None:
