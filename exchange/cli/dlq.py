@@ -45,7 +45,7 @@ def _letters(cfg) -> DeadLetters:
 
 def _list(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    rows = run(lambda: _letters(cfg).list(args.limit))
+    rows = run(lambda: _letters(cfg).peek(args.limit))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     elif not rows:

@@ -133,7 +133,8 @@ async def console_middleware(request: web.Request, handler: Callable[[web.Reques
         if exc.status < 400:
             response = web.Response(status=exc.status, headers=exc.headers)
         else:
-            err = NotFoundError("no such page") if exc.status == 404 else BadRequestError(exc.reason or "refused")
+            err: ExchangeError = NotFoundError("no such page") if exc.status == 404 else \
+                BadRequestError(exc.reason or "refused")
             err.http_status = exc.status  # type: ignore[misc]
             response = _error_page(request, err, translate("err.not_found", request[_LANG])
                                    if exc.status == 404 else None)
@@ -418,7 +419,7 @@ async def dead_letters(request: web.Request, *, done: list[Any] | None = None, v
     rows: list[dict[str, object]] = []
     error = ""
     try:
-        rows = await DeadLetters(st.config, st.amqp_ssl).list(500)
+        rows = await DeadLetters(st.config, st.amqp_ssl).peek(500)
     except ExchangeError as exc:
         error = exc.message
     return _render(request, "deadletters.html", rows=rows, error=error, done=done or [], verb=verb)

@@ -51,7 +51,7 @@ def check_reason(reason: str) -> str:
 
 def describe(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]:
     """The operator's view of a dead letter: ids, our reason or the broker's x-death reason."""
-    h = dict(message.headers or {})
+    h: dict[str, Any] = dict(message.headers or {})
     deaths = h.get("x-death") or []
     first = deaths[0] if isinstance(deaths, list) and deaths else {}
     broker_key = (first.get("routing-keys") or [""])[0] if isinstance(first, dict) and first else ""
@@ -108,7 +108,7 @@ class DeadLetters:
                 raise NotFoundError(
                     f"there is no dead-letter queue {self.name} on this broker; check [amqp] prefix (a node with "
                     "this prefix declares it when it starts)") from None
-            taken = []
+            taken: list[aio_pika.abc.AbstractIncomingMessage] = []
             while len(taken) < limit:
                 message = await queue.get(no_ack=False, fail=False, timeout=10)
                 if message is None:
@@ -140,7 +140,7 @@ class DeadLetters:
         finally:
             await connection.close()
 
-    async def list(self, limit: int = 100) -> list[dict[str, object]]:
+    async def peek(self, limit: int = 100) -> list[dict[str, object]]:
         """Up to ``limit`` dead letters, described; the queue is left as it was."""
         connection, _, taken = await self._drain(limit)
         try:
