@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian machine: RabbitMQ up, Python env ready.
 #   deploy/setup.sh          what `deploy/run.sh` needs
-#   deploy/setup.sh --test   plus what the test suite needs (PostgreSQL, xmlsec1, promtool)
+#   deploy/setup.sh --test   plus what the test suite needs (PostgreSQL, xmlsec1, promtool, Chromium)
 # Every step says what it does; nothing is downloaded at run time beyond the package registries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +74,9 @@ if [ "$mode" = "--test" ]; then
   fi
   command -v xmlsec1 >/dev/null 2>&1 || apt_install xmlsec1
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
+  # The console's browser tests (tests/integration/test_console_browser.py) drive Debian's Chromium
+  # through Playwright (the dev extra): the browser comes from apt, never from a download at run time.
+  [ -x /usr/bin/chromium ] || apt_install chromium
 fi
 
 # --- Python environment ------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import ssl
 import time
 from collections.abc import Iterator, Mapping
@@ -163,6 +164,38 @@ async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> Ex
     )
 
 
+#: What the AMQP client logs on every reconnect attempt (per retry, while the broker is away): the
+#: node logs ``broker.connection_lost`` once when it goes and ``broker.reconnected`` once when it is back.
+_RECONNECT_NOISE = (
+    ("aiormq.connection", "error when creating transport"),
+    ("aio_pika.robust_connection", "Connection attempt to"),
+    ("aio_pika.robust_connection", "Connection to "),
+    ("aio_pika.robust_connection", "Reconnect attempt failed"),
+)
+
+
+class _ReconnectNoise(logging.Filter):
+    """Drops the AMQP client's per-attempt reconnect lines (record.msg is the unformatted template)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_reconnect_attempts() -> None:
+    """Install the filters once per process (idempotent)."""
+    by_logger: dict[str, tuple[str, ...]] = {}
+    for name, prefix in _RECONNECT_NOISE:
+        by_logger[name] = (*by_logger.get(name, ()), prefix)
+    for name, prefixes in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ReconnectNoise) for f in logger.filters):
+            logger.addFilter(_ReconnectNoise(prefixes))
+
+
 class Node:
     """Assemble and run everything one ``exchange serve`` process does."""
 
@@ -185,6 +218,8 @@ class Node:
         self._depth_since: dict[Lane, float] = {}
         self._waiting_labels: set[str] = set()
         self.migration: asyncio.Task[int] | None = None
+        self._unreceipted_agencies: set[str] = set()
+        self._lost_at: float | None = None
         #: Seconds a stop waits for in-flight handovers before dropping them (unacked: redelivered).
         self.stop_grace = 5.0
 
@@ -255,12 +290,15 @@ class Node:
     async def _start_http(self) -> None:
         from aiohttp import web
 
+        from exchange import console
         from exchange.gateway.app import create_app
         from exchange.gateway.protocol import GatewayRunner
 
         assert self.service is not None
         http = self.config.http
         app = create_app(self.service, http=http, metrics=self.metrics, readiness=self.readiness)
+        console.mount(app, self.service, self.config, readiness=self.readiness,  # /console (docs/CONSOLE.md)
+                      amqp_ssl=amqp_ssl_context(self.config))
         self._runner = GatewayRunner(app, access_log=None)  # problem+json for what aiohttp cannot parse
         await self._runner.setup()
         ctx = None
@@ -337,7 +375,8 @@ class Node:
                 await asyncio.wait_for(connection.close(), 5.0)
             raise
         connection.close_callbacks.add(lambda *_: self._on_broker_lost())
-        connection.reconnect_callbacks.add(lambda *_: self._on_broker_back())
+        connection.reconnect_callbacks.add(lambda *_: self._on_broker_reconnected())
+        quiet_reconnect_attempts()
         return connection
 
     async def _set_up(self, connection: AbstractRobustConnection) -> None:
@@ -405,12 +444,23 @@ class Node:
                 await asyncio.wait_for(connection.close(), timeout)
 
     def _on_broker_lost(self) -> None:
+        first = self._connected.is_set()
         self._connected.clear()
         self._set_gauge("broker_up", 0)
+        if not first:
+            return  # a failed reconnect attempt closes again: the outage was logged when it began
+        self._lost_at = time.monotonic()
         if self._stopping:
             log.info("broker.connection_closed")  # our own shutdown: nothing for an operator to chase
         else:
             log.warning("broker.connection_lost", hint="the node reconnects by itself; documents wait in the outbox")
+
+    def _on_broker_reconnected(self) -> None:
+        """The robust connection is back after an outage: one line, however many attempts it took."""
+        lost_at, self._lost_at = self._lost_at, None
+        log.info("broker.reconnected", prefix=self.config.amqp.prefix,
+                 outage_seconds=round(time.monotonic() - lost_at, 1) if lost_at is not None else None)
+        self._on_broker_back()
 
     def _on_broker_back(self) -> None:
         self._connected.set()
@@ -460,6 +510,7 @@ class Node:
                 for code in signers:
                     cert = signers.certificate(code) if isinstance(signers, LazySigners) else signers[code].certificate
                     self._set_gauge("certificate_expiry_seconds", (cert.not_valid_after_utc - now).total_seconds(), code)
+                await self._store_gauges()
                 if self.topology is not None and self._connected.is_set():
                     await self._queue_gauges()
             except asyncio.CancelledError:
@@ -467,6 +518,23 @@ class Node:
             except Exception as exc:
                 log.debug("gauges.error", error=type(exc).__name__)
             await asyncio.sleep(interval)
+
+    async def _store_gauges(self) -> None:
+        """The operator's numbers, from the store: a document sent by any process (`exchange send`) counts."""
+        from exchange.console.data import ConsoleData
+
+        assert self.service is not None
+        for state, count in (await self.service.store.delivery_counts()).items():
+            self._set_gauge("deliveries_by_state", count, state)
+        now = datetime.now(timezone.utc)
+        oldest = await ConsoleData(self.service.store).oldest_unreceipted_by_agency()
+        ages = {agency: max((now - at).total_seconds(), 0.0) for agency, at in oldest.items()}
+        for agency in self._unreceipted_agencies - set(ages):
+            self._set_gauge("unreceipted_oldest_age_by_agency_seconds", 0, agency)  # its receipts came
+        for agency, age in ages.items():
+            self._set_gauge("unreceipted_oldest_age_by_agency_seconds", age, agency)
+        self._unreceipted_agencies |= set(ages)
+        self._set_gauge("unreceipted_oldest_age_seconds", max(ages.values(), default=0.0))
 
     async def _queue_gauges(self) -> None:
         """The node's lane queues from the broker; per agency, waiting deliveries from the store.
@@ -498,6 +566,8 @@ class Node:
                 declared = await channel.declare_queue(self.topology.names.retry_queue(delay), passive=True)
                 retry_depth += declared.declaration_result.message_count
             self._set_gauge("retry_backlog", retry_depth)
+            declared = await channel.declare_queue(self.topology.names.dlq, passive=True)
+            self._set_gauge("dead_letters_waiting", declared.declaration_result.message_count)
         finally:
             await channel.close()
         await self._agency_gauges()

@@ -15,7 +15,7 @@ from exchange.errors import ExchangeError
 #: Modules under exchange.cli that each define ``register(subparsers)``.
 SUBCOMMAND_MODULES = (
     "pki", "sign", "verify",  # signing
-    "serve", "send", "track", "directory", "dlq", "journal", "token", "store", "vxp", "hub",  # node and operators
+    "serve", "send", "track", "directory", "dlq", "journal", "token", "store", "vxp", "hub", "operator",
     "demo", "bench", "edxml",
 )
 

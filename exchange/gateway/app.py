@@ -63,6 +63,10 @@ def _from_http_exception(exc: web.HTTPException) -> ExchangeError:
     return err
 
 
+def _is_console(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
+
+
 def _route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -84,7 +88,8 @@ async def gateway_middleware(request: web.Request, handler: Callable[[web.Reques
     status = 500
     try:
         if (request.match_info.http_exception is None and request.path not in PUBLIC_PATHS
-                and not request.path.startswith(vxp.PREFIX)):  # the hub protocol signs its own calls
+                and not request.path.startswith(vxp.PREFIX)  # the hub protocol signs its own calls
+                and not _is_console(request.path)):  # operator sessions, not agency tokens (exchange.console)
             principal = await request.app[AUTH].authenticate(request)
             request[PRINCIPAL] = principal
             structlog.contextvars.bind_contextvars(agency=principal.agency)

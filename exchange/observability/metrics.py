@@ -146,6 +146,27 @@ class Metrics:
         #: exchange_store_up: 1 while the store answers.
         self.store_up = Gauge(f"{PREFIX}_store_up", "1 if the store (SQLite/PostgreSQL) answers, else 0.", registry=r)
 
+        # -- the operator's numbers, read from the store (so every process's documents count) -----
+        #: exchange_unreceipted_oldest_age_seconds: the oldest document published without a receipt.
+        self.unreceipted_oldest_age_seconds = Gauge(
+            f"{PREFIX}_unreceipted_oldest_age_seconds",
+            "Age of the oldest document published (confirmed by RabbitMQ) that has no receipt yet (0 when none).",
+            registry=r)
+        #: exchange_unreceipted_oldest_age_by_agency_seconds{agency}: the same, per recipient agency.
+        self.unreceipted_oldest_age_by_agency_seconds = Gauge(
+            f"{PREFIX}_unreceipted_oldest_age_by_agency_seconds",
+            "Age of the oldest document published to a recipient agency without its receipt (0 when none).",
+            ["agency"], registry=r)
+        #: exchange_dead_letters_waiting: messages in the node's dead-letter queue, waiting for an operator.
+        self.dead_letters_waiting = Gauge(
+            f"{PREFIX}_dead_letters_waiting",
+            "Dead letters waiting in the dead-letter queue for a replay or discard.", registry=r)
+        #: exchange_deliveries_by_state{state}: the store's (message, recipient) deliveries per state.
+        self.deliveries_by_state = Gauge(
+            f"{PREFIX}_deliveries_by_state",
+            "Deliveries recorded by the store, by state (submitted, queued, delivered, failed).",
+            ["state"], registry=r)
+
         #: exchange_build_info{version,python}: constant 1, for joins and dashboards.
         self.build = Info(f"{PREFIX}_build", "Version of the exchange node.", registry=r)
         self.build.info({"version": version or _version(), "python": platform.python_version()})

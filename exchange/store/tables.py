@@ -215,3 +215,25 @@ journal = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# The operator console (exchange.console): operator accounts, apart from agency tokens, and their
+# server-side sessions (revision 0004). A password is kept only as its scrypt hash; a session row is
+# keyed by the SHA-256 of its random id, so a copy of the table opens no session.
+operators = Table(
+    "operators", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),  # viewer | operator
+    Column("password_hash", String(256), nullable=False),  # scrypt$n$r$p$salt$hash
+    Column("disabled", SmallInteger, nullable=False, default=0),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+operator_sessions = Table(
+    "operator_sessions", metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("operator", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Index("ix_operator_sessions_expires", "expires_at"),
+)

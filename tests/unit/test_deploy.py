@@ -223,7 +223,8 @@ def test_alerts_are_complete_labelled_and_have_runbooks() -> None:
     for r in rules:
         assert r["labels"]["severity"] in {"page", "ticket"}, r["alert"]
         url = r["annotations"]["runbook_url"]
-        assert url == f"docs/OPERATIONS.md#{r['alert'].lower()}", url
+        # absolute: the base is the external label runbook_base_url (deploy/prometheus/prometheus.yml)
+        assert url == f"{{{{ $externalLabels.runbook_base_url }}}}#{r['alert'].lower()}", url
         assert url.split("#", 1)[1] in anchors, f"docs/OPERATIONS.md has no section for {r['alert']}"
         assert r["annotations"]["summary"] and r["annotations"]["description"]
 
