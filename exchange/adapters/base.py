@@ -47,15 +47,15 @@ class DeliveryResult:
     reason: str = ""
 
     @classmethod
-    def delivered(cls) -> "DeliveryResult":
+    def delivered(cls) -> DeliveryResult:
         return cls(Outcome.DELIVERED)
 
     @classmethod
-    def transient(cls, reason: str, code: str = "adapter-transient") -> "DeliveryResult":
+    def transient(cls, reason: str, code: str = "adapter-transient") -> DeliveryResult:
         return cls(Outcome.TRANSIENT, code, reason)
 
     @classmethod
-    def permanent(cls, reason: str, code: str = "adapter-refused") -> "DeliveryResult":
+    def permanent(cls, reason: str, code: str = "adapter-refused") -> DeliveryResult:
         return cls(Outcome.PERMANENT, code, reason)
 
 

@@ -66,7 +66,7 @@ from exchange.adapters.folders import (
     sorted_by_age,
 )
 from exchange.adapters.safe_files import append_line
-from exchange.envelope.edxml import export_package, import_package, reference_of
+from exchange.envelope.edxml import OrganIdFor, export_package, import_package, reference_of
 from exchange.envelope.model import Envelope, Hop, Kind, Operation, ResponseRef, utcnow
 from exchange.errors import AdapterError, ExchangeError, UnsafePathError, XmlMalformedError
 
@@ -95,9 +95,10 @@ class DocumentIndex:
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 e = json.loads(line)
-                self._remember(e["message_id"], ResponseRef(e["organ_id"], e["code"],
-                                                            date.fromisoformat(e["promulgation_date"]),
-                                                            e["document_id"]))
+                self._remember(
+                    e["message_id"],
+                    ResponseRef(e["organ_id"], e["code"], date.fromisoformat(e["promulgation_date"]), e["document_id"]),
+                )
             except (ValueError, KeyError, TypeError):
                 continue
 
@@ -118,9 +119,16 @@ class DocumentIndex:
     async def add(self, message_id: str, ref: ResponseRef) -> None:
         if self._by_message_id.get(message_id) == ref:
             return
-        line = json.dumps({"message_id": message_id, "document_id": ref.document_id, "organ_id": ref.organ_id,
-                           "code": ref.code, "promulgation_date": ref.promulgation_date.isoformat()},
-                          ensure_ascii=False)
+        line = json.dumps(
+            {
+                "message_id": message_id,
+                "document_id": ref.document_id,
+                "organ_id": ref.organ_id,
+                "code": ref.code,
+                "promulgation_date": ref.promulgation_date.isoformat(),
+            },
+            ensure_ascii=False,
+        )
         async with self._lock:
             await asyncio.to_thread(append_line, self.path, line)
             self._remember(message_id, ref)
@@ -135,8 +143,10 @@ class EdxmlAdapter(FolderAdapter):
     async def start(self) -> None:
         organ_ids = self.options.get("organ_ids", "as-sent")
         if organ_ids not in ("as-sent", "codes"):
-            raise AdapterError(f"edxml adapter of {self.agency}: options.organ_ids must be \"as-sent\" (the ids the "
-                               "sender wrote) or \"codes\" (QCVN 102 codes, aliases mapped through the directory)")
+            raise AdapterError(
+                f'edxml adapter of {self.agency}: options.organ_ids must be "as-sent" (the ids the '
+                'sender wrote) or "codes" (QCVN 102 codes, aliases mapped through the directory)'
+            )
         self.organ_ids = organ_ids
         await super().start()
         self.index = DocumentIndex(self.folders.root / INDEX_FILE)
@@ -152,22 +162,30 @@ class EdxmlAdapter(FolderAdapter):
         if h.document is not None:
             ref = reference_of(h.sender.code, h.document, h.created_at)
             if not h.document.document_id:
-                envelope = replace(envelope, header=replace(h, document=replace(h.document,
-                                                                                 document_id=ref.document_id)))
+                envelope = replace(
+                    envelope, header=replace(h, document=replace(h.document, document_id=ref.document_id))
+                )
             await self.index.add(h.message_id, ref)
         elif h.status is not None and h.status.document_ref is None:
-            ref = self.index.reference(h.status.response_for) or await self._sent_reference(h.status.response_for)
-            if ref is None:
+            answered = self.index.reference(h.status.response_for) or await self._sent_reference(h.status.response_for)
+            if answered is None:
                 return DeliveryResult.permanent(
                     f"status {h.status.code.value} answers {h.status.response_for}, a document this agency's "
-                    "E-Office cannot name in edXML (no DocumentId known)", "edxml-unnamed-document")
-            envelope = replace(envelope, header=replace(h, status=replace(h.status, document_ref=ref)))
+                    "E-Office cannot name in edXML (no DocumentId known)",
+                    "edxml-unnamed-document",
+                )
+            envelope = replace(envelope, header=replace(h, status=replace(h.status, document_ref=answered)))
         try:
             # The bus's own hops, after the sender's TraceHeaders: accepted by the ingress node, handed over here.
             hops = (Hop(BUS_HOP, h.created_at), Hop(BUS_HOP, utcnow()))
-            package = await asyncio.to_thread(export_package, envelope, message.attachments,
-                                              document_id_of=self.index.document_id, hops=hops,
-                                              organ_id_for=self._organ_id_for())
+            package = await asyncio.to_thread(
+                export_package,
+                envelope,
+                message.attachments,
+                document_id_of=self.index.document_id,
+                hops=hops,
+                organ_id_for=self._organ_id_for(),
+            )
         except ExchangeError as exc:
             return DeliveryResult.permanent(f"cannot be written as an edXML package: {exc.message}", exc.code)
         final = self.folders.incoming / f"{h.message_id}{SUFFIX}"
@@ -176,16 +194,18 @@ class EdxmlAdapter(FolderAdapter):
         except UnsafePathError as exc:
             return DeliveryResult.permanent(f"cannot be written to the E-Office's folder: {exc.message}", exc.code)
         except OSError as exc:
-            return DeliveryResult.transient(f"cannot write to the E-Office's incoming folder: {exc.strerror}",
-                                            "eoffice-write-failed")
+            return DeliveryResult.transient(
+                f"cannot write to the E-Office's incoming folder: {exc.strerror}", "eoffice-write-failed"
+            )
         return DeliveryResult.delivered()
 
-    def _organ_id_for(self):
+    def _organ_id_for(self) -> OrganIdFor | None:
         """With ``organ_ids = "codes"``, every organ id the directory knows is written as its QCVN 102 code."""
         directory = getattr(self.bus, "directory", None)
         if self.organ_ids != "codes" or directory is None:
             return None
-        return directory.resolve_organ_id
+        resolve: OrganIdFor = directory.resolve_organ_id  # the bus's directory (typed loosely here)
+        return resolve
 
     async def _sent_reference(self, message_id: str) -> ResponseRef | None:
         """The ResponseFor of a document this agency sent without this adapter (looked up in the store)."""
@@ -208,8 +228,11 @@ class EdxmlAdapter(FolderAdapter):
     # -- sending --------------------------------------------------------------------
 
     def drops(self) -> list[Path]:
-        return sorted_by_age(p for p in self.folders.outgoing.iterdir()
-                             if p.suffix == SUFFIX and not is_temporary(p.name) and p.is_file())
+        return sorted_by_age(
+            p
+            for p in self.folders.outgoing.iterdir()
+            if p.suffix == SUFFIX and not is_temporary(p.name) and p.is_file()
+        )
 
     def files_of(self, drop: Path) -> list[Path]:
         return [drop]
@@ -218,8 +241,9 @@ class EdxmlAdapter(FolderAdapter):
         data = await asyncio.to_thread(drop.read_bytes)
         try:
             # The node's directory maps organ id aliases (docs/EDXML.md); a bare BusHandle may not offer one.
-            package = await asyncio.to_thread(import_package, data, resolve=self.index.message_id,
-                                              agencies=getattr(self.bus, "directory", None))
+            package = await asyncio.to_thread(
+                import_package, data, resolve=self.index.message_id, agencies=getattr(self.bus, "directory", None)
+            )
         except XmlMalformedError as exc:
             raise DropNotReady(f"{exc.code}: {exc.message}") from None
         except ExchangeError as exc:
@@ -232,28 +256,39 @@ class EdxmlAdapter(FolderAdapter):
             if package.unresolved:
                 raise DropRefused(
                     f"ResponseFor names document {package.unresolved[0]!r}, which {self.agency} has not received "
-                    "through this folder; answer a DocumentId from a package in incoming/")
-            return await self.bus.submit_status(h.status.response_for, h.status.code,
-                                                description=h.status.description, staff=h.status.staff,
-                                                idempotency_key=key)
+                    "through this folder; answer a DocumentId from a package in incoming/"
+                )
+            return await self.bus.submit_status(
+                h.status.response_for,
+                h.status.code,
+                description=h.status.description,
+                staff=h.status.staff,
+                idempotency_key=key,
+            )
         assert h.document is not None
         if h.operation is Operation.NEW:
             result = await self.bus.submit_edxml(data, idempotency_key=key)
         else:
             if h.document.relates_to is None:
                 target = package.unresolved[0] if package.unresolved else "(none)"
-                raise DropRefused(f"this {h.operation.value} names document {target!r}, which {self.agency} "
-                                  "has not sent through this folder")
+                raise DropRefused(
+                    f"this {h.operation.value} names document {target!r}, which {self.agency} "
+                    "has not sent through this folder"
+                )
             result = await self.bus.submit_document(
-                [r.code for r in h.recipients], h.document, _files(package.envelope, package.attachment_data),
-                operation=h.operation, idempotency_key=key)
+                [r.code for r in h.recipients],
+                h.document,
+                _files(package.envelope, package.attachment_data),
+                operation=h.operation,
+                idempotency_key=key,
+            )
         if h.operation in (Operation.NEW, Operation.REPLACE):  # a revoke / update repeats its target's id
-            await self.index.add(result.message_id, reference_of(self.agency, h.document,
-                                                                 result.created_at or h.created_at))
+            await self.index.add(
+                result.message_id, reference_of(self.agency, h.document, result.created_at or h.created_at)
+            )
         return result
 
 
 def _files(envelope: Envelope, data: dict[str, bytes]) -> list[OutgoingFile]:
     by_id = {a.id: a for a in envelope.attachments}
     return [OutgoingFile(by_id[i].name, b, by_id[i].media_type, by_id[i].description) for i, b in data.items()]
-

@@ -219,8 +219,11 @@ def offered_attachment(envelope: Envelope, attachment: Attachment, data: bytes, 
     """The file to write for ``attachment``; when unwrapped, ``entry`` describes the file and keeps the ZIP's digest."""
     offered = offered_file(envelope.header.document, attachment, data)
     if offered.unwrapped:
-        entry.update(size=len(offered.data), sha256=hashlib.sha256(offered.data).hexdigest(),
-                     packed={"media_type": "application/zip", "size": attachment.size, "sha256": attachment.sha256})
+        entry.update(
+            size=len(offered.data),
+            sha256=hashlib.sha256(offered.data).hexdigest(),
+            packed={"media_type": "application/zip", "size": attachment.size, "sha256": attachment.sha256},
+        )
     elif offered.reason:
         entry.update(media_type=offered.media_type, not_unwrapped=offered.reason)
     return offered
@@ -248,16 +251,18 @@ class FileDropAdapter(FolderAdapter):
         except UnsafePathError as exc:  # cannot happen for a verified envelope (UUID ids); never retry it
             return DeliveryResult.permanent(f"cannot be written to the E-Office's folder: {exc.message}", exc.code)
         except OSError as exc:
-            return DeliveryResult.transient(f"cannot write to the E-Office's incoming folder: {exc.strerror}",
-                                            "eoffice-write-failed")
+            return DeliveryResult.transient(
+                f"cannot write to the E-Office's incoming folder: {exc.strerror}", "eoffice-write-failed"
+            )
         return DeliveryResult.delivered()
 
     # -- sending --------------------------------------------------------------------
 
     def drops(self) -> list[Path]:
         out = self.folders.outgoing
-        return sorted_by_age(p for p in out.iterdir()
-                             if p.suffix == ".json" and not is_temporary(p.name) and p.is_file())
+        return sorted_by_age(
+            p for p in out.iterdir() if p.suffix == ".json" and not is_temporary(p.name) and p.is_file()
+        )
 
     def files_of(self, drop: Path) -> list[Path]:
         files = [drop]
@@ -278,27 +283,39 @@ class FileDropAdapter(FolderAdapter):
     async def submit(self, drop: Path) -> SubmitResult:
         parsed = await asyncio.to_thread(self.read_drop, drop)
         if isinstance(parsed, StatusDrop):
-            return await self.bus.submit_status(parsed.response_for, parsed.code, description=parsed.description,
-                                                staff=parsed.staff, idempotency_key=parsed.idempotency_key)
-        return await self.bus.submit_document(parsed.recipients, parsed.document, parsed.files,
-                                              operation=parsed.operation, idempotency_key=parsed.idempotency_key)
+            return await self.bus.submit_status(
+                parsed.response_for,
+                parsed.code,
+                description=parsed.description,
+                staff=parsed.staff,
+                idempotency_key=parsed.idempotency_key,
+            )
+        return await self.bus.submit_document(
+            parsed.recipients,
+            parsed.document,
+            parsed.files,
+            operation=parsed.operation,
+            idempotency_key=parsed.idempotency_key,
+        )
 
     def _attachment_path(self, drop: Path, spec: Any) -> Path:
         if not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or not spec["file"].strip():
-            raise DropRefused('each entry of "attachments" must be an object with "file", a path relative '
-                              "to outgoing/")
+            raise DropRefused('each entry of "attachments" must be an object with "file", a path relative to outgoing/')
         rel = PurePosixPath(spec["file"].replace("\\", "/"))
-        if (rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts)
-                or "\x00" in spec["file"]):
-            raise DropRefused(f"attachment file {spec['file']!r} must be a plain path inside outgoing/ "
-                              "(not absolute, no '..', no hidden or temporary names)")
+        if rel.is_absolute() or ".." in rel.parts or any(is_temporary(p) for p in rel.parts) or "\x00" in spec["file"]:
+            raise DropRefused(
+                f"attachment file {spec['file']!r} must be a plain path inside outgoing/ "
+                "(not absolute, no '..', no hidden or temporary names)"
+            )
         try:
             # A symbolic link under outgoing/ that points elsewhere would send (and then move) a file from
             # outside the E-Office's folder: resolve and refuse.
             path = confined(self.folders.outgoing, *rel.parts)
         except UnsafePathError:
-            raise DropRefused(f"attachment file {spec['file']!r} leads outside outgoing/ (a symbolic link?); "
-                              "put the file itself in the folder") from None
+            raise DropRefused(
+                f"attachment file {spec['file']!r} leads outside outgoing/ (a symbolic link?); "
+                "put the file itself in the folder"
+            ) from None
         if path == drop:
             raise DropRefused("a drop cannot list its own metadata file as an attachment")
         return path
@@ -328,13 +345,20 @@ class FileDropAdapter(FolderAdapter):
 
     def _status(self, meta: dict[str, Any], raw: bytes) -> StatusDrop:
         if not isinstance(meta.get("response_for"), str) or not meta["response_for"]:
-            raise DropRefused('a status needs "response_for": the message id of the document it answers '
-                              "(the name of its incoming/ folder)")
+            raise DropRefused(
+                'a status needs "response_for": the message id of the document it answers '
+                "(the name of its incoming/ folder)"
+            )
         if "code" not in meta:
             raise DropRefused('a status needs "code" (01-06, 13, 15, 16)')
         key = meta.get("idempotency_key") or "filedrop:" + hashlib.sha256(raw).hexdigest()
-        return StatusDrop(meta["response_for"], status_code_from_json(meta["code"]),
-                          str(meta.get("description", "")), staff_from_json(meta.get("staff")), str(key))
+        return StatusDrop(
+            meta["response_for"],
+            status_code_from_json(meta["code"]),
+            str(meta.get("description", "")),
+            staff_from_json(meta.get("staff")),
+            str(key),
+        )
 
     def _document(self, drop: Path, meta: dict[str, Any], raw: bytes) -> DocumentDrop:
         to = meta.get("to")
@@ -354,12 +378,15 @@ class FileDropAdapter(FolderAdapter):
             if item.sha256 is not None and digest != item.sha256.lower():
                 if item.size is None:
                     raise DropNotReady(f"{item.path.name} does not match its sha256 yet")
-                raise DropRefused(f"attachment {item.name!r} has SHA-256 {digest}, but the metadata declares "
-                                  f"{item.sha256}")
+                raise DropRefused(
+                    f"attachment {item.name!r} has SHA-256 {digest}, but the metadata declares {item.sha256}"
+                )
             files.append(OutgoingFile(item.name, data, item.media_type, item.description))
             digests.append(digest)
-        key = meta.get("idempotency_key") or "filedrop:" + hashlib.sha256(
-            raw + "".join(digests).encode("ascii")).hexdigest()
+        key = (
+            meta.get("idempotency_key")
+            or "filedrop:" + hashlib.sha256(raw + "".join(digests).encode("ascii")).hexdigest()
+        )
         return DocumentDrop(tuple(to), document, operation_from_json(meta.get("operation")), tuple(files), str(key))
 
     def _listed(self, drop: Path, spec: Any) -> _Listed:
@@ -387,8 +414,8 @@ class FileDropAdapter(FolderAdapter):
             raise DropRefused(f"attachment file {item.spec['file']!r} is a folder") from None
         if item.size is not None and len(data) != item.size:
             if len(data) < item.size:
-                raise DropNotReady(f"attachment file {item.spec['file']!r} has {len(data)} of "
-                                   f"{item.size} bytes")
-            raise DropRefused(f"attachment file {item.spec['file']!r} has {len(data)} bytes, but the metadata "
-                              f"declares {item.size}")
+                raise DropNotReady(f"attachment file {item.spec['file']!r} has {len(data)} of {item.size} bytes")
+            raise DropRefused(
+                f"attachment file {item.spec['file']!r} has {len(data)} bytes, but the metadata declares {item.size}"
+            )
         return data

@@ -56,8 +56,12 @@ from exchange.errors import (
 log = structlog.get_logger("exchange.adapters.folders")
 
 #: Bus refusals that say nothing about the drop itself: keep it and try again later.
-RETRYABLE_ERRORS: tuple[type[ExchangeError], ...] = (StoreError, BrokerUnavailableError, KeyMaterialError,
-                                                     NotHostedError)
+RETRYABLE_ERRORS: tuple[type[ExchangeError], ...] = (
+    StoreError,
+    BrokerUnavailableError,
+    KeyMaterialError,
+    NotHostedError,
+)
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SETTLE_SECONDS = 30.0
 
@@ -135,13 +139,17 @@ class Folders:
 
 
 def result_json(result: SubmitResult) -> bytes:
-    return json.dumps({
-        "message_id": result.message_id,
-        "recipients": list(result.recipients),
-        "created": result.created,
-        "created_at": result.created_at.isoformat() if result.created_at else None,
-        **({"refused": [dict(r) for r in result.refused]} if result.refused else {}),
-    }, ensure_ascii=False, indent=2).encode("utf-8")
+    return json.dumps(
+        {
+            "message_id": result.message_id,
+            "recipients": list(result.recipients),
+            "created": result.created,
+            "created_at": result.created_at.isoformat() if result.created_at else None,
+            **({"refused": [dict(r) for r in result.refused]} if result.refused else {}),
+        },
+        ensure_ascii=False,
+        indent=2,
+    ).encode("utf-8")
 
 
 # -- the watcher ------------------------------------------------------------------------
@@ -168,8 +176,9 @@ class FolderAdapter(Adapter):
         try:
             value = float(self.options.get(key, default))
         except (TypeError, ValueError):
-            raise AdapterError(f"{self.kind} adapter of {self.agency}: options.{key} must be a number of seconds"
-                               ) from None
+            raise AdapterError(
+                f"{self.kind} adapter of {self.agency}: options.{key} must be a number of seconds"
+            ) from None
         if value < 0 or (key == "poll_interval" and value == 0):
             raise AdapterError(f"{self.kind} adapter of {self.agency}: options.{key} must be positive")
         return value
@@ -183,8 +192,10 @@ class FolderAdapter(Adapter):
         try:
             await asyncio.to_thread(self.folders.create)
         except OSError as exc:
-            raise AdapterError(f"{self.kind} adapter of {self.agency} cannot create its folders under "
-                               f"{self.folders.root}: {exc.strerror}") from exc
+            raise AdapterError(
+                f"{self.kind} adapter of {self.agency} cannot create its folders under "
+                f"{self.folders.root}: {exc.strerror}"
+            ) from exc
         self._stopping.clear()
         if self.options.get("watch", True):
             self._task = asyncio.create_task(self._watch(), name=f"{self.kind}-watch-{self.agency}")
@@ -203,7 +214,7 @@ class FolderAdapter(Adapter):
                 await self.scan_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the watcher must outlive any one bad poll
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad poll
                 log.warning("folder.scan_failed", agency=self.agency, kind=self.kind, error=type(exc).__name__)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
@@ -246,7 +257,7 @@ class FolderAdapter(Adapter):
             await asyncio.to_thread(self.refuse, drop, f"invalid value: {exc}")
             log.warning("drop.refused", **base, reason="invalid-value")
             return 1
-        except Exception as exc:  # e.g. a permission problem: keep the drop, try again next poll
+        except Exception as exc:  # noqa: BLE001 - e.g. a permission problem: keep the drop, try again next poll
             log.warning("drop.failed", **base, error=type(exc).__name__)
             return 0
         await asyncio.to_thread(self.accept, drop, result)

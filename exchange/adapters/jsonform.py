@@ -54,9 +54,16 @@ def document_json(doc: DocumentInfo) -> dict[str, Any]:
     """Document metadata with the schema's names (as over HTTP), plus the legacy flat keys while deprecated."""
     out = encode_document(doc)
     # Deprecated: the flat keys of the pre-schema dialect, kept for E-Offices that read them (docs/API.md).
-    out.update({"number": doc.code.number, "notation": doc.code.notation, "type": doc.document_type.type,
-                "detail": doc.document_type.detail, "type_name": doc.document_type.name,
-                "steering": int(doc.steering)})
+    out.update(
+        {
+            "number": doc.code.number,
+            "notation": doc.code.notation,
+            "type": doc.document_type.type,
+            "detail": doc.document_type.detail,
+            "type_name": doc.document_type.name,
+            "steering": int(doc.steering),
+        }
+    )
     return out
 
 
@@ -78,8 +85,14 @@ def status_json(status: StatusInfo) -> dict[str, Any]:
 
 def attachment_json(a: Attachment) -> dict[str, Any]:
     """One manifest entry (the bytes travel beside it: base64 in a webhook, a file in a folder)."""
-    return {"id": a.id, "name": a.name, "media_type": a.media_type, "size": a.size, "sha256": a.sha256,
-            "description": a.description}
+    return {
+        "id": a.id,
+        "name": a.name,
+        "media_type": a.media_type,
+        "size": a.size,
+        "sha256": a.sha256,
+        "description": a.description,
+    }
 
 
 def message_json(envelope: Envelope, *, recipient: str, attempt: int = 1) -> dict[str, Any]:
@@ -105,8 +118,13 @@ def message_json(envelope: Envelope, *, recipient: str, attempt: int = 1) -> dic
 
 def receipt_json(r: ReceiptInfo) -> dict[str, Any]:
     """A signed receipt for a document the agency sent (only for adapters that want receipts)."""
-    return {"response_for": r.response_for, "outcome": r.outcome.value, "envelope_digest": r.envelope_digest,
-            "reason_code": r.reason_code, "reason": r.reason}
+    return {
+        "response_for": r.response_for,
+        "outcome": r.outcome.value,
+        "envelope_digest": r.envelope_digest,
+        "reason_code": r.reason_code,
+        "reason": r.reason,
+    }
 
 
 def b64(data: bytes) -> str:

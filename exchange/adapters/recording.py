@@ -47,22 +47,30 @@ class RecordingAdapter(Adapter):
         if self._attempts[message.message_id] <= int(self.options.get("transient_failures", 0)):
             return DeliveryResult.transient("the E-Office is temporarily unavailable", "eoffice-unavailable")
         h = message.envelope.header
-        line = json.dumps({
-            "message_id": message.message_id, "recipient": self.agency, "sender": h.sender.code,
-            "kind": h.kind.value, "operation": h.operation.value, "priority": int(h.priority),
-            "status": h.status.code.value if h.status else None,
-            "receipt_for": h.receipt.response_for if h.receipt else None,
-            "outcome": h.receipt.outcome.value if h.receipt else None,
-            "attachments": {a.name: a.sha256 for a in message.envelope.attachments},
-            "attempt": message.attempt,
-        }, ensure_ascii=False)
+        line = json.dumps(
+            {
+                "message_id": message.message_id,
+                "recipient": self.agency,
+                "sender": h.sender.code,
+                "kind": h.kind.value,
+                "operation": h.operation.value,
+                "priority": int(h.priority),
+                "status": h.status.code.value if h.status else None,
+                "receipt_for": h.receipt.response_for if h.receipt else None,
+                "outcome": h.receipt.outcome.value if h.receipt else None,
+                "attachments": {a.name: a.sha256 for a in message.envelope.attachments},
+                "attempt": message.attempt,
+            },
+            ensure_ascii=False,
+        )
         async with self._lock:
             try:
                 # append_line never follows a symbolic link planted at the path (e.g. in a shared /tmp).
                 await asyncio.to_thread(append_line, self.path, line)
             except OSError as exc:
-                return DeliveryResult.transient(f"cannot append to {self.path}: {exc.strerror or exc}",
-                                                "eoffice-write-failed")
+                return DeliveryResult.transient(
+                    f"cannot append to {self.path}: {exc.strerror or exc}", "eoffice-write-failed"
+                )
         return DeliveryResult.delivered()
 
 

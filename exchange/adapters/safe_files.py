@@ -43,10 +43,17 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 MAX_NAME_BYTES = 255
 
 
-def check_component(name: str) -> str:
+def check_component(name: object) -> str:
     """``name`` if it is one plain file name (not ``.``/``..``, no separator, no NUL), else UnsafePathError."""
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\x00" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES):
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+    ):
         raise UnsafePathError(
             f"{name!r} is not a plain file name (empty, '.', '..', a path separator, NUL or over "
             f"{MAX_NAME_BYTES} bytes); it must not be written outside its folder"
@@ -89,12 +96,13 @@ DEFAULT_FILE_MODE, DEFAULT_DIR_MODE = 0o666, 0o777
 
 def write_new_file(dir_fd: int, name: str, data: bytes, *, mode: int = DEFAULT_FILE_MODE) -> None:
     """Create ``name`` in the directory ``dir_fd`` (never an existing file or link), write ``data``, fsync."""
-    fd = os.open(check_component(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode,
-                 dir_fd=dir_fd)
+    fd = os.open(
+        check_component(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode, dir_fd=dir_fd
+    )
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -178,7 +186,7 @@ def append_line(path: Path, line: str, *, mode: int = DEFAULT_FILE_MODE) -> None
     try:
         view = memoryview((line + "\n").encode("utf-8"))
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -86,7 +86,7 @@ def verify_webhook(
     secret: str | bytes,
     timestamp: str,
     body: bytes,
-    signature: str,
+    signature: str | None,
     tolerance: float = DEFAULT_TOLERANCE,
     *,
     now: float | None = None,
@@ -129,14 +129,16 @@ def _secret_of(agency: str, options: Mapping[str, Any]) -> bytes:
         if not value:
             raise AdapterError(
                 f"webhook adapter of {agency}: environment variable {name} (options.secret_env) is not set "
-                "or empty; export the shared HMAC secret in it")
+                "or empty; export the shared HMAC secret in it"
+            )
         return value.encode("utf-8")
-    value = options.get("secret")
-    if not value:
+    secret = options.get("secret")
+    if not secret:
         raise AdapterError(
             f"webhook adapter of {agency} needs options.secret_env (preferred) or options.secret: "
-            "the shared HMAC secret the E-Office verifies requests with")
-    return str(value).encode("utf-8")
+            "the shared HMAC secret the E-Office verifies requests with"
+        )
+    return str(secret).encode("utf-8")
 
 
 class WebhookAdapter(Adapter):
@@ -197,15 +199,19 @@ class WebhookAdapter(Adapter):
         try:
             async with self._session.post(self._url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
-                text = "" if 200 <= status < 300 else (await resp.content.read(4 * ANSWER_LOG_CHARS)).decode(
-                    "utf-8", "replace")
-        except asyncio.TimeoutError:
+                text = (
+                    ""
+                    if 200 <= status < 300
+                    else (await resp.content.read(4 * ANSWER_LOG_CHARS)).decode("utf-8", "replace")
+                )
+        except TimeoutError:
             log.info("webhook.timeout", **base)
             return DeliveryResult.transient("the E-Office did not answer in time", "eoffice-timeout")
         except aiohttp.ClientError as exc:
             log.info("webhook.unreachable", **base, error=type(exc).__name__)
-            return DeliveryResult.transient(f"the E-Office is unreachable ({type(exc).__name__})",
-                                            "eoffice-unreachable")
+            return DeliveryResult.transient(
+                f"the E-Office is unreachable ({type(exc).__name__})", "eoffice-unreachable"
+            )
         if 200 <= status < 300:
             return DeliveryResult.delivered()
         # The answer's text stays here, in this node's log; the sender's receipt gets the status only.

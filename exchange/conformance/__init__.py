@@ -26,13 +26,25 @@ if TYPE_CHECKING:
     from exchange.conformance.plugin import ConformanceTests, conformance_tests
 
 __all__ = [
-    "CHECKS", "ConformanceReport", "ConformanceTests", "EOfficeProbe", "FailureKind", "ProbeContext",
-    "SeenMessage", "Verdict", "conformance_tests", "run_conformance",
+    "CHECKS",
+    "ConformanceReport",
+    "ConformanceTests",
+    "EOfficeProbe",
+    "FailureKind",
+    "ProbeContext",
+    "SeenMessage",
+    "Verdict",
+    "conformance_tests",
+    "run_conformance",
 ]
 
 _LAZY = {
-    "CHECKS": "catalogue", "ConformanceReport": "catalogue", "Verdict": "catalogue", "run_conformance": "checks",
-    "ConformanceTests": "plugin", "conformance_tests": "plugin",
+    "CHECKS": "catalogue",
+    "ConformanceReport": "catalogue",
+    "Verdict": "catalogue",
+    "run_conformance": "checks",
+    "ConformanceTests": "plugin",
+    "conformance_tests": "plugin",
 }
 
 

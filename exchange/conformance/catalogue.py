@@ -40,28 +40,45 @@ class Check:
 
 
 CHECKS: tuple[Check, ...] = (
-    Check("adapter_starts_from_its_options",
-          "the node starts the adapter with the options the probe gave, for the agency it hosts"),
-    Check("document_with_attachments_reaches_the_eoffice_once",
-          "a document with attachments reaches the E-Office exactly once, attachments byte-identical, "
-          "and the sender's tracking shows delivered with the recipient's signed receipt"),
-    Check("fan_out_copy_reaches_the_eoffice_once",
-          "of a document sent to several agencies, the E-Office gets its own copy exactly once"),
-    Check("duplicate_envelope_reaches_the_eoffice_once",
-          "the same envelope published twice more on the wire reaches the E-Office once"),
-    Check("status_reaches_the_eoffice",
-          "a business status answering a document the agency sent reaches its E-Office"),
-    Check("transient_failure_is_retried_and_delivered_once",
-          "after transient E-Office failures the bus retries and the document arrives exactly once",
-          needs="transient"),
-    Check("permanent_failure_sends_a_non_delivery_receipt",
-          "a permanent E-Office refusal gives the sender a FAILED non-delivery receipt and the E-Office "
-          "never shows the document", needs="permanent"),
-    Check("document_sent_by_the_eoffice_is_delivered",
-          "a document the E-Office sends through the adapter reaches the other agency and its sender "
-          "sees delivered in tracking", needs="send"),
-    Check("no_message_reaches_the_eoffice_twice",
-          "after everything settled, no message the kit sent appears twice at the E-Office"),
+    Check(
+        "adapter_starts_from_its_options",
+        "the node starts the adapter with the options the probe gave, for the agency it hosts",
+    ),
+    Check(
+        "document_with_attachments_reaches_the_eoffice_once",
+        "a document with attachments reaches the E-Office exactly once, attachments byte-identical, "
+        "and the sender's tracking shows delivered with the recipient's signed receipt",
+    ),
+    Check(
+        "fan_out_copy_reaches_the_eoffice_once",
+        "of a document sent to several agencies, the E-Office gets its own copy exactly once",
+    ),
+    Check(
+        "duplicate_envelope_reaches_the_eoffice_once",
+        "the same envelope published twice more on the wire reaches the E-Office once",
+    ),
+    Check("status_reaches_the_eoffice", "a business status answering a document the agency sent reaches its E-Office"),
+    Check(
+        "transient_failure_is_retried_and_delivered_once",
+        "after transient E-Office failures the bus retries and the document arrives exactly once",
+        needs="transient",
+    ),
+    Check(
+        "permanent_failure_sends_a_non_delivery_receipt",
+        "a permanent E-Office refusal gives the sender a FAILED non-delivery receipt and the E-Office "
+        "never shows the document",
+        needs="permanent",
+    ),
+    Check(
+        "document_sent_by_the_eoffice_is_delivered",
+        "a document the E-Office sends through the adapter reaches the other agency and its sender "
+        "sees delivered in tracking",
+        needs="send",
+    ),
+    Check(
+        "no_message_reaches_the_eoffice_twice",
+        "after everything settled, no message the kit sent appears twice at the E-Office",
+    ),
     Check("stop_is_safe_twice", "Adapter.stop() can be called twice without raising"),
 )
 
@@ -107,9 +124,11 @@ class ConformanceReport:
             raise ConformanceFailure(str(self))
 
     def __str__(self) -> str:
-        lines = [f"conformance of adapter {self.kind!r}: "
-                 f"{sum(r.verdict is Verdict.PASSED for r in self.results)} passed, "
-                 f"{len(self.failures)} failed, {sum(r.verdict is Verdict.SKIPPED for r in self.results)} skipped"]
+        lines = [
+            f"conformance of adapter {self.kind!r}: "
+            f"{sum(r.verdict is Verdict.PASSED for r in self.results)} passed, "
+            f"{len(self.failures)} failed, {sum(r.verdict is Verdict.SKIPPED for r in self.results)} skipped"
+        ]
         for r in self.results:
             mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r.verdict.value]
             line = f"  {mark} {r.name} ({r.seconds:.1f}s)"

@@ -39,7 +39,21 @@ from exchange.conformance.checks import ConformanceRun, run_conformance, run_con
 from exchange.conformance.world import ConformanceWorld
 
 __all__ = [
-    "CHECKS", "CHECK_NAMES", "HOST", "MAX_ATTEMPTS", "PEER", "RETRY_DELAYS", "SENDER", "TRANSIENT_FAILURES",
-    "Check", "CheckResult", "ConformanceFailure", "ConformanceReport", "ConformanceRun", "ConformanceWorld",
-    "Verdict", "run_conformance", "run_conformance_sync",
+    "CHECKS",
+    "CHECK_NAMES",
+    "HOST",
+    "MAX_ATTEMPTS",
+    "PEER",
+    "RETRY_DELAYS",
+    "SENDER",
+    "TRANSIENT_FAILURES",
+    "Check",
+    "CheckResult",
+    "ConformanceFailure",
+    "ConformanceReport",
+    "ConformanceRun",
+    "ConformanceWorld",
+    "Verdict",
+    "run_conformance",
+    "run_conformance_sync",
 ]

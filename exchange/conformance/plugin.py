@@ -36,16 +36,17 @@ AMQP_URL_ENV = "EXCHANGE_CONFORMANCE_AMQP_URL"
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("exchange-conformance", "exchange adapter conformance kit")
     group.addoption(
-        "--conformance-amqp-url", default=None, metavar="URL",
+        "--conformance-amqp-url",
+        default=None,
+        metavar="URL",
         help=f"RabbitMQ for adapter conformance tests (default: ${AMQP_URL_ENV} or {DEFAULT_AMQP_URL}); "
-             "each run uses its own topology prefix and deletes it afterwards",
+        "each run uses its own topology prefix and deletes it afterwards",
     )
 
 
 def amqp_url_for(config: pytest.Config) -> str:
     """The broker URL from the command line, the environment or the default."""
-    return (config.getoption("conformance_amqp_url", default=None)
-            or os.environ.get(AMQP_URL_ENV) or DEFAULT_AMQP_URL)
+    return config.getoption("conformance_amqp_url", default=None) or os.environ.get(AMQP_URL_ENV) or DEFAULT_AMQP_URL
 
 
 @pytest.fixture(scope="session")
@@ -55,19 +56,28 @@ def conformance_amqp_url(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="class")
-def conformance_report(request: pytest.FixtureRequest, conformance_amqp_url: str,
-                       tmp_path_factory: pytest.TempPathFactory) -> ConformanceReport:
+def conformance_report(
+    request: pytest.FixtureRequest, conformance_amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> ConformanceReport:
     """Run the kit once for the requesting :class:`ConformanceTests` subclass."""
     from exchange.conformance.checks import run_conformance_sync
 
     cls = request.cls
     probe = getattr(cls, "probe", None)
     if probe is None:
-        pytest.fail(f"{getattr(cls, '__name__', 'the test')} sets no probe: subclass ConformanceTests and set "
-                    "`probe = YourProbe` (an EOfficeProbe subclass)", pytrace=False)
+        pytest.fail(
+            f"{getattr(cls, '__name__', 'the test')} sets no probe: subclass ConformanceTests and set "
+            "`probe = YourProbe` (an EOfficeProbe subclass)",
+            pytrace=False,
+        )
     workdir = tmp_path_factory.mktemp(f"conformance-{probe.kind or 'unnamed'}")
-    return run_conformance_sync(probe, amqp_url=conformance_amqp_url, workdir=workdir,
-                                adapter=getattr(cls, "adapter", None), timeout=getattr(cls, "timeout", 20.0))
+    return run_conformance_sync(
+        probe,
+        amqp_url=conformance_amqp_url,
+        workdir=workdir,
+        adapter=getattr(cls, "adapter", None),
+        timeout=getattr(cls, "timeout", 20.0),
+    )
 
 
 def _test_for(check: Check) -> Any:
@@ -107,9 +117,17 @@ for _check in CHECKS:
 del _check
 
 
-def conformance_tests(probe: type[EOfficeProbe], *, adapter: type[Adapter] | None = None,
-                      base: type[ConformanceTests] = ConformanceTests) -> type[ConformanceTests]:
+def conformance_tests(
+    probe: type[EOfficeProbe], *, adapter: type[Adapter] | None = None, base: type[ConformanceTests] = ConformanceTests
+) -> type[ConformanceTests]:
     """A test class running the kit for ``probe``: assign it to a module-level name starting with ``Test``."""
     name = f"Test{''.join(p.capitalize() for p in (probe.kind or 'unnamed').replace('-', '_').split('_'))}Conformance"
-    return type(name, (base,), {"probe": probe, "adapter": adapter,
-                                "__doc__": f"Adapter conformance of {probe.kind!r}, played by {probe.__name__}."})
+    return type(
+        name,
+        (base,),
+        {
+            "probe": probe,
+            "adapter": adapter,
+            "__doc__": f"Adapter conformance of {probe.kind!r}, played by {probe.__name__}.",
+        },
+    )

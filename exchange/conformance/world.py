@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,8 @@ class _NodeService:
         if target is None:
             raise RuntimeError(
                 "ProbeContext.service is usable once the node runs (in seen, fail_next, send), not inside "
-                "EOfficeProbe.start: the node starts after the probe, with the options start returns")
+                "EOfficeProbe.start: the node starts after the probe, with the options start returns"
+            )
         return getattr(target, name)
 
     def __repr__(self) -> str:
@@ -75,7 +76,7 @@ def _has_module(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def _registered(kind: str, cls: type[Adapter], where: Path):
+def _registered(kind: str, cls: type[Adapter], where: Path) -> Iterator[None]:
     """Make ``cls`` the adapter ``kind`` for this process: a throw-away distribution with one entry point.
 
     The node finds adapters only through entry points, so the kit uses the same path
@@ -89,7 +90,8 @@ def _registered(kind: str, cls: type[Adapter], where: Path):
     if obj is not cls:
         raise ConformanceFailure(
             f"the adapter class {cls!r} cannot be loaded as {target}: define it at module level of an "
-            "importable module so an entry point can name it")
+            "importable module so an entry point can name it"
+        )
     dist = where / f"exchange_conformance_{uuid.uuid4().hex[:8]}-0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.name.split('-')[0]}\nVersion: 0\n")
@@ -122,8 +124,10 @@ def _files_diff(expected: Mapping[str, bytes], got: Mapping[str, bytes]) -> str:
     for name in sorted(set(expected) & set(got)):
         a, b = expected[name], got[name]
         if a != b:
-            problems.append(f"{name!r} differs ({len(b)} bytes, sha256 {hashlib.sha256(b).hexdigest()[:12]}…; "
-                            f"sent {len(a)} bytes, sha256 {hashlib.sha256(a).hexdigest()[:12]}…)")
+            problems.append(
+                f"{name!r} differs ({len(b)} bytes, sha256 {hashlib.sha256(b).hexdigest()[:12]}…; "
+                f"sent {len(a)} bytes, sha256 {hashlib.sha256(a).hexdigest()[:12]}…)"
+            )
     return "; ".join(problems)
 
 
@@ -131,8 +135,16 @@ class ConformanceWorld:
     """One world and one probe: set up, act, observe, tear down. :class:`~exchange.conformance.checks.ConformanceRun`
     adds the checks."""
 
-    def __init__(self, probe_cls: type[EOfficeProbe], *, amqp_url: str, workdir: Path,
-                 adapter: type[Adapter] | None = None, timeout: float = 20.0, settle: float = 0.5) -> None:
+    def __init__(
+        self,
+        probe_cls: type[EOfficeProbe],
+        *,
+        amqp_url: str,
+        workdir: Path,
+        adapter: type[Adapter] | None = None,
+        timeout: float = 20.0,
+        settle: float = 0.5,
+    ) -> None:
         if not probe_cls.kind:
             raise ValueError(f"{probe_cls.__name__}.kind is empty: name the adapter kind the probe plays")
         self.probe_cls = probe_cls
@@ -165,7 +177,8 @@ class ConformanceWorld:
             if self.adapter_cls.kind and self.adapter_cls.kind != self.kind:
                 raise ConformanceFailure(
                     f"{self.adapter_cls.__name__}.kind is {self.adapter_cls.kind!r} but the probe plays "
-                    f"{self.kind!r}; they must name the same adapter kind")
+                    f"{self.kind!r}; they must name the same adapter kind"
+                )
             self._exit.enter_context(_registered(self.kind, self.adapter_cls, self.workdir / "entry-points"))
         else:
             from exchange.adapters.registry import available
@@ -175,22 +188,34 @@ class ConformanceWorld:
                 raise ConformanceFailure(
                     f"no adapter is installed under the name {self.kind!r} (installed: {sorted(installed)}): install "
                     f"the package that registers it in the 'exchange.adapters' entry-point group (pip install -e .), "
-                    f"or pass the class to the kit (adapter=YourAdapter)")
+                    f"or pass the class to the kit (adapter=YourAdapter)"
+                )
 
         await self._broker_answers()
         serve_http = _has_module("exchange.gateway.app")
         port = _free_port() if serve_http else 0
         specs = [
-            AgencySpec(SENDER, "Văn phòng Chính phủ (conformance sender)", node="central", adapter="recording",
-                       options={"path": str(self.workdir / "sender-eoffice.jsonl")}),
+            AgencySpec(
+                SENDER,
+                "Văn phòng Chính phủ (conformance sender)",
+                node="central",
+                adapter="recording",
+                options={"path": str(self.workdir / "sender-eoffice.jsonl")},
+            ),
             AgencySpec(HOST, f"UBND tỉnh Nghệ An ({self.kind} adapter under test)", node="local", adapter=self.kind),
-            AgencySpec(PEER, "UBND Thành phố Hồ Chí Minh (fan-out sibling)", node="local", adapter="recording",
-                       options={"path": str(self.workdir / "peer-eoffice.jsonl")}),
+            AgencySpec(
+                PEER,
+                "UBND Thành phố Hồ Chí Minh (fan-out sibling)",
+                node="local",
+                adapter="recording",
+                options={"path": str(self.workdir / "peer-eoffice.jsonl")},
+            ),
         ]
 
         def nodes(local_port: int) -> list[NodeSpec]:
-            kw: dict[str, Any] = dict(amqp_url=self.amqp_url, prefix=self.prefix, retry_delays=RETRY_DELAYS,
-                                      max_attempts=MAX_ATTEMPTS)
+            kw: dict[str, Any] = dict(
+                amqp_url=self.amqp_url, prefix=self.prefix, retry_delays=RETRY_DELAYS, max_attempts=MAX_ATTEMPTS
+            )
             return [NodeSpec("central", http_port=0, **kw), NodeSpec("local", http_port=local_port, **kw)]
 
         # A first pass writes the PKI and store paths so a token can be issued before the probe starts.
@@ -200,14 +225,21 @@ class ConformanceWorld:
             from exchange.devworld import issue_tokens
 
             token = (await issue_tokens(configs["local"])).get(HOST)
-        ctx = ProbeContext(agency=HOST, workdir=eoffice, service=self._service_proxy,
-                           gateway_url=f"http://127.0.0.1:{port}" if serve_http else None, token=token)
+        ctx = ProbeContext(
+            agency=HOST,
+            workdir=eoffice,
+            service=self._service_proxy,
+            gateway_url=f"http://127.0.0.1:{port}" if serve_http else None,
+            token=token,
+        )
         self._exit.push_async_callback(self.probe.stop)
         try:
             options = dict(await self.probe.start(ctx))
         except Exception as exc:
             tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-            raise ConformanceFailure(f"the {self.kind} probe's start() raised {type(exc).__name__}: {exc}\n{tail}") from exc
+            raise ConformanceFailure(
+                f"the {self.kind} probe's start() raised {type(exc).__name__}: {exc}\n{tail}"
+            ) from exc
         specs[1] = AgencySpec(HOST, specs[1].name, node="local", adapter=self.kind, options=options)
         configs = build_world(world, specs, nodes(port))
         self._exit.push_async_callback(self._delete_topology)
@@ -227,7 +259,8 @@ class ConformanceWorld:
             where = f"{u.scheme}://{u.hostname}:{u.port or 5672}{u.path or '/'}"
             raise ConformanceFailure(
                 f"RabbitMQ does not answer at {where} ({type(exc).__name__}: {exc}); the kit needs a broker: "
-                "pass --conformance-amqp-url or set EXCHANGE_CONFORMANCE_AMQP_URL") from exc
+                "pass --conformance-amqp-url or set EXCHANGE_CONFORMANCE_AMQP_URL"
+            ) from exc
         await connection.close()
 
     async def _start_node(self, path: Path, *, serve_http: bool) -> None:
@@ -253,8 +286,11 @@ class ConformanceWorld:
         from exchange.transport.topology import Names
 
         names = Names(self.prefix)
-        queues = [names.dlq, *(names.node_queue(n, lane) for n in self.nodes for lane in Lane),
-                  *(names.retry_queue(d) for d in set(RETRY_DELAYS))]
+        queues = [
+            names.dlq,
+            *(names.node_queue(n, lane) for n in self.nodes for lane in Lane),
+            *(names.retry_queue(d) for d in set(RETRY_DELAYS)),
+        ]
         with contextlib.suppress(Exception):
             connection = await aio_pika.connect(self.amqp_url, timeout=10)
             async with connection:
@@ -287,16 +323,21 @@ class ConformanceWorld:
         }
 
     async def _send(self, recipients: Sequence[str], check: str, files: Mapping[str, bytes] | None = None) -> str:
-        from exchange.adapters.base import OutgoingFile
+        from exchange.adapters.base import OutgoingFile, SubmitResult
         from exchange.envelope.model import DocumentCode, DocumentInfo
 
         self._counter += 1
         subject = f"Công văn kiểm tra {self.kind} #{self._counter} ({check}, {self.token})"
         files = files or {}
-        result = await self.central.service.submit_document(
-            SENDER, list(recipients), DocumentInfo(code=DocumentCode(str(self._counter), "KT-CF"), subject=subject),
-            [OutgoingFile(name, data, "application/pdf" if name.endswith(".pdf") else "text/plain")
-             for name, data in files.items()])
+        result: SubmitResult = await self.central.service.submit_document(
+            SENDER,
+            list(recipients),
+            DocumentInfo(code=DocumentCode(str(self._counter), "KT-CF"), subject=subject),
+            [
+                OutgoingFile(name, data, "application/pdf" if name.endswith(".pdf") else "text/plain")
+                for name, data in files.items()
+            ],
+        )
         if HOST in recipients:
             self.sent[result.message_id] = check
         return result.message_id
@@ -322,8 +363,9 @@ class ConformanceWorld:
     async def _delivery(self, service: Any, message_id: str, recipient: str) -> Any:
         return next((d for d in await service.store.deliveries(message_id) if d.recipient == recipient), None)
 
-    async def _await_outcome(self, message_id: str, recipient: str = HOST, *, service: Any = None,
-                             timeout: float | None = None) -> Any:
+    async def _await_outcome(
+        self, message_id: str, recipient: str = HOST, *, service: Any = None, timeout: float | None = None
+    ) -> Any:
         """Wait until the sender's tracking shows delivered or failed for ``recipient``; explain a timeout."""
         from exchange.store.base import DeliveryState
 
@@ -345,10 +387,14 @@ class ConformanceWorld:
         raise ConformanceFailure(
             f"{message_id} to {recipient} was neither delivered nor failed after {timeout or self.timeout:.0f}s: "
             f"the sender's tracking says {d.state.value if d else 'nothing'}"
-            + (f", the adapter's node has it as {incoming.value if incoming else 'not received'}" if recipient == HOST
-               else "")
+            + (
+                f", the adapter's node has it as {incoming.value if incoming else 'not received'}"
+                if recipient == HOST
+                else ""
+            )
             + ". A handover that never returns, or raises every time, looks like this: deliver() must answer "
-              "delivered, transient or permanent promptly")
+            "delivered, transient or permanent promptly"
+        )
 
     async def _await_copy(self, message_id: str, what: str) -> list[SeenMessage]:
         copies: list[SeenMessage] = []
@@ -360,8 +406,10 @@ class ConformanceWorld:
         if not await self._wait(arrived, self.timeout):
             raise ConformanceFailure(
                 f"the bus handed {what} {message_id} to the adapter and the adapter answered delivered, but the "
-                f"E-Office has not got it after {self.timeout:.0f}s (it has seen: {_describe_seen(await self._seen())}). "
-                "Answer delivered only once the E-Office has the message, and pass the bus message id on")
+                f"E-Office has not got it after {self.timeout:.0f}s "
+                f"(it has seen: {_describe_seen(await self._seen())}). "
+                "Answer delivered only once the E-Office has the message, and pass the bus message id on"
+            )
         await asyncio.sleep(self.settle)
         return await self._copies(message_id)
 
@@ -370,21 +418,28 @@ class ConformanceWorld:
             raise ConformanceFailure(
                 f"the E-Office received {what} {message_id} {len(copies)} times; it must reach the E-Office exactly "
                 "once (the bus hands each message over once; an adapter must not write it twice, and should pass "
-                "the message id on as an idempotency key)")
+                "the message id on as an idempotency key)"
+            )
         return copies[0]
 
     def _check_document(self, seen: SeenMessage, message_id: str, files: Mapping[str, bytes], subject: str) -> None:
         if seen.kind != "document":
             raise ConformanceFailure(f"the E-Office got {message_id} as a {seen.kind!r}, not a 'document'")
         if seen.sender != SENDER:
-            raise ConformanceFailure(f"the E-Office got {message_id} as sent by {seen.sender!r}; the sender is {SENDER}")
+            raise ConformanceFailure(
+                f"the E-Office got {message_id} as sent by {seen.sender!r}; the sender is {SENDER}"
+            )
         if seen.subject != subject:
-            raise ConformanceFailure(f"the E-Office got {message_id} with subject {seen.subject!r}; it was sent with "
-                                     f"{subject!r} (the adapter must pass the document's metadata on unchanged)")
+            raise ConformanceFailure(
+                f"the E-Office got {message_id} with subject {seen.subject!r}; it was sent with "
+                f"{subject!r} (the adapter must pass the document's metadata on unchanged)"
+            )
         diff = _files_diff(files, seen.attachments)
         if diff:
-            raise ConformanceFailure(f"the attachments of {message_id} at the E-Office are not what was sent: {diff}. "
-                                     "Attachments must reach the E-Office byte-identical, under their names")
+            raise ConformanceFailure(
+                f"the attachments of {message_id} at the E-Office are not what was sent: {diff}. "
+                "Attachments must reach the E-Office byte-identical, under their names"
+            )
 
     async def _subject(self, message_id: str) -> str:
         from exchange.store.base import Direction
@@ -402,9 +457,11 @@ class ConformanceWorld:
         if len(events) != 1 or events[0].detail != f"digest {sent.digest}":
             raise ConformanceFailure(
                 f"the sender's timeline of {message_id} should show one 'delivered' from {recipient}'s signed receipt "
-                f"naming digest {sent.digest}; it shows {[(e.event, e.detail) for e in events]}")
+                f"naming digest {sent.digest}; it shows {[(e.event, e.detail) for e in events]}"
+            )
 
     def _not_delivered(self, d: Any, message_id: str, what: str) -> ConformanceFailure:
         return ConformanceFailure(
             f"{what} {message_id} ended FAILED for the sender ({d.reason or 'no reason given'}): the adapter refused "
-            "an ordinary message, answered permanent, or failed every attempt")
+            "an ordinary message, answered permanent, or failed every attempt"
+        )

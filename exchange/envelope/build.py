@@ -8,7 +8,7 @@ is the exact inverse of :func:`envelope_to_element`.
 from __future__ import annotations
 
 import base64
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from lxml import etree
 
@@ -50,7 +50,7 @@ def format_datetime(value: datetime) -> str:
     if value.tzinfo is None:
         # A naive datetime is ambiguous; guessing a zone would silently shift deadlines.
         raise ValueError(f"datetime {value!r} has no timezone; use an aware UTC datetime")
-    utc = value.astimezone(timezone.utc)
+    utc = value.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
@@ -142,12 +142,10 @@ def _document(header: etree._Element, doc: DocumentInfo) -> None:
     if doc.content:
         _text(d, "Content", doc.content)
     if doc.promulgation is not None:
-        etree.SubElement(d, _q("Promulgation"), place=doc.promulgation.place,
-                         date=format_date(doc.promulgation.date))
+        etree.SubElement(d, _q("Promulgation"), place=doc.promulgation.place, date=format_date(doc.promulgation.date))
     if doc.signer is not None:
         signer = etree.SubElement(d, _q("Signer"))
-        _attrs(signer, competence=doc.signer.competence, position=doc.signer.position,
-               fullName=doc.signer.full_name)
+        _attrs(signer, competence=doc.signer.competence, position=doc.signer.position, fullName=doc.signer.full_name)
     _text(d, "Priority", str(int(doc.priority)))
     _text(d, "SteeringType", str(int(doc.steering)))
     if doc.due_date is not None:
@@ -170,8 +168,13 @@ def _status(header: etree._Element, status: StatusInfo) -> None:
         _text(s, "Description", status.description)
     if status.staff is not None:
         staff = etree.SubElement(s, _q("Staff"))
-        _attrs(staff, department=status.staff.department, staff=status.staff.staff,
-               email=status.staff.email, mobile=status.staff.mobile)
+        _attrs(
+            staff,
+            department=status.staff.department,
+            staff=status.staff.staff,
+            email=status.staff.email,
+            mobile=status.staff.mobile,
+        )
     if status.timestamp is not None:
         _text(s, "Timestamp", format_datetime(status.timestamp))
     if status.document_ref is not None:
@@ -186,14 +189,14 @@ def _edxml_source(parent: etree._Element, source: bytes) -> None:
 
 
 def _response_ref(parent: etree._Element, tag: str, ref: ResponseRef) -> None:
-    r = etree.SubElement(parent, _q(tag), organId=ref.organ_id, code=ref.code,
-                         promulgationDate=format_date(ref.promulgation_date))
+    r = etree.SubElement(
+        parent, _q(tag), organId=ref.organ_id, code=ref.code, promulgationDate=format_date(ref.promulgation_date)
+    )
     _attrs(r, documentId=ref.document_id)
 
 
 def _receipt(header: etree._Element, receipt: ReceiptInfo) -> None:
-    r = etree.SubElement(header, _q("Receipt"), responseFor=receipt.response_for,
-                         outcome=receipt.outcome.value)
+    r = etree.SubElement(header, _q("Receipt"), responseFor=receipt.response_for, outcome=receipt.outcome.value)
     _attrs(r, envelopeDigest=receipt.envelope_digest, reasonCode=receipt.reason_code)
     if receipt.reason:
         _text(r, "Reason", receipt.reason)
@@ -202,9 +205,15 @@ def _receipt(header: etree._Element, receipt: ReceiptInfo) -> None:
 def _attachment(manifest: etree._Element, a: Attachment) -> None:
     # The model checks these on construction; checked again because nothing signed may carry an id that
     # escapes a folder or a name that disguises a file (docs/ENVELOPE.md), however the value was made.
-    element = etree.SubElement(manifest, _q("Attachment"), id=check_attachment_id(a.id),
-                               name=check_attachment_name(a.name), mediaType=a.media_type,
-                               size=str(a.size), sha256=a.sha256)
+    element = etree.SubElement(
+        manifest,
+        _q("Attachment"),
+        id=check_attachment_id(a.id),
+        name=check_attachment_name(a.name),
+        mediaType=a.media_type,
+        size=str(a.size),
+        sha256=a.sha256,
+    )
     _attrs(element, description=a.description)
 
 

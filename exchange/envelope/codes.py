@@ -17,7 +17,7 @@ AGENCY_CODE_RE = re.compile(r"^(\d{3})\.(\d{2})\.(\d{2})\.([A-Z]\d{2})$")
 AGENCY_CODE_PATTERN = r"\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}"
 
 
-def check_agency_code(code: str) -> str:
+def check_agency_code(code: object) -> str:
     """Return ``code`` if it has the QCVN 102 shape, else raise InvalidAgencyCodeError."""
     if not isinstance(code, str) or not AGENCY_CODE_RE.match(code):
         raise InvalidAgencyCodeError(

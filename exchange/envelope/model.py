@@ -14,7 +14,7 @@ import re
 import unicodedata
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from exchange.envelope.codes import check_agency_code
 from exchange.errors import AttachmentError
@@ -216,17 +216,18 @@ BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
-def check_attachment_id(value: str) -> str:
+def check_attachment_id(value: object) -> str:
     """``value`` if it is a valid attachment id (:data:`ATTACHMENT_ID_PATTERN`), else AttachmentError."""
     if not isinstance(value, str) or not _ATTACHMENT_ID.fullmatch(value):
         raise AttachmentError(
             f"attachment id {value!r} is not allowed: use 1-128 letters, digits and . _ @ + - starting with a "
-            "letter or digit (e.g. att-1)", detail={"attachment_id": str(value)[:200]},
+            "letter or digit (e.g. att-1)",
+            detail={"attachment_id": str(value)[:200]},
         )
     return value
 
 
-def check_attachment_name(value: str) -> str:
+def check_attachment_name(value: object) -> str:
     """``value`` if it can be shown and stored as a file name, else AttachmentError (docs/ENVELOPE.md).
 
     Refused: an empty name, and any control, format (bidi, zero-width), line or paragraph separator
@@ -240,7 +241,8 @@ def check_attachment_name(value: str) -> str:
         kind = "a bidi control" if bad in BIDI_CONTROLS else "a control or invisible formatting"
         raise AttachmentError(
             f"attachment name {value!r} contains {kind} character (U+{ord(bad):04X}), which can disguise the "
-            "file's real name or type; rename the file without it", detail={"character": f"U+{ord(bad):04X}"},
+            "file's real name or type; rename the file without it",
+            detail={"character": f"U+{ord(bad):04X}"},
         )
     return value
 
@@ -266,11 +268,24 @@ class Attachment:
         check_attachment_name(self.name)
 
     @classmethod
-    def of(cls, name: str, data: bytes, media_type: str = "application/octet-stream",
-           *, id: str | None = None, description: str = "") -> "Attachment":
+    def of(
+        cls,
+        name: str,
+        data: bytes,
+        media_type: str = "application/octet-stream",
+        *,
+        id: str | None = None,
+        description: str = "",
+    ) -> Attachment:
         """Describe ``data`` for the manifest (hashes the raw bytes once)."""
-        return cls(id=id or f"att-{uuid.uuid4().hex[:12]}", name=name, media_type=media_type,
-                   size=len(data), sha256=hashlib.sha256(data).hexdigest(), description=description)
+        return cls(
+            id=id or f"att-{uuid.uuid4().hex[:12]}",
+            name=name,
+            media_type=media_type,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            description=description,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +338,8 @@ class Envelope:
     def message_id(self) -> str:
         return self.header.message_id
 
-    def with_hop(self, node: str, at: datetime | None = None) -> "Envelope":
-        return replace(self, trace=self.trace + (Hop(node, at or utcnow()),))
+    def with_hop(self, node: str, at: datetime | None = None) -> Envelope:
+        return replace(self, trace=(*self.trace, Hop(node, at or utcnow())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +361,7 @@ class SignedEnvelope:
 
 def utcnow() -> datetime:
     """Now, in UTC, to the millisecond (what the envelope records)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=(now.microsecond // 1000) * 1000)
 
 

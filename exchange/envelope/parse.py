@@ -13,7 +13,7 @@ import base64
 import re
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from lxml import etree
 
@@ -169,8 +169,7 @@ def _check_tree(root: etree._Element, limits: XmlLimits) -> None:
             )
         if count > limits.max_elements:
             raise XmlTooLargeError(
-                f"the XML has more than {limits.max_elements} elements; split the content or "
-                "send it as attachments",
+                f"the XML has more than {limits.max_elements} elements; split the content or send it as attachments",
                 detail={"limit": limits.max_elements},
             )
 
@@ -215,7 +214,7 @@ def envelope_from_element(element: etree._Element, *, trace_from: etree._Element
     elif element.tag == _SIGNED:
         root, signed = None, element
     else:
-        raise SchemaError(f"expected env:Envelope or env:Signed, got {element.tag}; send an envelope 1.0")
+        raise SchemaError(f"expected env:Envelope or env:Signed, got {element.tag!s}; send an envelope 1.0")
     trace_root = trace_from if trace_from is not None else root
     try:
         header = _header(_child(signed, "Header"))
@@ -265,7 +264,7 @@ def _datetime(text: str) -> datetime:
     value = datetime.fromisoformat(text.strip())
     if value.tzinfo is None:
         raise ValueError(f"datetime {text!r} has no timezone")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _date(text: str) -> date:
@@ -318,11 +317,14 @@ def _document(d: etree._Element) -> DocumentInfo:
         document_type=DocumentType(
             type=int(_attr(doc_type, "type")), detail=int(_attr(doc_type, "detail")), name=doc_type.get("name", "")
         ),
-        promulgation=None if promulgation is None else Promulgation(
-            place=_attr(promulgation, "place"), date=_date(_attr(promulgation, "date"))
-        ),
-        signer=None if signer is None else SignerInfo(
-            competence=signer.get("competence", ""), position=signer.get("position", ""),
+        promulgation=None
+        if promulgation is None
+        else Promulgation(place=_attr(promulgation, "place"), date=_date(_attr(promulgation, "date"))),
+        signer=None
+        if signer is None
+        else SignerInfo(
+            competence=signer.get("competence", ""),
+            position=signer.get("position", ""),
             full_name=signer.get("fullName", ""),
         ),
         content=_opt_text(d, "Content") or "",
@@ -345,9 +347,13 @@ def _status(s: etree._Element) -> StatusInfo:
         response_for=_attr(s, "responseFor"),
         code=StatusCode(_attr(s, "code")),
         description=_opt_text(s, "Description") or "",
-        staff=None if staff is None else StaffInfo(
-            department=staff.get("department", ""), staff=staff.get("staff", ""),
-            email=staff.get("email", ""), mobile=staff.get("mobile", ""),
+        staff=None
+        if staff is None
+        else StaffInfo(
+            department=staff.get("department", ""),
+            staff=staff.get("staff", ""),
+            email=staff.get("email", ""),
+            mobile=staff.get("mobile", ""),
         ),
         timestamp=None if timestamp is None else _datetime(timestamp),
         document_ref=None if (ref := s.find(_q("DocumentRef"))) is None else _response_ref(ref),
@@ -362,8 +368,12 @@ def _edxml_source(parent: etree._Element) -> bytes:
 
 
 def _response_ref(r: etree._Element) -> ResponseRef:
-    return ResponseRef(organ_id=_attr(r, "organId"), code=_attr(r, "code"),
-                       promulgation_date=_date(_attr(r, "promulgationDate")), document_id=r.get("documentId", ""))
+    return ResponseRef(
+        organ_id=_attr(r, "organId"),
+        code=_attr(r, "code"),
+        promulgation_date=_date(_attr(r, "promulgationDate")),
+        document_id=r.get("documentId", ""),
+    )
 
 
 def _receipt(r: etree._Element) -> ReceiptInfo:
@@ -380,7 +390,10 @@ def _attachment(a: etree._Element) -> Attachment:
     # Checked here, not only by the XSD and the model: the id names files on the recipient's side and the
     # name is shown to people, so a tree that skipped validation must not slip one through either.
     return Attachment(
-        id=check_attachment_id(_attr(a, "id")), name=check_attachment_name(_attr(a, "name")),
+        id=check_attachment_id(_attr(a, "id")),
+        name=check_attachment_name(_attr(a, "name")),
         media_type=_attr(a, "mediaType"),
-        size=int(_attr(a, "size").strip()), sha256=_attr(a, "sha256"), description=a.get("description", ""),
+        size=int(_attr(a, "size").strip()),
+        sha256=_attr(a, "sha256"),
+        description=a.get("description", ""),
     )

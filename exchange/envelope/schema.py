@@ -141,6 +141,8 @@ def _describe(log: etree._ListErrorLog) -> str:
     parts = [f"{_short(e.path or '?')} (line {e.line}): {_short(e.message)}" for e in entries[:_MAX_REPORTED]]
     more = f" (and {len(entries) - _MAX_REPORTED} more)" if len(entries) > _MAX_REPORTED else ""
     return (
-        "the envelope does not match the envelope schema 1.0 (exchange/schemas/envelope-1.0.xsd): " + "; ".join(parts or ["unknown error"]) + more
+        "the envelope does not match the envelope schema 1.0 (exchange/schemas/envelope-1.0.xsd): "
+        + "; ".join(parts or ["unknown error"])
+        + more
         + "; fix these fields (see docs/ENVELOPE.md) and send again"
     )

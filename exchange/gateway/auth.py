@@ -37,8 +37,10 @@ def bearer_token(request: web.Request) -> str | None:
     scheme, _, value = header.strip().partition(" ")
     value = value.strip()
     if scheme.lower() != "bearer" or not value or " " in value:
-        raise _unauthenticated("the Authorization header must be 'Bearer <token>'; "
-                               "issue a token with `exchange token create --agency CODE`")
+        raise _unauthenticated(
+            "the Authorization header must be 'Bearer <token>'; "
+            "issue a token with `exchange token create --agency CODE`"
+        )
     return value
 
 
@@ -57,8 +59,10 @@ def client_certificate_agency(request: web.Request) -> str | None:
         return None
     code = agency_code_of(x509.load_der_x509_certificate(der))
     if code is None:
-        raise _unauthenticated("the client certificate names no single agency code "
-                               "(subjectAltName urn:qcvn102:agency:<code>); use an agency certificate or a token")
+        raise _unauthenticated(
+            "the client certificate names no single agency code "
+            "(subjectAltName urn:qcvn102:agency:<code>); use an agency certificate or a token"
+        )
     return code
 
 
@@ -76,18 +80,25 @@ class Authenticator:
         if token is not None:
             agency = await self.store.agency_for_token(hash_token(token))
             if agency is None:
-                raise _unauthenticated("the API token is unknown or was withdrawn; "
-                                       "issue a new one with `exchange token create --agency CODE`")
+                raise _unauthenticated(
+                    "the API token is unknown or was withdrawn; "
+                    "issue a new one with `exchange token create --agency CODE`"
+                )
             if certified is not None and certified != agency:
-                raise ForbiddenError(f"the API token is agency {agency}'s but the client certificate names "
-                                     f"{certified}; present credentials of one agency")
+                raise ForbiddenError(
+                    f"the API token is agency {agency}'s but the client certificate names "
+                    f"{certified}; present credentials of one agency"
+                )
             principal = Principal(agency, "token")
         elif certified is not None:
             principal = Principal(certified, "mtls")
         else:
-            raise _unauthenticated("this endpoint needs 'Authorization: Bearer <token>'"
-                                   + (" or an agency client certificate" if self.mtls else ""))
+            raise _unauthenticated(
+                "this endpoint needs 'Authorization: Bearer <token>'"
+                + (" or an agency client certificate" if self.mtls else "")
+            )
         if principal.agency not in self.hosted:
-            raise ForbiddenError(f"agency {principal.agency} is not hosted by this node; "
-                                 "call the gateway of the node that hosts it")
+            raise ForbiddenError(
+                f"agency {principal.agency} is not hosted by this node; call the gateway of the node that hosts it"
+            )
         return principal

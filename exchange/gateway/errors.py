@@ -5,8 +5,17 @@ from __future__ import annotations
 from exchange.errors import BadRequestError, ExchangeError
 from exchange.metadata.errors import JsonLimitError, MetadataError
 
-__all__ = ["IdempotencyKeyReusedError", "InternalError", "JsonLimitError", "MalformedRequestError", "MetadataError",
-           "MethodNotAllowedError", "NotReadyError", "RequestLineTooLongError", "UnsupportedMediaTypeError"]
+__all__ = [
+    "IdempotencyKeyReusedError",
+    "InternalError",
+    "JsonLimitError",
+    "MalformedRequestError",
+    "MetadataError",
+    "MethodNotAllowedError",
+    "NotReadyError",
+    "RequestLineTooLongError",
+    "UnsupportedMediaTypeError",
+]
 
 
 class UnsupportedMediaTypeError(BadRequestError):

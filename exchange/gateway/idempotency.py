@@ -35,10 +35,17 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 def fingerprint(method: str, path: str, body: Any, files: Sequence[OutgoingFile] = ()) -> str:
     """The SHA-256 (hex) identifying one request: method, path, canonical JSON body, attachment digests."""
-    canonical = json.dumps({
-        "method": method.upper(), "path": path, "body": body,
-        "files": [[f.name, f.media_type, hashlib.sha256(f.data).hexdigest()] for f in files],
-    }, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(
+        {
+            "method": method.upper(),
+            "path": path,
+            "body": body,
+            "files": [[f.name, f.media_type, hashlib.sha256(f.data).hexdigest()] for f in files],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -56,17 +63,22 @@ async def _replay(service: ExchangeService, entry: IdempotencyEntry, request_fin
     if entry.fingerprint is not None and entry.fingerprint != request_fingerprint:
         raise IdempotencyKeyReusedError(
             "this Idempotency-Key was already used for a different request; send a new key for a new request, "
-            "or repeat the first request unchanged to get its answer again")
+            "or repeat the first request unchanged to get its answer again"
+        )
     # The first answer was 201 with the message as stored: its id, recipients and creation time.
     record = await service.store.get_message(entry.message_id, Direction.OUT)
     if record is None:  # the key's message is gone (never deleted today): answer with what the key names
         return created_response(SubmitResult(entry.message_id, True, (), None), replayed=True)
-    return created_response(SubmitResult(record.message_id, True, record.recipients, record.created_at),
-                            replayed=True)
+    return created_response(SubmitResult(record.message_id, True, record.recipients, record.created_at), replayed=True)
 
 
-async def submit_once(service: ExchangeService, agency: str, key: str | None, request_fingerprint: str,
-                      submit: Callable[[], Awaitable[SubmitResult]]) -> web.Response:
+async def submit_once(
+    service: ExchangeService,
+    agency: str,
+    key: str | None,
+    request_fingerprint: str,
+    submit: Callable[[], Awaitable[SubmitResult]],
+) -> web.Response:
     """Run ``submit`` unless ``agency`` used ``key`` before; then replay (or refuse) as the module says."""
     if key is not None:
         entry = await service.store.idempotency_entry(agency, key)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -33,22 +34,25 @@ def _refusal(status: int, exc: BaseException | None) -> ExchangeError:
     if isinstance(exc, LineTooLong):
         return RequestLineTooLongError(
             "a request line or header is over the gateway's limit of 8190 bytes; send a shorter URL or header "
-            "(credentials go in 'Authorization: Bearer <token>', never in the URL)")
+            "(credentials go in 'Authorization: Bearer <token>', never in the URL)"
+        )
     if isinstance(exc, HttpProcessingError) or 400 <= status < 500:
-        err: ExchangeError = MalformedRequestError("the request is not valid HTTP/1.1; check the request line "
-                                                   "and headers your client sends")
+        err: ExchangeError = MalformedRequestError(
+            "the request is not valid HTTP/1.1; check the request line and headers your client sends"
+        )
     else:
         err = InternalError("the gateway failed unexpectedly; the node's log has the details")
     if err.http_status != status and status >= 400:
-        err.http_status = status  # type: ignore[misc]  # e.g. 504 on a handler timeout: keep aiohttp's status
+        err.http_status = status  # e.g. 504 on a handler timeout: keep aiohttp's status
     return err
 
 
 class ProblemRequestHandler(RequestHandler):
     """aiohttp's protocol handler, with errors answered as problem+json and logged without their text."""
 
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         # Never the parser's message or traceback: both quote the raw request line / header.
         error = type(exc).__name__ if exc is not None else None
         if isinstance(exc, HttpProcessingError):
@@ -60,8 +64,12 @@ class ProblemRequestHandler(RequestHandler):
         refusal = _refusal(status, exc)
         body = refusal.to_problem()
         request_id = uuid.uuid4().hex
-        response = web.Response(status=refusal.http_status, content_type=PROBLEM_JSON, text=json.dumps(body),
-                                headers={"X-Request-Id": request_id})
+        response = web.Response(
+            status=refusal.http_status,
+            content_type=PROBLEM_JSON,
+            text=json.dumps(body),
+            headers={"X-Request-Id": request_id},
+        )
         response.force_close()
         return response
 
@@ -78,8 +86,11 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        problem_server = ProblemServer(server.request_handler, request_factory=server.request_factory,
-                                       handler_cancellation=server.handler_cancellation, loop=server._loop,
-                                       **server._kwargs)
+        problem_server = ProblemServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
         return problem_server
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from exchange.adapters.base import SubmitResult
@@ -20,8 +20,8 @@ def ts(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def day(value: date | None) -> str | None:
@@ -41,9 +41,16 @@ def submitted(result: SubmitResult) -> dict[str, Any]:
 
 def inbox_entry(e: InboxEntry) -> dict[str, Any]:
     return {
-        "message_id": e.message_id, "kind": e.kind, "sender": e.sender, "subject": e.subject,
-        "priority": e.priority, "state": e.state.value, "received_at": ts(e.received_at),
-        "acked_at": ts(e.acked_at), "seq": e.seq, "href": f"{V1}/inbox/{e.message_id}",
+        "message_id": e.message_id,
+        "kind": e.kind,
+        "sender": e.sender,
+        "subject": e.subject,
+        "priority": e.priority,
+        "state": e.state.value,
+        "received_at": ts(e.received_at),
+        "acked_at": ts(e.acked_at),
+        "seq": e.seq,
+        "href": f"{V1}/inbox/{e.message_id}",
     }
 
 
@@ -78,8 +85,15 @@ def fetched(f: FetchedMessage, digest: str) -> dict[str, Any]:
         "document": document(h.document) if h.document is not None else None,
         "status": status(h.status) if h.status is not None else None,
         "attachments": [
-            {"id": a.id, "name": a.name, "media_type": a.media_type, "size": a.size, "sha256": a.sha256,
-             "description": a.description, "href": f"{base}/attachments/{a.id}"}
+            {
+                "id": a.id,
+                "name": a.name,
+                "media_type": a.media_type,
+                "size": a.size,
+                "sha256": a.sha256,
+                "description": a.description,
+                "href": f"{base}/attachments/{a.id}",
+            }
             for a in f.envelope.attachments
         ],
         "envelope": {"href": f"{base}/envelope", "sha256": digest},
@@ -90,20 +104,43 @@ def tracked(t: TrackResult) -> dict[str, Any]:
     m = t.message
     deliveries = []
     for d in t.deliveries:
-        deliveries.append({
-            "recipient": d.recipient, "state": d.state.value, "status_code": d.status_code,
-            "updated_at": ts(d.updated_at), "reason": d.reason,
-            "timeline": [{"event": e.event, "at": ts(e.at), "status_code": e.status_code, "detail": e.detail}
-                         for e in t.timeline if e.recipient == d.recipient],
-        })
+        deliveries.append(
+            {
+                "recipient": d.recipient,
+                "state": d.state.value,
+                "status_code": d.status_code,
+                "updated_at": ts(d.updated_at),
+                "reason": d.reason,
+                "timeline": [
+                    {"event": e.event, "at": ts(e.at), "status_code": e.status_code, "detail": e.detail}
+                    for e in t.timeline
+                    if e.recipient == d.recipient
+                ],
+            }
+        )
     return {
-        "message_id": m.message_id, "kind": m.kind, "operation": m.operation, "sender": m.sender,
-        "recipients": list(m.recipients), "subject": m.subject, "priority": m.priority,
-        "created_at": ts(m.created_at), "relates_to": m.relates_to, "envelope_sha256": m.digest,
+        "message_id": m.message_id,
+        "kind": m.kind,
+        "operation": m.operation,
+        "sender": m.sender,
+        "recipients": list(m.recipients),
+        "subject": m.subject,
+        "priority": m.priority,
+        "created_at": ts(m.created_at),
+        "relates_to": m.relates_to,
+        "envelope_sha256": m.digest,
         "deliveries": deliveries,
     }
 
 
 def agency(e: AgencyEntry, hosted: frozenset[str]) -> dict[str, Any]:
-    return {"code": e.code, "name": e.name, "parent": e.parent, "level": e.level, "node": e.node,
-            "retired": e.retired, "successor": e.successor, "hosted_here": e.code in hosted}
+    return {
+        "code": e.code,
+        "name": e.name,
+        "parent": e.parent,
+        "level": e.level,
+        "node": e.node,
+        "retired": e.retired,
+        "successor": e.successor,
+        "hosted_here": e.code in hosted,
+    }

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from urllib.parse import unquote
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -58,7 +58,9 @@ def check_declared_length(request: web.Request, limit: int) -> None:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(
             f"the request body is {request.content_length} bytes, over the gateway's limit of {limit} bytes "
-            "([http] max_body_bytes)", detail={"limit": limit, "size": request.content_length})
+            "([http] max_body_bytes)",
+            detail={"limit": limit, "size": request.content_length},
+        )
 
 
 def media_type(request: web.Request) -> str:
@@ -122,8 +124,9 @@ async def read_document_form(request: web.Request, limits: Limits) -> tuple[Any,
     try:
         reader = await request.multipart()
     except (AssertionError, ValueError) as exc:  # aiohttp asserts on a missing boundary
-        raise BadRequestError(f"the multipart body cannot be read ({exc}); send multipart/form-data "
-                              "with a boundary") from None
+        raise BadRequestError(
+            f"the multipart body cannot be read ({exc}); send multipart/form-data with a boundary"
+        ) from None
     budget = _Budget(limits.body)
     metadata: Any = None
     seen_metadata = False
@@ -136,31 +139,39 @@ async def read_document_form(request: web.Request, limits: Limits) -> tuple[Any,
             if part.name == "metadata" and part.filename is None:
                 if seen_metadata:
                     raise BadRequestError("the form has two 'metadata' parts; send exactly one")
-                raw = await _read_part(part, budget, MAX_METADATA_BYTES,
-                                       f"the metadata part is over {MAX_METADATA_BYTES} bytes")
+                raw = await _read_part(
+                    part, budget, MAX_METADATA_BYTES, f"the metadata part is over {MAX_METADATA_BYTES} bytes"
+                )
                 metadata, seen_metadata = load_json(raw, "metadata part"), True
             elif part.filename is not None:
                 if len(files) >= MAX_FILES:
                     raise AttachmentError(f"a document carries at most {MAX_FILES} attachments")
                 name = _file_name(part.filename)
                 data = await _read_part(
-                    part, budget, limits.attachment,
-                    f"attachment {name!r} is over the limit of {limits.attachment} bytes per attachment")
+                    part,
+                    budget,
+                    limits.attachment,
+                    f"attachment {name!r} is over the limit of {limits.attachment} bytes per attachment",
+                )
                 total += len(data)
                 if total > limits.message:
                     raise PayloadTooLargeError(
                         f"the attachments total over {limits.message} bytes, the limit per document",
-                        detail={"limit": limits.message})
+                        detail={"limit": limits.message},
+                    )
                 files.append(OutgoingFile(name, data, _media_type(part.headers.get("Content-Type", ""), name)))
             else:
                 raise BadRequestError(
-                    f"unexpected form field {part.name!r}; send one 'metadata' field (JSON) and file parts")
+                    f"unexpected form field {part.name!r}; send one 'metadata' field (JSON) and file parts"
+                )
     except (ValueError, HttpProcessingError) as exc:  # a malformed stream: bad boundary, header, truncation
-        raise BadRequestError(f"the multipart body is malformed ({type(exc).__name__}); "
-                              "send RFC 7578 multipart/form-data") from None
+        raise BadRequestError(
+            f"the multipart body is malformed ({type(exc).__name__}); send RFC 7578 multipart/form-data"
+        ) from None
     if not seen_metadata:
-        raise BadRequestError("the form has no 'metadata' field; send the document metadata as JSON "
-                              "in a field named 'metadata'")
+        raise BadRequestError(
+            "the form has no 'metadata' field; send the document metadata as JSON in a field named 'metadata'"
+        )
     return metadata, files
 
 
@@ -168,7 +179,8 @@ async def read_json(request: web.Request, limit: int = MAX_METADATA_BYTES) -> An
     """A JSON body (application/json), at most ``limit`` bytes."""
     if media_type(request) != "application/json":
         raise UnsupportedMediaTypeError(
-            f"this endpoint takes application/json, not {request.content_type or 'no Content-Type'}")
+            f"this endpoint takes application/json, not {request.content_type or 'no Content-Type'}"
+        )
     return load_json(await read_body(request, limit), "request body")
 
 

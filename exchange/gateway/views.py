@@ -35,7 +35,7 @@ from exchange.gateway.uploads import (
     read_document_form,
     read_json,
 )
-from exchange.service import ExchangeService
+from exchange.service import ExchangeService, FetchedMessage
 
 MAX_PAGE = 500
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -98,8 +98,14 @@ async def me(request: web.Request) -> web.Response:
     service, _ = _app_parts(request)
     principal = _principal(request)
     entry = service.directory.get(principal.agency)
-    return web.json_response({"agency": principal.agency, "name": entry.name if entry else "",
-                              "auth": principal.method, "node": service.node})
+    return web.json_response(
+        {
+            "agency": principal.agency,
+            "name": entry.name if entry else "",
+            "auth": principal.method,
+            "node": service.node,
+        }
+    )
 
 
 async def directory(request: web.Request) -> web.Response:
@@ -123,8 +129,11 @@ async def submit_document(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     kind = media_type(request)
     if kind == "multipart/form-data":
-        limits = Limits(body=http.max_body_bytes, attachment=service.limits.max_attachment_bytes,
-                        message=service.limits.max_message_bytes)
+        limits = Limits(
+            body=http.max_body_bytes,
+            attachment=service.limits.max_attachment_bytes,
+            message=service.limits.max_message_bytes,
+        )
         raw, files = await read_document_form(request, limits)
     elif kind == "application/json":
         raw, files = await read_json(request), []
@@ -132,7 +141,8 @@ async def submit_document(request: web.Request) -> web.Response:
         raise UnsupportedMediaTypeError(
             f"submit a document as multipart/form-data (a 'metadata' JSON field and file parts) or as "
             f"application/json (metadata only), not {request.content_type or 'no Content-Type'}; "
-            "edXML packages go to POST /v1/edxml")
+            "edXML packages go to POST /v1/edxml"
+        )
     submission = parse_document(raw)
     files = _describe(files, submission)
     request_fingerprint = fingerprint(request.method, request.path, raw, files)
@@ -144,8 +154,15 @@ async def submit_document(request: web.Request) -> web.Response:
             original = await service.track(agency, submission.document.relates_to or "")
             recipients = original.message.recipients
         return await service.submit_document(
-            agency, recipients, submission.document, files, operation=submission.operation,
-            idempotency_key=key, correlation_id=_correlation_id(request), idempotency_fingerprint=request_fingerprint)
+            agency,
+            recipients,
+            submission.document,
+            files,
+            operation=submission.operation,
+            idempotency_key=key,
+            correlation_id=_correlation_id(request),
+            idempotency_fingerprint=request_fingerprint,
+        )
 
     return await submit_once(service, agency, key, request_fingerprint, submit)
 
@@ -154,8 +171,10 @@ def _describe(files: list[OutgoingFile], submission: DocumentSubmission) -> list
     names = {f.name for f in files}
     unknown = sorted(set(submission.descriptions) - names)
     if unknown:
-        raise MetadataError(f"metadata.descriptions names {unknown}, which are not among the uploaded files "
-                            f"{sorted(names)}", detail={"field": "metadata.descriptions"})
+        raise MetadataError(
+            f"metadata.descriptions names {unknown}, which are not among the uploaded files {sorted(names)}",
+            detail={"field": "metadata.descriptions"},
+        )
     return [OutgoingFile(f.name, f.data, f.media_type, submission.descriptions.get(f.name, "")) for f in files]
 
 
@@ -164,13 +183,19 @@ async def submit_edxml(request: web.Request) -> web.Response:
     service, http = _app_parts(request)
     if not is_xml(media_type(request)):
         raise UnsupportedMediaTypeError(
-            f"send the edXML package as application/xml, not {request.content_type or 'no Content-Type'}")
+            f"send the edXML package as application/xml, not {request.content_type or 'no Content-Type'}"
+        )
     key = _idempotency_key(request)
     package = await read_body(request, min(http.max_body_bytes, EDXML_LIMIT))
     agency = _agency(request)
     request_fingerprint = fingerprint(request.method, request.path, hashlib.sha256(package).hexdigest())
-    return await submit_once(service, agency, key, request_fingerprint, lambda: service.submit_edxml(
-        agency, package, idempotency_key=key, idempotency_fingerprint=request_fingerprint))
+    return await submit_once(
+        service,
+        agency,
+        key,
+        request_fingerprint,
+        lambda: service.submit_edxml(agency, package, idempotency_key=key, idempotency_fingerprint=request_fingerprint),
+    )
 
 
 # -- inbox ----------------------------------------------------------------------------------------
@@ -180,13 +205,14 @@ async def inbox(request: web.Request) -> web.Response:
     service, _ = _app_parts(request)
     after = _int_query(request, "after", 0, 0, 2**62)
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
-    entries = await service.inbox(_agency(request), include_acked=_bool_query(request, "include_acked"),
-                                  limit=limit, after_seq=after)
+    entries = await service.inbox(
+        _agency(request), include_acked=_bool_query(request, "include_acked"), limit=limit, after_seq=after
+    )
     next_after = entries[-1].seq if entries else after
     return web.json_response({"items": [render.inbox_entry(e) for e in entries], "next_after": next_after})
 
 
-async def _fetch(request: web.Request):
+async def _fetch(request: web.Request) -> FetchedMessage:
     service, _ = _app_parts(request)
     message_id = request.match_info["message_id"]
     structlog.contextvars.bind_contextvars(message_id=message_id)
@@ -215,18 +241,22 @@ async def attachment(request: web.Request) -> web.Response:
     # Names and media types come from another agency's envelope: nothing of them may break a header.
     ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in meta.name)
     media = meta.media_type if MEDIA_TYPE.fullmatch(meta.media_type) else "application/octet-stream"
-    return web.Response(body=data, headers={
-        "Content-Type": media,
-        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(meta.name)}",
-        "Repr-Digest": _digest_header(data),
-    })
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": media,
+            "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(meta.name)}",
+            "Repr-Digest": _digest_header(data),
+        },
+    )
 
 
 async def envelope(request: web.Request) -> web.Response:
     """The signed envelope exactly as received: the evidence to keep beside the document."""
     fetched = await _fetch(request)
-    return web.Response(body=fetched.xml, headers={
-        "Content-Type": "application/xml", "Repr-Digest": _digest_header(fetched.xml)})
+    return web.Response(
+        body=fetched.xml, headers={"Content-Type": "application/xml", "Repr-Digest": _digest_header(fetched.xml)}
+    )
 
 
 async def acknowledge(request: web.Request) -> web.Response:
@@ -246,9 +276,22 @@ async def send_status(request: web.Request) -> web.Response:
     status = parse_status(raw)
     agency = _agency(request)
     request_fingerprint = fingerprint(request.method, request.path, raw)
-    return await submit_once(service, agency, key, request_fingerprint, lambda: service.submit_status(
-        agency, message_id, status.code, description=status.description, staff=status.staff, idempotency_key=key,
-        correlation_id=_correlation_id(request), idempotency_fingerprint=request_fingerprint))
+    return await submit_once(
+        service,
+        agency,
+        key,
+        request_fingerprint,
+        lambda: service.submit_status(
+            agency,
+            message_id,
+            status.code,
+            description=status.description,
+            staff=status.staff,
+            idempotency_key=key,
+            correlation_id=_correlation_id(request),
+            idempotency_fingerprint=request_fingerprint,
+        ),
+    )
 
 
 # -- sent -----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 import structlog
 
@@ -68,10 +68,24 @@ MAX_EXTRA = 100
 MAX_RESPONSE_FOR = 100
 
 #: Fields of a document's metadata (the schema's ``Document``).
-DOCUMENT_FIELDS = frozenset({
-    "subject", "code", "document_type", "promulgation", "signer", "content", "priority", "steering_type",
-    "due_date", "document_id", "relates_to", "response_for", "paper", "extra",
-})
+DOCUMENT_FIELDS = frozenset(
+    {
+        "subject",
+        "code",
+        "document_type",
+        "promulgation",
+        "signer",
+        "content",
+        "priority",
+        "steering_type",
+        "due_date",
+        "document_id",
+        "relates_to",
+        "response_for",
+        "paper",
+        "extra",
+    }
+)
 #: Fields of an HTTP document submission (the schema's ``DocumentSubmission``): a document plus how to send it.
 SUBMISSION_FIELDS = DOCUMENT_FIELDS | {"recipients", "operation", "descriptions"}
 #: Fields of a business status (the schema's ``StatusSubmission``).
@@ -89,7 +103,7 @@ LEGACY_DOCUMENT_KEYS: Mapping[str, tuple[str, str | None]] = {
 }
 
 #: Characters XML 1.0 cannot carry: refused here, or signing would fail on them later.
-_NOT_XML = re.compile("[^\x09\x0A\x0D\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 # -- deprecation ------------------------------------------------------------------------
@@ -106,9 +120,14 @@ def deprecated(caller: str, field_path: str, use: str) -> None:
         if key in _warned:
             return
         _warned.add(key)
-    log.warning("metadata.deprecated", caller=caller, field=field_path, use=use,
-                schema=f"document-metadata-{SCHEMA_VERSION}",
-                hint="the legacy metadata dialect is accepted until the next major release; see docs/API.md")
+    log.warning(
+        "metadata.deprecated",
+        caller=caller,
+        field=field_path,
+        use=use,
+        schema=f"document-metadata-{SCHEMA_VERSION}",
+        hint="the legacy metadata dialect is accepted until the next major release; see docs/API.md",
+    )
 
 
 def reset_deprecation_warnings() -> None:
@@ -157,8 +176,7 @@ HTTP = _Ctx("http", False)
 def check_text(value: str, path: str) -> str:
     """``value`` if XML can carry it, else MetadataError naming ``path``."""
     if _NOT_XML.search(value):
-        raise MetadataError(f"{path} contains control characters that XML cannot carry",
-                            detail={"field": path})
+        raise MetadataError(f"{path} contains control characters that XML cannot carry", detail={"field": path})
     return value
 
 
@@ -167,13 +185,16 @@ def _object(value: Any, path: str, allowed: frozenset[str]) -> Mapping[str, Any]
         raise MetadataError(f"{path} must be a JSON object", detail={"field": path})
     unknown = sorted(str(k) for k in set(value) - allowed)
     if unknown:
-        raise MetadataError(f"{path} has unknown field(s) {unknown[:10]}; known fields are {sorted(allowed)}",
-                            detail={"field": f"{path}.{unknown[0]}"})
+        raise MetadataError(
+            f"{path} has unknown field(s) {unknown[:10]}; known fields are {sorted(allowed)}",
+            detail={"field": f"{path}.{unknown[0]}"},
+        )
     return value
 
 
-def _str(obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, *, required: bool = False,
-         max_len: int = MAX_TEXT) -> str:
+def _str(
+    obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, *, required: bool = False, max_len: int = MAX_TEXT
+) -> str:
     where = f"{path}.{key}"
     value = obj.get(key)
     if value is None:
@@ -189,8 +210,9 @@ def _str(obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, *, required: bo
     if required and not value:
         raise MetadataError(f"{where} must not be empty", detail={"field": where})
     if len(value) > max_len:
-        raise MetadataError(f"{where} is {len(value)} characters; at most {max_len} are allowed",
-                            detail={"field": where})
+        raise MetadataError(
+            f"{where} is {len(value)} characters; at most {max_len} are allowed", detail={"field": where}
+        )
     return check_text(value, where)
 
 
@@ -205,6 +227,10 @@ def _int(obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, low: int, high:
     return value
 
 
+@overload
+def _date(obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, *, required: Literal[True]) -> date: ...
+@overload
+def _date(obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, *, required: bool = False) -> date | None: ...
 def _date(obj: Mapping[str, Any], key: str, path: str, ctx: _Ctx, *, required: bool = False) -> date | None:
     where = f"{path}.{key}"
     value = obj.get(key)
@@ -264,8 +290,9 @@ def _upgrade_document(value: Any, path: str, ctx: _Ctx) -> Any:
         moved = out.pop(old)
         if sub is None:
             if new in out and out[new] != moved:
-                raise MetadataError(f"{path} has both {old} (legacy) and {new}; send only {new}",
-                                    detail={"field": f"{path}.{old}"})
+                raise MetadataError(
+                    f"{path} has both {old} (legacy) and {new}; send only {new}", detail={"field": f"{path}.{old}"}
+                )
             out[new] = moved
             continue
         group = out.get(new)
@@ -276,17 +303,19 @@ def _upgrade_document(value: Any, path: str, ctx: _Ctx) -> Any:
         else:
             group = out[new] = dict(group)
         if sub in group and group[sub] != moved:  # both spellings (an echoed message.json): must agree
-            raise MetadataError(f"{path} has both {old} (legacy) and {target}; send only {target}",
-                                detail={"field": f"{path}.{old}"})
+            raise MetadataError(
+                f"{path} has both {old} (legacy) and {target}; send only {target}", detail={"field": f"{path}.{old}"}
+            )
         group[sub] = moved
     extra = out.get("extra")
     if isinstance(extra, Mapping):
-        ctx.old(f"{path}.extra", f"{path}.extra as a list of {{\"name\", \"value\"}} objects")
+        ctx.old(f"{path}.extra", f'{path}.extra as a list of {{"name", "value"}} objects')
         out["extra"] = [{"name": k, "value": v} for k, v in extra.items()]
     elif isinstance(extra, list) and any(isinstance(e, (list, tuple)) for e in extra):
-        ctx.old(f"{path}.extra", f"{path}.extra as a list of {{\"name\", \"value\"}} objects")
-        out["extra"] = [{"name": e[0], "value": e[1]} if isinstance(e, (list, tuple)) and len(e) == 2 else e
-                        for e in extra]
+        ctx.old(f"{path}.extra", f'{path}.extra as a list of {{"name", "value"}} objects')
+        out["extra"] = [
+            {"name": e[0], "value": e[1]} if isinstance(e, (list, tuple)) and len(e) == 2 else e for e in extra
+        ]
     for key in ("due_date", "relates_to", "promulgation", "signer"):
         if key in out and out[key] in ("", None):  # the legacy encoder wrote null / "" for "not set"
             out.pop(key)
@@ -309,42 +338,58 @@ def _document(value: Any, path: str, ctx: _Ctx, allowed: frozenset[str], require
     promulgation = None
     if m.get("promulgation") is not None:
         pr = _object(m["promulgation"], f"{path}.promulgation", frozenset({"place", "date"}))
-        promulgation = Promulgation(_str(pr, "place", f"{path}.promulgation", ctx, required=True, max_len=MAX_NAME),
-                                    _date(pr, "date", f"{path}.promulgation", ctx, required=True))  # type: ignore[arg-type]
+        promulgation = Promulgation(
+            _str(pr, "place", f"{path}.promulgation", ctx, required=True, max_len=MAX_NAME),
+            _date(pr, "date", f"{path}.promulgation", ctx, required=True),
+        )
     signer = None
     if m.get("signer") is not None:
         s = _object(m["signer"], f"{path}.signer", frozenset({"competence", "position", "full_name"}))
-        signer = SignerInfo(*(_str(s, k, f"{path}.signer", ctx, max_len=MAX_NAME)
-                              for k in ("competence", "position", "full_name")))
+        signer = SignerInfo(
+            *(_str(s, k, f"{path}.signer", ctx, max_len=MAX_NAME) for k in ("competence", "position", "full_name"))
+        )
     responses = m.get("response_for", [])
     if not isinstance(responses, list) or len(responses) > MAX_RESPONSE_FOR:
-        raise MetadataError(f"{path}.response_for must be a list of at most {MAX_RESPONSE_FOR} references",
-                            detail={"field": f"{path}.response_for"})
+        raise MetadataError(
+            f"{path}.response_for must be a list of at most {MAX_RESPONSE_FOR} references",
+            detail={"field": f"{path}.response_for"},
+        )
     response_for = []
     for i, r in enumerate(responses):
         rp = f"{path}.response_for[{i}]"
         r = _object(r, rp, frozenset({"organ_id", "code", "promulgation_date", "document_id"}))
-        response_for.append(ResponseRef(_agency(r.get("organ_id"), f"{rp}.organ_id"),
-                                        _str(r, "code", rp, ctx, required=True, max_len=64),
-                                        _date(r, "promulgation_date", rp, ctx, required=True),  # type: ignore[arg-type]
-                                        _str(r, "document_id", rp, ctx, max_len=MAX_NAME)))
+        response_for.append(
+            ResponseRef(
+                _agency(r.get("organ_id"), f"{rp}.organ_id"),
+                _str(r, "code", rp, ctx, required=True, max_len=64),
+                _date(r, "promulgation_date", rp, ctx, required=True),
+                _str(r, "document_id", rp, ctx, max_len=MAX_NAME),
+            )
+        )
     extras = m.get("extra", [])
     if not isinstance(extras, list) or len(extras) > MAX_EXTRA:
-        raise MetadataError(f"{path}.extra must be a list of at most {MAX_EXTRA} {{\"name\", \"value\"}} objects",
-                            detail={"field": f"{path}.extra"})
+        raise MetadataError(
+            f'{path}.extra must be a list of at most {MAX_EXTRA} {{"name", "value"}} objects',
+            detail={"field": f"{path}.extra"},
+        )
     extra = []
     for i, e in enumerate(extras):
         ep = f"{path}.extra[{i}]"
         e = _object(e, ep, frozenset({"name", "value"}))
-        extra.append((_str(e, "name", ep, ctx, required=True, max_len=MAX_NAME),
-                      _str(e, "value", ep, ctx, max_len=MAX_TEXT)))
+        extra.append(
+            (_str(e, "name", ep, ctx, required=True, max_len=MAX_NAME), _str(e, "value", ep, ctx, max_len=MAX_TEXT))
+        )
     return DocumentInfo(
-        code=DocumentCode(_str(code, "number", f"{path}.code", ctx, required=require_code, max_len=MAX_CODE_NUMBER),
-                          _str(code, "notation", f"{path}.code", ctx, max_len=MAX_CODE_NOTATION)),
+        code=DocumentCode(
+            _str(code, "number", f"{path}.code", ctx, required=require_code, max_len=MAX_CODE_NUMBER),
+            _str(code, "notation", f"{path}.code", ctx, max_len=MAX_CODE_NOTATION),
+        ),
         subject=_str(m, "subject", path, ctx, required=True, max_len=MAX_SUBJECT),
-        document_type=DocumentType(_int(doc_type, "type", f"{path}.document_type", ctx, 0, 999, 1),
-                                   _int(doc_type, "detail", f"{path}.document_type", ctx, 0, 999, 0),
-                                   _str(doc_type, "name", f"{path}.document_type", ctx, max_len=MAX_NAME)),
+        document_type=DocumentType(
+            _int(doc_type, "type", f"{path}.document_type", ctx, 0, 999, 1),
+            _int(doc_type, "detail", f"{path}.document_type", ctx, 0, 999, 0),
+            _str(doc_type, "name", f"{path}.document_type", ctx, max_len=MAX_NAME),
+        ),
         promulgation=promulgation,
         signer=signer,
         content=_str(m, "content", path, ctx, max_len=MAX_CONTENT),
@@ -359,8 +404,9 @@ def _document(value: Any, path: str, ctx: _Ctx, allowed: frozenset[str], require
     )
 
 
-def decode_document(value: Any, *, path: str = "document", caller: str = "http", legacy: bool = False,
-                    require_code: bool = True) -> DocumentInfo:
+def decode_document(
+    value: Any, *, path: str = "document", caller: str = "http", legacy: bool = False, require_code: bool = True
+) -> DocumentInfo:
     """A document's metadata (the schema's ``Document``) as a DocumentInfo.
 
     ``require_code`` is False only for the legacy callers (file drop, ``exchange sign``), which never
@@ -376,8 +422,7 @@ def decode_operation(value: Any, path: str = "operation") -> Operation:
     try:
         return Operation(value)
     except ValueError:
-        raise MetadataError(f"{path} must be one of {[o.value for o in Operation]}",
-                            detail={"field": path}) from None
+        raise MetadataError(f"{path} must be one of {[o.value for o in Operation]}", detail={"field": path}) from None
 
 
 def decode_submission(value: Any, *, path: str = "metadata", caller: str = "http") -> DocumentSubmission:
@@ -386,36 +431,49 @@ def decode_submission(value: Any, *, path: str = "metadata", caller: str = "http
     m = _object(value, path, SUBMISSION_FIELDS)
     raw_recipients = m.get("recipients", [])
     if not isinstance(raw_recipients, list) or len(raw_recipients) > MAX_RECIPIENTS:
-        raise MetadataError(f"{path}.recipients must be a list of at most {MAX_RECIPIENTS} agency codes",
-                            detail={"field": f"{path}.recipients"})
+        raise MetadataError(
+            f"{path}.recipients must be a list of at most {MAX_RECIPIENTS} agency codes",
+            detail={"field": f"{path}.recipients"},
+        )
     recipients = tuple(_agency(r, f"{path}.recipients[{i}]") for i, r in enumerate(raw_recipients))
     operation = decode_operation(m.get("operation"), f"{path}.operation")
     document = _document({k: v for k, v in m.items() if k in DOCUMENT_FIELDS}, path, ctx, DOCUMENT_FIELDS, True)
     if operation is Operation.NEW:
         if document.relates_to is not None:
-            raise MetadataError(f"{path}.relates_to is only for revoke, update and replace",
-                                detail={"field": f"{path}.relates_to"})
+            raise MetadataError(
+                f"{path}.relates_to is only for revoke, update and replace", detail={"field": f"{path}.relates_to"}
+            )
         if not recipients:
-            raise MetadataError(f"{path}.recipients must name at least one agency code",
-                                detail={"field": f"{path}.recipients"})
+            raise MetadataError(
+                f"{path}.recipients must name at least one agency code", detail={"field": f"{path}.recipients"}
+            )
     elif document.relates_to is None:
-        raise MetadataError(f"a {operation.value} must name the message id of the document it acts on "
-                            f"in {path}.relates_to", detail={"field": f"{path}.relates_to"})
+        raise MetadataError(
+            f"a {operation.value} must name the message id of the document it acts on in {path}.relates_to",
+            detail={"field": f"{path}.relates_to"},
+        )
     descriptions = m.get("descriptions", {})
     if not isinstance(descriptions, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_TEXT for k, v in descriptions.items()):
-        raise MetadataError(f"{path}.descriptions must map file names to texts of at most {MAX_TEXT} characters",
-                            detail={"field": f"{path}.descriptions"})
+        isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_TEXT for k, v in descriptions.items()
+    ):
+        raise MetadataError(
+            f"{path}.descriptions must map file names to texts of at most {MAX_TEXT} characters",
+            detail={"field": f"{path}.descriptions"},
+        )
     for k, v in descriptions.items():
         check_text(v, f"{path}.descriptions[{k!r}]")
     return DocumentSubmission(recipients, document, operation, dict(descriptions))
 
 
-def decode_status_code(value: Any, path: str = "status.code", *, caller: str = "http",
-                       legacy: bool = False) -> StatusCode:
+def decode_status_code(
+    value: Any, path: str = "status.code", *, caller: str = "http", legacy: bool = False
+) -> StatusCode:
     """A status code ``"01"``..``"16"``; the legacy dialect also took ``3`` and ``"3"``."""
-    if legacy and (isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str)) \
-            and len(str(value)) == 1:
+    if (
+        legacy
+        and ((isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str))
+        and len(str(value)) == 1
+    ):
         deprecated(caller, path, f'{path} as a two-digit string such as "03"')
         value = str(value).zfill(2)
     if isinstance(value, str):
@@ -423,12 +481,12 @@ def decode_status_code(value: Any, path: str = "status.code", *, caller: str = "
             return StatusCode(value)
         except ValueError:
             pass
-    raise MetadataError(f"{path} must be a status code, one of {[c.value for c in StatusCode]}",
-                        detail={"field": path})
+    raise MetadataError(f"{path} must be a status code, one of {[c.value for c in StatusCode]}", detail={"field": path})
 
 
-def decode_staff(value: Any, path: str = "status.staff", *, caller: str = "http", legacy: bool = False
-                 ) -> StaffInfo | None:
+def decode_staff(
+    value: Any, path: str = "status.staff", *, caller: str = "http", legacy: bool = False
+) -> StaffInfo | None:
     """Who produced a status: ``{"department", "staff", "email", "mobile"}`` (all optional), or None."""
     if value is None:
         return None
@@ -437,8 +495,14 @@ def decode_staff(value: Any, path: str = "status.staff", *, caller: str = "http"
     return StaffInfo(*(_str(s, k, path, ctx, max_len=MAX_NAME) for k in STAFF_FIELDS))
 
 
-def decode_status(value: Any, *, path: str = "status", caller: str = "http", legacy: bool = False,
-                  context_fields: frozenset[str] = frozenset()) -> StatusSubmission:
+def decode_status(
+    value: Any,
+    *,
+    path: str = "status",
+    caller: str = "http",
+    legacy: bool = False,
+    context_fields: frozenset[str] = frozenset(),
+) -> StatusSubmission:
     """A business status (the schema's ``StatusSubmission``: code 01-16, description, staff).
 
     ``context_fields`` are keys the caller's own envelope keeps beside the status (the file drop's
@@ -463,19 +527,26 @@ def encode_document(d: DocumentInfo) -> dict[str, Any]:
     return {
         "subject": d.subject,
         "code": {"number": d.code.number, "notation": d.code.notation},
-        "document_type": {"type": d.document_type.type, "detail": d.document_type.detail,
-                          "name": d.document_type.name},
+        "document_type": {"type": d.document_type.type, "detail": d.document_type.detail, "name": d.document_type.name},
         "promulgation": {"place": d.promulgation.place, "date": _day(d.promulgation.date)} if d.promulgation else None,
-        "signer": {"competence": d.signer.competence, "position": d.signer.position,
-                   "full_name": d.signer.full_name} if d.signer else None,
+        "signer": {"competence": d.signer.competence, "position": d.signer.position, "full_name": d.signer.full_name}
+        if d.signer
+        else None,
         "content": d.content,
         "priority": int(d.priority),
         "steering_type": int(d.steering),
         "due_date": _day(d.due_date),
         "document_id": d.document_id,
         "relates_to": d.relates_to,
-        "response_for": [{"organ_id": r.organ_id, "code": r.code, "promulgation_date": _day(r.promulgation_date),
-                          "document_id": r.document_id} for r in d.response_for],
+        "response_for": [
+            {
+                "organ_id": r.organ_id,
+                "code": r.code,
+                "promulgation_date": _day(r.promulgation_date),
+                "document_id": r.document_id,
+            }
+            for r in d.response_for
+        ],
         "paper": d.paper,
         "extra": [{"name": k, "value": v} for k, v in d.extra],
     }
@@ -490,5 +561,10 @@ def encode_staff(s: StaffInfo | None) -> dict[str, str] | None:
 
 def encode_status(s: StatusInfo, timestamp: str | None) -> dict[str, Any]:
     """A received status: the document's message id, code, description, staff and ``timestamp`` (rendered)."""
-    return {"response_for": s.response_for, "code": s.code.value, "description": s.description,
-            "staff": encode_staff(s.staff), "timestamp": timestamp}
+    return {
+        "response_for": s.response_for,
+        "code": s.code.value,
+        "description": s.description,
+        "staff": encode_staff(s.staff),
+        "timestamp": timestamp,
+    }

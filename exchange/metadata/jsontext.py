@@ -81,7 +81,7 @@ def json_depth(text: str, *, structure: str | None = None) -> int:
 
 @lru_cache(maxsize=8)
 def _open_run(limit: int) -> re.Pattern[str]:
-    return re.compile(r"[\[{](?:\s*+[\[{]){%d}" % limit)
+    return re.compile(r"[\[{](?:\s*+[\[{])" + f"{{{limit}}}")
 
 
 def json_depth_exceeds(text: str, limit: int, *, structure: str | None = None) -> bool:
@@ -94,7 +94,7 @@ def json_depth_exceeds(text: str, limit: int, *, structure: str | None = None) -
 
 @lru_cache(maxsize=8)
 def _long_number(limit: int) -> re.Pattern[str]:
-    return re.compile(r"[-+0-9.eE]{%d,}" % (limit + 1))
+    return re.compile(r"[-+0-9.eE]" + f"{{{limit + 1},}}")
 
 
 def load_json(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMITS) -> Any:
@@ -104,8 +104,9 @@ def load_json(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMITS) 
     except UnicodeDecodeError:
         raise BadRequestError(f"the {what} is not valid UTF-8; send UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise BadRequestError(f"the {what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-                              "send a JSON object") from None
+        raise BadRequestError(
+            f"the {what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); send a JSON object"
+        ) from None
 
 
 def parse_bounded(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMITS) -> Any:
@@ -113,22 +114,30 @@ def parse_bounded(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMI
     ``json.JSONDecodeError`` (both ValueError), for callers that tell "not complete yet" from "refused"."""
     size = len(raw)
     if size > limits.max_bytes:
-        raise JsonLimitError(f"the {what} is {size} bytes; at most {limits.max_bytes} are accepted",
-                             detail={"limit": limits.max_bytes})
+        raise JsonLimitError(
+            f"the {what} is {size} bytes; at most {limits.max_bytes} are accepted", detail={"limit": limits.max_bytes}
+        )
     text = bytes(raw).decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
     structure = _structure(text)
     objects = structure.count("{")
     if objects > limits.max_objects:  # bounds the Python hook below to a few milliseconds
-        raise JsonLimitError(f"the {what} has {objects} objects; at most {limits.max_objects} are accepted",
-                             detail={"limit": limits.max_objects})
+        raise JsonLimitError(
+            f"the {what} has {objects} objects; at most {limits.max_objects} are accepted",
+            detail={"limit": limits.max_objects},
+        )
     if json_depth_exceeds(text, limits.max_depth, structure=structure):
-        raise JsonLimitError(f"the {what} nests deeper than {limits.max_depth} levels; send flat metadata JSON",
-                             detail={"limit": limits.max_depth})
+        raise JsonLimitError(
+            f"the {what} nests deeper than {limits.max_depth} levels; send flat metadata JSON",
+            detail={"limit": limits.max_depth},
+        )
     # Checked on the text, before int() sees a literal (CPython refuses over 4300 digits with ValueError).
     long_number = _long_number(limits.max_number_chars).search(structure)
     if long_number is not None:
-        raise JsonLimitError(f"the {what} has a number of {len(long_number.group())} characters; at most "
-                             f"{limits.max_number_chars} are accepted", detail={"limit": limits.max_number_chars})
+        raise JsonLimitError(
+            f"the {what} has a number of {len(long_number.group())} characters; at most "
+            f"{limits.max_number_chars} are accepted",
+            detail={"limit": limits.max_number_chars},
+        )
 
     def real(literal: str) -> float:
         value = float(literal)
@@ -146,12 +155,13 @@ def parse_bounded(raw: bytes | str, what: str, limits: JsonLimits = DEFAULT_LIMI
             key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
             raise BadRequestError(f"the {what} repeats the key {key[:60]!r} in one object; send each key once")
         if len(out) > limits.max_items:
-            raise JsonLimitError(f"an object in the {what} has {len(out)} members; at most {limits.max_items}",
-                                 detail={"limit": limits.max_items})
+            raise JsonLimitError(
+                f"an object in the {what} has {len(out)} members; at most {limits.max_items}",
+                detail={"limit": limits.max_items},
+            )
         return out
 
     try:
         return json.loads(text, parse_float=real, parse_constant=constant, object_pairs_hook=members)
     except RecursionError:  # the pre-scan makes this unreachable; kept so a gap stays a 400, never a 500
         raise JsonLimitError(f"the {what} nests too deeply; send flat metadata JSON") from None
-

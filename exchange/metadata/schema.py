@@ -20,13 +20,20 @@ def _schema_text() -> str:
 
 def metadata_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) document, as shipped in the package (a fresh copy)."""
-    return json.loads(_schema_text())
+    schema: dict[str, Any] = json.loads(_schema_text())
+    return schema
 
 
 def _rewrite_refs(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" and isinstance(v, str)
-                    else _rewrite_refs(v)) for k, v in value.items()}
+        return {
+            k: (
+                v.replace("#/$defs/", "#/components/schemas/")
+                if k == "$ref" and isinstance(v, str)
+                else _rewrite_refs(v)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_rewrite_refs(v) for v in value]
     return value
@@ -34,4 +41,5 @@ def _rewrite_refs(value: Any) -> Any:
 
 def openapi_components() -> dict[str, Any]:
     """The schema's definitions as OpenAPI ``components/schemas`` (references rewritten)."""
-    return _rewrite_refs(copy.deepcopy(metadata_schema()["$defs"]))
+    components: dict[str, Any] = _rewrite_refs(copy.deepcopy(metadata_schema()["$defs"]))
+    return components

@@ -21,6 +21,7 @@ import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -49,12 +50,21 @@ DEFAULT_CA_NAME = "Exchange Development CA"
 #: Clock skew tolerated between nodes: certificates start being valid this long before issuance.
 BACKDATE = dt.timedelta(minutes=5)
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
-_KEY_USAGE_FIELDS = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-                     "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+_KEY_USAGE_FIELDS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def key_usage(*names: str) -> x509.KeyUsage:
@@ -65,16 +75,25 @@ def key_usage(*names: str) -> x509.KeyUsage:
     return x509.KeyUsage(**{f: f in names for f in _KEY_USAGE_FIELDS})
 
 
-def make_ca_certificate(key: PrivateKey, name: str, *, validity: dt.timedelta = dt.timedelta(days=3650),
-                        issuer_key: PrivateKey | None = None, issuer: x509.Certificate | None = None,
-                        path_length: int | None = None, now: dt.datetime | None = None) -> x509.Certificate:
+def make_ca_certificate(
+    key: PrivateKey,
+    name: str,
+    *,
+    validity: dt.timedelta = dt.timedelta(days=3650),
+    issuer_key: PrivateKey | None = None,
+    issuer: x509.Certificate | None = None,
+    path_length: int | None = None,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
     """A CA certificate: self-signed root (path length 1, so one intermediate level) or an intermediate."""
     now = now or _now()
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Exchange development PKI"),
-        x509.NameAttribute(NameOID.COMMON_NAME, name),
-    ])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Exchange development PKI"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
     signing_key = issuer_key or key
     if path_length is None:
         path_length = 1 if issuer is None else 0
@@ -95,10 +114,19 @@ def make_ca_certificate(key: PrivateKey, name: str, *, validity: dt.timedelta = 
 
 
 def make_agency_certificate(
-    public_key: PublicKey, code: str, name: str, *, ca_key: PrivateKey, ca_cert: x509.Certificate,
-    validity: dt.timedelta = dt.timedelta(days=365), not_before: dt.datetime | None = None,
-    usages: Collection[str] = AGENCY_KEY_USAGE, extended_key_usage: bool = True,
-    san: bool = True, organization_identifier: bool = True, now: dt.datetime | None = None,
+    public_key: PublicKey,
+    code: str,
+    name: str,
+    *,
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    validity: dt.timedelta = dt.timedelta(days=365),
+    not_before: dt.datetime | None = None,
+    usages: Collection[str] = AGENCY_KEY_USAGE,
+    extended_key_usage: bool = True,
+    san: bool = True,
+    organization_identifier: bool = True,
+    now: dt.datetime | None = None,
 ) -> x509.Certificate:
     """An agency certificate following the profile in docs/SIGNING.md.
 
@@ -176,8 +204,9 @@ class IssuedCertificate:
 class DevCA:
     """The development CA in one directory (see the module docstring for the layout)."""
 
-    def __init__(self, directory: Path, key: PrivateKey, certificate: x509.Certificate,
-                 chain: tuple[x509.Certificate, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, key: PrivateKey, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...] = ()
+    ) -> None:
         self.dir = Path(directory)
         self.key = key
         self.certificate = certificate
@@ -211,17 +240,28 @@ class DevCA:
     # -- creating and loading -------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], *, ec: bool = False, name: str = DEFAULT_CA_NAME,
-               validity: dt.timedelta = dt.timedelta(days=3650), issuer: "DevCA | None" = None,
-               rsa_bits: int = 3072) -> "DevCA":
+    def create(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        ec: bool = False,
+        name: str = DEFAULT_CA_NAME,
+        validity: dt.timedelta = dt.timedelta(days=3650),
+        issuer: DevCA | None = None,
+        rsa_bits: int = 3072,
+    ) -> DevCA:
         """Create a CA (RSA 3072 or EC P-256) in an empty directory; with ``issuer``, an intermediate CA."""
         d = Path(directory)
         if (d / "ca.pem").exists() or (d / "ca.key").exists():
             raise KeyMaterialError(f"{d} already holds a CA (ca.pem/ca.key); use it, or choose an empty directory")
         key = generate_key(ec_key=ec, rsa_bits=rsa_bits)
-        cert = make_ca_certificate(key, name, validity=validity,
-                                   issuer_key=issuer.key if issuer else None,
-                                   issuer=issuer.certificate if issuer else None)
+        cert = make_ca_certificate(
+            key,
+            name,
+            validity=validity,
+            issuer_key=issuer.key if issuer else None,
+            issuer=issuer.certificate if issuer else None,
+        )
         d.mkdir(parents=True, exist_ok=True)
         save_private_key(key, d / "ca.key")
         above = issuer.chain if issuer else ()
@@ -233,7 +273,7 @@ class DevCA:
         return ca
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> "DevCA":
+    def load(cls, directory: str | os.PathLike[str]) -> DevCA:
         """Open an existing CA directory."""
         d = Path(directory)
         certs = load_certificates(d / "ca.pem")
@@ -244,8 +284,9 @@ class DevCA:
         return ca
 
     @classmethod
-    def load_or_create(cls, directory: str | os.PathLike[str], *, ec: bool = False,
-                       name: str = DEFAULT_CA_NAME) -> "DevCA":
+    def load_or_create(
+        cls, directory: str | os.PathLike[str], *, ec: bool = False, name: str = DEFAULT_CA_NAME
+    ) -> DevCA:
         """Open the CA in ``directory``, creating it first if there is none."""
         d = Path(directory)
         if (d / "ca.pem").exists():
@@ -255,7 +296,7 @@ class DevCA:
     # -- index ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator["DevCA"]:
+    def batch(self) -> Iterator[DevCA]:
         """Issue many certificates with one index write when the block ends.
 
         Each issue() rewrites index.json; a national world issues 3,355 certificates, and
@@ -268,11 +309,12 @@ class DevCA:
             index, self._batched = self._batched, None
             self._save_index(index)
 
-    def _load_index(self) -> dict:
+    def _load_index(self) -> dict[str, Any]:
         if self._batched is not None:
             return self._batched
         try:
-            return json.loads(self.index_path.read_text(encoding="utf-8"))
+            index: dict[str, Any] = json.loads(self.index_path.read_text(encoding="utf-8"))
+            return index
         except FileNotFoundError:
             return {"version": 1, "crl_number": 0, "certificates": []}
         except (OSError, ValueError) as exc:
@@ -290,10 +332,21 @@ class DevCA:
 
     # -- issuing ----------------------------------------------------------------------
 
-    def issue(self, code: str, name: str, *, ec: bool = False, validity: dt.timedelta = dt.timedelta(days=365),
-              not_before: dt.datetime | None = None, exist_ok: bool = False, replace: bool = False,
-              name_suffix: str = "", usages: Collection[str] = AGENCY_KEY_USAGE,
-              extended_key_usage: bool = True, rsa_bits: int = 3072) -> tuple[Path, Path]:
+    def issue(
+        self,
+        code: str,
+        name: str,
+        *,
+        ec: bool = False,
+        validity: dt.timedelta = dt.timedelta(days=365),
+        not_before: dt.datetime | None = None,
+        exist_ok: bool = False,
+        replace: bool = False,
+        name_suffix: str = "",
+        usages: Collection[str] = AGENCY_KEY_USAGE,
+        extended_key_usage: bool = True,
+        rsa_bits: int = 3072,
+    ) -> tuple[Path, Path]:
         """Generate a key and issue an agency certificate; returns ``(key path, certificate path)``.
 
         With ``exist_ok`` an existing, unrevoked pair is returned as is; with
@@ -312,8 +365,15 @@ class DevCA:
             )
         key = generate_key(ec_key=ec, rsa_bits=rsa_bits)
         cert = make_agency_certificate(
-            key.public_key(), code, name, ca_key=self.key, ca_cert=self.certificate, validity=validity,
-            not_before=not_before, usages=usages, extended_key_usage=extended_key_usage,
+            key.public_key(),
+            code,
+            name,
+            ca_key=self.key,
+            ca_cert=self.certificate,
+            validity=validity,
+            not_before=not_before,
+            usages=usages,
+            extended_key_usage=extended_key_usage,
         )
         save_private_key(key, key_path)
         intermediates = [self.certificate, *self.chain] if self.is_intermediate else []
@@ -327,11 +387,19 @@ class DevCA:
 
     def _record(self, cert: x509.Certificate, code: str, name: str, path: Path, key_type: str) -> None:
         index = self._load_index()
-        index["certificates"].append(asdict(IssuedCertificate(
-            serial=format(cert.serial_number, "x"), code=code, name=name,
-            file=os.path.relpath(path, self.dir), key_type=key_type,
-            not_before=cert.not_valid_before_utc.isoformat(), not_after=cert.not_valid_after_utc.isoformat(),
-        )))
+        index["certificates"].append(
+            asdict(
+                IssuedCertificate(
+                    serial=format(cert.serial_number, "x"),
+                    code=code,
+                    name=name,
+                    file=os.path.relpath(path, self.dir),
+                    key_type=key_type,
+                    not_before=cert.not_valid_before_utc.isoformat(),
+                    not_after=cert.not_valid_after_utc.isoformat(),
+                )
+            )
+        )
         self._save_index(index)
 
     def _is_revoked(self, serial: int) -> bool:
@@ -339,8 +407,14 @@ class DevCA:
 
     # -- revocation -----------------------------------------------------------------
 
-    def revoke(self, code: str, *, name_suffix: str | None = None, serial: int | None = None,
-               reason: x509.ReasonFlags = x509.ReasonFlags.key_compromise) -> list[IssuedCertificate]:
+    def revoke(
+        self,
+        code: str,
+        *,
+        name_suffix: str | None = None,
+        serial: int | None = None,
+        reason: x509.ReasonFlags = x509.ReasonFlags.key_compromise,
+    ) -> list[IssuedCertificate]:
         """Revoke the active certificates of an agency (all of them, or one file / serial), then rewrite the CRL."""
         check_agency_code(code)
         index = self._load_index()
@@ -365,8 +439,13 @@ class DevCA:
         self.write_crl()
         return revoked
 
-    def write_crl(self, *, next_update: dt.timedelta = dt.timedelta(days=30),
-                  now: dt.datetime | None = None, path: str | os.PathLike[str] | None = None) -> Path:
+    def write_crl(
+        self,
+        *,
+        next_update: dt.timedelta = dt.timedelta(days=30),
+        now: dt.datetime | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> Path:
         """Write a CRL of every revoked certificate, signed by this CA, valid ``next_update`` from now."""
         now = now or _now()
         index = self._load_index()

@@ -44,9 +44,15 @@ _SIGNED = f"{{{ENVELOPE_NS}}}Signed"
 class Signer:
     """Signs envelopes for one agency with its key and certificate."""
 
-    def __init__(self, key: PrivateKey, certificate: x509.Certificate,
-                 chain: Iterable[x509.Certificate] = (), *, allow_invalid: bool = False,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        key: PrivateKey,
+        certificate: x509.Certificate,
+        chain: Iterable[x509.Certificate] = (),
+        *,
+        allow_invalid: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
         """Check that key and certificate belong together and name an agency.
 
         Unless ``allow_invalid``, also refuse a certificate that is not valid now
@@ -56,15 +62,21 @@ class Signer:
         """
         self.identity = AgencyIdentity.of(key, certificate, chain)
         self.allow_invalid = allow_invalid
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         if not allow_invalid:
             self._check_certificate()
         #: The XMLDSig SignatureMethod URI this signer emits (RSA-SHA256 or ECDSA-SHA256).
         self.signature_method = method_for(key)
 
     @classmethod
-    def from_files(cls, key_path: str | os.PathLike[str], cert_path: str | os.PathLike[str], *,
-                   password: bytes | None = None, allow_invalid: bool = False) -> "Signer":
+    def from_files(
+        cls,
+        key_path: str | os.PathLike[str],
+        cert_path: str | os.PathLike[str],
+        *,
+        password: bytes | None = None,
+        allow_invalid: bool = False,
+    ) -> Signer:
         """Load a PEM key and a PEM certificate file (leaf first, then any intermediates)."""
         key = load_private_key(key_path, password)
         certs = load_certificates(cert_path)
@@ -74,8 +86,9 @@ class Signer:
             raise KeyMaterialError(f"{cert_path}: {exc.message}") from exc
 
     @classmethod
-    def from_pki(cls, pki_dir: str | os.PathLike[str], code: str, *, name_suffix: str = "",
-                 allow_invalid: bool = False) -> "Signer":
+    def from_pki(
+        cls, pki_dir: str | os.PathLike[str], code: str, *, name_suffix: str = "", allow_invalid: bool = False
+    ) -> Signer:
         """The signer of agency ``code`` from a development CA directory (``exchange pki issue``)."""
         key_path, cert_path = agency_files(pki_dir, code, name_suffix)
         return cls.from_files(key_path, cert_path, allow_invalid=allow_invalid)
@@ -130,7 +143,10 @@ class Signer:
         return signed_root
 
     def _sign_in_place(self, root: etree._Element) -> None:
-        xmldsig.sign(root.find(_SIGNED), self.key, [self.certificate, *self.chain])
+        signed = root.find(_SIGNED)
+        if signed is None:  # the callers built or checked the layout; this keeps the contract explicit
+            raise SchemaError("the element to sign has no env:Signed; build it with envelope_to_element")
+        xmldsig.sign(signed, self.key, [self.certificate, *self.chain])
 
     def sign(self, envelope: Envelope) -> bytes:
         """Build, schema-validate and sign ``envelope``; the exact bytes to send (never pretty-print them)."""
@@ -160,18 +176,21 @@ def check_attachments(envelope: Envelope, attachment_data: Mapping[str, bytes]) 
         if data is None:
             raise AttachmentError(
                 f"attachment {a.id} ({a.name!r}) is listed in the manifest but its bytes are missing; "
-                "send every listed attachment", detail={"missing": a.id},
+                "send every listed attachment",
+                detail={"missing": a.id},
             )
         if len(data) != a.size:
             raise AttachmentDigestError(
                 f"attachment {a.id} ({a.name!r}) is {len(data)} bytes but the manifest says {a.size}; "
-                "the bytes were altered or truncated", detail={"attachment": a.id},
+                "the bytes were altered or truncated",
+                detail={"attachment": a.id},
             )
         digest = hashlib.sha256(data).hexdigest()
         if not hmac.compare_digest(digest, a.sha256.lower()):
             raise AttachmentDigestError(
                 f"attachment {a.id} ({a.name!r}) has SHA-256 {digest} but the manifest says {a.sha256}; "
-                "the bytes were altered", detail={"attachment": a.id},
+                "the bytes were altered",
+                detail={"attachment": a.id},
             )
 
 
@@ -180,4 +199,3 @@ def sign_envelope(envelope: Envelope, signer: Signer, attachment_data: Mapping[s
     check_attachments(envelope, attachment_data)
     xml = signer.sign(envelope)
     return SignedEnvelope(xml=xml, envelope=envelope, attachment_data=dict(attachment_data))
-

@@ -60,8 +60,9 @@ from exchange.signing.pki import DOCUMENT_SIGNING
 log = logging.getLogger(__name__)
 
 #: Extended key usages that allow signing envelopes (when the extension is present at all).
-SIGNING_EKUS = frozenset({DOCUMENT_SIGNING, ExtendedKeyUsageOID.EMAIL_PROTECTION,
-                          ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE})
+SIGNING_EKUS = frozenset(
+    {DOCUMENT_SIGNING, ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+)
 
 StaleCrlPolicy = Literal["refuse", "warn"]
 
@@ -73,10 +74,10 @@ def describe(cert: x509.Certificate) -> str:
 
 def _utc(now: dt.datetime | None) -> dt.datetime:
     if now is None:
-        return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
     if now.tzinfo is None:
         raise ValueError("the verification time must be timezone-aware")
-    return now.astimezone(dt.timezone.utc)
+    return now.astimezone(dt.UTC)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -140,8 +141,11 @@ def _name_key(name: x509.Name) -> bytes:
     return name.public_bytes()
 
 
-def _build_snapshot(cas: Sequence[x509.Certificate], crls: Sequence[x509.CertificateRevocationList],
-                    stamps: tuple[tuple[str, float], ...] = ()) -> _Snapshot:
+def _build_snapshot(
+    cas: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList],
+    stamps: tuple[tuple[str, float], ...] = (),
+) -> _Snapshot:
     if not cas:
         raise ConfigError("the trust store has no CA certificate; give at least one CA file (ca_files / --ca)")
     by_subject: dict[bytes, list[x509.Certificate]] = {}
@@ -179,8 +183,11 @@ def load_crls(path: str | os.PathLike[str]) -> list[x509.CertificateRevocationLi
     try:
         if b"-----BEGIN X509 CRL-----" in data:
             blocks = data.split(b"-----END X509 CRL-----")
-            crls = [x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n")
-                    for b in blocks if b"-----BEGIN X509 CRL-----" in b]
+            crls = [
+                x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n")
+                for b in blocks
+                if b"-----BEGIN X509 CRL-----" in b
+            ]
         else:
             crls = [x509.load_der_x509_crl(data)]
         for crl in crls:
@@ -234,7 +241,7 @@ class TrustStore:
         *,
         reload_interval: float | None = 60.0,
         **options: object,
-    ) -> "TrustStore":
+    ) -> TrustStore:
         """Load CA certificate files (PEM, several per file allowed) and CRL files (PEM or DER).
 
         The files are re-read when their modification time changes, checked at
@@ -252,8 +259,9 @@ class TrustStore:
         return store
 
     @staticmethod
-    def _read(ca_paths: Sequence[Path], crl_paths: Sequence[Path]
-              ) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList], tuple[tuple[str, float], ...]]:
+    def _read(
+        ca_paths: Sequence[Path], crl_paths: Sequence[Path]
+    ) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList], tuple[tuple[str, float], ...]]:
         ca_certs = [c for p in ca_paths for c in load_certificates(p)]
         crl_list = [c for p in crl_paths for c in load_crls(p)]
         return ca_certs, crl_list, TrustStore._stamps(ca_paths, crl_paths)
@@ -276,9 +284,8 @@ class TrustStore:
         """
         if not (self._ca_paths or self._crl_paths):
             return False
-        if not force:
-            if self._reload_interval is None or time.monotonic() < self._next_stat:
-                return False
+        if not force and (self._reload_interval is None or time.monotonic() < self._next_stat):
+            return False
         with self._lock:
             self._next_stat = time.monotonic() + (self._reload_interval or 0)
             stamps = self._stamps(self._ca_paths, self._crl_paths)
@@ -332,11 +339,13 @@ class TrustStore:
         code = agency_code_of(certificate)
         if agency_code is not None:
             check_agency(certificate, agency_code)
-        return TrustedCertificate(certificate=certificate, agency_code=code, anchor=anchor,
-                                  intermediate=intermediate, crl_checked=crl_checked)
+        return TrustedCertificate(
+            certificate=certificate, agency_code=code, anchor=anchor, intermediate=intermediate, crl_checked=crl_checked
+        )
 
-    def _path(self, snap: _Snapshot, cert: x509.Certificate, chain: Sequence[x509.Certificate]
-              ) -> tuple[x509.Certificate, x509.Certificate | None]:
+    def _path(
+        self, snap: _Snapshot, cert: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> tuple[x509.Certificate, x509.Certificate | None]:
         key = (fingerprint(cert), *(fingerprint(c) for c in chain))
         cached = self._path_cache.get(key)
         if cached is not None:
@@ -348,8 +357,9 @@ class TrustStore:
         return found
 
     @staticmethod
-    def _find_path(snap: _Snapshot, cert: x509.Certificate, chain: Sequence[x509.Certificate]
-                   ) -> tuple[x509.Certificate, x509.Certificate | None]:
+    def _find_path(
+        snap: _Snapshot, cert: x509.Certificate, chain: Sequence[x509.Certificate]
+    ) -> tuple[x509.Certificate, x509.Certificate | None]:
         for ca in snap.cas_by_subject.get(_name_key(cert.issuer), ()):
             if _issued_by(cert, ca):
                 return ca, None
@@ -390,8 +400,9 @@ class TrustStore:
         except x509.ExtensionNotFound:
             bc = None
         if bc is not None and bc.ca:
-            raise CertificateUsageError(f"{describe(cert)} is a CA certificate; envelopes are signed by agency "
-                                        "certificates only")
+            raise CertificateUsageError(
+                f"{describe(cert)} is a CA certificate; envelopes are signed by agency certificates only"
+            )
         try:
             ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:
@@ -429,8 +440,9 @@ class TrustStore:
                 raise ConfigError(f"a CRL claiming issuer {issuer.subject.rfc4514_string()} is not signed by it")
         return out
 
-    def _check_revocation(self, snap: _Snapshot, cert: x509.Certificate, issuer: x509.Certificate,
-                          at: dt.datetime) -> bool:
+    def _check_revocation(
+        self, snap: _Snapshot, cert: x509.Certificate, issuer: x509.Certificate, at: dt.datetime
+    ) -> bool:
         crls = self._crls_for(snap, issuer)
         if not crls:
             if self.require_crl:

@@ -65,17 +65,24 @@ class VerifiedEnvelope:
 class Verifier:
     """Verifies envelopes against one trust store; safe to share between threads."""
 
-    def __init__(self, trust: TrustStore, *, clock: Clock | None = None, limits: XmlLimits = DEFAULT_LIMITS,
-                 cert_cache_size: int = 512) -> None:
+    def __init__(
+        self,
+        trust: TrustStore,
+        *,
+        clock: Clock | None = None,
+        limits: XmlLimits = DEFAULT_LIMITS,
+        cert_cache_size: int = 512,
+    ) -> None:
         self.trust = trust
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.limits = limits
         self._certs: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._cert_cache_size = cert_cache_size
         self._lock = threading.Lock()
 
-    def verify(self, xml: bytes, attachment_data: Mapping[str, bytes] | None = None, *,
-               limits: XmlLimits | None = None) -> VerifiedEnvelope:
+    def verify(
+        self, xml: bytes, attachment_data: Mapping[str, bytes] | None = None, *, limits: XmlLimits | None = None
+    ) -> VerifiedEnvelope:
         """Verify signed envelope bytes (and attachment bytes by id, if given); raise a typed error otherwise."""
         root = parse_xml(xml, limits or self.limits)
         signed, signature = locate_signature(root)
@@ -100,8 +107,9 @@ class Verifier:
             certificate=leaf,
         )
 
-    def check_certificate(self, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...] = (),
-                          *, agency_code: str | None = None) -> TrustedCertificate:
+    def check_certificate(
+        self, certificate: x509.Certificate, chain: tuple[x509.Certificate, ...] = (), *, agency_code: str | None = None
+    ) -> TrustedCertificate:
         """The trust store check alone, at this verifier's clock (for tools that show a certificate)."""
         return self.trust.check(certificate, chain, agency_code=agency_code, now=self._clock())
 
@@ -111,8 +119,7 @@ class Verifier:
         texts = xmldsig.certificates_text(signature)
         if not texts:
             raise SignatureError(
-                "the signature has no KeyInfo/X509Data/X509Certificate; envelopes must carry the signer's "
-                "certificate"
+                "the signature has no KeyInfo/X509Data/X509Certificate; envelopes must carry the signer's certificate"
             )
         certs = [self._certificate(text) for text in texts]
         # The leaf is the one end-entity certificate; the others may only be CA certificates (intermediates).
@@ -160,7 +167,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def locate_signature(root: etree._Element) -> tuple[etree._Element, etree._Element]:
     """``(env:Signed, ds:Signature)`` if the envelope has exactly the signed layout; else a typed refusal."""
     if root.tag != _ENVELOPE:
-        raise SchemaError(f"the root element is {root.tag}, not env:Envelope; send an envelope 1.0")
+        raise SchemaError(f"the root element is {root.tag!s}, not env:Envelope; send an envelope 1.0")
     all_signed = list(root.iter(_SIGNED))
     direct = [c for c in xmldsig.element_children(root) if c.tag == _SIGNED]
     if not all_signed:

@@ -56,12 +56,15 @@ MIN_RSA_BITS = 2048
 
 _DS = f"{{{DS_NS}}}"
 SIGNATURE = _DS + "Signature"
-_SIGNED_INFO, _C14N_METHOD, _SIG_METHOD, _REFERENCE = (_DS + n for n in (
-    "SignedInfo", "CanonicalizationMethod", "SignatureMethod", "Reference"))
-_TRANSFORMS, _TRANSFORM, _DIGEST_METHOD, _DIGEST_VALUE = (_DS + n for n in (
-    "Transforms", "Transform", "DigestMethod", "DigestValue"))
-_SIGNATURE_VALUE, _KEY_INFO, _X509_DATA, _X509_CERT = (_DS + n for n in (
-    "SignatureValue", "KeyInfo", "X509Data", "X509Certificate"))
+_SIGNED_INFO, _C14N_METHOD, _SIG_METHOD, _REFERENCE = (
+    _DS + n for n in ("SignedInfo", "CanonicalizationMethod", "SignatureMethod", "Reference")
+)
+_TRANSFORMS, _TRANSFORM, _DIGEST_METHOD, _DIGEST_VALUE = (
+    _DS + n for n in ("Transforms", "Transform", "DigestMethod", "DigestValue")
+)
+_SIGNATURE_VALUE, _KEY_INFO, _X509_DATA, _X509_CERT = (
+    _DS + n for n in ("SignatureValue", "KeyInfo", "X509Data", "X509Certificate")
+)
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -202,17 +205,16 @@ def check_shape(signature: etree._Element, ref_id: str) -> str:
         )
 
     # The layout, element by element: no Object, no Manifest, no InclusiveNamespaces, no extra KeyInfo.
-    _expect(signature, (_SIGNED_INFO, _SIGNATURE_VALUE, _KEY_INFO), "ds:Signature")
+    _, _, key_info = _expect(signature, (_SIGNED_INFO, _SIGNATURE_VALUE, _KEY_INFO), "ds:Signature")
     _expect(signed_info, (_C14N_METHOD, _SIG_METHOD, _REFERENCE), "ds:SignedInfo")
     _expect(c14n_method, (), "ds:CanonicalizationMethod")
     _expect(method_el, (), "ds:SignatureMethod")
-    _expect(reference, (_TRANSFORMS, _DIGEST_METHOD, _DIGEST_VALUE), "ds:Reference")
-    for transform in _expect(reference.find(_TRANSFORMS), (_TRANSFORM, _TRANSFORM), "ds:Transforms"):
+    transforms_el, _, _ = _expect(reference, (_TRANSFORMS, _DIGEST_METHOD, _DIGEST_VALUE), "ds:Reference")
+    for transform in _expect(transforms_el, (_TRANSFORM, _TRANSFORM), "ds:Transforms"):
         _expect(transform, (), "ds:Transform")
     _expect(digest_el, (), "ds:DigestMethod")
-    key_info = signature.find(_KEY_INFO)
-    _expect(key_info, (_X509_DATA,), "ds:KeyInfo")
-    _check_x509_data(key_info.find(_X509_DATA))
+    (x509_data,) = _expect(key_info, (_X509_DATA,), "ds:KeyInfo")
+    _check_x509_data(x509_data)
     _check_no_stray_text(signature)
     return method
 
@@ -226,12 +228,16 @@ def _check_x509_data(x509_data: etree._Element) -> None:
     children = element_children(x509_data)
     if not children or any(c.tag != _X509_CERT for c in children):
         found = ", ".join(etree.QName(c).localname for c in children) or "nothing"
-        raise SignatureError(f"ds:X509Data holds {found}; exactly X509Certificate elements (the signer's "
-                             "certificate, then any intermediate CA certificate) are allowed (docs/SIGNING.md)")
+        raise SignatureError(
+            f"ds:X509Data holds {found}; exactly X509Certificate elements (the signer's "
+            "certificate, then any intermediate CA certificate) are allowed (docs/SIGNING.md)"
+        )
     for element in (x509_data, *children):
         if len(element.attrib):
-            raise SignatureError(f"ds:{etree.QName(element).localname} carries attributes "
-                                 f"({', '.join(sorted(element.attrib))}); it has none in the pinned shape")
+            raise SignatureError(
+                f"ds:{etree.QName(element).localname} carries attributes "
+                f"({', '.join(sorted(element.attrib))}); it has none in the pinned shape"
+            )
         if element is not x509_data and len(element):
             _expect(element, (), "ds:X509Certificate")  # raises, naming what is inside
 
@@ -248,11 +254,15 @@ def _check_no_stray_text(signature: etree._Element) -> None:
     for element in signature.iter():
         text, tail = element.text, element.tail
         if text and element.tag not in _VALUE_ELEMENTS and not text.isspace():
-            raise SignatureError(f"ds:{etree.QName(element).localname} holds text {text.strip()[:40]!r}; only "
-                                 "DigestValue, SignatureValue and X509Certificate carry text in the pinned shape")
+            raise SignatureError(
+                f"ds:{etree.QName(element).localname} holds text {text.strip()[:40]!r}; only "
+                "DigestValue, SignatureValue and X509Certificate carry text in the pinned shape"
+            )
         if tail and element is not signature and not tail.isspace():
-            raise SignatureError(f"text {tail.strip()[:40]!r} follows ds:{etree.QName(element).localname} inside "
-                                 "ds:Signature; nothing but whitespace may stand between the signature's elements")
+            raise SignatureError(
+                f"text {tail.strip()[:40]!r} follows ds:{etree.QName(element).localname} inside "
+                "ds:Signature; nothing but whitespace may stand between the signature's elements"
+            )
 
 
 def check_key(public_key: object, method: str) -> PublicKey:
@@ -336,8 +346,7 @@ def verify(target: etree._Element, signature: etree._Element, public_key: Public
     expected = b64(signed_info.findtext(f"{_REFERENCE}/{_DIGEST_VALUE}"), "DigestValue")
     if not hmac.compare_digest(digest_without(target, signature), expected):
         raise SignatureError(
-            "the signed content does not match the signature's digest: the header or manifest was altered "
-            "after signing"
+            "the signed content does not match the signature's digest: the header or manifest was altered after signing"
         )
     value = b64(signature.findtext(_SIGNATURE_VALUE), "SignatureValue")
     data = c14n(signed_info)

@@ -283,7 +283,9 @@ class Store(ABC):
         """The newest document with this edXML DocumentId that ``agency`` sent (OUT) or received (IN)."""
 
     @abstractmethod
-    async def list_sent(self, sender: str, *, limit: int = 100, before: datetime | None = None) -> list[MessageRecord]: ...
+    async def list_sent(
+        self, sender: str, *, limit: int = 100, before: datetime | None = None
+    ) -> list[MessageRecord]: ...
 
     @abstractmethod
     async def get_attachment(self, sha256: str) -> bytes | None: ...
@@ -336,8 +338,9 @@ class Store(ABC):
     async def list_vxp_systems(self) -> list[VxpSystem]: ...
 
     @abstractmethod
-    async def remember_vxp_signature(self, system_id: str, signature: str, *, expires_at: datetime,
-                                     now: datetime) -> bool:
+    async def remember_vxp_signature(
+        self, system_id: str, signature: str, *, expires_at: datetime, now: datetime
+    ) -> bool:
         """Record a request signature until ``expires_at``; False if it is already recorded (a replay).
 
         Entries past their expiry are purged on the way, so the table holds at most one signature

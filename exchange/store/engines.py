@@ -51,7 +51,10 @@ class _PostgresEngine(_Engine):
 
     def __init__(self, url: URL, pool_size: int) -> None:
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=1800,
             connect_args={"server_settings": {"application_name": "exchange"}},
         )
 
@@ -82,7 +85,7 @@ def _ensure_wal(cur: Any, timeout: float) -> None:
             cur.execute("PRAGMA journal_mode=WAL").fetchall()
             return  # in-memory databases answer "memory": nothing more to do
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
@@ -107,8 +110,9 @@ def _settle(batch: Sequence[tuple[Any, asyncio.Future[Any]]], outcomes: Sequence
             future.set_exception(value)
 
 
-def _settle_from(done: asyncio.Future[list[tuple[bool, Any]]],
-                 batch: Sequence[tuple[Any, asyncio.Future[Any]]]) -> None:
+def _settle_from(
+    done: asyncio.Future[list[tuple[bool, Any]]], batch: Sequence[tuple[Any, asyncio.Future[Any]]]
+) -> None:
     if done.cancelled():
         outcomes: Sequence[tuple[bool, Any]] = [(False, StoreError("the store's write was cancelled"))] * len(batch)
     elif done.exception() is not None:
@@ -179,8 +183,9 @@ class _SqliteEngine(_Engine):
         self._opened: list[Connection] = []
         self._opened_lock = threading.Lock()
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="store-write")
-        self._read_threads = (self._write_thread if memory
-                              else ThreadPoolExecutor(readers, thread_name_prefix="store-read"))
+        self._read_threads = (
+            self._write_thread if memory else ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        )
         self._memory = memory
 
     def _connection(self, engine: Any) -> Connection:
@@ -303,8 +308,9 @@ class _SqliteEngine(_Engine):
             while self._queue and len(batch) < self.max_batch:
                 fn, future = self._queue.popleft()
                 if future.get_loop() is not loop:
-                    future.get_loop().call_soon_threadsafe(_fail, future, StoreError(
-                        "the store was used from another event loop; open one store per loop"))
+                    future.get_loop().call_soon_threadsafe(
+                        _fail, future, StoreError("the store was used from another event loop; open one store per loop")
+                    )
                 elif not future.done():  # a caller cancelled before its batch started
                     batch.append((fn, future))
             if not batch:

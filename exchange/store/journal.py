@@ -71,10 +71,16 @@ def chain(events: list[JournalEvent], *, head_seq: int, head_hash: str, at: date
     seq, prev = head_seq, head_hash
     for ev in events:
         seq += 1
-        text = canonical_json({
-            "seq": seq, "at": stamp, "action": ev.action, "message_id": ev.message_id,
-            "recipient": ev.recipient, "data": dict(ev.data),
-        })
+        text = canonical_json(
+            {
+                "seq": seq,
+                "at": stamp,
+                "action": ev.action,
+                "message_id": ev.message_id,
+                "recipient": ev.recipient,
+                "data": dict(ev.data),
+            }
+        )
         digest = chain_hash(prev, text)
         out.append(ChainedEntry(seq, stamp, text, prev, digest))
         prev = digest
@@ -118,8 +124,9 @@ class ChainVerifier:
             return seq, f"entry {seq} is out of sequence (expected {exp}): inserted into the journal"
         if prev_hash != self._prev:
             what = "the genesis value" if seq == 1 else f"entry {seq - 1}'s hash"
-            return seq, (f"entry {seq}'s prev_hash does not match {what}: an entry before it was "
-                         "altered, replaced or inserted")
+            return seq, (
+                f"entry {seq}'s prev_hash does not match {what}: an entry before it was altered, replaced or inserted"
+            )
         try:
             parsed = json.loads(event)
         except ValueError:
@@ -136,6 +143,5 @@ class ChainVerifier:
         """The verdict so far."""
         if self._bad is not None:
             seq, problem = self._bad
-            return JournalReport(entries=self.entries, ok=False, first_bad_seq=seq, problem=problem,
-                                 head=self.head)
+            return JournalReport(entries=self.entries, ok=False, first_bad_seq=seq, problem=problem, head=self.head)
         return JournalReport(entries=self.entries, ok=True, head=self.head)

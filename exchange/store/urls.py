@@ -23,7 +23,7 @@ def normalize_url(url: str) -> str:
         ("postgresql+asyncpg://", "postgresql+asyncpg://"),
     ):
         if url.startswith(prefix):
-            return driver + url[len(prefix):]
+            return driver + url[len(prefix) :]
     raise StoreError(
         f"unsupported store URL {_safe(url)!r}: use sqlite:///path/to/exchange.db or "
         "postgresql://user@host:5432/database"

@@ -67,7 +67,9 @@ class EdxmlProbe(EOfficeProbe):
             package = import_package(path.read_bytes(), message_id=mid)
             h = package.envelope.header
             self._seen[mid] = SeenMessage(
-                message_id=mid, kind=h.kind.value, sender=h.sender.code,
+                message_id=mid,
+                kind=h.kind.value,
+                sender=h.sender.code,
                 subject=h.document.subject if h.document else "",
                 status_code=h.status.code.value if h.status else None,
                 attachments={a.name: package.attachment_data[a.id] for a in package.envelope.attachments},
@@ -75,11 +77,17 @@ class EdxmlProbe(EOfficeProbe):
 
     async def send(self, recipients: Sequence[str], subject: str, files: Mapping[str, bytes]) -> None:
         attachments = tuple(Attachment.of(name, data, id=f"a{i}") for i, (name, data) in enumerate(files.items()))
-        envelope = Envelope(Header(
-            message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(self.agency),
-            recipients=tuple(AgencyRef(r) for r in recipients), created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode(str(next(_numbers)), "PROBE"), subject=subject),
-        ), attachments)
+        envelope = Envelope(
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.DOCUMENT,
+                sender=AgencyRef(self.agency),
+                recipients=tuple(AgencyRef(r) for r in recipients),
+                created_at=utcnow(),
+                document=DocumentInfo(code=DocumentCode(str(next(_numbers)), "PROBE"), subject=subject),
+            ),
+            attachments,
+        )
         data = export_package(envelope, {a.id: files[a.name] for a in attachments})
         await asyncio.to_thread(self._drop, data)
 
@@ -91,14 +99,25 @@ class EdxmlProbe(EOfficeProbe):
         now = utcnow()
         # Named as an E-Office names a package it received: From, Code, PromulgationDate, DocumentId.
         code_text = f"{doc.code.number}/{doc.code.notation}" if doc.code.notation else doc.code.number
-        ref = ResponseRef(sender.code, code_text, doc.promulgation.date if doc.promulgation else now.date(),
-                          doc.document_id)
-        envelope = Envelope(Header(
-            message_id=new_message_id(), kind=Kind.STATUS, sender=AgencyRef(self.agency),
-            recipients=(AgencyRef(sender.code),), created_at=now,
-            status=StatusInfo(response_for=document_message_id, code=StatusCode(code), description=description,
-                              timestamp=now, document_ref=ref),
-        ))
+        ref = ResponseRef(
+            sender.code, code_text, doc.promulgation.date if doc.promulgation else now.date(), doc.document_id
+        )
+        envelope = Envelope(
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.STATUS,
+                sender=AgencyRef(self.agency),
+                recipients=(AgencyRef(sender.code),),
+                created_at=now,
+                status=StatusInfo(
+                    response_for=document_message_id,
+                    code=StatusCode(code),
+                    description=description,
+                    timestamp=now,
+                    document_ref=ref,
+                ),
+            )
+        )
         await asyncio.to_thread(self._drop, export_package(envelope, {}))
 
     def _drop(self, data: bytes) -> Path:

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from exchange.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
 from exchange.adapters.filedrop import MESSAGE_FILE
+from exchange.conformance.probe import EOfficeProbe, ProbeContext, SeenMessage
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -50,22 +50,32 @@ class FileDropProbe(EOfficeProbe):
                 continue
             doc = json.loads((folder / MESSAGE_FILE).read_bytes())
             self._seen[folder.name] = SeenMessage(
-                message_id=doc["message_id"], kind=doc["kind"], sender=doc["sender"]["code"],
+                message_id=doc["message_id"],
+                kind=doc["kind"],
+                sender=doc["sender"]["code"],
                 subject=(doc.get("document") or {}).get("subject", ""),
                 status_code=(doc.get("status") or {}).get("code"),
                 attachments={a["name"]: (folder / a["file"]).read_bytes() for a in doc["attachments"]},
             )
 
     async def send(self, recipients: Sequence[str], subject: str, files: Mapping[str, bytes]) -> None:
-        await asyncio.to_thread(self._drop, {
-            "kind": "document", "to": list(recipients),
-            "document": {"number": "1", "notation": "PROBE", "subject": subject},
-        }, files)
+        await asyncio.to_thread(
+            self._drop,
+            {
+                "kind": "document",
+                "to": list(recipients),
+                "document": {"number": "1", "notation": "PROBE", "subject": subject},
+            },
+            files,
+        )
 
     async def send_status(self, document_message_id: str, code: str, description: str = "") -> None:
         """Answer a received document with a business status (01-16)."""
-        await asyncio.to_thread(self._drop, {"kind": "status", "response_for": document_message_id,
-                                             "code": code, "description": description}, {})
+        await asyncio.to_thread(
+            self._drop,
+            {"kind": "status", "response_for": document_message_id, "code": code, "description": description},
+            {},
+        )
 
     def _drop(self, meta: dict[str, Any], files: Mapping[str, bytes]) -> str:
         outgoing = self.root / "outgoing"

@@ -41,7 +41,9 @@ class PullProbe(EOfficeProbe):
                 fetched = await service.fetch(agency, entry.message_id)
                 h = fetched.envelope.header
                 self._seen[entry.message_id] = SeenMessage(
-                    message_id=h.message_id, kind=h.kind.value, sender=h.sender.code,
+                    message_id=h.message_id,
+                    kind=h.kind.value,
+                    sender=h.sender.code,
                     subject=h.document.subject if h.document else "",
                     status_code=h.status.code.value if h.status else None,
                     attachments={a.name: fetched.attachments[a.id] for a in fetched.envelope.attachments},

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
 from exchange.adapters.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
+from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
 
 #: What the probe answers when told to fail: 503 is retried by the bus, 422 is final.
 FAILURE_STATUS = {"transient": 503, "permanent": 422}
@@ -65,8 +65,9 @@ class WebhookProbe(EOfficeProbe):
         body = await request.read()
         headers = dict(request.headers)
         self.requests.append((headers, body))
-        if not verify_webhook(self.secret, request.headers.get(TIMESTAMP_HEADER, ""), body,
-                              request.headers.get(SIGNATURE_HEADER, "")):
+        if not verify_webhook(
+            self.secret, request.headers.get(TIMESTAMP_HEADER, ""), body, request.headers.get(SIGNATURE_HEADER, "")
+        ):
             self.bad_signatures += 1
             return web.Response(status=401, text="bad signature")
         if self._failures:
@@ -75,10 +76,14 @@ class WebhookProbe(EOfficeProbe):
         doc = json.loads(body)
         if doc["message_id"] != request.headers.get(IDEMPOTENCY_HEADER):
             return web.Response(status=400, text="Idempotency-Key differs from message_id")
-        self._accepted.append(SeenMessage(
-            message_id=doc["message_id"], kind=doc["kind"], sender=doc["sender"]["code"],
-            subject=(doc.get("document") or {}).get("subject", ""),
-            status_code=(doc.get("status") or {}).get("code"),
-            attachments={a["name"]: base64.b64decode(a["data_base64"]) for a in doc["attachments"]},
-        ))
+        self._accepted.append(
+            SeenMessage(
+                message_id=doc["message_id"],
+                kind=doc["kind"],
+                sender=doc["sender"]["code"],
+                subject=(doc.get("document") or {}).get("subject", ""),
+                status_code=(doc.get("status") or {}).get("code"),
+                attachments={a["name"]: base64.b64decode(a["data_base64"]) for a in doc["attachments"]},
+            )
+        )
         return web.Response(status=200, text="ok")

@@ -7,7 +7,7 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import TypeVar
 
 from lxml import etree
@@ -48,8 +48,22 @@ _MAX_CODE_NUMBER, _MAX_CODE_NOTATION, _MAX_SUBJECT = MAX_CODE_NUMBER, 30, 500
 
 # MessageHeader children in the order export writes them; extras of an unknown
 # top-level element go after the last of these.
-_SLOTS = ("From", "To", "Code", "PromulgationInfo", "DocumentType", "Subject", "Content", "SignerInfo",
-          "DueDate", "ToPlaces", "OtherInfo", "ResponseFor", "SteeringType", "DocumentId")
+_SLOTS = (
+    "From",
+    "To",
+    "Code",
+    "PromulgationInfo",
+    "DocumentType",
+    "Subject",
+    "Content",
+    "SignerInfo",
+    "DueDate",
+    "ToPlaces",
+    "OtherInfo",
+    "ResponseFor",
+    "SteeringType",
+    "DocumentId",
+)
 _SLOT_RANK = {name: i for i, name in enumerate(_SLOTS)}
 _UNKNOWN_RANK = len(_SLOTS)
 _TRACE_RANK = {"TraceHeaderList": _UNKNOWN_RANK + 1, "Bussiness": _UNKNOWN_RANK + 2}
@@ -73,8 +87,12 @@ def reference_of(sender: str, doc: DocumentInfo, created_at: datetime) -> Respon
     """How an E-Office names ``doc`` in a ResponseFor; the DocumentId is derived when the document has none."""
     day: date = doc.promulgation.date if doc.promulgation else created_at.astimezone(VIETNAM_TZ).date()
     code = code_text(doc)
-    return ResponseRef(organ_id=sender, code=code, promulgation_date=day,
-                       document_id=doc.document_id or edxml_document_id(sender, day, code))
+    return ResponseRef(
+        organ_id=sender,
+        code=code,
+        promulgation_date=day,
+        document_id=doc.document_id or edxml_document_id(sender, day, code),
+    )
 
 
 def document_key(document_id: str) -> str:
@@ -129,7 +147,7 @@ def _require(parent: etree._Element, local: str, path: str) -> etree._Element:
 
 
 def _required_text(parent: etree._Element, local: str, path: str) -> str:
-    text = (_require(parent, local, path).text or "")
+    text = _require(parent, local, path).text or ""
     if not text.strip():
         raise EdxmlError(f"{path}/{local} is empty; it is required")
     return text
@@ -182,7 +200,7 @@ def _timestamp(text: str, path: str) -> datetime:
         raise EdxmlError(f"{path} {value!r} is not a timestamp written yyyy/MM/dd HH:mm:ss") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=VIETNAM_TZ)
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def _format_timestamp(value: datetime) -> str:

@@ -27,11 +27,13 @@ from exchange.envelope.edxml._common import (
 
 def canonical_extra(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """``extra`` in the order export writes it (stable within a group): what import returns."""
+
     def rank(pair: tuple[str, str]) -> int:
         first = pair[0].split("/", 1)[0]
         if _TO_RE.match(first):
             return _SLOT_RANK["To"]
         return _SLOT_RANK.get(first, _TRACE_RANK.get(first, _UNKNOWN_RANK))
+
     return tuple(sorted(extra, key=rank))
 
 
@@ -51,7 +53,7 @@ def _capture(el: etree._Element, key: str, out: list[tuple[str, str]]) -> None:
             out.append((f"{key}/@{name}", value))
     names = [etree.QName(k).localname for k in kids]
     seen: dict[str, int] = {}
-    for kid, name in zip(kids, names):
+    for kid, name in zip(kids, names, strict=True):
         index = seen.get(name, 0)
         seen[name] = index + 1
         if _elements(kid) and names.count(name) > 1:
@@ -110,5 +112,3 @@ def _materialize(parent: etree._Element, key: str, value: str) -> None:
         parent.set(last[1:], value)
     else:
         _leaf(parent, last, value)
-
-

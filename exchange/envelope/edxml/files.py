@@ -20,6 +20,7 @@ import io
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 from exchange.envelope.model import Attachment, DocumentInfo
 from exchange.errors import AttachmentError
@@ -58,8 +59,14 @@ def transfer_type(document: DocumentInfo | None, attachment: Attachment) -> str:
     return next((v for k, v in document.extra if k == key), "")
 
 
-def offered_file(document: DocumentInfo | None, attachment: Attachment, data: bytes, *,
-                 max_bytes: int = MAX_UNZIPPED_BYTES, max_ratio: int = MAX_RATIO) -> OfferedFile:
+def offered_file(
+    document: DocumentInfo | None,
+    attachment: Attachment,
+    data: bytes,
+    *,
+    max_bytes: int = MAX_UNZIPPED_BYTES,
+    max_ratio: int = MAX_RATIO,
+) -> OfferedFile:
     """The file to offer for ``attachment`` (bytes ``data``) of ``document``: unwrapped when ZIP-wrapped."""
     packed = transfer_type(document, attachment).lower()
     if packed not in ZIP_TYPES or attachment.media_type.lower() in ZIP_TYPES:
@@ -82,7 +89,8 @@ def unwrap_zip(data: bytes, *, max_bytes: int = MAX_UNZIPPED_BYTES, max_ratio: i
         members = [m for m in archive.infolist() if not m.is_dir()]
         if len(archive.infolist()) != 1 or len(members) != 1:
             raise AttachmentError(
-                f"the ZIP-wrapped attachment holds {len(archive.infolist())} entries; a wrapped file is exactly one")
+                f"the ZIP-wrapped attachment holds {len(archive.infolist())} entries; a wrapped file is exactly one"
+            )
         member = members[0]
         if _unsafe_name(member.filename):
             raise AttachmentError(f"the ZIP member {member.filename!r} has a path; a wrapped file has a plain name")
@@ -99,17 +107,19 @@ def unwrap_zip(data: bytes, *, max_bytes: int = MAX_UNZIPPED_BYTES, max_ratio: i
                     if len(out) > limit:
                         raise AttachmentError(
                             f"the ZIP member unzips to more than {limit:,} bytes (size limit {max_bytes:,}, ratio "
-                            f"{max_ratio}:1); it is not unwrapped")
+                            f"{max_ratio}:1); it is not unwrapped"
+                        )
         except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError) as exc:
             raise AttachmentError(f"the ZIP member cannot be read ({exc})") from None
         return bytes(out)
 
 
-def _chunks(stream: io.BufferedIOBase) -> Iterable[bytes]:
+def _chunks(stream: IO[bytes]) -> Iterable[bytes]:
     while chunk := stream.read(_CHUNK):
         yield chunk
 
 
 def _unsafe_name(name: str) -> bool:
-    return (not name or "/" in name or "\\" in name or name in (".", "..") or ":" in name
-            or any(ord(c) < 32 for c in name))
+    return (
+        not name or "/" in name or "\\" in name or name in (".", "..") or ":" in name or any(ord(c) < 32 for c in name)
+    )

@@ -176,13 +176,15 @@ def import_package(
     if status_el is not None:
         path = f"{header_path}/{etree.QName(status_el).localname}"
         header = ctx.status_header(status_el, path, message_id=mid, created_at=at)
-        envelope, attachment_data = Envelope(header=header), {}
+        envelope = Envelope(header=header)
+        attachment_data: dict[str, bytes] = {}
     elif message_header is not None:
         header, trace = ctx.document_header(header_el, message_header, header_path, message_id=mid, created_at=at)
         attachments, attachment_data, payloads, content_types = _attachments(root, envelope_el, root_path, ctx)
         if ctx.attachment_extra and header.document is not None:
-            header = replace(header, document=replace(
-                header.document, extra=header.document.extra + tuple(ctx.attachment_extra)))
+            header = replace(
+                header, document=replace(header.document, extra=header.document.extra + tuple(ctx.attachment_extra))
+            )
         if header.document is not None and not header.document.content:
             body_content = _body_content(envelope_el)
             if body_content:
@@ -191,8 +193,7 @@ def import_package(
         envelope = Envelope(header=header, attachments=attachments, trace=trace)
     else:
         raise EdxmlError(
-            f"{header_path} has neither MessageHeader nor Status; this is not an edXML document or "
-            "status package"
+            f"{header_path} has neither MessageHeader nor Status; this is not an edXML document or status package"
         )
     signature = _signature(header_el, header_path)
     if keep_source:
@@ -244,7 +245,7 @@ def _envelope_element(root: etree._Element) -> tuple[etree._Element, str]:
             return envelope, "edXML/edXMLEnvelope"
         raise EdxmlError(f"edXML has no edXMLEnvelope in namespace {EDXML_NS}; this is not an edXML package")
     raise EdxmlError(
-        f"the root element is {root.tag}, not an edXML package (expected edXML or edXMLEnvelope in "
+        f"the root element is {root.tag!s}, not an edXML package (expected edXML or edXMLEnvelope in "
         f"namespace {EDXML_NS})"
     )
 
@@ -284,8 +285,7 @@ class _Import:
             self.unresolved.append(document_id)
         return found
 
-    def party(self, el: etree._Element, path: str, extra: list[tuple[str, str]] | None,
-              key: str = "") -> AgencyRef:
+    def party(self, el: etree._Element, path: str, extra: list[tuple[str, str]] | None, key: str = "") -> AgencyRef:
         written = _required_text(el, "OrganId", path).strip()
         name_el = _first(el, "OrganName")
         agency = self.agency(written, f"{path}/OrganId", "" if name_el is None else name_el.text or "")
@@ -296,8 +296,9 @@ class _Import:
                     _capture(child, f"{key or 'To[' + agency.code + ']'}/{local}", extra)
         return agency
 
-    def note_unknown(self, root: etree._Element, envelope_el: etree._Element, header_el: etree._Element,
-                     root_path: str) -> None:
+    def note_unknown(
+        self, root: etree._Element, envelope_el: etree._Element, header_el: etree._Element, root_path: str
+    ) -> None:
         """List the wrapper / envelope / header children the model has no place for (kept in the source)."""
         levels = [(envelope_el, root_path, _KNOWN_ENVELOPE), (header_el, f"{root_path}/edXMLHeader", _KNOWN_HEADER)]
         if root is not envelope_el:
@@ -313,8 +314,9 @@ class _Import:
 
     # -- document packages ---------------------------------------------------------
 
-    def document_header(self, header_el: etree._Element, mh: etree._Element, header_path: str, *,
-                        message_id: str, created_at: datetime) -> tuple[Header, tuple[Hop, ...]]:
+    def document_header(
+        self, header_el: etree._Element, mh: etree._Element, header_path: str, *, message_id: str, created_at: datetime
+    ) -> tuple[Header, tuple[Hop, ...]]:
         path = f"{header_path}/MessageHeader"
         extra: list[tuple[str, str]] = []
         sender: AgencyRef | None = None
@@ -346,9 +348,15 @@ class _Import:
                     self.refused_errors.append(exc)
                     continue
                 if any(r.code == recipient.code for r in recipients):
-                    self.refused.append(RefusedRecipient(
-                        f"{to_path}/OrganId", written, "edxml-duplicate-recipient",
-                        f"{to_path}/OrganId: {written} names {recipient.code}, already a recipient; it is sent once"))
+                    self.refused.append(
+                        RefusedRecipient(
+                            f"{to_path}/OrganId",
+                            written,
+                            "edxml-duplicate-recipient",
+                            f"{to_path}/OrganId: {written} names {recipient.code}, "
+                            "already a recipient; it is sent once",
+                        )
+                    )
                     continue
                 recipients.append(recipient)
             elif local == "Code":
@@ -408,8 +416,13 @@ class _Import:
             **values,  # type: ignore[arg-type]
         )
         header = Header(
-            message_id=message_id, kind=Kind.DOCUMENT, sender=sender, recipients=tuple(recipients),
-            created_at=created_at, operation=operation, document=document,
+            message_id=message_id,
+            kind=Kind.DOCUMENT,
+            sender=sender,
+            recipients=tuple(recipients),
+            created_at=created_at,
+            operation=operation,
+            document=document,
         )
         return header, trace
 
@@ -444,11 +457,11 @@ class _Import:
         promulgation_date = _date(_required_text(el, "PromulgationDate", path), f"{path}/PromulgationDate")
         document_id_el = _first(el, "DocumentId")
         document_id = "" if document_id_el is None else (document_id_el.text or "").strip()
-        return ResponseRef(organ_id=organ_id, code=code, promulgation_date=promulgation_date,
-                           document_id=document_id)
+        return ResponseRef(organ_id=organ_id, code=code, promulgation_date=promulgation_date, document_id=document_id)
 
-    def trace(self, header_el: etree._Element, header_path: str, extra: list[tuple[str, str]]
-              ) -> tuple[tuple[Hop, ...], Operation, bool, str]:
+    def trace(
+        self, header_el: etree._Element, header_path: str, extra: list[tuple[str, str]]
+    ) -> tuple[tuple[Hop, ...], Operation, bool, str]:
         """Hops, operation, paper flag and the target DocumentId from ``TraceHeaderList``.
 
         A TraceHeader without OrganId (a hub's own relay hop) or with more children
@@ -477,8 +490,11 @@ class _Import:
                     self.organ_id(organ, f"{hop_path}/OrganId")
                 else:
                     self.notes.append(f"{hop_path} has no OrganId (a relay hop): kept in the source")
-                others = [etree.QName(c).localname for c in _elements(child)
-                          if etree.QName(c).localname not in ("OrganId", "Timestamp")]
+                others = [
+                    etree.QName(c).localname
+                    for c in _elements(child)
+                    if etree.QName(c).localname not in ("OrganId", "Timestamp")
+                ]
                 if others:
                     self.carried.extend(f"{hop_path}/{o}" for o in others)
                 if organ and at is not None:
@@ -499,8 +515,7 @@ class _Import:
         ref_el = _first(el, "ResponseFor")
         ref = None if ref_el is None else self.response_ref(ref_el, f"{path}/ResponseFor", route=True)
         if ref is None:
-            raise EdxmlError(f"{path}/ResponseFor is missing or empty; a status package names the document it "
-                             "answers")
+            raise EdxmlError(f"{path}/ResponseFor is missing or empty; a status package names the document it answers")
         recipient = self.uses[_last_use(self.uses, f"{path}/ResponseFor/OrganId")].agency
         document_id = ref.document_id or edxml_document_id(ref.organ_id, ref.promulgation_date, ref.code)
         code = _required_text(el, "StatusCode", path).strip()
@@ -508,16 +523,18 @@ class _Import:
             status_code = StatusCode(code)
         except ValueError:
             raise EdxmlError(
-                f"{path}/StatusCode {code!r} is not a status code (one of "
-                f"{', '.join(c.value for c in StatusCode)})"
+                f"{path}/StatusCode {code!r} is not a status code (one of {', '.join(c.value for c in StatusCode)})"
             ) from None
         description_el = _first(el, "Description")
         timestamp_el = _first(el, "Timestamp")
         timestamp_text = "" if timestamp_el is None else (timestamp_el.text or "").strip()
         staff_el = _first(el, "StaffInfo")
         known = {"From", "ResponseFor", "StatusCode", "Description", "Timestamp", "StaffInfo"}
-        self.carried.extend(f"{path}/{etree.QName(c).localname}" for c in _elements(el, any_namespace=True)
-                            if etree.QName(c).localname not in known)
+        self.carried.extend(
+            f"{path}/{etree.QName(c).localname}"
+            for c in _elements(el, any_namespace=True)
+            if etree.QName(c).localname not in known
+        )
         status = StatusInfo(
             response_for=self.message_id_of(document_id) or document_key(document_id),
             code=status_code,
@@ -529,8 +546,12 @@ class _Import:
         # edXML statuses have no To: they go back to the agency that sent the document.
         assert recipient is not None
         return Header(
-            message_id=message_id, kind=Kind.STATUS, sender=sender, recipients=(AgencyRef(recipient),),
-            created_at=created_at, status=status,
+            message_id=message_id,
+            kind=Kind.STATUS,
+            sender=sender,
+            recipients=(AgencyRef(recipient),),
+            created_at=created_at,
+            status=status,
         )
 
 
@@ -555,7 +576,8 @@ def _document_type(el: etree._Element, path: str, extra: list[tuple[str, str]]) 
     _capture_rest(el, "DocumentType", ("Type", "TypeDetail", "TypeName"), extra)
     return DocumentType(
         type=1 if type_el is None else _int(type_el.text, f"{path}/Type"),
-        detail=0 if detail_el is None or not (detail_el.text or "").strip()
+        detail=0
+        if detail_el is None or not (detail_el.text or "").strip()
         else _int(detail_el.text, f"{path}/TypeDetail"),
         name="" if name_el is None else name_el.text or "",
     )
@@ -564,8 +586,9 @@ def _document_type(el: etree._Element, path: str, extra: list[tuple[str, str]]) 
 def _signer(el: etree._Element, path: str, extra: list[tuple[str, str]]) -> SignerInfo:
     del path
     _capture_rest(el, "SignerInfo", ("Competence", "Position", "FullName"), extra)
-    return SignerInfo(competence=_opt_text(el, "Competence"), position=_opt_text(el, "Position"),
-                      full_name=_opt_text(el, "FullName"))
+    return SignerInfo(
+        competence=_opt_text(el, "Competence"), position=_opt_text(el, "Position"), full_name=_opt_text(el, "FullName")
+    )
 
 
 def _other_info(el: etree._Element, path: str, extra: list[tuple[str, str]]) -> Priority:
@@ -612,8 +635,12 @@ def _business(el: etree._Element, path: str, extra: list[tuple[str, str]]) -> tu
 
 def _staff(el: etree._Element) -> StaffInfo | None:
     """The StaffInfo of a status; None when every field is empty (the hub's form always writes the element)."""
-    staff = StaffInfo(department=_opt_text(el, "Department"), staff=_opt_text(el, "Staff"),
-                      email=_opt_text(el, "Email"), mobile=_opt_text(el, "Mobile"))
+    staff = StaffInfo(
+        department=_opt_text(el, "Department"),
+        staff=_opt_text(el, "Staff"),
+        email=_opt_text(el, "Email"),
+        mobile=_opt_text(el, "Mobile"),
+    )
     return None if staff == StaffInfo() else staff
 
 
@@ -623,9 +650,9 @@ def _staff(el: etree._Element) -> StaffInfo | None:
 TRANSFER_TYPE_KEY = "edxml:transfer-type/"
 
 
-def _attachments(root: etree._Element, envelope_el: etree._Element, root_path: str, ctx: _Import
-                 ) -> tuple[tuple[Attachment, ...], dict[str, bytes], list[tuple[str, bytes]],
-                            dict[str, tuple[str, str]]]:
+def _attachments(
+    root: etree._Element, envelope_el: etree._Element, root_path: str, ctx: _Import
+) -> tuple[tuple[Attachment, ...], dict[str, bytes], list[tuple[str, bytes]], dict[str, tuple[str, str]]]:
     """Attachments, their bytes, the base64 payloads (for the source) and both ContentTypes by id.
 
     The manifest's references are matched to the base64 ``Attachment`` elements by
@@ -657,8 +684,10 @@ def _attachments(root: etree._Element, envelope_el: etree._Element, root_path: s
         (c, f"{holder_path}/AttachmentEncoded[{i}]") for i, c in enumerate(_children(holder, "AttachmentEncoded"), 1)
     ]
     if holder is not envelope_el:
-        containers += [(c, f"{root_path}/AttachmentEncoded[{i}]")
-                       for i, c in enumerate(_children(envelope_el, "AttachmentEncoded"), 1)]
+        containers += [
+            (c, f"{root_path}/AttachmentEncoded[{i}]")
+            for i, c in enumerate(_children(envelope_el, "AttachmentEncoded"), 1)
+        ]
     for container, container_path in containers:
         for i, att in enumerate(_children(container, "Attachment"), 1):
             path = f"{container_path}/Attachment[{i}]"
@@ -689,10 +718,14 @@ def _attachments(root: etree._Element, envelope_el: etree._Element, root_path: s
         packed_type = _opt_text(att, "ContentType").strip()
         types[content_id] = (file_type, packed_type)
         if file_type and packed_type and file_type.lower() != packed_type.lower():
-            ctx.notes.append(f"{att_path}/ContentType {packed_type!r} differs from the manifest's {file_type!r}: "
-                             "both kept")
+            ctx.notes.append(
+                f"{att_path}/ContentType {packed_type!r} differs from the manifest's {file_type!r}: both kept"
+            )
         attachment = Attachment.of(
-            name, raw, file_type or packed_type or "application/octet-stream", id=content_id,
+            name,
+            raw,
+            file_type or packed_type or "application/octet-stream",
+            id=content_id,
             description=_opt_text(ref, "Description"),
         )
         if packed_type and packed_type != attachment.media_type:
@@ -742,10 +775,15 @@ def _signature(header_el: etree._Element, header_path: str) -> LegacySignature |
             return None  # the empty placeholder most packages carry
         notes: list[str] = []
         if name.namespace != XMLDSIG_NS:
-            notes.append(f"{name.localname} is in namespace {name.namespace or '(none)'}, not XMLDSig: it is not a "
-                         "signature any verifier reads")
-        methods = [m.get("Algorithm", "") for m in child.iter() if isinstance(m.tag, str)
-                   and etree.QName(m).localname == "SignatureMethod"]
+            notes.append(
+                f"{name.localname} is in namespace {name.namespace or '(none)'}, not XMLDSig: it is not a "
+                "signature any verifier reads"
+            )
+        methods = [
+            m.get("Algorithm", "")
+            for m in child.iter()
+            if isinstance(m.tag, str) and etree.QName(m).localname == "SignatureMethod"
+        ]
         algorithm = methods[0] if methods else ""
         if any(algorithm.endswith(w) for w in _WEAK_METHODS):
             notes.append(f"SignatureMethod {algorithm} is SHA-1, refused as a signature on the bus")
@@ -764,7 +802,10 @@ def _signature(header_el: etree._Element, header_path: str) -> LegacySignature |
         if not methods:
             notes.append("no SignatureMethod")
         notes.append("kept verbatim as evidence; never verified or trusted")
-        return LegacySignature(xml=etree.tostring(child, encoding="UTF-8"),
-                               element=f"{header_path}/{name.localname}", algorithm=algorithm,
-                               notes=tuple(dict.fromkeys(notes)))
+        return LegacySignature(
+            xml=etree.tostring(child, encoding="UTF-8"),
+            element=f"{header_path}/{name.localname}",
+            algorithm=algorithm,
+            notes=tuple(dict.fromkeys(notes)),
+        )
     return None

@@ -51,7 +51,7 @@ class Hole:
         """The base64 text of ``raw`` laid out as the sender wrote it."""
         b64 = base64.b64encode(raw).decode("ascii")
         if self.wrap:
-            b64 = self.sep.join(b64[i:i + self.wrap] for i in range(0, len(b64), self.wrap))
+            b64 = self.sep.join(b64[i : i + self.wrap] for i in range(0, len(b64), self.wrap))
         return self.lead + b64 + self.trail
 
 
@@ -61,15 +61,16 @@ def _layout(raw_text: str, raw: bytes, at: int) -> Hole | None:
     if not core:
         return None
     lead = raw_text[: len(raw_text) - len(raw_text.lstrip())]
-    trail = raw_text[len(raw_text.rstrip()):]
+    trail = raw_text[len(raw_text.rstrip()) :]
     digest = hashlib.sha256(raw).hexdigest()
     lines = core.split()
     if len(lines) == 1:
         hole = Hole(at=at, sha256=digest, lead=lead, trail=trail)
     else:
-        rest = core[len(lines[0]):]
-        hole = Hole(at=at, sha256=digest, lead=lead, trail=trail, wrap=len(lines[0]),
-                    sep=rest[: len(rest) - len(rest.lstrip())])
+        rest = core[len(lines[0]) :]
+        hole = Hole(
+            at=at, sha256=digest, lead=lead, trail=trail, wrap=len(lines[0]), sep=rest[: len(rest) - len(rest.lstrip())]
+        )
     # The layout is right only if it gives back the very text (same line width and separator throughout).
     return hole if hole.text(raw) == raw_text else None
 
@@ -83,7 +84,7 @@ class PackageSource:
     sha256: str
 
     @classmethod
-    def cut(cls, data: bytes, payloads: Sequence[tuple[str, bytes]]) -> "PackageSource":
+    def cut(cls, data: bytes, payloads: Sequence[tuple[str, bytes]]) -> PackageSource:
         """The source of package ``data`` whose attachments are ``(base64 text as parsed, bytes)``."""
         spans: list[tuple[int, int, Hole]] = []
         by_text: dict[str, list[bytes]] = {}
@@ -101,7 +102,7 @@ class PackageSource:
                 found = _occurrences(data, needle)
                 if len(found) != len(raws):
                     continue  # ambiguous (the same text elsewhere): leave it in the skeleton
-                for start, raw in zip(found, raws):
+                for start, raw in zip(found, raws, strict=True):
                     hole = _layout(candidate, raw, start)
                     if hole is not None:
                         spans.append((start, start + len(needle), hole))
@@ -131,7 +132,7 @@ class PackageSource:
                     f"the edXML package needs the attachment with SHA-256 {hole.sha256}, which the envelope does "
                     "not carry; pass the envelope's attachment bytes"
                 )
-            out.append(self.skeleton[pos:hole.at])
+            out.append(self.skeleton[pos : hole.at])
             out.append(hole.text(raw).encode("utf-8"))
             pos = hole.at
         out.append(self.skeleton[pos:])
@@ -145,8 +146,10 @@ class PackageSource:
 
     def encode(self) -> bytes:
         """The bytes ``DocumentInfo.source`` holds; PayloadTooLargeError if too large for an envelope."""
-        head = json.dumps({"sha256": self.sha256, "holes": [
-            [h.at, h.sha256, h.lead, h.trail, h.wrap, h.sep] for h in self.holes]}, separators=(",", ":"))
+        head = json.dumps(
+            {"sha256": self.sha256, "holes": [[h.at, h.sha256, h.lead, h.trail, h.wrap, h.sep] for h in self.holes]},
+            separators=(",", ":"),
+        )
         blob = _MAGIC + head.encode("ascii") + b"\n" + zlib.compress(self.skeleton, 9)
         if len(self.skeleton) > MAX_SKELETON_BYTES or len(blob) > MAX_SOURCE_BYTES:
             raise PayloadTooLargeError(
@@ -158,19 +161,21 @@ class PackageSource:
         return blob
 
     @classmethod
-    def decode(cls, blob: bytes) -> "PackageSource":
+    def decode(cls, blob: bytes) -> PackageSource:
         """Read what :meth:`encode` wrote; EdxmlError if it is not a source."""
         try:
             if not blob.startswith(_MAGIC) or len(blob) > MAX_SOURCE_BYTES:
                 raise ValueError("not an exchange-edxml-source/1 blob")
-            head, _, packed = blob[len(_MAGIC):].partition(b"\n")
+            head, _, packed = blob[len(_MAGIC) :].partition(b"\n")
             meta = json.loads(head)
             inflater = zlib.decompressobj()
             skeleton = inflater.decompress(packed, MAX_SKELETON_BYTES + 1)
             if len(skeleton) > MAX_SKELETON_BYTES or inflater.unconsumed_tail or not inflater.eof:
                 raise ValueError("the skeleton is truncated or too large")
-            holes = tuple(Hole(int(a), str(s), str(lead), str(trail), int(w), str(sep))
-                          for a, s, lead, trail, w, sep in meta["holes"])
+            holes = tuple(
+                Hole(int(a), str(s), str(lead), str(trail), int(w), str(sep))
+                for a, s, lead, trail, w, sep in meta["holes"]
+            )
             if any(not 0 <= h.at <= len(skeleton) for h in holes) or list(holes) != sorted(holes, key=lambda h: h.at):
                 raise ValueError("a hole is outside the skeleton")
             return cls(skeleton=skeleton, holes=holes, sha256=str(meta["sha256"]))

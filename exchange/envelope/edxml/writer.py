@@ -138,8 +138,13 @@ class _AnyOrgan:
         return "000.00.00.A00"
 
 
-def _export_from_source(envelope: Envelope, attachment_data: Mapping[str, bytes], blob: bytes,
-                        hops: Sequence[Hop], organ_id_for: OrganIdFor | None) -> bytes | None:
+def _export_from_source(
+    envelope: Envelope,
+    attachment_data: Mapping[str, bytes],
+    blob: bytes,
+    hops: Sequence[Hop],
+    organ_id_for: OrganIdFor | None,
+) -> bytes | None:
     """The package the envelope was imported from, with the bus's changes; None if the envelope was changed."""
     from exchange.envelope.edxml.reader import import_package  # reader imports nothing from here
 
@@ -160,8 +165,9 @@ def _export_from_source(envelope: Envelope, attachment_data: Mapping[str, bytes]
     original = source.restore(by_sha)
     h = envelope.header
     try:
-        again = import_package(original, created_at=h.created_at, message_id=h.message_id, agencies=_AnyOrgan(),
-                               keep_source=False)
+        again = import_package(
+            original, created_at=h.created_at, message_id=h.message_id, agencies=_AnyOrgan(), keep_source=False
+        )
     except ExchangeError:
         return None  # cannot happen for a source this codec cut; written from the model then
     add_document_id = ""
@@ -264,8 +270,14 @@ def _append_hops(header_el: etree._Element, hops: Sequence[Hop], organ_id_for: O
 # -- from the model ----------------------------------------------------------------------
 
 
-def _export_document(header_el: etree._Element, envelope: Envelope, doc: DocumentInfo,
-                     document_id_of: DocumentIdLookup | None, hops: Sequence[Hop], rename: OrganIdFor) -> None:
+def _export_document(
+    header_el: etree._Element,
+    envelope: Envelope,
+    doc: DocumentInfo,
+    document_id_of: DocumentIdLookup | None,
+    hops: Sequence[Hop],
+    rename: OrganIdFor,
+) -> None:
     header = envelope.header
     extra = _target_extras(header.operation, doc, header.recipients, document_id_of)
     groups = _group(extra)
@@ -339,8 +351,9 @@ def _export_document(header_el: etree._Element, envelope: Envelope, doc: Documen
     _materialize_all(trace_list, [(k, v) for k, v in trace_attrs if not k.startswith("@")])
 
 
-def _target_extras(operation: Operation, doc: DocumentInfo, recipients: Iterable[AgencyRef],
-                   document_id_of: DocumentIdLookup | None) -> tuple[tuple[str, str], ...]:
+def _target_extras(
+    operation: Operation, doc: DocumentInfo, recipients: Iterable[AgencyRef], document_id_of: DocumentIdLookup | None
+) -> tuple[tuple[str, str], ...]:
     """The extras, plus the edXML identification of the target looked up from ``relates_to`` if missing."""
     extra = doc.extra
     keys = [k for k, _ in extra]
@@ -352,8 +365,9 @@ def _target_extras(operation: Operation, doc: DocumentInfo, recipients: Iterable
                 "document_id_of, or carry Bussiness/ReplacementInfoList/ReplacementInfo/DocumentId in extra"
             )
         extra += (("Bussiness/ReplacementInfoList/ReplacementInfo/DocumentId", target),)
-        extra += tuple(("Bussiness/ReplacementInfoList/ReplacementInfo/OrganIdList/OrganId", r.code)
-                       for r in recipients)
+        extra += tuple(
+            ("Bussiness/ReplacementInfoList/ReplacementInfo/OrganIdList/OrganId", r.code) for r in recipients
+        )
     elif operation in (Operation.REVOKE, Operation.UPDATE) and "Bussiness/DocumentId" not in keys:
         target = document_id_of(doc.relates_to) if document_id_of and doc.relates_to else None
         if target and target != doc.document_id:
@@ -361,8 +375,9 @@ def _target_extras(operation: Operation, doc: DocumentInfo, recipients: Iterable
     return extra
 
 
-def _export_party(parent: etree._Element, local: str, agency: AgencyRef, pairs: list[tuple[str, str]],
-                  rename: OrganIdFor) -> None:
+def _export_party(
+    parent: etree._Element, local: str, agency: AgencyRef, pairs: list[tuple[str, str]], rename: OrganIdFor
+) -> None:
     el = _sub(parent, local)
     _leaf(el, "OrganId", rename(agency.code) or agency.code)
     _materialize_all(el, [(k, v) for k, v in pairs if k == "OrganizationInCharge"])
@@ -370,8 +385,9 @@ def _export_party(parent: etree._Element, local: str, agency: AgencyRef, pairs: 
     _materialize_all(el, [(k, v) for k, v in pairs if k != "OrganizationInCharge"])
 
 
-def _export_status(header_el: etree._Element, sender: AgencyRef, status: StatusInfo, created_at: object,
-                   rename: OrganIdFor) -> None:
+def _export_status(
+    header_el: etree._Element, sender: AgencyRef, status: StatusInfo, created_at: object, rename: OrganIdFor
+) -> None:
     """The status as the hub, its SDK and E-Offices write it: inside ``edXMLHeader/MessageHeader``.
 
     ``From`` carries all its contact fields (empty when the bus does not know them:
@@ -408,11 +424,16 @@ def _export_status(header_el: etree._Element, sender: AgencyRef, status: StatusI
         _leaf(el, "Timestamp", _format_timestamp(status.timestamp))
 
 
-def _export_attachments(root: etree._Element, env: etree._Element, attachments: tuple[Attachment, ...],
-                        attachment_data: Mapping[str, bytes], doc: DocumentInfo) -> None:
+def _export_attachments(
+    root: etree._Element,
+    env: etree._Element,
+    attachments: tuple[Attachment, ...],
+    attachment_data: Mapping[str, bytes],
+    doc: DocumentInfo,
+) -> None:
     from exchange.envelope.edxml.reader import TRANSFER_TYPE_KEY
 
-    packed = {k[len(TRANSFER_TYPE_KEY):]: v for k, v in doc.extra if k.startswith(TRANSFER_TYPE_KEY)}
+    packed = {k[len(TRANSFER_TYPE_KEY) :]: v for k, v in doc.extra if k.startswith(TRANSFER_TYPE_KEY)}
     body = _sub(env, "edXMLBody")
     manifest = _sub(body, "edXMLManifest")
     manifest.set("version", "1.0")
@@ -450,5 +471,3 @@ def _export_attachments(root: etree._Element, env: etree._Element, attachments: 
         _leaf(att, "Description", a.description)
         _leaf(att, "ContentTransferEncoded", base64.b64encode(raw).decode("ascii"))
         _leaf(att, "AttachmentName", a.name)
-
-

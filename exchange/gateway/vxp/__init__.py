@@ -37,7 +37,10 @@ def mount(app: web.Application, *, window_seconds: int = DEFAULT_WINDOW_SECONDS)
     async def replay(system_id: str, signature: str, expires_at, now) -> bool:  # type: ignore[no-untyped-def]
         return await service.store.remember_vxp_signature(system_id, signature, expires_at=expires_at, now=now)
 
-    gw = VxpGateway(service=service, verifier=HeaderVerifier(lookup, replay, window_seconds=window_seconds),
-                    max_package_bytes=min(app[HTTP].max_body_bytes, EDXML_LIMIT))
+    gw = VxpGateway(
+        service=service,
+        verifier=HeaderVerifier(lookup, replay, window_seconds=window_seconds),
+        max_package_bytes=min(app[HTTP].max_body_bytes, EDXML_LIMIT),
+    )
     add_routes(app.router, gw)
     return gw

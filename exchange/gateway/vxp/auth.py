@@ -74,8 +74,13 @@ def sign_headers(headers: Mapping[str, str], secret: str) -> dict[str, str]:
     """The full header set of a call: each header in clear and as ``XroadVnpt-<name>``, plus the signature."""
     signed = {f"{PREFIX}{name}": value for name, value in headers.items()}
     sign_header = json.dumps(signed, separators=(",", ":"))
-    return {**headers, **signed, SIGN_HEADER_KEY: ";".join(headers), SIGN_HEADER: sign_header,
-            HASH_HEADER: hmac_hex(secret, sign_header)}
+    return {
+        **headers,
+        **signed,
+        SIGN_HEADER_KEY: ";".join(headers),
+        SIGN_HEADER: sign_header,
+        HASH_HEADER: hmac_hex(secret, sign_header),
+    }
 
 
 def file_hash(data: bytes) -> str:
@@ -111,7 +116,8 @@ def check_file_hash(claimed: str, data: bytes) -> None:
     ok = hmac.compare_digest(given.encode(), proper.encode()) | hmac.compare_digest(given.encode(), sdk_form.encode())
     if not ok:
         raise VxpHashFileError(
-            "hash-file is not the SHA-256 of the uploaded package; hash exactly the bytes you upload and sign again")
+            "hash-file is not the SHA-256 of the uploaded package; hash exactly the bytes you upload and sign again"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,28 +172,38 @@ def _signed_values(raw: str, names: list[str]) -> dict[str, str]:
         raise VxpAuthError(f"{SIGN_HEADER} must be a JSON object of strings")
     expected = {f"{PREFIX}{n}" for n in names}
     if set(data) != expected:
-        raise VxpAuthError(f"{SIGN_HEADER} must hold exactly the headers {SIGN_HEADER_KEY} lists, "
-                           f"each as \"{PREFIX}<name>\"")
-    return {n: data[f"{PREFIX}{n}"] for n in names}  # type: ignore[misc]
+        raise VxpAuthError(
+            f'{SIGN_HEADER} must hold exactly the headers {SIGN_HEADER_KEY} lists, each as "{PREFIX}<name>"'
+        )
+    return {n: data[f"{PREFIX}{n}"] for n in names}
 
 
 class HeaderVerifier:
     """Checks the signed headers of one call; stateless but for the replay guard it is given."""
 
-    def __init__(self, lookup: SecretLookup, replay: ReplayGuard, *,
-                 window_seconds: int = DEFAULT_WINDOW_SECONDS, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        lookup: SecretLookup,
+        replay: ReplayGuard,
+        *,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.lookup = lookup
         self.replay = replay
         self.window = timedelta(seconds=window_seconds)
         self.clock = clock or (lambda: datetime.now(UTC))
 
-    async def verify(self, headers: Mapping[str, str], getall: Callable[[str], list[str]],
-                     required: tuple[str, ...] = ()) -> SignedCall:
+    async def verify(
+        self, headers: Mapping[str, str], getall: Callable[[str], list[str]], required: tuple[str, ...] = ()
+    ) -> SignedCall:
         """Verify a call's headers (``getall`` gives every value of a header, case-insensitively)."""
         key_list, sign_header, signature = (headers.get(h) for h in (SIGN_HEADER_KEY, SIGN_HEADER, HASH_HEADER))
         if not key_list or not sign_header or not signature:
-            raise VxpAuthError(f"a hub call needs the headers {SIGN_HEADER_KEY}, {SIGN_HEADER} and {HASH_HEADER}; "
-                               "sign it as docs/API.md (national hub protocol) shows")
+            raise VxpAuthError(
+                f"a hub call needs the headers {SIGN_HEADER_KEY}, {SIGN_HEADER} and {HASH_HEADER}; "
+                "sign it as docs/API.md (national hub protocol) shows"
+            )
         if len(sign_header.encode("utf-8", "surrogateescape")) > MAX_SIGN_HEADER_BYTES:
             raise VxpAuthError(f"{SIGN_HEADER} is over {MAX_SIGN_HEADER_BYTES} bytes")
         names = _signed_names(key_list)
@@ -203,19 +219,25 @@ class HeaderVerifier:
         expected = hmac_hex(secret, sign_header.encode("utf-8", "surrogateescape"))
         matches = hmac.compare_digest(expected.encode(), signature.strip().lower().encode("utf-8", "replace"))
         if found is None:
-            raise VxpSystemUnknownError(f"system {system_id[:64]!r} has no secret on this node; the operator issues "
-                                        "one with `exchange vxp secret create --system ID --agency CODE`")
+            raise VxpSystemUnknownError(
+                f"system {system_id[:64]!r} has no secret on this node; the operator issues "
+                "one with `exchange vxp secret create --system ID --agency CODE`"
+            )
         if not matches:
-            raise VxpSignatureError(f"{HASH_HEADER} is not the HMAC-SHA256 of {SIGN_HEADER} under system "
-                                    f"{system_id}'s secret; check the secret and sign the header JSON as sent")
+            raise VxpSignatureError(
+                f"{HASH_HEADER} is not the HMAC-SHA256 of {SIGN_HEADER} under system "
+                f"{system_id}'s secret; check the secret and sign the header JSON as sent"
+            )
 
         for name, value in values.items():
             if name.lower() in _TRANSPORT_HEADERS:
                 continue
             for header in (name, f"{PREFIX}{name}"):
                 if any(sent != value for sent in getall(header)):
-                    raise VxpHeaderMismatchError(f"header {header} differs from its signed value; send each "
-                                                 "header with exactly the value you signed")
+                    raise VxpHeaderMismatchError(
+                        f"header {header} differs from its signed value; send each "
+                        "header with exactly the value you signed"
+                    )
         missing = [r for r in required if r.lower() not in params]
         if missing:
             raise VxpAuthError(f"this call needs the signed header(s) {', '.join(missing)}")
@@ -226,7 +248,8 @@ class HeaderVerifier:
             raise VxpTimestampError(
                 f"timestamp {params['timestamp']} is {abs(now - at).total_seconds():.0f} s from the node's clock, "
                 f"outside the {self.window.total_seconds():.0f} s window; sign each call with a fresh timestamp "
-                "(and keep the E-Office's clock in sync)")
+                "(and keep the E-Office's clock in sync)"
+            )
         digest = hashlib.sha256(signature.strip().lower().encode()).hexdigest()
         if not await self.replay(system_id, digest, max(at, now) + self.window, now):
             raise VxpReplayError("this signed request was already accepted; sign every call anew (fresh timestamp)")

@@ -69,8 +69,7 @@ def code_of(word: str) -> StatusCode | None:
     try:
         return WORD_TO_CODE[key]
     except KeyError:
-        raise VxpStatusUnknownError(
-            f"status {word[:40]!r} is not one of the hub's words: {', '.join(WORDS)}") from None
+        raise VxpStatusUnknownError(f"status {word[:40]!r} is not one of the hub's words: {', '.join(WORDS)}") from None
 
 
 def word_of(code: str | StatusCode | None) -> str:

@@ -42,7 +42,8 @@ def new_secret() -> str:
 def sealing_key(private_key: object) -> bytes:
     """The 32-byte sealing key derived from an agency's private signing key."""
     der = private_key.private_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=_INFO).derive(der)
 
 
@@ -73,4 +74,5 @@ def unseal(key: bytes, system_id: str, agency: str, sealed: str) -> str:
     except (ValueError, InvalidTag):
         raise VxpSecretUnreadableError(
             f"the secret of hub system {system_id} cannot be opened with agency {agency}'s current key; "
-            "issue a new one with `exchange vxp secret rotate`") from None
+            "issue a new one with `exchange vxp secret rotate`"
+        ) from None

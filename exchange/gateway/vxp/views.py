@@ -16,10 +16,10 @@ import base64
 import functools
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
 import structlog
 from aiohttp import BodyPartReader, web
@@ -88,14 +88,18 @@ def hub_time(at: datetime | None) -> str:
 
 def answer(data: Any = None, **extra: Any) -> web.Response:
     """The hub's success answer."""
-    return web.json_response({"status": "OK", "ErrorCode": OK_CODE, "ErrorDesc": "Success", **extra, "data": data},
-                             dumps=_DUMPS)
+    return web.json_response(
+        {"status": "OK", "ErrorCode": OK_CODE, "ErrorDesc": "Success", **extra, "data": data}, dumps=_DUMPS
+    )
 
 
 def refusal(exc: ExchangeError) -> web.Response:
     """The hub's failure answer, with our stable code beside its ErrorCode and a fitting HTTP status."""
-    return web.json_response({"status": "FAIL", "ErrorCode": hub_code(exc), "ErrorDesc": exc.message,
-                              "code": exc.code, "data": None}, status=exc.http_status, dumps=_DUMPS)
+    return web.json_response(
+        {"status": "FAIL", "ErrorCode": hub_code(exc), "ErrorDesc": exc.message, "code": exc.code, "data": None},
+        status=exc.http_status,
+        dumps=_DUMPS,
+    )
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -160,8 +164,9 @@ async def _read_package(request: web.Request, limit: int) -> bytes:
         while chunk := await read(_CHUNK):
             out.extend(chunk)
             if len(out) > limit:
-                raise PayloadTooLargeError(f"the package is over the {limit}-byte limit of an edXML package",
-                                           detail={"limit": limit})
+                raise PayloadTooLargeError(
+                    f"the package is over the {limit}-byte limit of an edXML package", detail={"limit": limit}
+                )
         return bytes(out)
 
     if request.content_type.lower().startswith("multipart/"):
@@ -173,12 +178,14 @@ async def _read_package(request: web.Request, limit: int) -> bytes:
                 if isinstance(part, BodyPartReader):
                     await part.release()
         except (ValueError, AssertionError) as exc:  # aiohttp's refusals of a broken multipart body
-            raise VxpBadRequestError(f"the multipart body is broken ({exc}); send the package as one file part")
+            raise VxpBadRequestError(
+                f"the multipart body is broken ({exc}); send the package as one file part"
+            ) from exc
         raise VxpBadRequestError("the multipart body has no file part; send the .edxml package as 'file_doc'")
     return await take(request.content.read)
 
 
-async def _scan_inbox(service: ExchangeService, agency: str, *, include_acked: bool):
+async def _scan_inbox(service: ExchangeService, agency: str, *, include_acked: bool) -> AsyncIterator[InboxEntry]:
     """Every visible inbox entry of ``agency``, oldest first, up to SCAN_LIMIT."""
     after, seen = 0, 0
     while seen < SCAN_LIMIT:
@@ -221,15 +228,26 @@ def _received_item(entry: InboxEntry, reported: tuple[str, datetime] | None) -> 
         word, desc, updated = "inbox", "waiting to be taken by the E-Office", entry.received_at
     elif reported is not None:
         word, updated = reported
-        desc = "the E-Office refused it (non-delivery sent)" if word == mapping.FAIL else \
-            f"taken; last status sent: {word}"
+        desc = (
+            "the E-Office refused it (non-delivery sent)"
+            if word == mapping.FAIL
+            else f"taken; last status sent: {word}"
+        )
     else:
         word, desc, updated = "inbox", "taken; no status sent yet", entry.acked_at or entry.received_at
-    return {"docId": entry.message_id, "serviceType": "eDoc",
-            "messageType": "status" if entry.kind == Kind.STATUS.value else "edoc",
-            "created_time": hub_time(entry.received_at), "updated_time": hub_time(updated),
-            "from": entry.sender, "to": entry.agency, "status": word, "status_desc": desc,
-            "title": entry.subject, "priority": entry.priority}
+    return {
+        "docId": entry.message_id,
+        "serviceType": "eDoc",
+        "messageType": "status" if entry.kind == Kind.STATUS.value else "edoc",
+        "created_time": hub_time(entry.received_at),
+        "updated_time": hub_time(updated),
+        "from": entry.sender,
+        "to": entry.agency,
+        "status": word,
+        "status_desc": desc,
+        "title": entry.subject,
+        "priority": entry.priority,
+    }
 
 
 # -- operations ----------------------------------------------------------------------------------------
@@ -248,8 +266,9 @@ async def send_edoc(gw: VxpGateway, request: web.Request, call: SignedCall) -> w
     key = f"vxp-package:{hashlib.sha256(package).hexdigest()}"
     result = await gw.service.submit_edxml(call.agency, package, idempotency_key=key)
     structlog.contextvars.bind_contextvars(message_id=result.message_id)
-    return answer({"docId": result.message_id, "created": result.created, "to": list(result.recipients)},
-                  DocId=result.message_id)
+    return answer(
+        {"docId": result.message_id, "created": result.created, "to": list(result.recipients)}, DocId=result.message_id
+    )
 
 
 async def get_received_edoc_list(gw: VxpGateway, request: web.Request, call: SignedCall) -> web.Response:
@@ -321,8 +340,9 @@ async def update_status(gw: VxpGateway, request: web.Request, call: SignedCall) 
     else:
         if entry.kind == Kind.DOCUMENT.value:
             # One status per (document, word): a retried call sends nothing twice.
-            result = await gw.service.submit_status(call.agency, doc_id, code, description=description,
-                                                    idempotency_key=f"vxp-status:{doc_id}:{code.value}")
+            result = await gw.service.submit_status(
+                call.agency, doc_id, code, description=description, idempotency_key=f"vxp-status:{doc_id}:{code.value}"
+            )
             status_id = result.message_id
         await gw.service.acknowledge(call.agency, doc_id)  # a status is taken in, never answered
     return answer({"docId": doc_id, "status": word, "code": code.value if code else None, "statusId": status_id})
@@ -348,30 +368,68 @@ async def get_sent_edoc_list(gw: VxpGateway, request: web.Request, call: SignedC
         doc = env.header.document
         delivered_at = {e.recipient: e.at for e in tracked.timeline if e.event == "delivered"}
         for d in tracked.deliveries:
-            items.append(_sent_item(record.message_id, record.kind, record.sender, record.created_at, d,
-                                    delivered_at.get(d.recipient), record.subject, doc.code.notation if doc else ""))
+            items.append(
+                _sent_item(
+                    record.message_id,
+                    record.kind,
+                    record.sender,
+                    record.created_at,
+                    d,
+                    delivered_at.get(d.recipient),
+                    record.subject,
+                    doc.code.notation if doc else "",
+                )
+            )
     return answer(items)
 
 
-def _sent_item(message_id: str, kind: str, sender: str, sent_at: datetime, d: Delivery,
-               delivered_at: datetime | None, title: str, notation: str) -> dict[str, Any]:
+def _sent_item(
+    message_id: str,
+    kind: str,
+    sender: str,
+    sent_at: datetime,
+    d: Delivery,
+    delivered_at: datetime | None,
+    title: str,
+    notation: str,
+) -> dict[str, Any]:
     send_word, send_desc = _SEND_STATUS[d.state]
     if d.state is DeliveryState.FAILED and d.reason:
         send_desc = f"not delivered: {d.reason}"
-    return {"serviceType": "eDoc", "messageType": "status" if kind == Kind.STATUS.value else "edoc",
-            "senderDocId": message_id, "receiverDocId": message_id, "fromCode": sender, "toCode": d.recipient,
-            "sendStatus": send_word, "sendStatusDesc": send_desc,
-            "receiveStatus": mapping.word_of(d.status_code), "receiveStatusDesc": mapping.describe(d.status_code),
-            "sentTime": hub_time(sent_at), "receivedTime": hub_time(delivered_at), "title": title,
-            "notation": notation}
+    return {
+        "serviceType": "eDoc",
+        "messageType": "status" if kind == Kind.STATUS.value else "edoc",
+        "senderDocId": message_id,
+        "receiverDocId": message_id,
+        "fromCode": sender,
+        "toCode": d.recipient,
+        "sendStatus": send_word,
+        "sendStatusDesc": send_desc,
+        "receiveStatus": mapping.word_of(d.status_code),
+        "receiveStatusDesc": mapping.describe(d.status_code),
+        "sentTime": hub_time(sent_at),
+        "receivedTime": hub_time(delivered_at),
+        "title": title,
+        "notation": notation,
+    }
 
 
 async def get_agencies_list(gw: VxpGateway, request: web.Request, call: SignedCall) -> web.Response:
     """getAgenciesList: the agency directory (retired agencies say their successor)."""
     hosted = gw.service.hosted
-    items = [{"id": e.code, "code": e.code, "name": e.name, "pid": e.parent or "", "mail": "",
-              "retired": e.retired, "successor": e.successor or "", "hostedHere": e.code in hosted}
-             for e in gw.service.directory]
+    items = [
+        {
+            "id": e.code,
+            "code": e.code,
+            "name": e.name,
+            "pid": e.parent or "",
+            "mail": "",
+            "retired": e.retired,
+            "successor": e.successor or "",
+            "hostedHere": e.code in hosted,
+        }
+        for e in gw.service.directory
+    ]
     return answer(items)
 
 
@@ -407,11 +465,12 @@ OPERATIONS: dict[str, tuple[Operation, tuple[str, ...]]] = {
 }
 
 
-def _handler(gw: VxpGateway, operation: Operation, required: tuple[str, ...]):
+def _handler(
+    gw: VxpGateway, operation: Operation, required: tuple[str, ...]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         try:
-            call = await gw.verifier.verify(request.headers, lambda name: request.headers.getall(name, []),
-                                            required)
+            call = await gw.verifier.verify(request.headers, lambda name: request.headers.getall(name, []), required)
             structlog.contextvars.bind_contextvars(agency=call.agency, vxp_system=call.system_id)
             return await operation(gw, request, call)
         except NotFoundError as exc:
@@ -423,15 +482,21 @@ def _handler(gw: VxpGateway, operation: Operation, required: tuple[str, ...]):
             return refusal(exc)
         except Exception:
             log.exception("vxp.internal_error")
-            return refusal(InternalError("the node failed unexpectedly; its log has the details under the "
-                                         "request id of this answer"))
+            return refusal(
+                InternalError(
+                    "the node failed unexpectedly; its log has the details under the request id of this answer"
+                )
+            )
 
     return handle
 
 
 async def unknown_operation(request: web.Request) -> web.Response:
-    return refusal(VxpNotFoundError(f"no hub operation {request.path[len(PREFIX):][:60]!r}; the operations are "
-                                    f"{', '.join(OPERATIONS)}"))
+    return refusal(
+        VxpNotFoundError(
+            f"no hub operation {request.path[len(PREFIX) :][:60]!r}; the operations are {', '.join(OPERATIONS)}"
+        )
+    )
 
 
 def add_routes(router: web.UrlDispatcher, gw: VxpGateway) -> None:
@@ -441,6 +506,18 @@ def add_routes(router: web.UrlDispatcher, gw: VxpGateway) -> None:
     router.add_route("*", PREFIX + "{tail:.*}", unknown_operation)
 
 
+class _IdentityKey(Protocol):
+    @property
+    def key(self) -> object: ...
+
+
+class _SignerWithIdentity(Protocol):
+    """What :func:`secret_lookup` needs of a hosted agency's signer (the service types its signers as ``object``)."""
+
+    @property
+    def identity(self) -> _IdentityKey: ...
+
+
 async def secret_lookup(service: ExchangeService, system_id: str) -> tuple[str, str] | None:
     """The agency and plaintext secret of a system hosted here, or None."""
     from exchange.errors import ForbiddenError
@@ -448,7 +525,8 @@ async def secret_lookup(service: ExchangeService, system_id: str) -> tuple[str, 
     system = await service.store.get_vxp_system(system_id)
     if system is None:
         return None
-    signer = service.signers.get(system.agency)
+    # every signer the service holds (an EnvelopeSigner or its lazy stand-in) has .identity.key
+    signer = cast("_SignerWithIdentity | None", service.signers.get(system.agency))
     if signer is None:
         raise ForbiddenError(f"system {system_id} acts for agency {system.agency}, which this node does not host")
     key = sealing_key(signer.identity.key)

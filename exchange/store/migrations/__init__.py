@@ -35,10 +35,20 @@ LOCATION = Path(__file__).resolve().parent
 #: The first revision: the schema as exchange created it before migrations.
 BASELINE = "0001"
 #: The tables a database at the baseline has: how one created before migrations is recognised.
-BASELINE_TABLES = frozenset({
-    "messages", "attachments", "deliveries", "timeline", "outbox", "outbox_frames", "inbox", "idempotency",
-    "api_tokens", "journal",
-})
+BASELINE_TABLES = frozenset(
+    {
+        "messages",
+        "attachments",
+        "deliveries",
+        "timeline",
+        "outbox",
+        "outbox_frames",
+        "inbox",
+        "idempotency",
+        "api_tokens",
+        "journal",
+    }
+)
 #: pg_advisory_xact_lock key held for the whole upgrade ("excsch" in ASCII; the same key the
 #: store used around its schema creation before migrations, so old and new processes exclude
 #: each other too).
@@ -95,7 +105,8 @@ def head(location: Path | None = None) -> str:
     if len(heads) != 1:
         raise StoreError(
             f"the store's migrations have {len(heads)} heads ({', '.join(sorted(heads))}): two revisions name the "
-            "same down_revision; set one's down_revision to the other (docs/STORE.md, 'Adding a migration')")
+            "same down_revision; set one's down_revision to the other (docs/STORE.md, 'Adding a migration')"
+        )
     return heads[0]
 
 
@@ -106,8 +117,7 @@ def state(conn: Connection, location: Path | None = None) -> SchemaState:
     unversioned = current is None and bool(_store_tables(conn))
     start = BASELINE if unversioned else current  # an unversioned store is stamped at the baseline first
     _require_known(start, location)
-    return SchemaState(current=current, head=newest, unversioned=unversioned,
-                       pending=_pending(start, newest, location))
+    return SchemaState(current=current, head=newest, unversioned=unversioned, pending=_pending(start, newest, location))
 
 
 def upgrade(conn: Connection, *, postgres: bool, location: Path | None = None) -> UpgradeResult:
@@ -139,11 +149,12 @@ def upgrade(conn: Connection, *, postgres: bool, location: Path | None = None) -
     cfg.attributes["connection"] = conn
     try:
         command.upgrade(cfg, newest)
-    except Exception as exc:  # noqa: BLE001 - a revision may raise anything; the caller's transaction rolls back
+    except Exception as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise StoreError(
             f"upgrading the store's schema from {current or 'empty'} to {newest} failed ({type(exc).__name__}: "
-            f"{detail}); nothing was changed: fix the cause (or report it with this message) and start again") from exc
+            f"{detail}); nothing was changed: fix the cause (or report it with this message) and start again"
+        ) from exc
     return UpgradeResult(before, newest, stamped, applied)
 
 
@@ -174,7 +185,8 @@ def _require_known(revision: str | None, location: Path | None) -> None:
         raise StoreError(
             f"the store's schema is at revision {revision}, which this version of exchange does not know (its newest "
             f"is {head(location)}): a newer exchange upgraded it; run that version, or restore a backup taken before "
-            "the upgrade") from None
+            "the upgrade"
+        ) from None
 
 
 def _pending(current: str | None, newest: str, location: Path | None) -> tuple[str, ...]:
@@ -192,8 +204,12 @@ def _adopt(conn: Connection, found: set[str]) -> None:
     columns = {c["name"] for c in inspect(conn).get_columns("outbox")} if "outbox" in found else set()
     if "body" in columns:
         frozen = MetaData()
-        frames_table = Table("outbox_frames", frozen, Column("message_id", String(64), primary_key=True),
-                             Column("body", LargeBinary, nullable=False))
+        frames_table = Table(
+            "outbox_frames",
+            frozen,
+            Column("message_id", String(64), primary_key=True),
+            Column("body", LargeBinary, nullable=False),
+        )
         frames_table.create(conn, checkfirst=True)
         frames: dict[str, bytes] = {}
         for r in conn.execute(text("SELECT message_id, body FROM outbox ORDER BY id")):
@@ -208,4 +224,5 @@ def _adopt(conn: Connection, found: set[str]) -> None:
     if missing:
         raise StoreError(
             f"the database has some of the store's tables but not {', '.join(sorted(missing))}: it was not created by "
-            "exchange, or is damaged; check the [store] url (or restore a backup)")
+            "exchange, or is damaged; check the [store] url (or restore a backup)"
+        )

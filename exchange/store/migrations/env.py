@@ -15,7 +15,8 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
         "the store's migrations run on the store's own connection: use `exchange store upgrade` "
-        "(or open the store), not the alembic command")
+        "(or open the store), not the alembic command"
+    )
 
 # transactional_ddl: the caller's transaction covers every revision (SQLite's DDL is
 # transactional too, and the store holds BEGIN IMMEDIATE), so a failed upgrade leaves nothing half done.

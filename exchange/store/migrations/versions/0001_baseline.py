@@ -77,8 +77,9 @@ def upgrade() -> None:
         sa.Column("at", _TS, nullable=False),
         sa.Column("status_code", sa.String(4)),
         sa.Column("detail", sa.Text, nullable=False),
-        sa.ForeignKeyConstraint(["message_id", "recipient"], ["deliveries.message_id", "deliveries.recipient"],
-                                name="fk_timeline_delivery"),
+        sa.ForeignKeyConstraint(
+            ["message_id", "recipient"], ["deliveries.message_id", "deliveries.recipient"], name="fk_timeline_delivery"
+        ),
     )
     op.create_index("ix_timeline_message", "timeline", ["message_id", "at"])
 
