@@ -33,10 +33,10 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exchange.adapters.base import OutgoingFile  # noqa: E402
-from exchange.devworld import AgencySpec, NodeSpec, build_world  # noqa: E402
-from exchange.envelope.model import DocumentCode, DocumentInfo  # noqa: E402
-from exchange.store.base import DeliveryState  # noqa: E402
+from exchange.adapters.base import OutgoingFile
+from exchange.devworld import AgencySpec, NodeSpec, build_world
+from exchange.envelope.model import DocumentCode, DocumentInfo
+from exchange.store.base import DeliveryState
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 ATTACHMENT = 64 * 1024
@@ -83,7 +83,7 @@ class CpuMeter:
     def stop(self) -> tuple[float, float, float]:
         """(this process, child, broker) CPU seconds since start()."""
         end = self._now()
-        return tuple(b - a for a, b in zip(self._begin, end))  # type: ignore[return-value]
+        return tuple(b - a for a, b in zip(self._begin, end, strict=True))  # type: ignore[return-value]
 
 
 def key_operations(key: object, count: int = 50) -> float:
@@ -116,8 +116,9 @@ async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> tup
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        queue = await channel.declare_queue(f"raw-{uuid.uuid4().hex[:6]}", durable=True,
-                                            arguments={"x-queue-type": "quorum"})
+        queue = await channel.declare_queue(
+            f"raw-{uuid.uuid4().hex[:6]}", durable=True, arguments={"x-queue-type": "quorum"}
+        )
         consume_channel = await connection.channel()
         await consume_channel.set_qos(prefetch_count=256)
         cq = await consume_channel.declare_queue(queue.name, passive=True)
@@ -139,7 +140,9 @@ async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> tup
             async with sem:
                 await channel.default_exchange.publish(
                     aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=str(i)),
-                    routing_key=queue.name, timeout=30)
+                    routing_key=queue.name,
+                    timeout=30,
+                )
 
         started = time.perf_counter()
         meter = CpuMeter()
@@ -156,31 +159,42 @@ async def raw_loop(url: str, count: int, size: int, in_flight: int = 256) -> tup
 async def start_process_node(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """`exchange serve` for ``config`` in its own process; returns once its consumer is attached."""
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(config),
-                             "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(config), "--log-level", "WARNING"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while b"serving" not in log_path.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"the receiving node did not start; see {log_path}:\n"
-                               + log_path.read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"the receiving node did not start; see {log_path}:\n" + log_path.read_text(errors="replace")[-2000:]
+            )
         await asyncio.sleep(0.1)
     return proc
 
 
-async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency: int = 64,
-                   one_process: bool = False, ec: bool = False) -> tuple[float, list[float], dict[str, float]]:
+async def bus_loop(
+    root: Path, url: str, count: int, store_url: str, concurrency: int = 64, one_process: bool = False, ec: bool = False
+) -> tuple[float, list[float], dict[str, float]]:
     """Documents/s, per-document latencies (s) and CPU seconds per document through two real nodes."""
     from exchange.config import load_config
     from exchange.node import Node
 
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    stores = {"central": store_url.replace("{node}", "central") if store_url else "",
-              "local": store_url.replace("{node}", "local") if store_url else ""}
-    configs = build_world(root, [AgencySpec(A, "Văn phòng Chính phủ", node="central", ec=ec),
-                                 AgencySpec(B, "UBND tỉnh Nghệ An", node="local", ec=ec)],
-                          [NodeSpec(n, amqp_url=url, prefix=prefix, http_port=0, store_url=stores[n])
-                           for n in ("central", "local")])
+    stores = {
+        "central": store_url.replace("{node}", "central") if store_url else "",
+        "local": store_url.replace("{node}", "local") if store_url else "",
+    }
+    configs = build_world(
+        root,
+        [
+            AgencySpec(A, "Văn phòng Chính phủ", node="central", ec=ec),
+            AgencySpec(B, "UBND tỉnh Nghệ An", node="local", ec=ec),
+        ],
+        [NodeSpec(n, amqp_url=url, prefix=prefix, http_port=0, store_url=stores[n]) for n in ("central", "local")],
+    )
     receiver = None
     if one_process:
         nodes = [Node(load_config(configs[n]), serve_http=False) for n in ("local", "central")]
@@ -198,8 +212,9 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
     async def submit(i: int) -> None:
         async with sem:
             t = time.time()
-            r = await central.submit_document(A, [B], DocumentInfo(DocumentCode(str(i), "BM"), f"Văn bản {i}"),
-                                              [attachment])
+            r = await central.submit_document(
+                A, [B], DocumentInfo(DocumentCode(str(i), "BM"), f"Văn bản {i}"), [attachment]
+            )
             submitted[r.message_id] = t
 
     try:
@@ -218,8 +233,12 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
             await asyncio.sleep(0.1)  # (polling is part of the sender process: keep it light)
         elapsed = time.perf_counter() - started
         sender_cpu, receiver_cpu, broker = meter.stop()
-        cpu = {"sender": sender_cpu / count, "receiver": receiver_cpu / count, "broker": broker / count,
-               "keys": 2 * keys}
+        cpu = {
+            "sender": sender_cpu / count,
+            "receiver": receiver_cpu / count,
+            "broker": broker / count,
+            "keys": 2 * keys,
+        }
         latencies = []
         for mid, t0 in submitted.items():
             (d,) = await central.store.deliveries(mid)
@@ -238,7 +257,7 @@ async def bus_loop(root: Path, url: str, count: int, store_url: str, concurrency
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def run(count: int, store_url: str, one_process: bool, ec: bool, repeat: int = 1) -> None:
@@ -250,11 +269,14 @@ async def run(count: int, store_url: str, one_process: bool, ec: bool, repeat: i
     try:
         for i in range(repeat):
             label = f"[{i + 1}/{repeat}] " if repeat > 1 else ""
-            print(f"{label}raw aio-pika loop: {count} persistent messages of {ATTACHMENT + 5 * 1024} bytes …",
-                  file=sys.stderr)
+            print(
+                f"{label}raw aio-pika loop: {count} persistent messages of {ATTACHMENT + 5 * 1024} bytes …",
+                file=sys.stderr,
+            )
             raw, raw_cpu = await raw_loop(url, count, ATTACHMENT + 5 * 1024)
-            print(f"{label}bus: {count} signed documents with a 64 KB attachment, A → B, receipts back …",
-                  file=sys.stderr)
+            print(
+                f"{label}bus: {count} signed documents with a 64 KB attachment, A → B, receipts back …", file=sys.stderr
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 rate, lat, cpu = await bus_loop(Path(tmp), url, count, store_url, one_process=one_process, ec=ec)
             runs.append((raw, raw_cpu, rate, lat, cpu))
@@ -267,13 +289,17 @@ async def run(count: int, store_url: str, one_process: bool, ec: bool, repeat: i
     print()
     if repeat > 1:
         ratios = sorted(r[2] / r[0] for r in runs)
-        print(f"{repeat} runs, raw loop and bus alternating; ratios {', '.join(f'{x:.2f}' for x in ratios)}. "
-              "The run with the median ratio:")
+        print(
+            f"{repeat} runs, raw loop and bus alternating; ratios {', '.join(f'{x:.2f}' for x in ratios)}. "
+            "The run with the median ratio:"
+        )
     print(f"{'measure':42} {'value':>12}")
     print(f"{'raw publish+confirm+consume (msg/s)':42} {raw:12.0f}")
-    print(f"{'bus documents with receipts (doc/s)':42} {rate:12.0f}   "
-          f"({'both nodes in one process' if one_process else 'receiving node in its own process'}; "
-          f"{'ECDSA P-256' if ec else 'RSA 3072'} agency keys)")
+    print(
+        f"{'bus documents with receipts (doc/s)':42} {rate:12.0f}   "
+        f"({'both nodes in one process' if one_process else 'receiving node in its own process'}; "
+        f"{'ECDSA P-256' if ec else 'RSA 3072'} agency keys)"
+    )
     print(f"{'ratio bus / raw':42} {rate / raw:12.2f}   (aim: ≥ 0.50)")
     print(f"{'latency p50 submit→receipt (ms)':42} {percentile(lat, 50) * 1000:12.1f}")
     print(f"{'latency p99 submit→receipt (ms)':42} {percentile(lat, 99) * 1000:12.1f}")
@@ -282,26 +308,44 @@ async def run(count: int, store_url: str, one_process: bool, ec: bool, repeat: i
     print()
     print("CPU time, all processes of the run (both nodes and the broker):")
     print(f"{'raw loop, per message (ms)':42} {raw_cpu * 1000:12.2f}")
-    print(f"{'bus, per document (ms)':42} {bus_cpu * 1000:12.2f}   (sending node {cpu['sender'] * 1000:.1f}, "
-          f"receiving node {cpu['receiver'] * 1000:.1f}, broker {cpu['broker'] * 1000:.1f})")
-    print(f"{'  of which the key operations alone (ms)':42} {cpu['keys'] * 1000:12.2f}   "
-          "(two signatures + two verifications: document and receipt)")
-    print(f"{'CPU-bound ratio, raw per msg / bus per doc':42} {raw_cpu / bus_cpu:12.2f}   "
-          f"(the aim needs a document to cost at most {2 * raw_cpu * 1000:.2f} ms)")
+    print(
+        f"{'bus, per document (ms)':42} {bus_cpu * 1000:12.2f}   (sending node {cpu['sender'] * 1000:.1f}, "
+        f"receiving node {cpu['receiver'] * 1000:.1f}, broker {cpu['broker'] * 1000:.1f})"
+    )
+    print(
+        f"{'  of which the key operations alone (ms)':42} {cpu['keys'] * 1000:12.2f}   "
+        "(two signatures + two verifications: document and receipt)"
+    )
+    print(
+        f"{'CPU-bound ratio, raw per msg / bus per doc':42} {raw_cpu / bus_cpu:12.2f}   "
+        f"(the aim needs a document to cost at most {2 * raw_cpu * 1000:.2f} ms)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=1000)
     parser.add_argument("--store-url", default="", help="store URL template, {node} replaced (default SQLite)")
-    parser.add_argument("--log-level", default="WARNING", help="node log level during the run (default WARNING, "
-                        "as a loaded production node would run; INFO logs every handover)")
-    parser.add_argument("--one-process", action="store_true",
-                        help="run both nodes in this process (default: the receiving node in its own process)")
-    parser.add_argument("--keys", choices=("rsa", "ec"), default="rsa",
-                        help="agency signing keys: rsa (RSA 3072, the dev PKI default) or ec (ECDSA P-256)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="alternate the raw loop and the bus this many times; show the median run")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="node log level during the run (default WARNING, "
+        "as a loaded production node would run; INFO logs every handover)",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run both nodes in this process (default: the receiving node in its own process)",
+    )
+    parser.add_argument(
+        "--keys",
+        choices=("rsa", "ec"),
+        default="rsa",
+        help="agency signing keys: rsa (RSA 3072, the dev PKI default) or ec (ECDSA P-256)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate the raw loop and the bus this many times; show the median run"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")

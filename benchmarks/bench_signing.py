@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, padding  # noqa: E402
-from lxml import etree  # noqa: E402
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from lxml import etree
 
-from exchange.envelope.build import envelope_to_element  # noqa: E402
-from exchange.envelope.model import (  # noqa: E402
+from exchange.envelope.build import envelope_to_element
+from exchange.envelope.model import (
     ENVELOPE_NS,
     AgencyRef,
     Attachment,
@@ -46,11 +46,11 @@ from exchange.envelope.model import (  # noqa: E402
     new_message_id,
     utcnow,
 )
-from exchange.envelope.schema import ENVELOPE_XSD, validate  # noqa: E402
-from exchange.signing import pki  # noqa: E402
-from exchange.signing.sign import Signer, sign_envelope  # noqa: E402
-from exchange.signing.trust import TrustStore  # noqa: E402
-from exchange.signing.verify import Verifier  # noqa: E402
+from exchange.envelope.schema import ENVELOPE_XSD, validate
+from exchange.signing import pki
+from exchange.signing.sign import Signer, sign_envelope
+from exchange.signing.trust import TrustStore
+from exchange.signing.verify import Verifier
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 
@@ -75,24 +75,35 @@ SIZES = {"64 KB": 64 * 1024, "1 MB": 1024 * 1024}
 
 def sample(sender: str, size: int) -> tuple[Envelope, dict[str, bytes]]:
     blob = hashlib.sha256(b"seed").digest() * (size // 32)
-    subject = ("Về việc triển khai thực hiện Chỉ thị của Thủ tướng Chính phủ về tăng cường công tác phòng, "
-               "chống thiên tai, tìm kiếm cứu nạn năm 2026 ")[:480]
-    content = ("Nội dung văn bản: các bộ, ngành, địa phương chủ động rà soát phương án ứng phó, bảo đảm an toàn "
-               "cho người dân và tài sản của Nhà nước. ") * 28
+    subject = (
+        "Về việc triển khai thực hiện Chỉ thị của Thủ tướng Chính phủ về tăng cường công tác phòng, "
+        "chống thiên tai, tìm kiếm cứu nạn năm 2026 "
+    )[:480]
+    content = (
+        "Nội dung văn bản: các bộ, ngành, địa phương chủ động rà soát phương án ứng phó, bảo đảm an toàn "
+        "cho người dân và tài sản của Nhà nước. "
+    ) * 28
     atts = (Attachment.of("phu-luc.pdf", blob, "application/pdf", id="att-1"),)
-    env = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender, "Văn phòng Chính phủ"),
-        recipients=(AgencyRef(B if sender == A else A, "UBND tỉnh Nghệ An"),), created_at=utcnow(),
-        document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject=subject, content=content),
-    ), attachments=atts)
+    env = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender, "Văn phòng Chính phủ"),
+            recipients=(AgencyRef(B if sender == A else A, "UBND tỉnh Nghệ An"),),
+            created_at=utcnow(),
+            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject=subject, content=content),
+        ),
+        attachments=atts,
+    )
     return env, {"att-1": blob}
 
 
 def bench_key(label: str, signer: Signer, verifier: Verifier, seconds: float, size_label: str) -> None:
     env, data = sample(signer.agency_code, SIZES[size_label])
     signed = sign_envelope(env, signer, data)
-    header_bytes = len(etree.tostring(envelope_to_element(env).find(f"{{{ENVELOPE_NS}}}Signed"), method="c14n",
-                                      exclusive=True))
+    header_bytes = len(
+        etree.tostring(envelope_to_element(env).find(f"{{{ENVELOPE_NS}}}Signed"), method="c14n", exclusive=True)
+    )
     key = signer.key
     # What each side canonicalises: the unsigned Signed when signing, the received one when verifying.
     unsigned_el = envelope_to_element(env).find(f"{{{ENVELOPE_NS}}}Signed")
@@ -133,21 +144,29 @@ def bench_key(label: str, signer: Signer, verifier: Verifier, seconds: float, si
         from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
         from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
     except ImportError:  # a development extra (pip install -e '.[dev]')
-        XMLSigner = None  # noqa: N806
+        XMLSigner = None
     if XMLSigner is not None:
-        method = (SignatureMethod.ECDSA_SHA256 if isinstance(key, ec.EllipticCurvePrivateKey)
-                  else SignatureMethod.RSA_SHA256)
-        sx_signer = XMLSigner(signature_algorithm=method, digest_algorithm=DigestAlgorithm.SHA256,
-                              c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0)
-        sx_config = SignatureConfiguration(location=f"./{{{ENVELOPE_NS}}}Signed/", expect_references=1,
-                                           signature_methods=frozenset({method}),
-                                           digest_algorithms=frozenset({DigestAlgorithm.SHA256}))
+        method = (
+            SignatureMethod.ECDSA_SHA256 if isinstance(key, ec.EllipticCurvePrivateKey) else SignatureMethod.RSA_SHA256
+        )
+        sx_signer = XMLSigner(
+            signature_algorithm=method,
+            digest_algorithm=DigestAlgorithm.SHA256,
+            c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+        )
+        sx_config = SignatureConfiguration(
+            location=f"./{{{ENVELOPE_NS}}}Signed/",
+            expect_references=1,
+            signature_methods=frozenset({method}),
+            digest_algorithms=frozenset({DigestAlgorithm.SHA256}),
+        )
         ref = f"#{signed_el.get('Id')}"
 
         def signxml_sign() -> None:
             root = envelope_to_element(env)
-            placeholder = etree.SubElement(root.find(f"{{{ENVELOPE_NS}}}Signed"),
-                                           "{http://www.w3.org/2000/09/xmldsig#}Signature", Id="placeholder")
+            placeholder = etree.SubElement(
+                root.find(f"{{{ENVELOPE_NS}}}Signed"), "{http://www.w3.org/2000/09/xmldsig#}Signature", Id="placeholder"
+            )
             sx_signer.sign(root, key=key, cert=[signer.certificate], reference_uri=ref, id_attribute="Id")
             placeholder.getparent().remove(placeholder)
 
@@ -159,14 +178,20 @@ def bench_key(label: str, signer: Signer, verifier: Verifier, seconds: float, si
     v_env = rate(lambda: verifier.verify(signed.xml, data), seconds)
     v_raw = rate(raw_verify, seconds / 2)
     print(f"{label}: signed part {header_bytes} B, XML {len(signed.xml)} B, attachment {size_label}")
-    print(f"  sign    {s_env:8.1f} ops/s   raw floor {s_raw:8.1f} ops/s   overhead x{s_raw / s_env:5.2f}   "
-          f"({1000 / s_env:6.2f} ms vs {1000 / s_raw:6.2f} ms)")
-    print(f"  verify  {v_env:8.1f} ops/s   raw floor {v_raw:8.1f} ops/s   overhead x{v_raw / v_env:5.2f}   "
-          f"({1000 / v_env:6.2f} ms vs {1000 / v_raw:6.2f} ms)")
+    print(
+        f"  sign    {s_env:8.1f} ops/s   raw floor {s_raw:8.1f} ops/s   overhead x{s_raw / s_env:5.2f}   "
+        f"({1000 / s_env:6.2f} ms vs {1000 / s_raw:6.2f} ms)"
+    )
+    print(
+        f"  verify  {v_env:8.1f} ops/s   raw floor {v_raw:8.1f} ops/s   overhead x{v_raw / v_env:5.2f}   "
+        f"({1000 / v_env:6.2f} ms vs {1000 / v_raw:6.2f} ms)"
+    )
     if XMLSigner is not None:
         s_sx, v_sx = rate(signxml_sign, seconds / 2), rate(signxml_verify, seconds / 2)
-        print(f"  signxml alone (XMLDSig step only, general engine): sign {1000 / s_sx:6.2f} ms   "
-              f"verify {1000 / v_sx:6.2f} ms")
+        print(
+            f"  signxml alone (XMLDSig step only, general engine): sign {1000 / s_sx:6.2f} ms   "
+            f"verify {1000 / v_sx:6.2f} ms"
+        )
     else:
         print("  (signxml comparison skipped: signxml is not installed; pip install -e '.[dev]')")
 
@@ -179,14 +204,17 @@ def bench_schema(seconds: float) -> None:
     compiled = rate(lambda: validate(root), seconds / 2)
     schema = xmlschema.XMLSchema10(str(ENVELOPE_XSD), allow="local")  # local files only, never the network
     slow = rate(lambda: schema.is_valid(root), seconds / 2)
-    print(f"schema validation of the same envelope: lxml compiled {1e6 / compiled:8.1f} us   "
-          f"xmlschema {1e6 / slow:8.1f} us   (x{compiled / slow:.0f})")
+    print(
+        f"schema validation of the same envelope: lxml compiled {1e6 / compiled:8.1f} us   "
+        f"xmlschema {1e6 / slow:8.1f} us   (x{compiled / slow:.0f})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; ``argv`` as for the command line (``exchange bench signing`` passes the rest)."""
-    parser = argparse.ArgumentParser(prog="bench_signing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench_signing", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=1.5, help="time per measurement (default 1.5)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     with tempfile.TemporaryDirectory() as d:
@@ -199,9 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench_key("RSA-3072 / RSA-SHA256", rsa_signer, verifier, args.seconds, size_label)
             bench_key("ECDSA P-256 / ECDSA-SHA256", ec_signer, verifier, args.seconds, size_label)
         bench_schema(args.seconds)
-        print("(raw floor = lxml exclusive c14n of Signed + SHA-256 of it and of the attachments + one "
-              "cryptography sign/verify; for verify also lxml parsing the received bytes and c14n of SignedInfo; "
-              f"total {time.perf_counter() - started:.1f} s)")
+        print(
+            "(raw floor = lxml exclusive c14n of Signed + SHA-256 of it and of the attachments + one "
+            "cryptography sign/verify; for verify also lxml parsing the received bytes and c14n of SignedInfo; "
+            f"total {time.perf_counter() - started:.1f} s)"
+        )
     return 0
 
 

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exchange.store import Direction, MessageRecord, OutboxItem  # noqa: E402
-from exchange.store.sql import SqlStore  # noqa: E402
+from exchange.store import Direction, MessageRecord, OutboxItem
+from exchange.store.sql import SqlStore
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 XML, ATTACHMENT, FRAME = 4 * 1024, 64 * 1024, 70 * 1024
@@ -65,9 +65,17 @@ def message() -> tuple[MessageRecord, OutboxItem, dict[str, bytes]]:
     mid = str(uuid.uuid4())
     xml = os.urandom(XML)
     attachment = os.urandom(ATTACHMENT)
-    record = MessageRecord(message_id=mid, kind="document", operation="new", sender=A, recipients=(B,),
-                           direction=Direction.OUT, created_at=datetime.now(UTC), envelope_xml=xml,
-                           digest=hashlib.sha256(xml).hexdigest())
+    record = MessageRecord(
+        message_id=mid,
+        kind="document",
+        operation="new",
+        sender=A,
+        recipients=(B,),
+        direction=Direction.OUT,
+        created_at=datetime.now(UTC),
+        envelope_xml=xml,
+        digest=hashlib.sha256(xml).hexdigest(),
+    )
     item = OutboxItem(mid, B, f"{B}.normal", os.urandom(FRAME), {"x-sender": A})
     return record, item, {hashlib.sha256(attachment).hexdigest(): attachment}
 
@@ -110,8 +118,10 @@ async def store_loop(url: str, count: int, concurrency: int) -> float:
 
 def _reachable(url: str) -> bool:
     parts = urlsplit(url)
-    with contextlib.suppress(OSError), socket.create_connection((parts.hostname or "127.0.0.1",
-                                                                  parts.port or 5432), timeout=1):
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1),
+    ):
         return True
     return False
 
@@ -139,9 +149,12 @@ async def run(count: int, concurrency: int, postgres: str) -> None:
         raw = raw_sqlite(root / "raw.db", count)
         for sync in ("full", "normal"):
             print(f"store, SQLite synchronous={sync}: {count} messages …", file=sys.stderr)
-            rows.append((f"store, SQLite synchronous={sync}",
-                         await store_loop(f"sqlite:///{root / f'store-{sync}.db'}?synchronous={sync}",
-                                          count, concurrency)))
+            rows.append(
+                (
+                    f"store, SQLite synchronous={sync}",
+                    await store_loop(f"sqlite:///{root / f'store-{sync}.db'}?synchronous={sync}", count, concurrency),
+                )
+            )
     if postgres and _reachable(postgres):
         print(f"store, PostgreSQL: {count} messages …", file=sys.stderr)
         rows.append(("store, PostgreSQL", await postgres_loop(postgres.rstrip("/"), count, concurrency)))
@@ -152,16 +165,21 @@ async def run(count: int, concurrency: int, postgres: str) -> None:
     print(f"{'raw sqlite3, synchronous=full (baseline)':42} {raw:8.0f}")
     for label, rate in rows:
         print(f"{label:42} {rate:8.0f}   {rate / raw:5.2f}")
-    print(f"\n{count} messages of {XML // 1024} KB envelope + {ATTACHMENT // 1024} KB attachment + "
-          f"{FRAME // 1024} KB frame; {concurrency} concurrent submitters, relay batches of 100")
+    print(
+        f"\n{count} messages of {XML // 1024} KB envelope + {ATTACHMENT // 1024} KB attachment + "
+        f"{FRAME // 1024} KB frame; {concurrency} concurrent submitters, relay batches of 100"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432",
-                        help="PostgreSQL server URL (no database); empty to skip")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="PostgreSQL server URL (no database); empty to skip",
+    )
     args = parser.parse_args(argv)
     asyncio.run(run(args.messages, args.concurrency, args.postgres))
     return 0

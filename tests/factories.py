@@ -26,13 +26,23 @@ from exchange.service import ExchangeService
 GOVERNMENT_OFFICE, NGHE_AN, HCMC, NGHI_LOC = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29", "000.00.31.H41"
 
 
-def document(subject: str = "Chỉ thị về chuyển đổi số", *, number: str = "12", notation: str = "CT-TTg",
-             priority: Priority = Priority.NORMAL, **fields: object) -> DocumentInfo:
+def document(
+    subject: str = "Chỉ thị về chuyển đổi số",
+    *,
+    number: str = "12",
+    notation: str = "CT-TTg",
+    priority: Priority = Priority.NORMAL,
+    **fields: object,
+) -> DocumentInfo:
     """A plausible official document's metadata; keyword fields override any attribute."""
     from datetime import date
 
-    info = DocumentInfo(code=DocumentCode(number, notation), subject=subject,
-                        promulgation=Promulgation("Hà Nội", date(2026, 11, 30)), priority=priority)
+    info = DocumentInfo(
+        code=DocumentCode(number, notation),
+        subject=subject,
+        promulgation=Promulgation("Hà Nội", date(2026, 11, 30)),
+        priority=priority,
+    )
     if fields:
         from dataclasses import replace
 
@@ -76,8 +86,9 @@ class ServiceWorld:
             service = await build_service(cfg)
             for agency in cfg.agencies:
                 adapter_cls = ScriptedAdapter if agency.adapter == "scripted" else PullAdapter
-                service.adapters[agency.code] = adapter_cls(agency.code, dict(agency.options),
-                                                            service.handle(agency.code))
+                service.adapters[agency.code] = adapter_cls(
+                    agency.code, dict(agency.options), service.handle(agency.code)
+                )
             world.services[name] = service
         return world
 

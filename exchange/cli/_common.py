@@ -44,7 +44,9 @@ def command_help(description: str, *examples: str) -> dict[str, Any]:
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", "-c", default=os.environ.get("EXCHANGE_CONFIG"),
+        "--config",
+        "-c",
+        default=os.environ.get("EXCHANGE_CONFIG"),
         help="node TOML (default: $EXCHANGE_CONFIG, else var/dev/dev.toml made by `exchange serve --dev`)",
     )
 
@@ -60,8 +62,9 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     """A plain left-aligned text table."""
+    # every row has one cell per header (the widths below index each row by header position)
     cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -18,9 +18,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import command_help
 from exchange.errors import BrokerUnavailableError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from exchange.store.base import Delivery
 
 DEFAULT_DEMO_DIR = Path("var/demo")
 
@@ -36,7 +42,8 @@ WALK = ("01", "03", "06")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="a small world exchanging a directive with statuses, left running",
+        "demo",
+        help="a small world exchanging a directive with statuses, left running",
         **command_help(
             "Build a small world in --dir (four agencies on one node: HTTP pull, file drop, edXML and webhook "
             "adapters), send a directive to three of them, walk each copy through statuses 01, 03 and 06, print "
@@ -45,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "exchange demo --once --port 0 --dir /tmp/demo",
         ),
     )
-    p.add_argument("--dir", type=Path, default=DEFAULT_DEMO_DIR, help=f"where the demo world lives (default {DEFAULT_DEMO_DIR})")
+    p.add_argument(
+        "--dir", type=Path, default=DEFAULT_DEMO_DIR, help=f"where the demo world lives (default {DEFAULT_DEMO_DIR})"
+    )
     p.add_argument("--port", type=int, default=8080, help="gateway port (0: any free port)")
     p.add_argument("--amqp-url", default=os.environ.get("EXCHANGE__AMQP__URL", "amqp://guest:guest@127.0.0.1:5672/"))
     p.add_argument("--prefix", default="exchange-demo", help="prefix of the demo's RabbitMQ exchanges and queues")
@@ -55,9 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exchange.observability.logging import configure_logging
-
     from exchange.cli.serve import run_until_signalled
+    from exchange.observability.logging import configure_logging
 
     configure_logging("WARNING")  # the demo narrates; the node's JSON logs only show trouble
     return run_until_signalled(lambda: demo(args), what="exchange demo")
@@ -86,21 +94,21 @@ class WebhookEOffice:
         self.received: dict[str, dict] = {}
         self.refused = 0
         self.url = ""
-        self._runner = None
+        self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         from aiohttp import web
 
         app = web.Application()
         app.router.add_post("/documents", self._post)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        runner = self._runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}/documents"
 
-    async def _post(self, request):
+    async def _post(self, request: web.Request) -> web.Response:
         import json
 
         from aiohttp import web
@@ -108,8 +116,9 @@ class WebhookEOffice:
         from exchange.adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_webhook
 
         body = await request.read()
-        if not verify_webhook(self.secret, request.headers.get(TIMESTAMP_HEADER, ""), body,
-                              request.headers.get(SIGNATURE_HEADER, "")):
+        if not verify_webhook(
+            self.secret, request.headers.get(TIMESTAMP_HEADER, ""), body, request.headers.get(SIGNATURE_HEADER, "")
+        ):
             self.refused += 1
             return web.json_response({"error": "bad signature"}, status=401)
         self.received.setdefault(request.headers["Idempotency-Key"], json.loads(body))
@@ -126,8 +135,8 @@ async def demo(args: argparse.Namespace) -> int:
     from exchange.config import load_config
     from exchange.devworld import AgencySpec, NodeSpec, build_world, issue_tokens
     from exchange.envelope.model import DocumentCode, DocumentInfo, DocumentType, Priority, StatusCode, SteeringType
-    from exchange.observability.metrics import Metrics
     from exchange.node import Node
+    from exchange.observability.metrics import Metrics
 
     root: Path = args.dir.resolve()
     secret_env = "EXCHANGE_DEMO_WEBHOOK_SECRET"
@@ -141,8 +150,11 @@ async def demo(args: argparse.Namespace) -> int:
             options = {"url": eoffice.url, "secret_env": secret_env}
         agencies.append(AgencySpec(code, name, node="demo", adapter=kind, options=options, ec=kind == "edxml"))
     say(f"building the demo world in {root}/ (development CA, 4 agencies, node config) …")
-    config_path = build_world(root, agencies, [NodeSpec(
-        "demo", amqp_url=args.amqp_url, prefix=args.prefix, http_port=args.port, retry_delays=(1, 2, 5))])["demo"]
+    config_path = build_world(
+        root,
+        agencies,
+        [NodeSpec("demo", amqp_url=args.amqp_url, prefix=args.prefix, http_port=args.port, retry_delays=(1, 2, 5))],
+    )["demo"]
     tokens = await issue_tokens(config_path)
     (root / "tokens.txt").write_text("".join(f"{c} {t}\n" for c, t in tokens.items()), encoding="utf-8")
     (root / "tokens.txt").chmod(0o600)
@@ -160,27 +172,32 @@ async def demo(args: argparse.Namespace) -> int:
         except TimeoutError:
             raise BrokerUnavailableError(
                 f"RabbitMQ did not answer at {args.amqp_url.split('@')[-1]} within {args.timeout:.0f}s; "
-                "start it with deploy/setup.sh (or `rabbitmq-server -detached`)") from None
+                "start it with deploy/setup.sh (or `rabbitmq-server -detached`)"
+            ) from None
         service = node.service
         assert service is not None
         for a in agencies:
             say(f"  {a.code}  {a.name:<32} adapter {a.adapter}")
 
         directive = DocumentInfo(
-            code=DocumentCode("15", "CT-TTg"), document_type=DocumentType(type=1, detail=2, name="Chỉ thị"),
-            subject="Chỉ thị về đẩy mạnh chuyển đổi số trong xử lý văn bản", priority=Priority.URGENT,
+            code=DocumentCode("15", "CT-TTg"),
+            document_type=DocumentType(type=1, detail=2, name="Chỉ thị"),
+            subject="Chỉ thị về đẩy mạnh chuyển đổi số trong xử lý văn bản",
+            priority=Priority.URGENT,
             steering=SteeringType.DIRECTIVE,
         )
         text = "Chỉ thị số 15/CT-TTg: các cơ quan gửi, nhận văn bản điện tử qua trục liên thông.\n"
         started = time.monotonic()
         sent = await service.submit_document(
-            SENDER, list(RECIPIENTS), directive,
+            SENDER,
+            list(RECIPIENTS),
+            directive,
             [OutgoingFile("chi-thi-15.txt", text.encode("utf-8"), "text/plain; charset=utf-8")],
         )
         mid = sent.message_id
         say(f"\n{SENDER} sent directive {mid} to {len(RECIPIENTS)} agencies")
 
-        async def states() -> dict[str, object]:
+        async def states() -> dict[str, Delivery]:
             return {d.recipient: d for d in await service.store.deliveries(mid)}
 
         reported: set[str] = set()
@@ -189,13 +206,17 @@ async def demo(args: argparse.Namespace) -> int:
             for code, d in (await states()).items():
                 if d.state.value in ("delivered", "failed") and code not in reported:
                     reported.add(code)
-                    say(f"  {d.state.value:<9} {code} via {RECIPIENTS[code][1]:<8} "
-                        f"signed receipt after {(time.monotonic() - started) * 1000:.0f} ms")
+                    say(
+                        f"  {d.state.value:<9} {code} via {RECIPIENTS[code][1]:<8} "
+                        f"signed receipt after {(time.monotonic() - started) * 1000:.0f} ms"
+                    )
             return len(reported) == len(RECIPIENTS)
 
         await _wait("the delivery receipts", all_delivered, args.timeout)
-        say(f"  the commune's webhook E-Office registered {len(eoffice.received)} document(s), "
-            f"refused {eoffice.refused} bad signature(s)")
+        say(
+            f"  the commune's webhook E-Office registered {len(eoffice.received)} document(s), "
+            f"refused {eoffice.refused} bad signature(s)"
+        )
 
         say("\neach recipient walks its copy through 01 arrived → 03 accepted → 06 completed")
         for code in RECIPIENTS:
@@ -210,6 +231,7 @@ async def demo(args: argparse.Namespace) -> int:
 
         await _wait("statuses 06 from every recipient", completed, args.timeout)
         record = await service.store.get_message(mid)
+        assert record is not None  # submit_document stored it before it returned the id
         say("\n" + render_track(record, list((await states()).values()), await service.store.timeline(mid)))
 
         say(f"\ntry:  curl -s {node.http_url}/metrics | grep '^exchange_'")

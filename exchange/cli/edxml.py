@@ -17,50 +17,79 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.errors import BadRequestError, ConfigError
 
+if TYPE_CHECKING:  # the codec is imported inside the commands: every command module loads for `exchange --help`
+    from exchange.envelope.edxml import EdxmlPackage
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("edxml", help="check, import or export QCVN 102 edXML packages",
-                       description="Work with edXML packages as E-Offices and the national hub write them "
-                                   "(docs/EDXML.md).")
+    p = sub.add_parser(
+        "edxml",
+        help="check, import or export QCVN 102 edXML packages",
+        description="Work with edXML packages as E-Offices and the national hub write them (docs/EDXML.md).",
+    )
     cmds = p.add_subparsers(dest="edxml_command", metavar="COMMAND", required=True)
 
-    check = cmds.add_parser("check", help="say what a package holds and what an export would change",
-                            description="Import FILE and report: kind, sender and recipients with the agencies "
-                                        "their organ ids map to, refused recipients, attachments (both content "
-                                        "types, ZIP wrapping), trace headers, the legacy signature, the elements "
-                                        "carried verbatim, the tolerated deviations, and what an export would "
-                                        "change. Exit 0 if the package imports, 1 with the reason if not.")
+    check = cmds.add_parser(
+        "check",
+        help="say what a package holds and what an export would change",
+        description="Import FILE and report: kind, sender and recipients with the agencies "
+        "their organ ids map to, refused recipients, attachments (both content "
+        "types, ZIP wrapping), trace headers, the legacy signature, the elements "
+        "carried verbatim, the tolerated deviations, and what an export would "
+        "change. Exit 0 if the package imports, 1 with the reason if not.",
+    )
     check.add_argument("file", type=Path, metavar="FILE")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     _directory_arg(check)
     check.set_defaults(func=_check)
 
-    imp = cmds.add_parser("import", help="import a package to an envelope on stdout",
-                          description="Import FILE and print the unsigned envelope XML (docs/ENVELOPE.md). "
-                                      "Attachment bytes go to --attachments-dir, one file per attachment id.")
+    imp = cmds.add_parser(
+        "import",
+        help="import a package to an envelope on stdout",
+        description="Import FILE and print the unsigned envelope XML (docs/ENVELOPE.md). "
+        "Attachment bytes go to --attachments-dir, one file per attachment id.",
+    )
     imp.add_argument("file", type=Path, metavar="FILE")
-    imp.add_argument("--attachments-dir", type=Path, default=None, metavar="D",
-                     help="write the attachments here (default: FILE's <stem>.attachments next to it)")
+    imp.add_argument(
+        "--attachments-dir",
+        type=Path,
+        default=None,
+        metavar="D",
+        help="write the attachments here (default: FILE's <stem>.attachments next to it)",
+    )
     _directory_arg(imp)
     imp.set_defaults(func=_import)
 
-    exp = cmds.add_parser("export", help="export an envelope to an edXML package",
-                          description="Read ENVELOPE (envelope XML, signed or not) and write the edXML package. "
-                                      "An envelope imported from a package gives that package back.")
+    exp = cmds.add_parser(
+        "export",
+        help="export an envelope to an edXML package",
+        description="Read ENVELOPE (envelope XML, signed or not) and write the edXML package. "
+        "An envelope imported from a package gives that package back.",
+    )
     exp.add_argument("envelope", type=Path, metavar="ENVELOPE")
-    exp.add_argument("--attachments-dir", type=Path, default=None, metavar="D",
-                     help="the attachments, one file per attachment id (default: <stem>.attachments)")
+    exp.add_argument(
+        "--attachments-dir",
+        type=Path,
+        default=None,
+        metavar="D",
+        help="the attachments, one file per attachment id (default: <stem>.attachments)",
+    )
     exp.add_argument("-o", "--output", type=Path, default=None, metavar="OUT", help="write here, not to stdout")
     exp.set_defaults(func=_export)
 
 
 def _directory_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--directory", type=Path, default=None, metavar="DIR",
-                   help="agency directory (TOML or JSON, with aliases) to map organ ids through")
+    p.add_argument(
+        "--directory",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="agency directory (TOML or JSON, with aliases) to map organ ids through",
+    )
 
 
 def _read(path: Path) -> bytes:
@@ -70,7 +99,7 @@ def _read(path: Path) -> bytes:
         raise BadRequestError(f"cannot read {path}: {exc.strerror}; give the path of an edXML file") from None
 
 
-def _package(args: argparse.Namespace):
+def _package(args: argparse.Namespace) -> EdxmlPackage:
     from exchange.envelope.edxml import import_package
     from exchange.routing.directory import Directory
 
@@ -78,7 +107,7 @@ def _package(args: argparse.Namespace):
     return import_package(_read(args.file), agencies=directory)
 
 
-def report(package, data: bytes) -> dict[str, Any]:
+def report(package: EdxmlPackage, data: bytes) -> dict[str, Any]:
     """What ``check`` says about an imported package, as data."""
     from exchange.envelope.edxml import export_package
     from exchange.envelope.edxml.files import transfer_type
@@ -86,8 +115,11 @@ def report(package, data: bytes) -> dict[str, Any]:
     env = package.envelope
     h = env.header
     out = export_package(env, package.attachment_data)
-    changes = "nothing: the export is the package byte for byte" if out == data else (
-        "the export differs from the package (it was written from the model; see docs/EDXML.md)")
+    changes = (
+        "nothing: the export is the package byte for byte"
+        if out == data
+        else ("the export differs from the package (it was written from the model; see docs/EDXML.md)")
+    )
     return {
         "kind": h.kind.value,
         "operation": h.operation.value,
@@ -96,19 +128,33 @@ def report(package, data: bytes) -> dict[str, Any]:
         "status": h.status.code.value if h.status else "",
         "sender": h.sender.code,
         "recipients": [r.code for r in h.recipients],
-        "refused": [{"element": r.path, "organ_id": r.organ_id, "code": r.code, "reason": r.reason}
-                    for r in package.refused],
-        "organ_ids": [{"element": u.path, "written": u.written, "agency": u.agency, "how": u.how}
-                      for u in package.organ_ids],
-        "attachments": [{"id": a.id, "name": a.name, "content_type": package.content_types.get(a.id, ("", ""))[0],
-                         "encoded_content_type": package.content_types.get(a.id, ("", ""))[1],
-                         "zip_wrapped": transfer_type(h.document, a).lower() in ("application/zip",
-                                                                                "application/x-zip-compressed"),
-                         "size": a.size, "sha256": a.sha256} for a in env.attachments],
+        "refused": [
+            {"element": r.path, "organ_id": r.organ_id, "code": r.code, "reason": r.reason} for r in package.refused
+        ],
+        "organ_ids": [
+            {"element": u.path, "written": u.written, "agency": u.agency, "how": u.how} for u in package.organ_ids
+        ],
+        "attachments": [
+            {
+                "id": a.id,
+                "name": a.name,
+                "content_type": package.content_types.get(a.id, ("", ""))[0],
+                "encoded_content_type": package.content_types.get(a.id, ("", ""))[1],
+                "zip_wrapped": transfer_type(h.document, a).lower()
+                in ("application/zip", "application/x-zip-compressed"),
+                "size": a.size,
+                "sha256": a.sha256,
+            }
+            for a in env.attachments
+        ],
         "trace": [{"organ_id": hop.node, "at": hop.at.isoformat()} for hop in env.trace],
-        "signature": None if package.signature is None else {
-            "element": package.signature.element, "algorithm": package.signature.algorithm,
-            "notes": list(package.signature.notes)},
+        "signature": None
+        if package.signature is None
+        else {
+            "element": package.signature.element,
+            "algorithm": package.signature.algorithm,
+            "notes": list(package.signature.notes),
+        },
         "carried": list(package.carried),
         "notes": list(package.notes),
         "unresolved": list(package.unresolved),

@@ -7,17 +7,21 @@ import asyncio
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import command_help
 from exchange.errors import ConfigError, JournalTamperedError
 
+if TYPE_CHECKING:
+    from exchange.store.base import JournalReport
 
 DEV_CONFIG = Path("var/dev/dev.toml")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "journal", help="check the tamper-evident journal",
+        "journal",
+        help="check the tamper-evident journal",
         **command_help(
             "Every state change goes into a hash-chained journal in the store. `verify` recomputes the chain "
             "end to end and reports the first entry that was altered or removed.",
@@ -26,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     jsub = p.add_subparsers(dest="journal_command", metavar="ACTION")
     v = jsub.add_parser(
-        "verify", help="recompute the hash chain end to end; exit 1 at the first bad entry",
+        "verify",
+        help="recompute the hash chain end to end; exit 1 at the first bad entry",
         **command_help(
             "Recompute the journal's hash chain from the first entry to the last. Exit 0 with a summary if "
             "it holds; exit 1 naming the first entry whose hash or link does not match.",
@@ -36,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     where = v.add_mutually_exclusive_group()
     where.add_argument("--store-url", help="store URL, e.g. sqlite:///var/exchange.db or postgresql://user@host/db")
-    where.add_argument("--config", "-c", default=None,
-                       help="node TOML whose [store] url to check (default: $EXCHANGE_CONFIG)")
+    where.add_argument(
+        "--config", "-c", default=None, help="node TOML whose [store] url to check (default: $EXCHANGE_CONFIG)"
+    )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=_verify)
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
@@ -64,12 +70,16 @@ def _verify(args: argparse.Namespace) -> int:
 
     url = _store_url(args)
     parsed = make_url(normalize_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
-            and not Path(parsed.database).exists():
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database
+        and parsed.database != ":memory:"
+        and not Path(parsed.database).exists()
+    ):
         # Opening would create an empty store and report it intact: refuse a mistyped path instead.
         raise ConfigError(f"there is no store at {parsed.database}; check the path")
 
-    async def go():
+    async def go() -> JournalReport:
         store = open_store(url)
         await store.open()
         try:
@@ -79,8 +89,17 @@ def _verify(args: argparse.Namespace) -> int:
 
     report = asyncio.run(go())
     if args.json:
-        print(json.dumps({"entries": report.entries, "ok": report.ok, "head": report.head,
-                          "first_bad_seq": report.first_bad_seq, "problem": report.problem}))
+        print(
+            json.dumps(
+                {
+                    "entries": report.entries,
+                    "ok": report.ok,
+                    "head": report.head,
+                    "first_bad_seq": report.first_bad_seq,
+                    "problem": report.problem,
+                }
+            )
+        )
     else:
         print(f"entries: {report.entries}")
         print(f"head:    {report.head or '(empty journal)'}")

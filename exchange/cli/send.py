@@ -10,13 +10,18 @@ import argparse
 import mimetypes
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import add_config_argument, command_help, resolve_config, run
+
+if TYPE_CHECKING:
+    from exchange.adapters.base import SubmitResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "send", help="sign and submit a document from the command line",
+        "send",
+        help="sign and submit a document from the command line",
         **command_help(
             "Sign a document with the sender agency's key and write it to the node's outbox; the running node "
             "(`exchange serve`) publishes it. Prints only the message id on stdout (logs go to stderr), so "
@@ -66,19 +71,26 @@ def _run(args: argparse.Namespace) -> int:
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(OutgoingFile(path.name, path.read_bytes(), media))
     document = DocumentInfo(
-        code=DocumentCode(args.number, args.notation), subject=args.subject,
-        document_type=DocumentType(name=args.type_name), priority=Priority(args.priority),
+        code=DocumentCode(args.number, args.notation),
+        subject=args.subject,
+        document_type=DocumentType(name=args.type_name),
+        priority=Priority(args.priority),
         steering=SteeringType(args.steering),
         promulgation=Promulgation(args.place, date.today()) if args.place else None,
         relates_to=args.relates_to,
     )
 
-    async def go():
+    async def go() -> SubmitResult:
         service = await build_service(cfg)
         try:
-            return await service.submit_document(args.sender, args.recipients, document, files,
-                                                 operation=Operation(args.operation),
-                                                 idempotency_key=args.idempotency_key)
+            return await service.submit_document(
+                args.sender,
+                args.recipients,
+                document,
+                files,
+                operation=Operation(args.operation),
+                idempotency_key=args.idempotency_key,
+            )
         finally:
             await service.store.close()
 

@@ -16,13 +16,18 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import DEFAULT_DEV_DIR, add_config_argument, command_help
+
+if TYPE_CHECKING:
+    from exchange.config import NodeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="run a node: RabbitMQ consumer, outbox relay, adapters, HTTP gateway",
+        "serve",
+        help="run a node: RabbitMQ consumer, outbox relay, adapters, HTTP gateway",
         **command_help(
             "Run a node until SIGTERM or Ctrl-C: the RabbitMQ consumer, the outbox relay, the agencies' "
             "adapters and the HTTP gateway (/healthz, /readyz, /metrics, /v1/...). --dev generates a working "
@@ -32,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_config_argument(p)
-    p.add_argument("--dev", action="store_true", help=f"generate (first run) and use the local dev world in {DEFAULT_DEV_DIR}")
+    p.add_argument(
+        "--dev", action="store_true", help=f"generate (first run) and use the local dev world in {DEFAULT_DEV_DIR}"
+    )
     p.add_argument("--dev-dir", type=Path, default=DEFAULT_DEV_DIR, help="where --dev keeps its world")
     p.add_argument("--port", type=int, help="override [http] port")
     p.add_argument("--log-level", help="override [log] level (DEBUG, INFO, WARNING)")
@@ -65,8 +72,9 @@ def run_until_signalled(main: Callable[[], Awaitable[int]], *, what: str) -> int
         os._exit(code)
 
     def arm(code: int) -> None:
-        timer = threading.Timer(EXIT_DEADLINE, exit_now,
-                                (code, f"still not stopped {EXIT_DEADLINE:.0f} s after it was asked to"))
+        timer = threading.Timer(
+            EXIT_DEADLINE, exit_now, (code, f"still not stopped {EXIT_DEADLINE:.0f} s after it was asked to")
+        )
         timer.daemon = True
         timer.start()
 
@@ -79,8 +87,12 @@ def run_until_signalled(main: Callable[[], Awaitable[int]], *, what: str) -> int
             if signalled:
                 exit_now(128 + sig.value, f"second {sig.name}")
             signalled.append(sig)
-            log.warning("process.stopping", what=what, signal=sig.name,
-                        hint=f"stopping within {EXIT_DEADLINE:.0f} s; signal again to stop at once")
+            log.warning(
+                "process.stopping",
+                what=what,
+                signal=sig.name,
+                hint=f"stopping within {EXIT_DEADLINE:.0f} s; signal again to stop at once",
+            )
             arm(0)
             task.cancel()
 
@@ -113,23 +125,30 @@ def _run(args: argparse.Namespace) -> int:
         config_path = Path(args.config or DEFAULT_DEV_DIR / "dev.toml")
     cfg = load_config(config_path)
     configure_logging(args.log_level or cfg.log_level)
-    return run_until_signalled(lambda: serve(cfg, dev_dir=args.dev_dir if args.dev else None),
-                               what=f"exchange serve ({cfg.name})")
+    return run_until_signalled(
+        lambda: serve(cfg, dev_dir=args.dev_dir if args.dev else None), what=f"exchange serve ({cfg.name})"
+    )
 
 
-async def serve(cfg, *, dev_dir: Path | None = None) -> int:
+async def serve(cfg: NodeConfig, *, dev_dir: Path | None = None) -> int:
     """Run a node until cancelled (by :func:`run_until_signalled` on SIGTERM/SIGINT)."""
-    from exchange.observability.metrics import Metrics
     from exchange.node import Node
+    from exchange.observability.metrics import Metrics
 
     node = Node(cfg, metrics=Metrics())
     await node.start()  # a failed or cancelled start stops what it started
     try:
         print(f"exchange node {cfg.name} serving {', '.join(a.code for a in cfg.agencies)}", flush=True)
-        print(f"  gateway  {node.http_url}   (OpenAPI: {node.http_url}/v1/openapi.json, metrics: {node.http_url}/metrics)", flush=True)
+        print(
+            f"  gateway  {node.http_url}   "
+            f"(OpenAPI: {node.http_url}/v1/openapi.json, metrics: {node.http_url}/metrics)",
+            flush=True,
+        )
         print(f"  store    {cfg.store_url}", flush=True)
         if dev_dir is not None:
-            print(f"  tokens   {dev_dir / 'tokens.txt'} (one per agency; send as 'Authorization: Bearer …')", flush=True)
+            print(
+                f"  tokens   {dev_dir / 'tokens.txt'} (one per agency; send as 'Authorization: Bearer …')", flush=True
+            )
         print("  stop with Ctrl-C", flush=True)
         await asyncio.Event().wait()  # until cancelled
         return 0

@@ -7,7 +7,7 @@ import mimetypes
 import tomllib
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +57,28 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sign", help="build and sign an envelope from a metadata file (+ attachments)",
+        "sign",
+        help="build and sign an envelope from a metadata file (+ attachments)",
         description="Build an envelope from --meta, sign it with the agency key and certificate, and write "
-                    "the signed XML plus a copy of each attachment (named by attachment id) so that "
-                    "`exchange verify` can check them.",
-        epilog=METADATA_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the signed XML plus a copy of each attachment (named by attachment id) so that "
+        "`exchange verify` can check them.",
+        epilog=METADATA_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--key", required=True, type=Path, help="the agency's private key (PEM)")
     p.add_argument("--cert", required=True, type=Path, help="the agency's certificate (PEM, leaf first)")
     p.add_argument("--meta", required=True, type=Path, help="envelope metadata, .toml or .json (see below)")
-    p.add_argument("--attach", action="append", default=[], type=Path, metavar="FILE",
-                   help="an attachment file (repeatable)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR_OR_FILE",
-                   help="a directory (writes <message id>.xml) or an .xml file; attachments go to "
-                        "<file stem>.attachments/<attachment id>")
+    p.add_argument(
+        "--attach", action="append", default=[], type=Path, metavar="FILE", help="an attachment file (repeatable)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR_OR_FILE",
+        help="a directory (writes <message id>.xml) or an .xml file; attachments go to "
+        "<file stem>.attachments/<attachment id>",
+    )
     p.set_defaults(func=_run)
 
 
@@ -100,8 +108,10 @@ def _run(args: argparse.Namespace) -> int:
                 atomic_write_file(att_dir / check_component(a.id), data[a.id])
     except OSError as exc:
         raise BadRequestError(f"cannot write to {args.out}: {exc.strerror or exc}; choose a writable --out") from exc
-    print(f"signed {envelope.header.kind.value} {envelope.message_id} From {envelope.header.sender.code} "
-          f"as {signer.agency_code} ({signer.signature_method.rsplit('#', 1)[-1].upper()}): {xml_path}")
+    print(
+        f"signed {envelope.header.kind.value} {envelope.message_id} From {envelope.header.sender.code} "
+        f"as {signer.agency_code} ({signer.signature_method.rsplit('#', 1)[-1].upper()}): {xml_path}"
+    )
     for a in envelope.attachments:
         print(f"  attachment {a.id}: {a.name} ({a.size} bytes, sha256 {a.sha256}) -> {att_dir / a.id}")
     return 0
@@ -154,7 +164,7 @@ def _datetime(value: Any) -> datetime:
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         raise ValueError(f"{value!r} has no timezone; write it in UTC with Z")
-    parsed = parsed.astimezone(timezone.utc)
+    parsed = parsed.astimezone(UTC)
     return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
 
 
@@ -169,8 +179,9 @@ def _status(s: Any) -> StatusInfo:
 
     if not isinstance(s, Mapping):
         raise BadRequestError("[status] must be a table; see `exchange sign --help`")
-    status = decode_status(s, path="status", caller="exchange sign", legacy=True,
-                           context_fields=frozenset({"response_for", "timestamp"}))
+    status = decode_status(
+        s, path="status", caller="exchange sign", legacy=True, context_fields=frozenset({"response_for", "timestamp"})
+    )
     return StatusInfo(
         response_for=str(s["response_for"]),
         code=status.code,
@@ -182,14 +193,17 @@ def _status(s: Any) -> StatusInfo:
 
 def _receipt(r: Mapping[str, Any]) -> ReceiptInfo:
     return ReceiptInfo(
-        response_for=str(r["response_for"]), outcome=ReceiptOutcome(str(r["outcome"])),
-        envelope_digest=str(r.get("envelope_digest", "")), reason_code=str(r.get("reason_code", "")),
+        response_for=str(r["response_for"]),
+        outcome=ReceiptOutcome(str(r["outcome"])),
+        envelope_digest=str(r.get("envelope_digest", "")),
+        reason_code=str(r.get("reason_code", "")),
         reason=str(r.get("reason", "")),
     )
 
 
-def envelope_from_metadata(meta: Mapping[str, Any], files: Sequence[tuple[Path, bytes]] = ()
-                           ) -> tuple[Envelope, dict[str, bytes]]:
+def envelope_from_metadata(
+    meta: Mapping[str, Any], files: Sequence[tuple[Path, bytes]] = ()
+) -> tuple[Envelope, dict[str, bytes]]:
     """The envelope described by ``meta`` with ``files`` as attachments; ``(envelope, bytes by attachment id)``."""
     try:
         kind = Kind(str(meta.get("kind", "document")))
@@ -198,8 +212,13 @@ def envelope_from_metadata(meta: Mapping[str, Any], files: Sequence[tuple[Path, 
         for i, (path, content) in enumerate(files, start=1):
             o = overrides.get(path.name, {})
             media_type = o.get("media_type") or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            a = Attachment.of(str(o.get("name", path.name)), content, str(media_type),
-                              id=str(o.get("id", f"att-{i}")), description=str(o.get("description", "")))
+            a = Attachment.of(
+                str(o.get("name", path.name)),
+                content,
+                str(media_type),
+                id=str(o.get("id", f"att-{i}")),
+                description=str(o.get("description", "")),
+            )
             attachments.append(a)
             data[a.id] = content
         to = meta.get("to", [])
@@ -223,4 +242,3 @@ def envelope_from_metadata(meta: Mapping[str, Any], files: Sequence[tuple[Path, 
         raise BadRequestError(f"the metadata lacks {exc.args[0]!r}; see `exchange sign --help`") from exc
     except (ValueError, TypeError, AttributeError) as exc:
         raise BadRequestError(f"the metadata is invalid: {exc}; see `exchange sign --help`") from exc
-

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from exchange.errors import ConfigError
 
 if TYPE_CHECKING:
+    from exchange.store.migrations import SchemaState, UpgradeResult
     from exchange.store.repository import SqlStore
 
 DEV_CONFIG = Path("var/dev/dev.toml")
@@ -39,25 +40,40 @@ example:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("store", help="the store's schema: show its version, upgrade it",
-                       description="The store's schema version (Alembic revisions in exchange/store/migrations).")
+    p = sub.add_parser(
+        "store",
+        help="the store's schema: show its version, upgrade it",
+        description="The store's schema version (Alembic revisions in exchange/store/migrations).",
+    )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION")
-    v = ssub.add_parser("version", help="show the schema revision of a store and this version's newest",
-                        description="Show the store's schema revision and the newest this version of exchange knows.",
-                        epilog=EPILOG_VERSION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v = ssub.add_parser(
+        "version",
+        help="show the schema revision of a store and this version's newest",
+        description="Show the store's schema revision and the newest this version of exchange knows.",
+        epilog=EPILOG_VERSION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _where(v)
     v.add_argument("--json", action="store_true", help="print the state as JSON")
     v.add_argument("--check", action="store_true", help="exit 1 when an upgrade is pending")
     v.set_defaults(func=_version)
-    u = ssub.add_parser("upgrade", help="bring a store's schema to this version's newest revision",
-                        description="Bring the store's schema to this version's newest revision.",
-                        epilog=EPILOG_UPGRADE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    u = ssub.add_parser(
+        "upgrade",
+        help="bring a store's schema to this version's newest revision",
+        description="Bring the store's schema to this version's newest revision.",
+        epilog=EPILOG_UPGRADE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _where(u)
     u.set_defaults(func=_upgrade)
-    r = ssub.add_parser("revision", help="(developers) write a new, empty migration after the current head",
-                        description="Write a new, empty migration revision after the current head.",
-                        epilog=EPILOG_REVISION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = ssub.add_parser(
+        "revision",
+        help="(developers) write a new, empty migration after the current head",
+        description="Write a new, empty migration revision after the current head.",
+        epilog=EPILOG_REVISION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("-m", "--message", required=True, help="what the revision changes, e.g. 'operator accounts'")
     r.set_defaults(func=_revision)
 
@@ -65,8 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _where(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--store-url", help="store URL, e.g. sqlite:///var/exchange.db or postgresql://user@host/db")
-    where.add_argument("--config", "-c", default=None,
-                       help="node TOML whose [store] url to use (default: $EXCHANGE_CONFIG)")
+    where.add_argument(
+        "--config", "-c", default=None, help="node TOML whose [store] url to use (default: $EXCHANGE_CONFIG)"
+    )
 
 
 def _store_url(args: argparse.Namespace) -> str:
@@ -93,8 +110,12 @@ def _existing_store(args: argparse.Namespace) -> SqlStore:
 
     url = _store_url(args)
     parsed = make_url(normalize_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
-            and not Path(parsed.database).exists():
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database
+        and parsed.database != ":memory:"
+        and not Path(parsed.database).exists()
+    ):
         raise ConfigError(f"there is no store at {parsed.database}; check the path")
     return SqlStore(url)
 
@@ -102,7 +123,7 @@ def _existing_store(args: argparse.Namespace) -> SqlStore:
 def _version(args: argparse.Namespace) -> int:
     store = _existing_store(args)
 
-    async def go():
+    async def go() -> SchemaState:
         await store.open(migrate_schema=False)
         try:
             return await store.schema_state()
@@ -119,8 +140,17 @@ def _version(args: argparse.Namespace) -> int:
     else:
         verdict = "upgrade pending: run `exchange store upgrade` (a node also upgrades when it starts)"
     if args.json:
-        print(json.dumps({"current": state.current, "head": state.head, "unversioned": state.unversioned,
-                          "pending": list(state.pending), "up_to_date": state.up_to_date}))
+        print(
+            json.dumps(
+                {
+                    "current": state.current,
+                    "head": state.head,
+                    "unversioned": state.unversioned,
+                    "pending": list(state.pending),
+                    "up_to_date": state.up_to_date,
+                }
+            )
+        )
     else:
         print(f"current: {state.current or ('none (created before schema versions)' if state.unversioned else 'none')}")
         print(f"head:    {state.head}")
@@ -133,7 +163,7 @@ def _version(args: argparse.Namespace) -> int:
 def _upgrade(args: argparse.Namespace) -> int:
     store = _existing_store(args)
 
-    async def go():
+    async def go() -> UpgradeResult:
         await store.open(migrate_schema=False)
         try:
             return await store.upgrade_schema()
@@ -145,8 +175,11 @@ def _upgrade(args: argparse.Namespace) -> int:
         print("stamped at the baseline (the store was created before schema versions)")
     if result.applied:
         print(f"applied: {', '.join(result.applied)}")
-    print(f"{result.before or 'none'} -> {result.after}" if result.before != result.after or result.applied
-          else f"already at {result.after}")
+    print(
+        f"{result.before or 'none'} -> {result.after}"
+        if result.before != result.after or result.applied
+        else f"already at {result.after}"
+    )
     return 0
 
 

@@ -10,7 +10,8 @@ from exchange.cli._common import add_config_argument, command_help, resolve_conf
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "token", help="gateway API tokens: create one for a hosted agency",
+        "token",
+        help="gateway API tokens: create one for a hosted agency",
         **command_help(
             "API tokens authenticate an agency's E-Office to the HTTP gateway (Authorization: Bearer ...). "
             "They are stored hashed: the token is shown once, when created.",
@@ -20,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION")
     q = token_sub.add_parser(
-        "create", help="issue a new API token for an agency; printed once, stored hashed",
+        "create",
+        help="issue a new API token for an agency; printed once, stored hashed",
         **command_help(
             "Issue a new API token for an agency this node hosts and print it once; the store keeps only "
             "its hash. Hand it to the agency's E-Office over a secure channel.",
@@ -37,15 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _create(args: argparse.Namespace) -> int:
     from exchange.envelope.codes import check_agency_code
     from exchange.errors import NotHostedError
-    from exchange.tokens import new_token
     from exchange.store import open_store
+    from exchange.tokens import new_token
 
     cfg = resolve_config(args)
     code = check_agency_code(args.agency)
     if cfg.agency(code) is None:
         hosted = ", ".join(a.code for a in cfg.agencies) or "none"
-        raise NotHostedError(f"agency {code} is not hosted by node {cfg.name} (hosted: {hosted}); "
-                             "a token only works on the node that hosts its agency")
+        raise NotHostedError(
+            f"agency {code} is not hosted by node {cfg.name} (hosted: {hosted}); "
+            "a token only works on the node that hosts its agency"
+        )
 
     async def go() -> str:
         store = open_store(cfg.store_url)
@@ -57,6 +61,8 @@ def _create(args: argparse.Namespace) -> int:
 
     token = run(go)
     print(token)
-    print(f"token for {code} created; it is shown only this once. Send it as 'Authorization: Bearer <token>'.",
-          file=sys.stderr)
+    print(
+        f"token for {code} created; it is shown only this once. Send it as 'Authorization: Bearer <token>'.",
+        file=sys.stderr,
+    )
     return 0

@@ -7,35 +7,61 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import HelpFormatter
 from exchange.errors import AttachmentError, BadRequestError, ConfigError, ExchangeError, XmlTooLargeError
+
+if TYPE_CHECKING:
+    from exchange.envelope.model import Envelope
 
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "verify", help="verify a signed envelope against a trust store (and its attachments)",
+        "verify",
+        help="verify a signed envelope against a trust store (and its attachments)",
         description="Verify FILE: structure, algorithms, certificate (chain, validity, key usage, CRL), "
-                    "signature, schema, From agency = certificate agency, and attachment digests. Exit 0 and "
-                    "a summary if it verifies; exit 1 and one line with the reason otherwise.",
+        "signature, schema, From agency = certificate agency, and attachment digests. Exit 0 and "
+        "a summary if it verifies; exit 1 and one line with the reason otherwise.",
         epilog="examples:\n"
-               "  exchange verify out/signed.xml --ca pki/ca.pem --crl pki/crl.pem\n"
-               "  exchange verify received.xml --attachments-dir received/ --config /etc/exchange/node.toml",
+        "  exchange verify out/signed.xml --ca pki/ca.pem --crl pki/crl.pem\n"
+        "  exchange verify received.xml --attachments-dir received/ --config /etc/exchange/node.toml",
         formatter_class=HelpFormatter,
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the signed envelope XML")
-    p.add_argument("--attachments-dir", type=Path, default=None, metavar="D",
-                   help="directory holding the attachments, named by attachment id (or by file name); "
-                        "default: FILE's <stem>.attachments directory if it exists")
-    p.add_argument("--ca", action="append", type=Path, default=[], metavar="CA.pem",
-                   help="trusted CA certificate file (repeatable); default: [pki] ca_files of --config")
-    p.add_argument("--crl", action="append", type=Path, default=[], metavar="CRL.pem",
-                   help="CRL file (repeatable); default: [pki] crl_files of --config when --ca is not given")
+    p.add_argument(
+        "--attachments-dir",
+        type=Path,
+        default=None,
+        metavar="D",
+        help="directory holding the attachments, named by attachment id (or by file name); "
+        "default: FILE's <stem>.attachments directory if it exists",
+    )
+    p.add_argument(
+        "--ca",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CA.pem",
+        help="trusted CA certificate file (repeatable); default: [pki] ca_files of --config",
+    )
+    p.add_argument(
+        "--crl",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CRL.pem",
+        help="CRL file (repeatable); default: [pki] crl_files of --config when --ca is not given",
+    )
     p.add_argument("--config", "-c", default=None, help="node TOML to take the trust store from")
-    p.add_argument("--stale-crl", choices=("refuse", "warn"), default="refuse",
-                   help="what to do when a CRL is past its nextUpdate (default refuse)")
+    p.add_argument(
+        "--stale-crl",
+        choices=("refuse", "warn"),
+        default="refuse",
+        help="what to do when a CRL is past its nextUpdate (default refuse)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -67,8 +93,7 @@ def read_bounded(path: Path, limit: int) -> bytes:
                 )
             data = f.read(limit + 1)
     except OSError as exc:
-        raise BadRequestError(f"cannot read {path}: {exc.strerror or exc}; give the signed envelope's file") \
-            from exc
+        raise BadRequestError(f"cannot read {path}: {exc.strerror or exc}; give the signed envelope's file") from exc
     if len(data) > limit:
         raise XmlTooLargeError(
             f"{path} holds more than the envelope limit of {limit} bytes; it is not an envelope",
@@ -77,7 +102,7 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_attachments(directory: Path, envelope) -> dict[str, bytes]:
+def read_attachments(directory: Path, envelope: Envelope) -> dict[str, bytes]:
     """Attachment bytes by id from ``directory`` (file named by the id, else by the manifest name).
 
     Missing files are left out: the verifier then reports them (after the
@@ -129,10 +154,14 @@ def _run(args: argparse.Namespace) -> int:
     cert = verified.certificate
     print(f"OK: {args.file} is signed by agency {verified.signer_agency} ({subject_name(cert)})")
     print(f"  certificate: {cert.subject.rfc4514_string()}")
-    print(f"               serial {cert.serial_number:x}, issuer {cert.issuer.rfc4514_string()}, "
-          f"valid until {cert.not_valid_after_utc.isoformat()}")
-    print(f"  message:     {h.message_id} kind={h.kind.value} operation={h.operation.value} "
-          f"created={h.created_at.isoformat()}")
+    print(
+        f"               serial {cert.serial_number:x}, issuer {cert.issuer.rfc4514_string()}, "
+        f"valid until {cert.not_valid_after_utc.isoformat()}"
+    )
+    print(
+        f"  message:     {h.message_id} kind={h.kind.value} operation={h.operation.value} "
+        f"created={h.created_at.isoformat()}"
+    )
     print(f"  from:        {h.sender.code} {h.sender.name}".rstrip())
     for r in h.recipients:
         print(f"  to:          {r.code} {r.name}".rstrip())

@@ -24,13 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = vxp_sub.add_parser("secret", help="create, rotate or list the shared secrets of hub systems")
     s.set_defaults(func=lambda _args: (s.print_help(), 2)[1])
     secret_sub = s.add_subparsers(dest="secret_command", metavar="ACTION")
-    for name, helptext in (("create", "a new system for a hosted agency; prints its secret once"),
-                           ("rotate", "a new secret for an existing system (the old one stops working); printed once")):
+    for name, helptext in (
+        ("create", "a new system for a hosted agency; prints its secret once"),
+        ("rotate", "a new secret for an existing system (the old one stops working); printed once"),
+    ):
         q = secret_sub.add_parser(name, help=helptext)
         add_config_argument(q)
         q.add_argument("--system", required=True, help="the E-Office's system id (its `systemid` header)")
-        q.add_argument("--agency", required=(name == "create"),
-                       help="QCVN 102 code of the hosted agency the system acts for")
+        q.add_argument(
+            "--agency", required=(name == "create"), help="QCVN 102 code of the hosted agency the system acts for"
+        )
         q.set_defaults(func=_create if name == "create" else _rotate)
     q = secret_sub.add_parser("list", help="the systems, their agencies and whether their secret opens")
     add_config_argument(q)
@@ -41,8 +44,9 @@ def _system_id(raw: str) -> str:
     from exchange.errors import BadRequestError
 
     if not _SYSTEM_ID.fullmatch(raw):
-        raise BadRequestError(f"system id {raw[:70]!r} must be 1 to 64 letters, digits and . _ : - "
-                              "(e.g. vxp.saas.03 or the agency code)")
+        raise BadRequestError(
+            f"system id {raw[:70]!r} must be 1 to 64 letters, digits and . _ : - (e.g. vxp.saas.03 or the agency code)"
+        )
     return raw
 
 
@@ -56,8 +60,10 @@ def _sealing_key(cfg, code: str) -> bytes:  # type: ignore[no-untyped-def]
     agency = cfg.agency(code)
     if agency is None:
         hosted = ", ".join(a.code for a in cfg.agencies) or "none"
-        raise NotHostedError(f"agency {code} is not hosted by node {cfg.name} (hosted: {hosted}); "
-                             "a hub system works only on the node that hosts its agency")
+        raise NotHostedError(
+            f"agency {code} is not hosted by node {cfg.name} (hosted: {hosted}); "
+            "a hub system works only on the node that hosts its agency"
+        )
     return sealing_key(load_private_key(agency.key))
 
 
@@ -75,26 +81,37 @@ def _issue(args: argparse.Namespace, *, rotate: bool) -> int:
         store = open_store(cfg.store_url)
         await store.open()
         try:
-            agency = args.agency
+            agency: str | None = args.agency
             if agency is None:  # rotate without --agency: the system's own
                 existing = await store.get_vxp_system(system_id)
                 if existing is None:
-                    raise NotFoundError(f"no hub system {system_id} exists; create it with "
-                                        "`exchange vxp secret create --system ID --agency CODE`")
+                    raise NotFoundError(
+                        f"no hub system {system_id} exists; create it with "
+                        "`exchange vxp secret create --system ID --agency CODE`"
+                    )
                 agency = existing.agency
             key = _sealing_key(cfg, agency)
-            await store.put_vxp_system(VxpSystem(system_id=system_id, agency=agency,
-                                                 sealed=seal(key, system_id, agency, secret), key_id=key_id(key),
-                                                 created_at=datetime.now(UTC)), rotate=rotate)
+            await store.put_vxp_system(
+                VxpSystem(
+                    system_id=system_id,
+                    agency=agency,
+                    sealed=seal(key, system_id, agency, secret),
+                    key_id=key_id(key),
+                    created_at=datetime.now(UTC),
+                ),
+                rotate=rotate,
+            )
             return agency
         finally:
             await store.close()
 
     agency = run(go)
     print(secret)
-    print(f"{'new secret of' if rotate else 'secret for'} hub system {system_id} (agency {agency}); it is shown "
-          "only this once. Put it in the E-Office's SDK configuration with its endpoint http(s)://<node>/vxp.",
-          file=sys.stderr)
+    print(
+        f"{'new secret of' if rotate else 'secret for'} hub system {system_id} (agency {agency}); it is shown "
+        "only this once. Put it in the E-Office's SDK configuration with its endpoint http(s)://<node>/vxp.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -130,7 +147,14 @@ def _list(args: argparse.Namespace) -> int:
             except ExchangeError:
                 current[s.agency] = ""
         opens = "yes" if current[s.agency] == s.key_id else "no: rotate it"
-        rows.append((s.system_id, s.agency, s.created_at.isoformat(timespec="seconds"),
-                     s.rotated_at.isoformat(timespec="seconds") if s.rotated_at else "", opens))
+        rows.append(
+            (
+                s.system_id,
+                s.agency,
+                s.created_at.isoformat(timespec="seconds"),
+                s.rotated_at.isoformat(timespec="seconds") if s.rotated_at else "",
+                opens,
+            )
+        )
     print(table(rows, ("system", "agency", "created", "rotated", "secret opens")))
     return 0

@@ -21,7 +21,6 @@ from exchange.conformance.probes import EdxmlProbe, FileDropProbe, PullProbe, We
 from exchange.devworld import AgencySpec
 from exchange.envelope.model import DocumentCode, DocumentInfo, StatusCode
 from exchange.store.base import DeliveryState
-
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.broker]
@@ -41,10 +40,15 @@ def drop_document(root: Path, name: str, to: list[str], files: dict[str, bytes])
     (out / name).mkdir()
     for file_name, data in files.items():
         (out / name / file_name).write_bytes(data)
-    meta = {"kind": "document", "to": to,
-            "document": {"number": "15", "notation": "CT-TTg", "subject": "Chỉ thị về chuyển đổi số", "priority": 2},
-            "attachments": [{"file": f"{name}/{n}", "name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-                            for n, d in files.items()]}
+    meta = {
+        "kind": "document",
+        "to": to,
+        "document": {"number": "15", "notation": "CT-TTg", "subject": "Chỉ thị về chuyển đổi số", "priority": 2},
+        "attachments": [
+            {"file": f"{name}/{n}", "name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+            for n, d in files.items()
+        ],
+    }
     tmp = out / f".{name}.json.tmp"
     tmp.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out / f"{name}.json")
@@ -63,12 +67,27 @@ async def deliveries(service, message_id: str) -> dict:
 async def test_filedrop_sends_to_webhook_and_edxml_and_gets_statuses_back(make_world, tmp_path) -> None:
     sender, hook, edxml = FileDropProbe(), WebhookProbe(), EdxmlProbe()
     specs = [
-        AgencySpec(FILEDROP, "Văn phòng Chính phủ", node="central", adapter="filedrop",
-                   options={**await start_probe(sender, FILEDROP, tmp_path), "poll_interval": 0.1}),
-        AgencySpec(WEBHOOK, "UBND tỉnh Nghệ An", node="local", adapter="webhook",
-                   options=await start_probe(hook, WEBHOOK, tmp_path)),
-        AgencySpec(EDXML, "UBND TP Hồ Chí Minh", node="local", adapter="edxml",
-                   options={**await start_probe(edxml, EDXML, tmp_path), "poll_interval": 0.1}),
+        AgencySpec(
+            FILEDROP,
+            "Văn phòng Chính phủ",
+            node="central",
+            adapter="filedrop",
+            options={**await start_probe(sender, FILEDROP, tmp_path), "poll_interval": 0.1},
+        ),
+        AgencySpec(
+            WEBHOOK,
+            "UBND tỉnh Nghệ An",
+            node="local",
+            adapter="webhook",
+            options=await start_probe(hook, WEBHOOK, tmp_path),
+        ),
+        AgencySpec(
+            EDXML,
+            "UBND TP Hồ Chí Minh",
+            node="local",
+            adapter="edxml",
+            options={**await start_probe(edxml, EDXML, tmp_path), "poll_interval": 0.1},
+        ),
     ]
     world = make_world(specs, ["central", "local"])
     try:
@@ -124,8 +143,13 @@ async def test_webhook_failures_reach_the_sender_and_retries_deliver_once(make_w
     hook, inbox = WebhookProbe(), PullProbe()
     specs = [
         AgencySpec(PULL, "UBND xã Nghi Lộc", node="one", adapter="pull"),
-        AgencySpec(WEBHOOK, "UBND tỉnh Nghệ An", node="one", adapter="webhook",
-                   options=await start_probe(hook, WEBHOOK, tmp_path)),
+        AgencySpec(
+            WEBHOOK,
+            "UBND tỉnh Nghệ An",
+            node="one",
+            adapter="webhook",
+            options=await start_probe(hook, WEBHOOK, tmp_path),
+        ),
     ]
     world = make_world(specs, ["one"], retry_delays=(1, 1, 1), max_attempts=3)
     try:
@@ -135,14 +159,18 @@ async def test_webhook_failures_reach_the_sender_and_retries_deliver_once(make_w
         doc = DocumentInfo(code=DocumentCode("3", "BC-UBND"), subject="Báo cáo")
         hook.fail_next("transient")
         retried = await service.submit_document(PULL, [WEBHOOK], doc)
-        await wait_for(lambda: _state_is(service, retried.message_id, WEBHOOK, DeliveryState.DELIVERED),
-                       what="delivery after one 503")
+        await wait_for(
+            lambda: _state_is(service, retried.message_id, WEBHOOK, DeliveryState.DELIVERED),
+            what="delivery after one 503",
+        )
         assert [m.message_id for m in await hook.seen()] == [retried.message_id]
 
         hook.fail_next("permanent")
         refused = await service.submit_document(PULL, [WEBHOOK], doc)
-        await wait_for(lambda: _state_is(service, refused.message_id, WEBHOOK, DeliveryState.FAILED),
-                       what="non-delivery receipt after a 422")
+        await wait_for(
+            lambda: _state_is(service, refused.message_id, WEBHOOK, DeliveryState.FAILED),
+            what="non-delivery receipt after a 422",
+        )
         failed = [t for t in await service.store.timeline(refused.message_id) if t.event == "failed"]
         assert "HTTP 422" in failed[0].detail
         assert [m.message_id for m in await hook.seen()] == [retried.message_id]

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from exchange.adapters.base import Adapter, DeliveryResult, Incoming
+from exchange.adapters.recording import read_records
 from exchange.conformance import ConformanceTests, EOfficeProbe, ProbeContext, SeenMessage, conformance_tests
 from exchange.conformance.kit import Verdict, run_conformance
-from exchange.adapters.recording import read_records
 from exchange.store.base import Direction
 
 pytestmark = [pytest.mark.broker]
@@ -68,8 +68,16 @@ class RecordingProbe(EOfficeProbe):
         for r in read_records(self.path):
             record = await store.get_message(r["message_id"], Direction.IN)
             files = {name: await store.get_attachment(sha) or b"" for name, sha in r["attachments"].items()}
-            out.append(SeenMessage(r["message_id"], r["kind"], r["sender"], subject=record.subject if record else "",
-                                   status_code=r["status"], attachments=files))
+            out.append(
+                SeenMessage(
+                    r["message_id"],
+                    r["kind"],
+                    r["sender"],
+                    subject=record.subject if record else "",
+                    status_code=r["status"],
+                    attachments=files,
+                )
+            )
         return out
 
 
@@ -103,10 +111,18 @@ def _builtin_probes() -> dict[str, type[EOfficeProbe] | str]:
         except Exception as exc:
             found[name] = f"broken: importing {PROBES_PACKAGE}.{name} raised {type(exc).__name__}: {exc}"
             continue
-        classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, EOfficeProbe)
-                   and c.__module__ == module.__name__ and c.kind]
-        found[name] = classes[0] if len(classes) == 1 else (
-            f"broken: {module.__name__} defines {len(classes)} EOfficeProbe subclasses with a kind; it must define one")
+        classes = [
+            c
+            for c in vars(module).values()
+            if isinstance(c, type) and issubclass(c, EOfficeProbe) and c.__module__ == module.__name__ and c.kind
+        ]
+        found[name] = (
+            classes[0]
+            if len(classes) == 1
+            else (
+                f"broken: {module.__name__} defines {len(classes)} EOfficeProbe subclasses with a kind; it must define one"
+            )
+        )
     return found
 
 
@@ -162,9 +178,14 @@ class BrokenAdapter(Adapter):
             return DeliveryResult.transient("E-Office said no")  # permanent refusals too: the bug
         h = message.envelope.header
         files = {a.name: message.attachments[a.id] for a in message.envelope.attachments if a.name.isascii()}
-        seen = SeenMessage(message.message_id, h.kind.value, h.sender.code,
-                           subject=h.document.subject if h.document else "",
-                           status_code=h.status.code.value if h.status else None, attachments=files)
+        seen = SeenMessage(
+            message.message_id,
+            h.kind.value,
+            h.sender.code,
+            subject=h.document.subject if h.document else "",
+            status_code=h.status.code.value if h.status else None,
+            attachments=files,
+        )
         self.eoffice.accepted.extend([seen, seen] if h.status else [seen])
         return DeliveryResult.delivered()
 
@@ -187,7 +208,8 @@ class BrokenProbe(EOfficeProbe):
 
 async def test_the_kit_fails_a_broken_adapter_and_names_each_mistake(amqp_url: str, tmp_path: Path) -> None:
     report = await asyncio.wait_for(
-        run_conformance(BrokenProbe, amqp_url=amqp_url, workdir=tmp_path, adapter=BrokenAdapter, timeout=10), 120)
+        run_conformance(BrokenProbe, amqp_url=amqp_url, workdir=tmp_path, adapter=BrokenAdapter, timeout=10), 120
+    )
     verdicts = {r.name: r.verdict for r in report.results}
     assert {name for name, v in verdicts.items() if v is Verdict.FAILED} == {
         "document_with_attachments_reaches_the_eoffice_once",
@@ -197,8 +219,12 @@ async def test_the_kit_fails_a_broken_adapter_and_names_each_mistake(amqp_url: s
         "stop_is_safe_twice",
     }, str(report)
     # What the adapter gets right still passes: the kit fails precisely, not wholesale.
-    for name in ("adapter_starts_from_its_options", "fan_out_copy_reaches_the_eoffice_once",
-                 "duplicate_envelope_reaches_the_eoffice_once", "transient_failure_is_retried_and_delivered_once"):
+    for name in (
+        "adapter_starts_from_its_options",
+        "fan_out_copy_reaches_the_eoffice_once",
+        "duplicate_envelope_reaches_the_eoffice_once",
+        "transient_failure_is_retried_and_delivered_once",
+    ):
         assert verdicts[name] is Verdict.PASSED, str(report)
     assert verdicts["document_sent_by_the_eoffice_is_delivered"] is Verdict.SKIPPED
     message = {r.name: r.message for r in report.results}
@@ -228,9 +254,11 @@ def test_the_pytest_plugin_loads_without_loading_the_bus() -> None:
     from importlib.metadata import entry_points
 
     (ep,) = [ep for ep in entry_points(group="pytest11") if ep.name == "exchange_conformance"]
-    code = (f"import sys; import {ep.value}; "
-            "print(sorted(m for m in ('aio_pika', 'lxml', 'sqlalchemy', 'signxml', 'cryptography', 'aiohttp') "
-            "if m in sys.modules))")
+    code = (
+        f"import sys; import {ep.value}; "
+        "print(sorted(m for m in ('aio_pika', 'lxml', 'sqlalchemy', 'signxml', 'cryptography', 'aiohttp') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 

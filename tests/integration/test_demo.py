@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 RECIPIENTS = ("000.00.00.H41", "000.00.00.H29", "000.00.31.H41")
 
 
@@ -15,9 +14,26 @@ def test_demo_delivers_a_directive_through_every_adapter_kind_and_walks_statuses
     tmp_path: Path, amqp_url: str, amqp_prefix: str
 ) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "exchange.cli.main", "demo", "--once", "--dir", str(tmp_path / "demo"),
-         "--port", "0", "--amqp-url", amqp_url, "--prefix", amqp_prefix, "--timeout", "60"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli.main",
+            "demo",
+            "--once",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--port",
+            "0",
+            "--amqp-url",
+            amqp_url,
+            "--prefix",
+            amqp_prefix,
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -39,16 +55,35 @@ def test_demo_delivers_a_directive_through_every_adapter_kind_and_walks_statuses
     assert len(list((demo / "eoffice/000.00.00.H41/incoming").iterdir())) == 1
     assert len(list((demo / "eoffice/000.00.00.H29/incoming").glob("*.edxml"))) == 1
     mid = re.search(r"sent directive (\S+) to 3 agencies", out).group(1)
-    track = subprocess.run([sys.executable, "-m", "exchange.cli.main", "track", mid, "--config",
-                            str(demo / "demo.toml")], capture_output=True, text=True, timeout=60)
+    track = subprocess.run(
+        [sys.executable, "-m", "exchange.cli.main", "track", mid, "--config", str(demo / "demo.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert track.returncode == 0 and track.stdout.count(" 06 ") == 3, track.stdout + track.stderr
 
 
 def test_demo_without_a_broker_says_what_to_do(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "exchange.cli.main", "demo", "--once", "--dir", str(tmp_path / "demo"),
-         "--port", "0", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--timeout", "3"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli.main",
+            "demo",
+            "--once",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--port",
+            "0",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/",
+            "--timeout",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "RabbitMQ did not answer" in proc.stderr and "deploy/setup.sh" in proc.stderr

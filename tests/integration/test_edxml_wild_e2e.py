@@ -23,7 +23,6 @@ from exchange.conformance.probes import EdxmlProbe, FileDropProbe
 from exchange.devworld import AgencySpec
 from exchange.envelope.edxml import EDXML_NS
 from exchange.store.base import DeliveryState
-
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.broker]
@@ -42,25 +41,43 @@ async def start_probe(probe, agency: str, tmp_path: Path) -> dict:
 def package() -> bytes:
     """The ZIP-wrapped fixture, addressed to both E-Offices, with the hub's TraceHeader details and cid:cid:."""
     text = (WILD / "content_types_zip_wrapped.edxml").read_text(encoding="utf-8")
-    first_to = text[text.index("<edXML:To>"):text.index("</edXML:To>") + len("</edXML:To>")]
+    first_to = text[text.index("<edXML:To>") : text.index("</edXML:To>") + len("</edXML:To>")]
     second_to = first_to.replace(EDXML, FILEDROP).replace("UBND tỉnh Nghệ An", "UBND Thành phố Hồ Chí Minh")
     text = text.replace(first_to, first_to + second_to, 1)
     text = text.replace("<edXML:ContentId>cid:qd</edXML:ContentId>", "<edXML:ContentId>cid:cid:qd</edXML:ContentId>")
-    details = ("<edXML:Business><edXML:BusinessName>Gửi văn bản</edXML:BusinessName><edXML:BusinessCode>SEND"
-               "</edXML:BusinessCode></edXML:Business>")
-    return text.replace("</edXML:Timestamp></edXML:TraceHeader>", f"</edXML:Timestamp>{details}</edXML:TraceHeader>",
-                        1).encode("utf-8")
+    details = (
+        "<edXML:Business><edXML:BusinessName>Gửi văn bản</edXML:BusinessName><edXML:BusinessCode>SEND"
+        "</edXML:BusinessCode></edXML:Business>"
+    )
+    return text.replace(
+        "</edXML:Timestamp></edXML:TraceHeader>", f"</edXML:Timestamp>{details}</edXML:TraceHeader>", 1
+    ).encode("utf-8")
 
 
 async def test_an_eoffice_package_reaches_the_recipients_as_sent_plus_the_bus_hops(make_world, tmp_path) -> None:
     sender, edxml, filedrop = EdxmlProbe(), EdxmlProbe(), FileDropProbe()
     specs = [
-        AgencySpec(SENDER, "Văn phòng Chính phủ", node="central", adapter="edxml",
-                   options={**await start_probe(sender, SENDER, tmp_path), "poll_interval": 0.1}),
-        AgencySpec(EDXML, "Nghệ An (tên trong danh bạ)", node="local", adapter="edxml",
-                   options={**await start_probe(edxml, EDXML, tmp_path), "poll_interval": 0.1}),
-        AgencySpec(FILEDROP, "TP HCM (tên trong danh bạ)", node="local", adapter="filedrop",
-                   options={**await start_probe(filedrop, FILEDROP, tmp_path), "poll_interval": 0.1}),
+        AgencySpec(
+            SENDER,
+            "Văn phòng Chính phủ",
+            node="central",
+            adapter="edxml",
+            options={**await start_probe(sender, SENDER, tmp_path), "poll_interval": 0.1},
+        ),
+        AgencySpec(
+            EDXML,
+            "Nghệ An (tên trong danh bạ)",
+            node="local",
+            adapter="edxml",
+            options={**await start_probe(edxml, EDXML, tmp_path), "poll_interval": 0.1},
+        ),
+        AgencySpec(
+            FILEDROP,
+            "TP HCM (tên trong danh bạ)",
+            node="local",
+            adapter="filedrop",
+            options={**await start_probe(filedrop, FILEDROP, tmp_path), "poll_interval": 0.1},
+        ),
     ]
     world = make_world(specs, ["central", "local"])
     try:
@@ -84,9 +101,12 @@ async def test_an_eoffice_package_reaches_the_recipients_as_sent_plus_the_bus_ho
         assert root.xpath("//e:Reference/e:ContentId/text()", namespaces=NS) == ["cid:cid:qd"]
         assert root.xpath("//e:AttachmentEncoded/e:Attachment/e:ContentId/text()", namespaces=NS) == ["qd"]
         assert root.xpath("//e:AttachmentEncoded/e:Attachment/e:ContentType/text()", namespaces=NS) == [
-            "application/zip"]
-        assert root.xpath("//e:To/e:OrganName/text()", namespaces=NS) == ["UBND tỉnh Nghệ An",
-                                                                          "UBND Thành phố Hồ Chí Minh"]
+            "application/zip"
+        ]
+        assert root.xpath("//e:To/e:OrganName/text()", namespaces=NS) == [
+            "UBND tỉnh Nghệ An",
+            "UBND Thành phố Hồ Chí Minh",
+        ]
         traces = root.xpath("//e:TraceHeaderList/e:TraceHeader", namespaces=NS)
         assert [t.findtext("e:OrganId", namespaces=NS) for t in traces] == [SENDER, None, None]
         assert traces[0].findtext("e:Business/e:BusinessCode", namespaces=NS) == "SEND"

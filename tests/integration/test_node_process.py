@@ -101,8 +101,13 @@ def one_error_line(stderr: str, code: str) -> str:
 def test_serve_on_a_taken_port_says_which_port_and_how_to_choose_another_and_exits(tmp_path: Path) -> None:
     config = node_config(tmp_path, f"amqp://guest:guest@127.0.0.1:{closed_port()}/")
     with held_port() as port:
-        proc = subprocess.run(exchange("serve", "--config", str(config), "--port", str(port)),
-                              capture_output=True, text=True, timeout=HANG, env=clean_env())
+        proc = subprocess.run(
+            exchange("serve", "--config", str(config), "--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=HANG,
+            env=clean_env(),
+        )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = one_error_line(proc.stderr, "port-in-use")
     assert f"port {port}" in line and "--port" in line and "EXCHANGE__HTTP__PORT" in line
@@ -111,17 +116,36 @@ def test_serve_on_a_taken_port_says_which_port_and_how_to_choose_another_and_exi
 def test_demo_on_a_taken_port_says_which_port_and_exits(tmp_path: Path) -> None:
     with held_port() as port:
         proc = subprocess.run(
-            exchange("demo", "--once", "--dir", str(tmp_path / "demo"), "--port", str(port),
-                     "--amqp-url", f"amqp://guest:guest@127.0.0.1:{closed_port()}/", "--timeout", "30"),
-            capture_output=True, text=True, timeout=HANG * 2, env=clean_env())
+            exchange(
+                "demo",
+                "--once",
+                "--dir",
+                str(tmp_path / "demo"),
+                "--port",
+                str(port),
+                "--amqp-url",
+                f"amqp://guest:guest@127.0.0.1:{closed_port()}/",
+                "--timeout",
+                "30",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=HANG * 2,
+            env=clean_env(),
+        )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"port {port}" in one_error_line(proc.stderr, "port-in-use")
 
 
 def test_run_sh_on_a_taken_port_says_which_port_and_exits(tmp_path: Path) -> None:
     with held_port() as port:
-        proc = subprocess.run([str(ROOT / "deploy/run.sh"), "--port", str(port), "--dev-dir", str(tmp_path / "dev")],
-                              capture_output=True, text=True, timeout=HANG * 5, env=clean_env())
+        proc = subprocess.run(
+            [str(ROOT / "deploy/run.sh"), "--port", str(port), "--dev-dir", str(tmp_path / "dev")],
+            capture_output=True,
+            text=True,
+            timeout=HANG * 5,
+            env=clean_env(),
+        )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"port {port}" in one_error_line(proc.stderr, "port-in-use")
 
@@ -131,8 +155,13 @@ def test_run_sh_on_a_taken_port_says_which_port_and_exits(tmp_path: Path) -> Non
 
 def start_serving(config: Path) -> tuple[subprocess.Popen[str], list[str]]:
     """``exchange serve`` in the background, once it printed that it serves."""
-    proc = subprocess.Popen(exchange("serve", "--config", str(config), "--port", "0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=clean_env())
+    proc = subprocess.Popen(
+        exchange("serve", "--config", str(config), "--port", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
     assert proc.stdout is not None
     out = []
     deadline = time.monotonic() + HANG
@@ -161,7 +190,8 @@ def stop_with(proc: subprocess.Popen[str], sig: signal.Signals) -> str:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stops_on_a_signal_while_the_broker_accepts_tcp_but_never_answers(
-        tmp_path: Path, silent: SilentServer, sig: signal.Signals) -> None:
+    tmp_path: Path, silent: SilentServer, sig: signal.Signals
+) -> None:
     proc, _ = start_serving(node_config(tmp_path, f"amqp://guest:guest@127.0.0.1:{silent.port}/"))
     deadline = time.monotonic() + HANG
     while not silent.accepted:  # the node is connecting: TCP is up, the AMQP handshake never comes
@@ -195,17 +225,20 @@ def test_serve_connected_to_the_broker_stops_on_sigterm(tmp_path: Path, amqp_url
 @pytest.mark.parametrize("action", [["list"], ["replay", "--all", "--reason", "test"]])
 def test_dlq_commands_without_a_broker_say_so_in_one_line(tmp_path: Path, action: list[str]) -> None:
     config = node_config(tmp_path, f"amqp://guest:guest@127.0.0.1:{closed_port()}/")
-    proc = subprocess.run(exchange("dlq", *action, "--config", str(config)), capture_output=True, text=True,
-                          timeout=HANG, env=clean_env())
+    proc = subprocess.run(
+        exchange("dlq", *action, "--config", str(config)), capture_output=True, text=True, timeout=HANG, env=clean_env()
+    )
     assert proc.returncode == 1
     line = one_error_line(proc.stderr, "broker-unavailable")
     assert "RabbitMQ" in line and "[amqp] url" in line and "guest:guest" not in line
 
 
 def test_dlq_list_against_a_broker_that_never_answers_gives_up_in_one_line(
-        tmp_path: Path, silent: SilentServer) -> None:
+    tmp_path: Path, silent: SilentServer
+) -> None:
     config = node_config(tmp_path, f"amqp://guest:guest@127.0.0.1:{silent.port}/")
-    proc = subprocess.run(exchange("dlq", "list", "--config", str(config)), capture_output=True, text=True,
-                          timeout=HANG, env=clean_env())
+    proc = subprocess.run(
+        exchange("dlq", "list", "--config", str(config)), capture_output=True, text=True, timeout=HANG, env=clean_env()
+    )
     assert proc.returncode == 1
     one_error_line(proc.stderr, "broker-unavailable")

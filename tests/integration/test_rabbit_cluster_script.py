@@ -44,15 +44,17 @@ class Cluster:
     def run(self, *args: str, timeout: float = 180) -> str:
         proc = subprocess.run([str(SCRIPT), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise AssertionError(f"rabbit-cluster.sh {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"rabbit-cluster.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc.stdout + proc.stderr
 
     def beam_pids(self) -> list[int]:
         """Pids of any process still running from this cluster's base dir."""
         out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        return [int(line.split(None, 1)[0]) for line in out.splitlines()
-                if str(self.base) in line and "ps -eo" not in line]
+        return [
+            int(line.split(None, 1)[0]) for line in out.splitlines() if str(self.base) in line and "ps -eo" not in line
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -106,20 +108,32 @@ async def test_quorum_queue_loses_nothing_when_a_node_stops_midway(cluster: Clus
 
         async def publish(batch: list[str], pause: float = 0.0) -> None:
             for start in range(0, len(batch), 25):
-                await asyncio.gather(*(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(mid.encode(), message_id=mid,
-                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                        routing_key=queue_name, mandatory=True, timeout=20)
-                    for mid in batch[start:start + 25]))
+                await asyncio.gather(
+                    *(
+                        channel.default_exchange.publish(
+                            aio_pika.Message(
+                                mid.encode(), message_id=mid, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                            ),
+                            routing_key=queue_name,
+                            mandatory=True,
+                            timeout=20,
+                        )
+                        for mid in batch[start : start + 25]
+                    )
+                )
                 if pause:
                     await asyncio.sleep(pause)
 
         await publish(ids[:250])
         # Stop node 2 through the script while publishing goes on, then publish the rest with it down.
         stopper = await asyncio.create_subprocess_exec(
-            str(SCRIPT), "stop-node", "2", env=cluster.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            str(SCRIPT),
+            "stop-node",
+            "2",
+            env=cluster.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         await publish(ids[250:375], pause=0.3)
         out, _ = await asyncio.wait_for(stopper.communicate(), 60)
         assert stopper.returncode == 0, out.decode()

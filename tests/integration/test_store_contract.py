@@ -173,16 +173,27 @@ def message(
 ) -> MessageRecord:
     xml = f"<envelope id='{mid}'>secret body text</envelope>".encode()
     return MessageRecord(
-        message_id=mid or str(uuid.uuid4()), kind=kind, operation="new", sender=sender,
-        recipients=recipients, direction=direction, created_at=created_at or now(), envelope_xml=xml,
-        digest=hashlib.sha256(xml).hexdigest(), priority=priority, subject="Công văn số 1",
-        relates_to=None, correlation_id="corr-1",
+        message_id=mid or str(uuid.uuid4()),
+        kind=kind,
+        operation="new",
+        sender=sender,
+        recipients=recipients,
+        direction=direction,
+        created_at=created_at or now(),
+        envelope_xml=xml,
+        digest=hashlib.sha256(xml).hexdigest(),
+        priority=priority,
+        subject="Công văn số 1",
+        relates_to=None,
+        correlation_id="corr-1",
     )
 
 
 def items(m: MessageRecord, *, priority: int = 0) -> list[OutboxItem]:
-    return [OutboxItem(m.message_id, r, f"{r}.normal", b"frame:" + m.message_id.encode(), {"h": "v"}, priority)
-            for r in m.recipients]
+    return [
+        OutboxItem(m.message_id, r, f"{r}.normal", b"frame:" + m.message_id.encode(), {"h": "v"}, priority)
+        for r in m.recipients
+    ]
 
 
 def receipt_for(original: MessageRecord, recipient: str) -> tuple[MessageRecord, OutboxItem]:
@@ -222,8 +233,7 @@ async def test_accept_outgoing_stores_message_deliveries_outbox_and_attachments(
     assert await store.get_message(m.message_id) == m
     assert await store.get_message(m.message_id, Direction.IN) is None
     assert await states(store, m.message_id) == {B: DeliveryState.SUBMITTED, C: DeliveryState.SUBMITTED}
-    assert [(t.recipient, t.event) for t in await store.timeline(m.message_id)] == [
-        (B, "submitted"), (C, "submitted")]
+    assert [(t.recipient, t.event) for t in await store.timeline(m.message_id)] == [(B, "submitted"), (C, "submitted")]
     count, age = await store.outbox_stats()
     assert count == 2 and age is not None and 0 <= age < 60
     assert await store.get_attachment(sha) == att
@@ -255,10 +265,12 @@ async def test_idempotency_key_returns_the_first_message_id_and_writes_nothing(s
 
 async def test_concurrent_uses_of_one_idempotency_key_create_one_message(store: Store, second_store: Store) -> None:
     msgs = [message() for _ in range(10)]
-    results = await asyncio.gather(*(
-        (store if i % 2 else second_store).accept_outgoing(m, items(m), idempotency_key="same")
-        for i, m in enumerate(msgs)
-    ))
+    results = await asyncio.gather(
+        *(
+            (store if i % 2 else second_store).accept_outgoing(m, items(m), idempotency_key="same")
+            for i, m in enumerate(msgs)
+        )
+    )
     assert sum(created for _, created in results) == 1
     assert len({mid for mid, _ in results}) == 1
     assert (await store.outbox_stats())[0] == 2
@@ -270,8 +282,9 @@ async def test_an_idempotency_key_keeps_the_fingerprint_of_its_first_request(sto
     assert await store.idempotency_entry(first.sender, "fp-1") is None
     await store.accept_outgoing(first, items(first), idempotency_key="fp-1", idempotency_fingerprint="a" * 64)
     # A second use, with another fingerprint, neither writes nor replaces the first one's.
-    assert await store.accept_outgoing(second, items(second), idempotency_key="fp-1",
-                                       idempotency_fingerprint="b" * 64) == (first.message_id, False)
+    assert await store.accept_outgoing(
+        second, items(second), idempotency_key="fp-1", idempotency_fingerprint="b" * 64
+    ) == (first.message_id, False)
     entry = await store.idempotency_entry(first.sender, "fp-1")
     assert entry is not None and (entry.message_id, entry.fingerprint) == (first.message_id, "a" * 64)
     # A key stored without a fingerprint (as before fingerprints existed) answers with None.
@@ -355,8 +368,10 @@ async def test_mark_published_drops_items_and_queues_tracked_deliveries(store: S
     await store.accept_outgoing(m, items(m))
     claimed = await store.claim_outbox(10)
     await store.mark_published([claimed[0].id])  # type: ignore[list-item]
-    assert await states(store, m.message_id) == {claimed[0].recipient: DeliveryState.QUEUED,
-                                                  claimed[1].recipient: DeliveryState.SUBMITTED}
+    assert await states(store, m.message_id) == {
+        claimed[0].recipient: DeliveryState.QUEUED,
+        claimed[1].recipient: DeliveryState.SUBMITTED,
+    }
     await store.mark_published([i.id for i in claimed])  # type: ignore[misc]
     await store.mark_published([i.id for i in claimed])  # type: ignore[misc]  # a repeat is harmless
     assert set((await states(store, m.message_id)).values()) == {DeliveryState.QUEUED}
@@ -398,8 +413,12 @@ async def test_two_concurrent_claimers_never_get_the_same_item(store: Store, sec
             await asyncio.sleep(0)
             await s.mark_published([i.id for i in batch if i.id is not None])
 
-    await asyncio.gather(relay(store, claimed[0]), relay(second_store, claimed[1]),
-                         relay(store, claimed[0]), relay(second_store, claimed[1]))
+    await asyncio.gather(
+        relay(store, claimed[0]),
+        relay(second_store, claimed[1]),
+        relay(store, claimed[0]),
+        relay(second_store, claimed[1]),
+    )
     everything = claimed[0] + claimed[1]
     assert len(everything) == 200 and len(set(everything)) == 200
     assert (await store.delivery_counts())["queued"] == 200
@@ -458,8 +477,9 @@ async def test_complete_incoming_is_atomic_with_its_receipt(store: Store) -> Non
 async def test_complete_incoming_failed_and_unknown(store: Store) -> None:
     m = message(sender=A, recipients=(B,), direction=Direction.IN)
     await store.accept_incoming(m, B)
-    await store.complete_incoming(m.message_id, B, InboxState.FAILED, reason="adapter refused",
-                                  receipt=receipt_for(m, B))
+    await store.complete_incoming(
+        m.message_id, B, InboxState.FAILED, reason="adapter refused", receipt=receipt_for(m, B)
+    )
     assert await store.incoming_state(m.message_id, B) is InboxState.FAILED
     assert await store.list_inbox(B, include_acked=True) == []
     # A later completion does not resurrect it, but its receipt still goes out.
@@ -476,8 +496,10 @@ async def test_complete_incoming_failed_and_unknown(store: Store) -> None:
 async def test_record_event_on_an_unknown_delivery_returns_false_and_writes_nothing(store: Store) -> None:
     m = await send_and_publish(store)
     entries = (await store.verify_journal()).entries
-    assert await store.record_event(m.message_id, "000.00.00.H09", "delivered", at=now(),
-                                    state=DeliveryState.DELIVERED) is False
+    assert (
+        await store.record_event(m.message_id, "000.00.00.H09", "delivered", at=now(), state=DeliveryState.DELIVERED)
+        is False
+    )
     assert await store.record_event("unknown", B, "status:03", at=now(), status_code="03") is False
     assert (await store.verify_journal()).entries == entries
 
@@ -486,8 +508,9 @@ async def test_delivery_state_never_moves_backwards(store: Store) -> None:
     m = message()
     await store.accept_outgoing(m, items(m))
     # The receipt overtakes the publish confirm.
-    assert await store.record_event(m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED,
-                                    detail="digest abc")
+    assert await store.record_event(
+        m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED, detail="digest abc"
+    )
     claimed = await store.claim_outbox(10)
     await store.mark_published([i.id for i in claimed])  # type: ignore[misc]
     assert await store.record_event(m.message_id, B, "queued", at=now(), state=DeliveryState.QUEUED)
@@ -501,10 +524,12 @@ async def test_delivery_state_never_moves_backwards(store: Store) -> None:
 async def test_failed_is_terminal_and_a_late_delivered_is_timeline_only(store: Store) -> None:
     m = await send_and_publish(store)
     t = now()
-    assert await store.record_event(m.message_id, B, "failed", at=t, state=DeliveryState.FAILED,
-                                    detail="adapter-error: gave up")
-    assert await store.record_event(m.message_id, B, "delivered", at=t + timedelta(seconds=1),
-                                    state=DeliveryState.DELIVERED)
+    assert await store.record_event(
+        m.message_id, B, "failed", at=t, state=DeliveryState.FAILED, detail="adapter-error: gave up"
+    )
+    assert await store.record_event(
+        m.message_id, B, "delivered", at=t + timedelta(seconds=1), state=DeliveryState.DELIVERED
+    )
     (d,) = [d for d in await store.deliveries(m.message_id) if d.recipient == B]
     assert (d.state, d.reason, d.updated_at) == (DeliveryState.FAILED, "adapter-error: gave up", t)
     assert [e.event for e in await store.timeline(m.message_id) if e.recipient == B][-2:] == ["failed", "delivered"]
@@ -513,16 +538,17 @@ async def test_failed_is_terminal_and_a_late_delivered_is_timeline_only(store: S
 async def test_only_if_open_records_a_receipt_once(store: Store) -> None:
     """A receipt sent again (for a duplicate on the wire) finds the delivery closed and adds nothing."""
     m = await send_and_publish(store)
-    assert await store.record_event(m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED,
-                                    detail="digest abc", only_if_open=True)
+    assert await store.record_event(
+        m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED, detail="digest abc", only_if_open=True
+    )
     entries = (await store.verify_journal()).entries
     for outcome, state in (("delivered", DeliveryState.DELIVERED), ("failed", DeliveryState.FAILED)):
-        assert await store.record_event(m.message_id, B, outcome, at=now(), state=state,
-                                        only_if_open=True) is False
+        assert await store.record_event(m.message_id, B, outcome, at=now(), state=state, only_if_open=True) is False
     assert [e.event for e in await store.timeline(m.message_id) if e.recipient == B].count("delivered") == 1
     assert (await store.verify_journal()).entries == entries
-    assert await store.record_event(m.message_id, C, "failed", at=now(), state=DeliveryState.FAILED,
-                                    only_if_open=True)  # C's delivery was still open
+    assert await store.record_event(
+        m.message_id, C, "failed", at=now(), state=DeliveryState.FAILED, only_if_open=True
+    )  # C's delivery was still open
     assert await states(store, m.message_id) == {B: DeliveryState.DELIVERED, C: DeliveryState.FAILED}
 
 
@@ -536,8 +562,11 @@ async def test_business_statuses_update_the_code_in_any_state(store: Store) -> N
     ds = {d.recipient: d for d in await store.deliveries(m.message_id)}
     assert (ds[B].state, ds[B].status_code) == (DeliveryState.DELIVERED, "05")
     assert (ds[C].state, ds[C].status_code) == (DeliveryState.FAILED, "02")
-    statuses = [(t.event, t.status_code, t.detail) for t in await store.timeline(m.message_id)
-                if t.recipient == B and t.status_code]
+    statuses = [
+        (t.event, t.status_code, t.detail)
+        for t in await store.timeline(m.message_id)
+        if t.recipient == B and t.status_code
+    ]
     assert statuses == [("status:03", "03", "đã đến"), ("status:05", "05", "")]
 
 
@@ -549,8 +578,10 @@ async def test_a_status_arriving_late_does_not_replace_a_newer_one(store: Store)
     await store.record_event(m.message_id, B, "status:03", at=t0, status_code="03")
     (d,) = [d for d in await store.deliveries(m.message_id) if d.recipient == B]
     assert d.status_code == "06"
-    assert [t.status_code for t in await store.timeline(m.message_id) if t.recipient == B and t.status_code] == \
-        ["03", "06"]
+    assert [t.status_code for t in await store.timeline(m.message_id) if t.recipient == B and t.status_code] == [
+        "03",
+        "06",
+    ]
 
 
 async def test_delivery_counts_cover_every_state(store: Store) -> None:
@@ -582,7 +613,13 @@ async def test_list_inbox_pages_by_seq_and_ack_hides_entries(store: Store) -> No
     assert seqs == sorted(seqs) and len(set(seqs)) == 5 and seqs[0] > 0
     e = page1[0]
     assert (e.agency, e.sender, e.kind, e.state, e.subject, e.acked_at) == (
-        B, A, "document", InboxState.HANDED_OVER, "Công văn số 1", None)
+        B,
+        A,
+        "document",
+        InboxState.HANDED_OVER,
+        "Công văn số 1",
+        None,
+    )
 
     assert await store.ack_inbox(B, got[0].message_id) is True
     assert await store.ack_inbox(B, got[0].message_id) is True  # idempotent
@@ -668,8 +705,16 @@ async def test_journal_chains_every_state_change_and_verifies(store: Store, stor
     rows = await journal_rows(store_url)
     assert report.ok and report.entries == len(rows) and report.head == rows[-1].hash
     actions = [json.loads(r.event)["action"] for r in rows]
-    assert set(actions) >= {"accept_outgoing", "released", "published", "record_event", "accept_incoming",
-                            "complete_incoming", "ack_inbox", "put_token"}
+    assert set(actions) >= {
+        "accept_outgoing",
+        "released",
+        "published",
+        "record_event",
+        "accept_incoming",
+        "complete_incoming",
+        "ack_inbox",
+        "put_token",
+    }
     # The chain is what the documentation says it is.
     prev = GENESIS
     for r in rows:
@@ -688,8 +733,9 @@ async def test_journal_holds_no_secrets_or_content(store: Store, store_url: str)
 async def test_an_altered_entry_is_reported(store: Store, store_url: str) -> None:
     await exercise_everything(store)
     async with raw_sql(store_url) as conn:
-        await conn.execute(text("UPDATE journal SET event = replace(event, '\"kind\":\"document\"', "
-                                "'\"kind\":\"status\"') WHERE seq = 1"))
+        await conn.execute(
+            text('UPDATE journal SET event = replace(event, \'"kind":"document"\', \'"kind":"status"\') WHERE seq = 1')
+        )
     report = await store.verify_journal()
     assert (report.ok, report.first_bad_seq) == (False, 1) and "altered" in report.problem
 
@@ -700,8 +746,10 @@ async def test_an_altered_entry_with_a_recomputed_hash_breaks_the_next_link(stor
     forged = rows[2].event.replace('"state":"queued"', '"state":"delivered"')
     assert forged != rows[2].event
     async with raw_sql(store_url) as conn:
-        await conn.execute(text("UPDATE journal SET event = :e, hash = :h WHERE seq = 3"),
-                           {"e": forged, "h": chain_hash(rows[2].prev_hash, forged)})
+        await conn.execute(
+            text("UPDATE journal SET event = :e, hash = :h WHERE seq = 3"),
+            {"e": forged, "h": chain_hash(rows[2].prev_hash, forged)},
+        )
     report = await store.verify_journal()
     assert (report.ok, report.first_bad_seq) == (False, 4)
 
@@ -720,13 +768,16 @@ async def test_inserted_entries_are_reported(store: Store, store_url: str) -> No
     rows = await journal_rows(store_url)
     n = len(rows)
     # Forged in the middle: later entries renumbered to make room, the forgery chained correctly.
-    forged = canonical_json({"seq": 3, "at": rows[2].at, "action": "ack_inbox", "message_id": "x",
-                             "recipient": B, "data": {}})
+    forged = canonical_json(
+        {"seq": 3, "at": rows[2].at, "action": "ack_inbox", "message_id": "x", "recipient": B, "data": {}}
+    )
     async with raw_sql(store_url) as conn:
         await conn.execute(text("UPDATE journal SET seq = seq + 100000 WHERE seq >= 3"))
         await conn.execute(text("UPDATE journal SET seq = seq - 99999 WHERE seq >= 100000"))
-        await conn.execute(text("INSERT INTO journal (seq, at, event, prev_hash, hash) VALUES (3, :at, :e, :p, :h)"),
-                           {"at": rows[2].at, "e": forged, "p": rows[1].hash, "h": chain_hash(rows[1].hash, forged)})
+        await conn.execute(
+            text("INSERT INTO journal (seq, at, event, prev_hash, hash) VALUES (3, :at, :e, :p, :h)"),
+            {"at": rows[2].at, "e": forged, "p": rows[1].hash, "h": chain_hash(rows[1].hash, forged)},
+        )
     report = await store.verify_journal()
     assert (report.ok, report.first_bad_seq, report.entries) == (False, 4, n + 1)
 
@@ -737,8 +788,10 @@ async def test_inserted_entries_are_reported(store: Store, store_url: str) -> No
         await conn.execute(text("UPDATE journal SET seq = seq - 100001 WHERE seq >= 100000"))
     assert (await store.verify_journal()).ok
     async with raw_sql(store_url) as conn:
-        await conn.execute(text("INSERT INTO journal (seq, at, event, prev_hash, hash) VALUES (:s, :at, '{}', :p, :h)"),
-                           {"s": n + 1, "at": rows[-1].at, "p": rows[-1].hash, "h": "f" * 64})
+        await conn.execute(
+            text("INSERT INTO journal (seq, at, event, prev_hash, hash) VALUES (:s, :at, '{}', :p, :h)"),
+            {"s": n + 1, "at": rows[-1].at, "p": rows[-1].hash, "h": "f" * 64},
+        )
     report = await store.verify_journal()
     assert (report.ok, report.first_bad_seq) == (False, n + 1)
 
@@ -787,8 +840,9 @@ async def test_open_is_idempotent_and_safe_concurrently(store_url: str) -> None:
 
 async def run_cli(*args: str) -> tuple[int, str]:
     exe = Path(sys.executable).parent / "exchange"
-    proc = await asyncio.create_subprocess_exec(str(exe), *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        str(exe), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
@@ -801,8 +855,11 @@ async def test_journal_verify_cli_exit_codes(store: Store, store_url: str, tmp_p
     assert code == 0 and "OK" in out and head in out
 
     config = tmp_path / "node.toml"
-    config.write_text(f'[node]\nname = "n"\n[store]\nurl = "{store_url}"\n[directory]\nfile = "d.toml"\n'
-                      '[pki]\nca_files = ["ca.pem"]\n', encoding="utf-8")
+    config.write_text(
+        f'[node]\nname = "n"\n[store]\nurl = "{store_url}"\n[directory]\nfile = "d.toml"\n'
+        '[pki]\nca_files = ["ca.pem"]\n',
+        encoding="utf-8",
+    )
     code, out = await run_cli("journal", "verify", "--config", str(config))
     assert code == 0 and head in out, out
 

@@ -36,10 +36,17 @@ def package(*, to_c: bool = True, number: str = "") -> bytes:
     """The sample document package From A (To B and C), with a number of its own so that each is new."""
     text = (DATA / "edxml" / "document_new.edxml").read_text(encoding="utf-8")
     number = number or str(uuid.uuid4().int % 10**9)
-    text = text.replace("<edXML:CodeNumber>12<", f"<edXML:CodeNumber>{number}<").replace(",12/CT-TTg<", f",{number}/CT-TTg<")
+    text = text.replace("<edXML:CodeNumber>12<", f"<edXML:CodeNumber>{number}<").replace(
+        ",12/CT-TTg<", f",{number}/CT-TTg<"
+    )
     if not to_c:
-        text = re.sub(r"\s*<edXML:To>\s*<edXML:OrganId>000\.00\.00\.H29</edXML:OrganId>.*?</edXML:To>", "", text,
-                      count=1, flags=re.DOTALL)
+        text = re.sub(
+            r"\s*<edXML:To>\s*<edXML:OrganId>000\.00\.00\.H29</edXML:OrganId>.*?</edXML:To>",
+            "",
+            text,
+            count=1,
+            flags=re.DOTALL,
+        )
     return text.encode("utf-8")
 
 
@@ -79,10 +86,15 @@ def cli(*argv: str) -> tuple[int, str, str]:
 async def hub(tmp_path_factory, amqp_url: str) -> AsyncIterator[Hub]:
     root = tmp_path_factory.mktemp("vxp")
     prefix = f"vxp{uuid.uuid4().hex[:8]}"
-    configs = build_world(root, [AgencySpec(A, "Văn phòng Chính phủ", node="central"),
-                                 AgencySpec(B, "UBND tỉnh Nghệ An", node="local"),
-                                 AgencySpec(C, "UBND TP Hồ Chí Minh", node="local")],
-                          [NodeSpec(n, amqp_url=amqp_url, prefix=prefix, http_port=0) for n in ("central", "local")])
+    configs = build_world(
+        root,
+        [
+            AgencySpec(A, "Văn phòng Chính phủ", node="central"),
+            AgencySpec(B, "UBND tỉnh Nghệ An", node="local"),
+            AgencySpec(C, "UBND TP Hồ Chí Minh", node="local"),
+        ],
+        [NodeSpec(n, amqp_url=amqp_url, prefix=prefix, http_port=0) for n in ("central", "local")],
+    )
     nodes: dict[str, Node] = {}
     try:
         for name in ("local", "central"):
@@ -94,8 +106,9 @@ async def hub(tmp_path_factory, amqp_url: str) -> AsyncIterator[Hub]:
         secrets = {}
         for code, system in SYSTEMS.items():
             config = str(configs["central" if code == A else "local"])
-            rc, out, err = await asyncio.to_thread(cli, "vxp", "secret", "create", "--system", system,
-                                                   "--agency", code, "--config", config)
+            rc, out, err = await asyncio.to_thread(
+                cli, "vxp", "secret", "create", "--system", system, "--agency", code, "--config", config
+            )
             assert rc == 0, err
             secrets[code] = out.strip().splitlines()[-1]
             assert "shown only this once" in err and secrets[code] not in err
@@ -178,8 +191,9 @@ async def test_every_operation_between_two_nodes_as_sdk_e_offices_would_call_the
     assert {A, B, C} <= set(agencies) and agencies[B]["name"] == "UBND tỉnh Nghệ An" and agencies[B]["hostedHere"]
 
 
-async def refused(client: VxpClient, operation: str, headers: dict[str, str], status: int, error: str,
-                  code: str, **kw) -> dict:
+async def refused(
+    client: VxpClient, operation: str, headers: dict[str, str], status: int, error: str, code: str, **kw
+) -> dict:
     """Assert the hub's failure shape, HTTP status, hub ErrorCode and our stable code."""
     got, body = await client.raw(operation, headers, **kw)
     assert (got, body["status"], body["ErrorCode"], body["code"]) == (status, "FAIL", error, code), body
@@ -219,13 +233,18 @@ async def test_bad_signatures_stale_or_replayed_calls_wrong_hash_file_and_foreig
     # Wrong hash-file: refused, and nothing is sent.
     data = package()
     sent_before = len(await hub.central.service.store.list_sent(A, limit=1000))
-    headers = a.headers(servicetype="eDoc", messagetype="edoc", **{"hash-file": hashlib.sha256(data + b" ").hexdigest()})
+    headers = a.headers(
+        servicetype="eDoc", messagetype="edoc", **{"hash-file": hashlib.sha256(data + b" ").hexdigest()}
+    )
     await refused(a, "sendEdoc", headers, 400, "7", "vxp-hash-file-mismatch", data=a.send_form(data))
     assert len(await hub.central.service.store.list_sent(A, limit=1000)) == sent_before
 
     # Another system's docId: C (same node as B) cannot fetch, answer or even learn of B's document.
-    for operation, params in (("getEdoc", {"docId": doc_id}), ("updateStatus", {"docId": doc_id, "status": "done"}),
-                              ("getSentEdocList", {"docId": doc_id})):
+    for operation, params in (
+        ("getEdoc", {"docId": doc_id}),
+        ("updateStatus", {"docId": doc_id, "status": "done"}),
+        ("getSentEdocList", {"docId": doc_id}),
+    ):
         await refused(c, operation, c.headers(**params), 404, "9", "vxp-not-found")
     unknown = str(uuid.uuid4())
     body = await refused(c, "getEdoc", c.headers(docId=unknown), 404, "9", "vxp-not-found")
@@ -248,11 +267,13 @@ async def test_secrets_are_shown_once_stored_sealed_rotated_and_never_logged(hub
     config = str(hub.root / "local.toml")
     db = (hub.root / "local" / "exchange.db").read_bytes()
     assert hub.secrets[B].encode() not in db and hub.secrets[C].encode() not in db
-    rc, _, err = await asyncio.to_thread(cli, "vxp", "secret", "create", "--system", SYSTEMS[B], "--agency", B,
-                                         "--config", config)
+    rc, _, err = await asyncio.to_thread(
+        cli, "vxp", "secret", "create", "--system", SYSTEMS[B], "--agency", B, "--config", config
+    )
     assert rc == 1 and "[conflict]" in err and "rotate" in err
-    rc, _, err = await asyncio.to_thread(cli, "vxp", "secret", "create", "--system", "x.y", "--agency", A,
-                                         "--config", config)
+    rc, _, err = await asyncio.to_thread(
+        cli, "vxp", "secret", "create", "--system", "x.y", "--agency", A, "--config", config
+    )
     assert rc == 1 and err.startswith("exchange: error [agency-not-hosted]")
 
     old = hub.client(C)
@@ -274,8 +295,13 @@ async def test_secrets_are_shown_once_stored_sealed_rotated_and_never_logged(hub
 async def test_the_sdks_own_header_set_is_accepted(hub: Hub) -> None:
     """Only the XroadVnpt- copies on the wire (the SDK sends no plain ones), Content-Type signed as JSON."""
     b = hub.client(B)
-    call = {"Content-Type": "application/json", "systemid": SYSTEMS[B],
-            "timestamp": b.headers()["timestamp"], "servicetype": "eDoc", "messagetype": "edoc"}
+    call = {
+        "Content-Type": "application/json",
+        "systemid": SYSTEMS[B],
+        "timestamp": b.headers()["timestamp"],
+        "servicetype": "eDoc",
+        "messagetype": "edoc",
+    }
     headers = {k: v for k, v in signed_headers(call, hub.secrets[B]).items() if k.startswith("XroadVnpt-")}
     status, body = await b.raw("getReceivedEdocList", {**headers, "Content-Type": "application/json"})
     assert status == 200 and body["status"] == "OK" and isinstance(body["data"], list)

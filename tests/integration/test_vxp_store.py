@@ -15,7 +15,12 @@ from exchange.store.base import VxpSystem
 from tests.integration import test_store_contract as contract
 
 # The contract's fixtures and helpers.
-backend_url, pg_database, store_url, store = contract.backend_url, contract.pg_database, contract.store_url, contract.store
+backend_url, pg_database, store_url, store = (
+    contract.backend_url,
+    contract.pg_database,
+    contract.store_url,
+    contract.store,
+)
 B, C, now, send_and_publish, states = contract.B, contract.C, contract.now, contract.send_and_publish, contract.states
 
 H41 = "000.00.00.H41"
@@ -55,16 +60,27 @@ async def test_a_signature_is_accepted_once_until_it_expires_then_purged(store: 
 
 async def test_reopen_moves_a_delivered_delivery_to_failed_once(store: Store) -> None:
     m = await send_and_publish(store)
-    assert await store.record_event(m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED,
-                                    only_if_open=True)
+    assert await store.record_event(
+        m.message_id, B, "delivered", at=now(), state=DeliveryState.DELIVERED, only_if_open=True
+    )
     # Without reopen a failure after delivery stays out (a late duplicate's receipt) ...
-    assert not await store.record_event(m.message_id, B, "failed", at=now(), state=DeliveryState.FAILED,
-                                        only_if_open=True)
+    assert not await store.record_event(
+        m.message_id, B, "failed", at=now(), state=DeliveryState.FAILED, only_if_open=True
+    )
     # ... with it, the E-Office's refusal turns it failed, once.
-    assert await store.record_event(m.message_id, B, "failed", at=now(), state=DeliveryState.FAILED,
-                                    detail="eoffice-refused: x", only_if_open=True, reopen=True)
-    assert not await store.record_event(m.message_id, B, "failed", at=now(), state=DeliveryState.FAILED,
-                                        only_if_open=True, reopen=True)
+    assert await store.record_event(
+        m.message_id,
+        B,
+        "failed",
+        at=now(),
+        state=DeliveryState.FAILED,
+        detail="eoffice-refused: x",
+        only_if_open=True,
+        reopen=True,
+    )
+    assert not await store.record_event(
+        m.message_id, B, "failed", at=now(), state=DeliveryState.FAILED, only_if_open=True, reopen=True
+    )
     assert (await states(store, m.message_id))[B] is DeliveryState.FAILED
     assert (await states(store, m.message_id))[C] is DeliveryState.QUEUED
     (d,) = [d for d in await store.deliveries(m.message_id) if d.recipient == B]

@@ -58,8 +58,10 @@ def xmlsec1() -> str | None:
 def tool() -> str:
     path = xmlsec1()
     if path is None:
-        pytest.skip("xmlsec1 is not installed and `apt-get install -y xmlsec1` failed: install the Debian "
-                    "package xmlsec1 to run the interop tests")
+        pytest.skip(
+            "xmlsec1 is not installed and `apt-get install -y xmlsec1` failed: install the Debian "
+            "package xmlsec1 to run the interop tests"
+        )
     return path
 
 
@@ -72,11 +74,17 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> pki.DevCA:
 
 
 def document(sender: str) -> Envelope:
-    return Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender, "Gửi"),
-        recipients=(AgencyRef(B if sender == A else A, "Nhận"),), created_at=utcnow(),
-        document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Thử liên thông xmlsec1 — ký số"),
-    ), attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),))
+    return Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender, "Gửi"),
+            recipients=(AgencyRef(B if sender == A else A, "Nhận"),),
+            created_at=utcnow(),
+            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Thử liên thông xmlsec1 — ký số"),
+        ),
+        attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),),
+    )
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,8 +92,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("code", [A, B], ids=["rsa", "ecdsa"])
-def test_envelope_signed_by_exchange_verifies_with_xmlsec1(tool: str, ca: pki.DevCA, tmp_path: Path,
-                                                           code: str) -> None:
+def test_envelope_signed_by_exchange_verifies_with_xmlsec1(tool: str, ca: pki.DevCA, tmp_path: Path, code: str) -> None:
     xml = Signer.from_files(*ca.agency_paths(code)).sign(document(code))
     path = tmp_path / "signed.xml"
     path.write_bytes(xml)
@@ -106,8 +113,9 @@ def template(envelope: Envelope, key_type: str) -> bytes:
     etree.SubElement(info, f"{{{DS}}}SignatureMethod", Algorithm=ALGORITHMS[key_type])
     ref = etree.SubElement(info, f"{{{DS}}}Reference", URI=f"#{signed.get('Id')}")
     transforms = etree.SubElement(ref, f"{{{DS}}}Transforms")
-    etree.SubElement(transforms, f"{{{DS}}}Transform",
-                     Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature")
+    etree.SubElement(
+        transforms, f"{{{DS}}}Transform", Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+    )
     etree.SubElement(transforms, f"{{{DS}}}Transform", Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#")
     etree.SubElement(ref, f"{{{DS}}}DigestMethod", Algorithm="http://www.w3.org/2001/04/xmlenc#sha256")
     etree.SubElement(ref, f"{{{DS}}}DigestValue")
@@ -119,7 +127,8 @@ def template(envelope: Envelope, key_type: str) -> bytes:
 
 @pytest.mark.parametrize("code,key_type", [(A, "rsa"), (B, "ec")], ids=["rsa", "ecdsa"])
 def test_envelope_signed_by_xmlsec1_verifies_with_exchange_and_the_cli(
-        tool: str, ca: pki.DevCA, tmp_path: Path, code: str, key_type: str) -> None:
+    tool: str, ca: pki.DevCA, tmp_path: Path, code: str, key_type: str
+) -> None:
     envelope = document(code)
     tmpl = tmp_path / "template.xml"
     tmpl.write_bytes(template(envelope, key_type))
@@ -136,8 +145,19 @@ def test_envelope_signed_by_xmlsec1_verifies_with_exchange_and_the_cli(
     att_dir = tmp_path / "atts"
     att_dir.mkdir()
     (att_dir / "att-1").write_bytes(PDF)
-    cli = run(sys.executable, "-m", "exchange.cli.main", "verify", str(signed_path), "--attachments-dir",
-              str(att_dir), "--ca", str(ca.cert_path), "--crl", str(ca.crl_path))
+    cli = run(
+        sys.executable,
+        "-m",
+        "exchange.cli.main",
+        "verify",
+        str(signed_path),
+        "--attachments-dir",
+        str(att_dir),
+        "--ca",
+        str(ca.cert_path),
+        "--crl",
+        str(ca.crl_path),
+    )
     assert cli.returncode == 0, cli.stderr
     assert f"signed by agency {code}" in cli.stdout and "attachments: 1 OK" in cli.stdout
 

@@ -31,8 +31,13 @@ def signed_headers(call: dict[str, str], secret: str) -> dict[str, str]:
     prefixed = {"XroadVnpt-" + name: value for name, value in call.items()}
     sign_header = json.dumps(prefixed)
     digest = hmac.new(secret.encode("utf-8"), sign_header.encode("utf-8"), hashlib.sha256).hexdigest()
-    return {**call, **prefixed, "XroadVnpt-sign-header-key": ";".join(call),
-            "XroadVnpt-sign-header": sign_header, "XroadVnpt-hash-header": digest}
+    return {
+        **call,
+        **prefixed,
+        "XroadVnpt-sign-header-key": ";".join(call),
+        "XroadVnpt-sign-header": sign_header,
+        "XroadVnpt-hash-header": digest,
+    }
 
 
 @dataclass
@@ -52,14 +57,16 @@ class VxpClient:
         self.last_headers = signed_headers({**base, **call}, self.secret)
         return self.last_headers
 
-    async def raw(self, operation: str, headers: dict[str, str], *, data: object = None,
-                  method: str = "POST") -> tuple[int, dict]:
+    async def raw(
+        self, operation: str, headers: dict[str, str], *, data: object = None, method: str = "POST"
+    ) -> tuple[int, dict]:
         async with self.http.request(method, f"{self.endpoint}/{operation}", headers=headers, data=data) as r:
             return r.status, await r.json(content_type=None)
 
     async def call(self, operation: str, *, method: str = "POST", **params: str) -> dict:
-        status, body = await self.raw(operation, self.headers(**{"Content-Type": "application/json", **params}),
-                                      method=method)
+        status, body = await self.raw(
+            operation, self.headers(**{"Content-Type": "application/json", **params}), method=method
+        )
         assert body["status"] == "OK" and body["ErrorCode"] == "0", (operation, status, body)
         assert status == 200
         return body
@@ -70,8 +77,14 @@ class VxpClient:
         return form
 
     async def send_edoc(self, package: bytes, *, messagetype: str = "edoc") -> str:
-        headers = self.headers(**{"Content-Type": "application/octet-stream", "servicetype": "eDoc",
-                                  "messagetype": messagetype, "hash-file": hashlib.sha256(package).hexdigest()})
+        headers = self.headers(
+            **{
+                "Content-Type": "application/octet-stream",
+                "servicetype": "eDoc",
+                "messagetype": messagetype,
+                "hash-file": hashlib.sha256(package).hexdigest(),
+            }
+        )
         headers.pop("Content-Type")  # the multipart body brings its own (as the SDK's HTTP library does)
         status, body = await self.raw("sendEdoc", headers, data=self.send_form(package))
         assert status == 200 and body["status"] == "OK", body

@@ -51,67 +51,146 @@ class FakeBus:
             self.keys[key] = mid
         return SubmitResult(mid, True, tuple(recipients), utcnow())
 
-    async def submit_document(self, recipients: Sequence[str], document: DocumentInfo,
-                              files: Sequence[OutgoingFile] = (), *, operation: Operation = Operation.NEW,
-                              idempotency_key: str | None = None) -> SubmitResult:
+    async def submit_document(
+        self,
+        recipients: Sequence[str],
+        document: DocumentInfo,
+        files: Sequence[OutgoingFile] = (),
+        *,
+        operation: Operation = Operation.NEW,
+        idempotency_key: str | None = None,
+    ) -> SubmitResult:
         result = self._result(idempotency_key, recipients)
-        self.submissions.append(("document", dict(recipients=list(recipients), document=document, files=list(files),
-                                                  operation=operation, key=idempotency_key,
-                                                  message_id=result.message_id)))
+        self.submissions.append(
+            (
+                "document",
+                dict(
+                    recipients=list(recipients),
+                    document=document,
+                    files=list(files),
+                    operation=operation,
+                    key=idempotency_key,
+                    message_id=result.message_id,
+                ),
+            )
+        )
         return result
 
-    async def submit_status(self, document_message_id: str, code: StatusCode, *, description: str = "",
-                            staff: StaffInfo | None = None, idempotency_key: str | None = None) -> SubmitResult:
+    async def submit_status(
+        self,
+        document_message_id: str,
+        code: StatusCode,
+        *,
+        description: str = "",
+        staff: StaffInfo | None = None,
+        idempotency_key: str | None = None,
+    ) -> SubmitResult:
         result = self._result(idempotency_key, [PEER])
-        self.submissions.append(("status", dict(response_for=document_message_id, code=code,
-                                                description=description, staff=staff, key=idempotency_key,
-                                                message_id=result.message_id)))
+        self.submissions.append(
+            (
+                "status",
+                dict(
+                    response_for=document_message_id,
+                    code=code,
+                    description=description,
+                    staff=staff,
+                    key=idempotency_key,
+                    message_id=result.message_id,
+                ),
+            )
+        )
         return result
 
     async def submit_edxml(self, package: bytes, *, idempotency_key: str | None = None) -> SubmitResult:
         imported = import_package(package)  # the bus refuses what the codec refuses
         result = self._result(idempotency_key, [r.code for r in imported.envelope.header.recipients])
-        self.submissions.append(("edxml", dict(package=package, key=idempotency_key,
-                                               message_id=result.message_id)))
+        self.submissions.append(("edxml", dict(package=package, key=idempotency_key, message_id=result.message_id)))
         return result
 
 
-def document_message(files: Mapping[str, bytes] | None = None, *, subject: str = "Chỉ thị về chuyển đổi số",
-                     sender: str = PEER, recipient: str = HOST, attempt: int = 1,
-                     document_id: str = "") -> Incoming:
+def document_message(
+    files: Mapping[str, bytes] | None = None,
+    *,
+    subject: str = "Chỉ thị về chuyển đổi số",
+    sender: str = PEER,
+    recipient: str = HOST,
+    attempt: int = 1,
+    document_id: str = "",
+) -> Incoming:
     """An incoming document with attachments, as the bus hands it over (xml: the unsigned envelope)."""
     files = files if files is not None else {"qd.pdf": b"%PDF-1.7 \x00\x01 quyet dinh", "phu-luc.docx": b"PK\x03\x04"}
-    attachments = tuple(Attachment.of(n, d, "application/pdf" if n.endswith(".pdf") else "application/octet-stream",
-                                      id=f"att-{i}") for i, (n, d) in enumerate(files.items()))
-    envelope = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender, "Văn phòng Chính phủ"),
-        recipients=(AgencyRef(recipient),), created_at=utcnow(),
-        document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject=subject, document_id=document_id,
-                              promulgation=Promulgation("Hà Nội", utcnow().date())),
-    ), attachments)
-    return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)),
-                    {a.id: files[a.name] for a in attachments}, attempt)
+    attachments = tuple(
+        Attachment.of(n, d, "application/pdf" if n.endswith(".pdf") else "application/octet-stream", id=f"att-{i}")
+        for i, (n, d) in enumerate(files.items())
+    )
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender, "Văn phòng Chính phủ"),
+            recipients=(AgencyRef(recipient),),
+            created_at=utcnow(),
+            document=DocumentInfo(
+                code=DocumentCode("12", "CT-TTg"),
+                subject=subject,
+                document_id=document_id,
+                promulgation=Promulgation("Hà Nội", utcnow().date()),
+            ),
+        ),
+        attachments,
+    )
+    return Incoming(
+        recipient,
+        envelope,
+        serialize(envelope_to_element(envelope)),
+        {a.id: files[a.name] for a in attachments},
+        attempt,
+    )
 
 
-def status_message(response_for: str, code: StatusCode = StatusCode.ACCEPTED, *, sender: str = PEER,
-                   recipient: str = HOST) -> Incoming:
+def status_message(
+    response_for: str, code: StatusCode = StatusCode.ACCEPTED, *, sender: str = PEER, recipient: str = HOST
+) -> Incoming:
     """An incoming business status (as ``submit_status`` makes it: no edXML document reference)."""
-    envelope = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.STATUS, sender=AgencyRef(sender), recipients=(AgencyRef(recipient),),
-        created_at=utcnow(), status=StatusInfo(response_for=response_for, code=code, description="đã tiếp nhận",
-                                               timestamp=utcnow()),
-    ))
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.STATUS,
+            sender=AgencyRef(sender),
+            recipients=(AgencyRef(recipient),),
+            created_at=utcnow(),
+            status=StatusInfo(response_for=response_for, code=code, description="đã tiếp nhận", timestamp=utcnow()),
+        )
+    )
     return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)), {}, 1)
 
 
-def receipt_message(response_for: str, outcome: ReceiptOutcome = ReceiptOutcome.DELIVERED, *, sender: str = PEER,
-                    recipient: str = HOST, reason_code: str = "", reason: str = "") -> Incoming:
+def receipt_message(
+    response_for: str,
+    outcome: ReceiptOutcome = ReceiptOutcome.DELIVERED,
+    *,
+    sender: str = PEER,
+    recipient: str = HOST,
+    reason_code: str = "",
+    reason: str = "",
+) -> Incoming:
     """A signed receipt coming back to ``recipient`` for a document it sent to ``sender``."""
-    envelope = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.RECEIPT, sender=AgencyRef(sender), recipients=(AgencyRef(recipient),),
-        created_at=utcnow(), receipt=ReceiptInfo(response_for=response_for, outcome=outcome,
-                                                 envelope_digest="ab" * 32, reason_code=reason_code, reason=reason),
-    ))
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.RECEIPT,
+            sender=AgencyRef(sender),
+            recipients=(AgencyRef(recipient),),
+            created_at=utcnow(),
+            receipt=ReceiptInfo(
+                response_for=response_for,
+                outcome=outcome,
+                envelope_digest="ab" * 32,
+                reason_code=reason_code,
+                reason=reason,
+            ),
+        )
+    )
     return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)), {}, 1)
 
 

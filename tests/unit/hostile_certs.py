@@ -22,7 +22,7 @@ def _tlv_bounds(data: bytes, i: int) -> tuple[int, int]:
         return i + 2, i + 2 + first
     n = first & 0x7F
     start = i + 2 + n
-    return start, start + int.from_bytes(data[i + 2:start], "big")
+    return start, start + int.from_bytes(data[i + 2 : start], "big")
 
 
 def _tlv(tag: int, content: bytes) -> bytes:
@@ -71,12 +71,19 @@ def with_invalid_version(cert: x509.Certificate, ca_key) -> bytes:
 
 def with_duplicated_extension(cert: x509.Certificate, ca_key, issuer: x509.Certificate) -> bytes:
     """``cert`` carrying the same (unknown) extension twice, signed by ``issuer``'s key."""
-    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(issuer.subject)
-               .public_key(cert.public_key()).serial_number(cert.serial_number)
-               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(issuer.subject)
+        .public_key(cert.public_key())
+        .serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
     for extension in cert.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
-    builder = (builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_A), b"\x05\x00"), False)
-               .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_B), b"\x05\x00"), False))
+    builder = builder.add_extension(
+        x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_A), b"\x05\x00"), False
+    ).add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_B), b"\x05\x00"), False)
     two = builder.sign(ca_key, hashes.SHA256())
     return resign(two, ca_key, _oid_der(OID_B), _oid_der(OID_A))

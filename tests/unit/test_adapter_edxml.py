@@ -32,7 +32,6 @@ from exchange.envelope.model import (
     utcnow,
 )
 from exchange.errors import ForbiddenError
-
 from tests.unit.adapter_fakes import HOST, PEER, FakeBus, document_message, status_message
 
 
@@ -51,24 +50,44 @@ async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Fu
         await a.stop()
 
 
-def document_package(*, sender: str = HOST, to: str = PEER, subject: str = "Công văn về cải cách hành chính",
-                     files: dict[str, bytes] | None = None) -> bytes:
+def document_package(
+    *,
+    sender: str = HOST,
+    to: str = PEER,
+    subject: str = "Công văn về cải cách hành chính",
+    files: dict[str, bytes] | None = None,
+) -> bytes:
     files = files if files is not None else {"cv.pdf": b"%PDF-1.4 cong van"}
     attachments = tuple(Attachment.of(n, d, "application/pdf", id=f"f{i}") for i, (n, d) in enumerate(files.items()))
-    envelope = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender), recipients=(AgencyRef(to),),
-        created_at=utcnow(), document=DocumentInfo(code=DocumentCode("45", "CV-UBND"), subject=subject,
-                                                   promulgation=Promulgation("Vinh", date(2025, 3, 1))),
-    ), attachments)
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender),
+            recipients=(AgencyRef(to),),
+            created_at=utcnow(),
+            document=DocumentInfo(
+                code=DocumentCode("45", "CV-UBND"), subject=subject, promulgation=Promulgation("Vinh", date(2025, 3, 1))
+            ),
+        ),
+        attachments,
+    )
     return export_package(envelope, {a.id: files[a.name] for a in attachments})
 
 
 def status_package(ref: ResponseRef, code: StatusCode = StatusCode.ACCEPTED, sender: str = HOST) -> bytes:
-    envelope = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.STATUS, sender=AgencyRef(sender), recipients=(AgencyRef(ref.organ_id),),
-        created_at=utcnow(), status=StatusInfo(response_for=new_message_id(), code=code, description="đã vào sổ",
-                                               timestamp=utcnow(), document_ref=ref),
-    ))
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.STATUS,
+            sender=AgencyRef(sender),
+            recipients=(AgencyRef(ref.organ_id),),
+            created_at=utcnow(),
+            status=StatusInfo(
+                response_for=new_message_id(), code=code, description="đã vào sổ", timestamp=utcnow(), document_ref=ref
+            ),
+        )
+    )
     return export_package(envelope, {})
 
 
@@ -94,8 +113,9 @@ async def test_document_is_written_as_an_edxml_package_named_by_message_id(make_
     h = package.envelope.header
     assert h.sender.code == PEER and [r.code for r in h.recipients] == [HOST]
     assert h.document.subject == "Chỉ thị về chuyển đổi số"
-    assert {a.name: package.attachment_data[a.id] for a in package.envelope.attachments} == \
-        {a.name: message.attachments[a.id] for a in message.envelope.attachments}
+    assert {a.name: package.attachment_data[a.id] for a in package.envelope.attachments} == {
+        a.name: message.attachments[a.id] for a in message.envelope.attachments
+    }
     # No DocumentId on the bus: the package gets the standard one, so the E-Office can answer it.
     day = message.envelope.header.document.promulgation.date
     assert h.document.document_id == f"{PEER},{day:%Y/%m/%d},12/CT-TTg"
@@ -136,8 +156,7 @@ async def test_status_for_a_document_this_agency_sent_names_it_as_the_eoffice_do
     assert (await adapter.deliver(status)).outcome is Outcome.DELIVERED
     h = read_incoming(adapter, status.message_id).envelope.header
     assert h.kind is Kind.STATUS and h.status.code is StatusCode.COMPLETED
-    assert h.status.document_ref == ResponseRef(HOST, "45/CV-UBND", date(2025, 3, 1),
-                                                f"{HOST},2025/03/01,45/CV-UBND")
+    assert h.status.document_ref == ResponseRef(HOST, "45/CV-UBND", date(2025, 3, 1), f"{HOST},2025/03/01,45/CV-UBND")
 
 
 async def test_status_for_a_document_nobody_can_name_is_refused(make_adapter) -> None:
@@ -185,8 +204,11 @@ async def test_resolution_survives_a_restart(make_adapter, tmp_path) -> None:
 
     bus = FakeBus()
     second = await make_adapter(bus)
-    put(second, "st.edxml", status_package(ResponseRef(PEER, "12/CT-TTg", received.promulgation.date,
-                                                       received.document_id)))
+    put(
+        second,
+        "st.edxml",
+        status_package(ResponseRef(PEER, "12/CT-TTg", received.promulgation.date, received.document_id)),
+    )
     assert await second.scan_once() == 1
     assert bus.submissions[0][1]["response_for"] == message.message_id
 
@@ -204,8 +226,11 @@ async def test_status_for_an_unknown_document_goes_to_error(make_adapter) -> Non
 async def test_invalid_package_goes_to_error_with_the_codec_reason(make_adapter) -> None:
     bus = FakeBus()
     adapter = await make_adapter(bus)
-    data = document_package().replace(b"<edXML:Subject>", b"<edXML:Subjekt>").replace(b"</edXML:Subject>",
-                                                                                       b"</edXML:Subjekt>")
+    data = (
+        document_package()
+        .replace(b"<edXML:Subject>", b"<edXML:Subjekt>")
+        .replace(b"</edXML:Subject>", b"</edXML:Subjekt>")
+    )
     put(adapter, "bad.edxml", data)
     assert await adapter.scan_once() == 1
     reason = (adapter.folders.error / "bad.reason.txt").read_text()

@@ -17,7 +17,6 @@ from exchange.adapters.base import Outcome
 from exchange.adapters.filedrop import FileDropAdapter
 from exchange.envelope.model import Priority, StatusCode
 from exchange.errors import AdapterError, StoreError, UnknownAgencyError
-
 from tests.unit.adapter_fakes import HOST, PEER, FakeBus, document_message, receipt_message, status_message
 
 
@@ -26,8 +25,9 @@ async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Fu
     started: list[FileDropAdapter] = []
 
     async def make(bus: FakeBus | None = None, **options) -> FileDropAdapter:
-        adapter = FileDropAdapter(HOST, {"root": str(tmp_path / "eoffice"), "watch": False, **options},
-                                  bus or FakeBus())
+        adapter = FileDropAdapter(
+            HOST, {"root": str(tmp_path / "eoffice"), "watch": False, **options}, bus or FakeBus()
+        )
         await adapter.start()
         started.append(adapter)
         return adapter
@@ -53,8 +53,11 @@ def age(path: Path, seconds: float) -> None:
 
 
 def document_meta(**extra) -> dict:
-    return {"to": [PEER], "document": {"number": "7", "notation": "QĐ-UBND", "subject": "Quyết định",
-                                       "priority": 3}, **extra}
+    return {
+        "to": [PEER],
+        "document": {"number": "7", "notation": "QĐ-UBND", "subject": "Quyết định", "priority": 3},
+        **extra,
+    }
 
 
 # -- receiving -------------------------------------------------------------------------
@@ -176,9 +179,21 @@ async def test_complete_drop_is_submitted_and_moved_to_processed(make_adapter) -
     adapter = await make_adapter(bus)
     root = adapter.folders.root
     pdf = b"%PDF " + os.urandom(2000)
-    drop(root, "qd-7", document_meta(attachments=[
-        {"file": "qd-7/qd.pdf", "name": "Quyết định.pdf", "size": len(pdf), "sha256": hashlib.sha256(pdf).hexdigest()},
-    ]), {"qd-7/qd.pdf": pdf})
+    drop(
+        root,
+        "qd-7",
+        document_meta(
+            attachments=[
+                {
+                    "file": "qd-7/qd.pdf",
+                    "name": "Quyết định.pdf",
+                    "size": len(pdf),
+                    "sha256": hashlib.sha256(pdf).hexdigest(),
+                },
+            ]
+        ),
+        {"qd-7/qd.pdf": pdf},
+    )
 
     assert await adapter.scan_once() == 1
 
@@ -210,8 +225,9 @@ async def test_incomplete_drop_waits_then_goes_to_error_once_settled(make_adapte
     bus = FakeBus()
     adapter = await make_adapter(bus, settle_seconds=30)
     root = adapter.folders.root
-    meta = drop(root, "late", document_meta(attachments=[{"file": "late.pdf", "size": 10}]),
-                {"late.pdf": b"12345"})  # 5 of 10 bytes so far
+    meta = drop(
+        root, "late", document_meta(attachments=[{"file": "late.pdf", "size": 10}]), {"late.pdf": b"12345"}
+    )  # 5 of 10 bytes so far
 
     assert await adapter.scan_once() == 0
     assert bus.submissions == [] and meta.exists()  # still being written: left alone
@@ -235,21 +251,37 @@ async def test_missing_file_is_waited_for_and_sent_when_it_arrives(make_adapter)
     assert bus.submissions[0][1]["files"][0].data == b"%PDF-x"
 
 
-@pytest.mark.parametrize("meta, files, complaint", [
-    ({"document": {"subject": "x"}}, {}, '"to"'),
-    ({"to": [PEER], "document": {"number": "1"}}, {}, "document.subject"),
-    ({"to": [PEER], "document": {"subject": "x", "priority": 9}}, {}, "document.priority"),
-    ({"to": [PEER], "document": {"subject": "x"}, "kind": "memo"}, {}, '"kind"'),
-    ({"to": [PEER], "document": {"subject": "x"}, "operation": "delete"}, {}, "operation"),
-    ({"to": [PEER], "document": {"subject": "x"}, "attachments": [{"file": "../../etc/passwd"}]}, {},
-     "inside outgoing"),
-    ({"to": [PEER], "document": {"subject": "x"}, "attachments": [{"file": "a.bin", "size": 3, "sha256": "0" * 64}]},
-     {"a.bin": b"abc"}, "SHA-256"),
-    ({"to": [PEER], "document": {"subject": "x"}, "attachments": [{"file": "a.bin", "size": 2}]},
-     {"a.bin": b"abc"}, "declares 2"),
-    ({"kind": "status", "code": "03"}, {}, "response_for"),
-    ({"kind": "status", "response_for": "m", "code": "99"}, {}, "status code"),
-])
+@pytest.mark.parametrize(
+    "meta, files, complaint",
+    [
+        ({"document": {"subject": "x"}}, {}, '"to"'),
+        ({"to": [PEER], "document": {"number": "1"}}, {}, "document.subject"),
+        ({"to": [PEER], "document": {"subject": "x", "priority": 9}}, {}, "document.priority"),
+        ({"to": [PEER], "document": {"subject": "x"}, "kind": "memo"}, {}, '"kind"'),
+        ({"to": [PEER], "document": {"subject": "x"}, "operation": "delete"}, {}, "operation"),
+        (
+            {"to": [PEER], "document": {"subject": "x"}, "attachments": [{"file": "../../etc/passwd"}]},
+            {},
+            "inside outgoing",
+        ),
+        (
+            {
+                "to": [PEER],
+                "document": {"subject": "x"},
+                "attachments": [{"file": "a.bin", "size": 3, "sha256": "0" * 64}],
+            },
+            {"a.bin": b"abc"},
+            "SHA-256",
+        ),
+        (
+            {"to": [PEER], "document": {"subject": "x"}, "attachments": [{"file": "a.bin", "size": 2}]},
+            {"a.bin": b"abc"},
+            "declares 2",
+        ),
+        ({"kind": "status", "code": "03"}, {}, "response_for"),
+        ({"kind": "status", "response_for": "m", "code": "99"}, {}, "status code"),
+    ],
+)
 async def test_bad_drop_goes_to_error_with_a_reason(make_adapter, meta, files, complaint) -> None:
     bus = FakeBus()
     adapter = await make_adapter(bus)
@@ -270,11 +302,14 @@ async def test_non_json_metadata_goes_to_error_once_settled(make_adapter) -> Non
     assert (adapter.folders.error / "broken" / "broken.json").exists()
 
 
-@pytest.mark.parametrize("text, complaint", [
-    ("[" * 100_000 + "]" * 100_000, "nests deeper"),
-    ('{"kind": "status", "response_for": "m", "code": ' + "3" * 5_000 + "}", "number of 5000 characters"),
-    ('{"to": ["000.00.00.G22"], "to": ["000.00.00.H41"]}', "repeats the key"),
-])
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nests deeper"),
+        ('{"kind": "status", "response_for": "m", "code": ' + "3" * 5_000 + "}", "number of 5000 characters"),
+        ('{"to": ["000.00.00.G22"], "to": ["000.00.00.H41"]}', "repeats the key"),
+    ],
+)
 async def test_hostile_metadata_json_goes_to_error_with_a_reason(make_adapter, text: str, complaint: str) -> None:
     bus = FakeBus()
     adapter = await make_adapter(bus, settle_seconds=0)
@@ -305,8 +340,9 @@ async def test_a_drop_picked_up_again_after_a_crash_is_sent_once(make_adapter) -
     drop(root, "d", meta, {"a.txt": b"hello"})
     reader = adapter.read_drop  # the crash: submitted, but not yet moved to processed/
     first = reader(root / "outgoing" / "d.json")
-    await adapter.bus.submit_document(first.recipients, first.document, first.files,
-                                      idempotency_key=first.idempotency_key)
+    await adapter.bus.submit_document(
+        first.recipients, first.document, first.files, idempotency_key=first.idempotency_key
+    )
     assert await adapter.scan_once() == 1
     (_, a), (_, b) = bus.submissions
     assert a["key"] == b["key"] and a["message_id"] == b["message_id"]
@@ -320,9 +356,17 @@ async def test_a_drop_picked_up_again_after_a_crash_is_sent_once(make_adapter) -
 async def test_status_drop_is_submitted(make_adapter) -> None:
     bus = FakeBus()
     adapter = await make_adapter(bus)
-    drop(adapter.folders.root, "s", {"kind": "status", "response_for": "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11",
-                                     "code": "3", "description": "đã vào sổ",
-                                     "staff": {"department": "Văn thư", "staff": "Nguyễn Văn A"}})
+    drop(
+        adapter.folders.root,
+        "s",
+        {
+            "kind": "status",
+            "response_for": "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11",
+            "code": "3",
+            "description": "đã vào sổ",
+            "staff": {"department": "Văn thư", "staff": "Nguyễn Văn A"},
+        },
+    )
     assert await adapter.scan_once() == 1
     ((kind, sub),) = bus.submissions
     assert kind == "status" and sub["code"] is StatusCode.ACCEPTED

@@ -15,12 +15,11 @@ import structlog
 from aiohttp import web
 
 from exchange.adapters.base import Outcome
+from exchange.adapters.webhook import WebhookAdapter, sign_webhook, verify_webhook
 from exchange.conformance.probe import ProbeContext
 from exchange.conformance.probes.webhook import WebhookProbe
-from exchange.adapters.webhook import WebhookAdapter, sign_webhook, verify_webhook
 from exchange.envelope.model import ReceiptOutcome
 from exchange.errors import AdapterError
-
 from tests.unit.adapter_fakes import (
     HOST,
     FakeBus,
@@ -90,8 +89,7 @@ async def test_post_is_signed_verifiable_and_carries_the_whole_message(eoffice, 
     assert headers["X-Exchange-Signature"] == sign_webhook(secret, headers["X-Exchange-Timestamp"], body)
     assert verify_webhook(secret, headers["X-Exchange-Timestamp"], body, headers["X-Exchange-Signature"])
     assert not verify_webhook(secret, headers["X-Exchange-Timestamp"], body + b" ", headers["X-Exchange-Signature"])
-    assert not verify_webhook("another secret", headers["X-Exchange-Timestamp"], body,
-                              headers["X-Exchange-Signature"])
+    assert not verify_webhook("another secret", headers["X-Exchange-Timestamp"], body, headers["X-Exchange-Signature"])
     doc = json.loads(body)
     assert doc["message_id"] == message.message_id and doc["kind"] == "document"
     assert doc["sender"]["code"] == message.envelope.header.sender.code and doc["recipient"] == HOST
@@ -117,25 +115,44 @@ async def test_receipts_are_posted_only_when_asked_for(eoffice, make_adapter) ->
     assert (await make_adapter(url=url, secret=random_secret())).wants_receipts is False
     adapter = await make_adapter(url=url, secret=random_secret(), receipts=True)
     assert adapter.wants_receipts is True
-    message = receipt_message("6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11", ReceiptOutcome.FAILED,
-                              reason_code="eoffice-refused", reason="HTTP 422: unknown document type")
+    message = receipt_message(
+        "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11",
+        ReceiptOutcome.FAILED,
+        reason_code="eoffice-refused",
+        reason="HTTP 422: unknown document type",
+    )
     assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
     ((headers, body),) = server.requests
     doc = json.loads(body)
     assert headers["X-Exchange-Kind"] == "receipt" and doc["kind"] == "receipt"
-    assert doc["receipt"] == {"response_for": "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11", "outcome": "failed",
-                              "envelope_digest": "ab" * 32, "reason_code": "eoffice-refused",
-                              "reason": "HTTP 422: unknown document type"}
+    assert doc["receipt"] == {
+        "response_for": "6a0a4a48-28a8-4c5b-9d0b-2f5e0c4f1a11",
+        "outcome": "failed",
+        "envelope_digest": "ab" * 32,
+        "reason_code": "eoffice-refused",
+        "reason": "HTTP 422: unknown document type",
+    }
     assert doc["document"] is None and doc["status"] is None
 
 
-@pytest.mark.parametrize("status, outcome", [
-    (200, Outcome.DELIVERED), (202, Outcome.DELIVERED), (204, Outcome.DELIVERED),
-    (500, Outcome.TRANSIENT), (502, Outcome.TRANSIENT), (503, Outcome.TRANSIENT),
-    (408, Outcome.TRANSIENT), (429, Outcome.TRANSIENT),
-    (400, Outcome.PERMANENT), (404, Outcome.PERMANENT), (409, Outcome.PERMANENT), (422, Outcome.PERMANENT),
-    (301, Outcome.PERMANENT),
-])
+@pytest.mark.parametrize(
+    "status, outcome",
+    [
+        (200, Outcome.DELIVERED),
+        (202, Outcome.DELIVERED),
+        (204, Outcome.DELIVERED),
+        (500, Outcome.TRANSIENT),
+        (502, Outcome.TRANSIENT),
+        (503, Outcome.TRANSIENT),
+        (408, Outcome.TRANSIENT),
+        (429, Outcome.TRANSIENT),
+        (400, Outcome.PERMANENT),
+        (404, Outcome.PERMANENT),
+        (409, Outcome.PERMANENT),
+        (422, Outcome.PERMANENT),
+        (301, Outcome.PERMANENT),
+    ],
+)
 async def test_http_status_maps_to_delivery_outcome(eoffice, make_adapter, status, outcome) -> None:
     server, url = eoffice
     server.status, server.text = status, "số văn bản đã tồn tại"
@@ -148,7 +165,8 @@ async def test_http_status_maps_to_delivery_outcome(eoffice, make_adapter, statu
 
 @pytest.mark.parametrize("status", [422, 503])
 async def test_the_eoffice_answer_is_logged_locally_and_never_put_in_the_senders_receipt(
-        eoffice, make_adapter, status) -> None:
+    eoffice, make_adapter, status
+) -> None:
     """The reason becomes the signed receipt sent to another agency: a code and a fixed text.
     The recipient E-Office's own words (internal ids, stack traces, names) stay on its node."""
     server, url = eoffice
@@ -159,8 +177,10 @@ async def test_the_eoffice_answer_is_logged_locally_and_never_put_in_the_senders
         result = await adapter.deliver(document_message())
     assert result.reason_code in ("eoffice-refused", "eoffice-unavailable")
     assert "HS-2291" not in result.reason and "Nguyễn" not in result.reason
-    assert result.reason in (f"the E-Office refused the message (HTTP {status})",
-                             f"the E-Office is unavailable (HTTP {status})")
+    assert result.reason in (
+        f"the E-Office refused the message (HTTP {status})",
+        f"the E-Office is unavailable (HTTP {status})",
+    )
     (event,) = [e for e in logs if e["event"] in ("webhook.refused", "webhook.retry")]
     assert "HS-2291" in event["answer"] and len(event["answer"]) <= 200  # bounded, one line
     assert "\n" not in event["answer"]
@@ -213,14 +233,17 @@ async def test_secret_can_come_from_the_environment(eoffice, make_adapter, monke
     assert verify_webhook(secret, headers["X-Exchange-Timestamp"], body, headers["X-Exchange-Signature"])
 
 
-@pytest.mark.parametrize("options, complaint", [
-    ({"secret": "s"}, "options.url"),
-    ({"url": "ftp://example.org/x", "secret": "s"}, "options.url"),
-    ({"url": "http://127.0.0.1:9/hook"}, "secret"),
-    ({"url": "http://127.0.0.1:9/hook", "secret_env": "EXCHANGE_TEST_UNSET_SECRET"}, "EXCHANGE_TEST_UNSET_SECRET"),
-    ({"url": "http://127.0.0.1:9/hook", "secret": "s", "timeout": 0}, "timeout"),
-    ({"url": "http://127.0.0.1:9/hook", "secret": "s", "receipts": "yes"}, "options.receipts"),
-])
+@pytest.mark.parametrize(
+    "options, complaint",
+    [
+        ({"secret": "s"}, "options.url"),
+        ({"url": "ftp://example.org/x", "secret": "s"}, "options.url"),
+        ({"url": "http://127.0.0.1:9/hook"}, "secret"),
+        ({"url": "http://127.0.0.1:9/hook", "secret_env": "EXCHANGE_TEST_UNSET_SECRET"}, "EXCHANGE_TEST_UNSET_SECRET"),
+        ({"url": "http://127.0.0.1:9/hook", "secret": "s", "timeout": 0}, "timeout"),
+        ({"url": "http://127.0.0.1:9/hook", "secret": "s", "receipts": "yes"}, "options.receipts"),
+    ],
+)
 async def test_misconfiguration_is_refused_at_start(options, complaint, monkeypatch) -> None:
     monkeypatch.delenv("EXCHANGE_TEST_UNSET_SECRET", raising=False)
     adapter = WebhookAdapter(HOST, options, FakeBus())
@@ -261,8 +284,11 @@ async def test_probe_checks_the_signature_and_fails_on_demand(tmp_path) -> None:
         probe.fail_next("transient")
         probe.fail_next("permanent")
         first, second, third = [await adapter.deliver(document_message()) for _ in range(3)]
-        assert (first.outcome, second.outcome, third.outcome) == \
-            (Outcome.TRANSIENT, Outcome.PERMANENT, Outcome.DELIVERED)
+        assert (first.outcome, second.outcome, third.outcome) == (
+            Outcome.TRANSIENT,
+            Outcome.PERMANENT,
+            Outcome.DELIVERED,
+        )
         (seen,) = await probe.seen()
         assert seen.kind == "document" and set(seen.attachments) == {"qd.pdf", "phu-luc.docx"}
         assert probe.bad_signatures == 0

@@ -19,9 +19,9 @@ import pytest
 
 from exchange.config import LimitsConfig
 from exchange.routing import frame
-from exchange.transport.relay import OutboxRelay, publish_confirmed
 from exchange.store import Direction, MessageRecord, OutboxItem
 from exchange.store.sql import SqlStore
+from exchange.transport.relay import OutboxRelay, publish_confirmed
 
 A, B = "000.00.00.G01", "000.00.00.H01"
 
@@ -47,9 +47,17 @@ async def test_the_relay_releases_an_item_whose_confirm_never_comes(tmp_path: Pa
     await store.open()
     try:
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=A, recipients=(B,),
-                               direction=Direction.OUT, created_at=datetime.now(UTC), envelope_xml=xml,
-                               digest=hashlib.sha256(xml).hexdigest())
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=A,
+            recipients=(B,),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
         await store.accept_outgoing(record, [OutboxItem("m1", B, f"{B}.normal", b"frame", {})])
         relay = OutboxRelay(store, asyncio.Event(), confirm_timeout=0.05)
         relay.exchange = HungExchange()  # type: ignore[assignment]
@@ -76,9 +84,9 @@ class HungMessage:
 
 
 async def test_a_consumer_worker_is_not_held_by_an_ack_that_never_completes() -> None:
-    from exchange.transport.consumer import Consumer
     from exchange.routing.lanes import Lane
     from exchange.service import Received, ReceiveResult
+    from exchange.transport.consumer import Consumer
 
     class Service:
         limits = LimitsConfig()

@@ -14,8 +14,20 @@ def test_valid_codes_are_accepted(code: str) -> None:
     assert check_agency_code(code) == code
 
 
-@pytest.mark.parametrize("code", ["", "G22", "000.00.00.g22", "000.00.00.22G", "0000.00.00.G22",
-                                  "000.00.00.G2", "000-00-00-G22", "000.00.00.G22 ", "000.00.00.000"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "",
+        "G22",
+        "000.00.00.g22",
+        "000.00.00.22G",
+        "0000.00.00.G22",
+        "000.00.00.G2",
+        "000-00-00-G22",
+        "000.00.00.G22 ",
+        "000.00.00.000",
+    ],
+)
 def test_malformed_codes_are_refused_with_a_hint(code: str) -> None:
     with pytest.raises(InvalidAgencyCodeError, match="NNN.NN.NN.XNN|empty level-1"):
         check_agency_code(code)

@@ -44,14 +44,17 @@ def test_paths_resolve_relative_to_the_file_and_env_overrides_win(tmp_path) -> N
     assert cfg.agency("000.00.00.G22").options == {"url": "http://127.0.0.1:9000/hook"}
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.replace('name = "node-a"', ""), r"\[node\] name is required"),
-    (lambda s: s.replace('"000.00.00.G22"', '"G22"'), "QCVN 102"),
-    (lambda s: s.replace('ca_files = ["pki/ca.pem"]', "ca_files = []"), "trust store"),
-    (lambda s: s.replace("[amqp]", "[amqp]\nbogus = 1"), "unknown keys"),
-    (lambda s: s + "\n[[agencies]]\ncode = \"000.00.00.H41\"\n", "lacks 'key'"),
-    (lambda s: s.replace("[node]", "[node"), "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.replace('name = "node-a"', ""), r"\[node\] name is required"),
+        (lambda s: s.replace('"000.00.00.G22"', '"G22"'), "QCVN 102"),
+        (lambda s: s.replace('ca_files = ["pki/ca.pem"]', "ca_files = []"), "trust store"),
+        (lambda s: s.replace("[amqp]", "[amqp]\nbogus = 1"), "unknown keys"),
+        (lambda s: s + '\n[[agencies]]\ncode = "000.00.00.H41"\n', "lacks 'key'"),
+        (lambda s: s.replace("[node]", "[node"), "not valid TOML"),
+    ],
+)
 def test_invalid_configs_say_what_to_fix(tmp_path, edit, message) -> None:
     path = tmp_path / "exchange.toml"
     path.write_text(edit(BASE), encoding="utf-8")
@@ -74,13 +77,16 @@ def test_the_replay_window_is_seven_days_and_can_be_set_in_limits_or_the_environ
     assert cfg.limits.replay_window_seconds == 86400
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0", "must be longer than the node's retry schedule"),
-    ("-5", "must be longer than the node's retry schedule"),
-    # BASE retries after 1 s and then 2 s (max_attempts 6 by default): 1 + 2 + 2 + 2 + 2 = 9 s.
-    ("9", r"\(9 s by \[amqp\] retry_delays"),
-    ("seven days", "is not a valid int"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "must be longer than the node's retry schedule"),
+        ("-5", "must be longer than the node's retry schedule"),
+        # BASE retries after 1 s and then 2 s (max_attempts 6 by default): 1 + 2 + 2 + 2 + 2 = 9 s.
+        ("9", r"\(9 s by \[amqp\] retry_delays"),
+        ("seven days", "is not a valid int"),
+    ],
+)
 def test_a_replay_window_the_retries_would_outlast_is_refused_at_start(tmp_path, value, message) -> None:
     path = tmp_path / "exchange.toml"
     path.write_text(BASE, encoding="utf-8")

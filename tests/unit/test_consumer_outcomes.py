@@ -106,8 +106,9 @@ async def test_delivered_and_duplicate_are_acked_and_nothing_is_published(outcom
 async def test_the_transport_unpacks_the_frame_and_passes_the_operators_replay() -> None:
     service = Service(ReceiveResult(Received.DELIVERED))
     c, _, _ = consumer(service)
-    message = Message(frame.encode(b"<envelope/>", {"a1": b"data"}),
-                      {"x-replays": 2, "x-replay-reason": "TICKET-9", "x-attempt": 1})
+    message = Message(
+        frame.encode(b"<envelope/>", {"a1": b"data"}), {"x-replays": 2, "x-replay-reason": "TICKET-9", "x-attempt": 1}
+    )
     await c._process(message, B, Lane.NORMAL)  # type: ignore[arg-type]
     ((recipient, xml, parts, attempt, replay),) = service.calls
     assert (recipient, xml, parts, attempt) == (B, b"<envelope/>", {"a1": b"data"}, 1)

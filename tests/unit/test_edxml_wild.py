@@ -13,7 +13,7 @@ import re
 import zipfile
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,7 +42,7 @@ from exchange.routing.directory import Directory
 
 WILD = Path(__file__).resolve().parents[1] / "data" / "edxml" / "wild"
 DIRECTORY = Directory.load(WILD / "directory.toml")
-CREATED = datetime(2024, 3, 15, 3, 0, tzinfo=timezone.utc)
+CREATED = datetime(2024, 3, 15, 3, 0, tzinfo=UTC)
 MID = "6f9a8b7c-1d2e-4f30-8a4b-5c6d7e8f9a0b"
 G22, H41, H29 = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29"
 
@@ -87,8 +87,7 @@ def wild(name: str) -> bytes:
 
 
 def imported(name: str, **kwargs: object) -> EdxmlPackage:
-    return import_package(wild(name), created_at=CREATED, message_id=MID, agencies=DIRECTORY,
-                          **kwargs)  # type: ignore[arg-type]
+    return import_package(wild(name), created_at=CREATED, message_id=MID, agencies=DIRECTORY, **kwargs)  # type: ignore[arg-type]
 
 
 def normalised_c14n(data: bytes) -> bytes:
@@ -143,8 +142,10 @@ def test_every_wild_fixture_imports_as_documented(name: str) -> None:
 def test_every_element_and_text_of_the_input_appears_in_the_export(name: str) -> None:
     package = imported(name)
     bus_hops = (Hop("exchange", CREATED), Hop("exchange", CREATED.replace(minute=5)))
-    for out in (export_package(package.envelope, package.attachment_data),
-                export_package(package.envelope, package.attachment_data, hops=bus_hops)):
+    for out in (
+        export_package(package.envelope, package.attachment_data),
+        export_package(package.envelope, package.attachment_data, hops=bus_hops),
+    ):
         missing = nodes(wild(name)) - nodes(out)
         assert not missing, f"lost in the export: {sorted(missing)[:5]}"
 
@@ -170,7 +171,7 @@ def test_the_source_carries_no_attachment_payload_twice(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in FIXTURES if not n.startswith("status_")])
 def test_bus_hops_are_appended_after_the_senders_trace_headers(name: str) -> None:
     package = imported(name)
-    at = datetime(2024, 3, 15, 2, 31, 7, tzinfo=timezone.utc)
+    at = datetime(2024, 3, 15, 2, 31, 7, tzinfo=UTC)
     out = export_package(package.envelope, package.attachment_data, hops=(Hop("exchange", at),))
     trace_list = etree.fromstring(out).find(f".//{{{EDXML_NS}}}TraceHeaderList")
     before = etree.fromstring(wild(name)).find(f".//{{{EDXML_NS}}}TraceHeaderList")
@@ -178,7 +179,7 @@ def test_bus_hops_are_appended_after_the_senders_trace_headers(name: str) -> Non
     names = [etree.QName(c).localname for c in trace_list]
     old = [etree.QName(c).localname for c in before]
     last = max(i for i, n in enumerate(old) if n == "TraceHeader")
-    assert names == old[: last + 1] + ["TraceHeader"] + old[last + 1:]
+    assert names == old[: last + 1] + ["TraceHeader"] + old[last + 1 :]
     hop = trace_list[last + 1]
     # A bus node is a relay, written as the hub writes its own relay hops: a Timestamp (Vietnam time) alone.
     assert [etree.QName(c).localname for c in hop] == ["Timestamp"] and hop[0].text == "2024/03/15 09:31:07"
@@ -195,11 +196,20 @@ def test_bus_path_keeps_trace_headers_content_ids_and_recipient_names() -> None:
     assert h.document is not None
     # The ingress node builds a new envelope: its own attachment ids, names from its directory, no trace.
     files = [(a, package.attachment_data[a.id]) for a in package.envelope.attachments]
-    attachments = tuple(Attachment.of(a.name, data, a.media_type, id=f"att-{i:012d}") for i, (a, data) in
-                        enumerate(files))
-    bus = Envelope(Header(message_id=MID, kind=Kind.DOCUMENT, sender=replace(h.sender, name="VPCP"),
-                          recipients=tuple(replace(r, name="Nghệ An") for r in h.recipients), created_at=CREATED,
-                          document=h.document), attachments)
+    attachments = tuple(
+        Attachment.of(a.name, data, a.media_type, id=f"att-{i:012d}") for i, (a, data) in enumerate(files)
+    )
+    bus = Envelope(
+        Header(
+            message_id=MID,
+            kind=Kind.DOCUMENT,
+            sender=replace(h.sender, name="VPCP"),
+            recipients=tuple(replace(r, name="Nghệ An") for r in h.recipients),
+            created_at=CREATED,
+            document=h.document,
+        ),
+        attachments,
+    )
     # ... signs it: the source travels in the signed envelope XML ...
     _, received = parse_envelope(serialize(envelope_to_element(bus)))
     data = {a.id: d for a, (_, d) in zip(attachments, files)}
@@ -227,20 +237,24 @@ def test_an_envelope_changed_since_import_is_written_from_the_model() -> None:
 # -- organ ids ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "element", "written", "agency"), [
-    ("organ_id_hub_system_from.edxml", "MessageHeader/From/OrganId", "vxp.saas.03", G22),
-    ("organ_id_numeric_unit_to.edxml", "MessageHeader/To[1]/OrganId", "020100107370", H41),
-    ("organ_id_partial_g12_to.edxml", "MessageHeader/To[1]/OrganId", "G12", H29),
-    ("organ_id_partial_28_22_h17_from.edxml", "MessageHeader/From/OrganId", "28.22.H17", H41),
-    ("organ_id_partial_02_29_w00_trace.edxml", "TraceHeader[2]/OrganId", "02.29.W00", "000.00.00.H13"),
-    ("organ_id_partial_01_02_g22_response_for.edxml", "ResponseFor[1]/OrganId", "01.02.G22", G22),
-    ("organ_id_tt2_to.edxml", "MessageHeader/To[1]/OrganId", "001.00.20.TT2", H29),
-    ("organ_id_null_trace_and_response_for.edxml", "TraceHeader[1]/OrganId", "null", None),
-    ("organ_id_null_trace_and_response_for.edxml", "ResponseFor[1]/OrganId", "null", None),
-    ("status_from_hub_alias.edxml", "MessageHeader/ResponseFor/OrganId", "vxp.saas.03", G22),
-])
+@pytest.mark.parametrize(
+    ("name", "element", "written", "agency"),
+    [
+        ("organ_id_hub_system_from.edxml", "MessageHeader/From/OrganId", "vxp.saas.03", G22),
+        ("organ_id_numeric_unit_to.edxml", "MessageHeader/To[1]/OrganId", "020100107370", H41),
+        ("organ_id_partial_g12_to.edxml", "MessageHeader/To[1]/OrganId", "G12", H29),
+        ("organ_id_partial_28_22_h17_from.edxml", "MessageHeader/From/OrganId", "28.22.H17", H41),
+        ("organ_id_partial_02_29_w00_trace.edxml", "TraceHeader[2]/OrganId", "02.29.W00", "000.00.00.H13"),
+        ("organ_id_partial_01_02_g22_response_for.edxml", "ResponseFor[1]/OrganId", "01.02.G22", G22),
+        ("organ_id_tt2_to.edxml", "MessageHeader/To[1]/OrganId", "001.00.20.TT2", H29),
+        ("organ_id_null_trace_and_response_for.edxml", "TraceHeader[1]/OrganId", "null", None),
+        ("organ_id_null_trace_and_response_for.edxml", "ResponseFor[1]/OrganId", "null", None),
+        ("status_from_hub_alias.edxml", "MessageHeader/ResponseFor/OrganId", "vxp.saas.03", G22),
+    ],
+)
 def test_organ_ids_map_through_directory_aliases_and_keep_what_was_written(
-        name: str, element: str, written: str, agency: str | None) -> None:
+    name: str, element: str, written: str, agency: str | None
+) -> None:
     package = imported(name)
     (use,) = [u for u in package.organ_ids if u.path.endswith(element)]
     assert (use.written, use.agency) == (written, agency)
@@ -275,16 +289,16 @@ def test_a_sender_or_status_recipient_that_maps_to_nothing_is_refused() -> None:
     with pytest.raises(InvalidAgencyCodeError, match=r"ResponseFor/OrganId: 'vxp.saas.03'"):
         import_package(wild("status_from_hub_alias.edxml").replace(b">020100107370<", b">000.00.00.H41<"))
     with pytest.raises(UnknownAgencyError, match=r"From/OrganId: agency 000.00.00.G29"):
-        import_package(wild("bussiness_first.edxml").replace(b">000.00.00.G22<", b">000.00.00.G29<"),
-                       agencies=DIRECTORY)
+        import_package(
+            wild("bussiness_first.edxml").replace(b">000.00.00.G22<", b">000.00.00.G29<"), agencies=DIRECTORY
+        )
 
 
 def test_export_writes_the_id_the_peer_knows() -> None:
     package = imported("organ_id_numeric_unit_to.edxml")
     peer_ids = {H41: "vxp.nghean.01", "020100107370": "vxp.nghean.01"}
     from_source = export_package(package.envelope, package.attachment_data, organ_id_for=peer_ids.get)
-    from_model = export_package(package.envelope, package.attachment_data, organ_id_for=peer_ids.get,
-                                use_source=False)
+    from_model = export_package(package.envelope, package.attachment_data, organ_id_for=peer_ids.get, use_source=False)
     for out in (from_source, from_model):
         assert etree.fromstring(out).findtext(f".//{{{EDXML_NS}}}To/{{{EDXML_NS}}}OrganId") == "vxp.nghean.01"
     # Unchanged, it writes back the id the package came with.
@@ -292,12 +306,16 @@ def test_export_writes_the_id_the_peer_knows() -> None:
 
 
 def test_directory_aliases_load_from_json_and_may_not_name_two_agencies(tmp_path: Path) -> None:
-    (tmp_path / "d.json").write_text('{"agency": [{"code": "000.00.00.G22", "name": "VPCP", "node": "n", '
-                                     '"aliases": ["vxp.saas.03"]}]}', encoding="utf-8")
+    (tmp_path / "d.json").write_text(
+        '{"agency": [{"code": "000.00.00.G22", "name": "VPCP", "node": "n", "aliases": ["vxp.saas.03"]}]}',
+        encoding="utf-8",
+    )
     assert Directory.load(tmp_path / "d.json").resolve_organ_id("vxp.saas.03") == G22
     (tmp_path / "two.toml").write_text(
         '[[agency]]\ncode = "000.00.00.G22"\nnode = "n"\naliases = ["x"]\n'
-        '[[agency]]\ncode = "000.00.00.H41"\nnode = "n"\naliases = ["x"]\n', encoding="utf-8")
+        '[[agency]]\ncode = "000.00.00.H41"\nnode = "n"\naliases = ["x"]\n',
+        encoding="utf-8",
+    )
     with pytest.raises(Exception, match="alias 'x'"):
         Directory.load(tmp_path / "two.toml")
 
@@ -305,8 +323,10 @@ def test_directory_aliases_load_from_json_and_may_not_name_two_agencies(tmp_path
 # -- codes, traces, ResponseFor --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "number"), [("code_number_sdk_timestamp.edxml", "20240315093000"),
-                                              ("code_number_gateway.edxml", "GW-20240315093000-17")])
+@pytest.mark.parametrize(
+    ("name", "number"),
+    [("code_number_sdk_timestamp.edxml", "20240315093000"), ("code_number_gateway.edxml", "GW-20240315093000-17")],
+)
 def test_long_code_numbers_are_kept_verbatim(name: str, number: str) -> None:
     doc = imported(name).envelope.header.document
     assert doc is not None and doc.code.number == number
@@ -324,8 +344,10 @@ def test_trace_headers_without_organ_id_or_with_more_children_are_kept_in_order(
     assert [hop.node for hop in package.envelope.trace] == [G22]
     assert any("TraceHeader[2] has no OrganId" in n for n in package.notes)
     extra = imported("trace_with_business_and_staff.edxml")
-    assert extra.carried == ("edXML/edXMLEnvelope/edXMLHeader/TraceHeaderList/TraceHeader[1]/Business",
-                             "edXML/edXMLEnvelope/edXMLHeader/TraceHeaderList/TraceHeader[1]/StaffInfo")
+    assert extra.carried == (
+        "edXML/edXMLEnvelope/edXMLHeader/TraceHeaderList/TraceHeader[1]/Business",
+        "edXML/edXMLEnvelope/edXMLHeader/TraceHeaderList/TraceHeader[1]/StaffInfo",
+    )
 
 
 @pytest.mark.parametrize("name", ["response_for_empty.edxml", "response_for_empty_children.edxml"])
@@ -340,9 +362,10 @@ def test_an_empty_response_for_is_absent(name: str) -> None:
 def test_the_older_attachment_form_imports_attachments_and_content() -> None:
     package = imported("older_attachment_form.edxml")
     names = [(a.id, a.name, a.media_type) for a in package.envelope.attachments]
-    assert names == [("attachment-1", "to-trinh.pdf", "application/pdf"),
-                     ("attachment-2", "phu-luc.docx",
-                      "application/vnd.openxmlformats-officedocument.wordprocessingml.document")]
+    assert names == [
+        ("attachment-1", "to-trinh.pdf", "application/pdf"),
+        ("attachment-2", "phu-luc.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    ]
     assert package.attachment_data["attachment-1"].startswith(b"%PDF-1.4")
     doc = package.envelope.header.document
     assert doc is not None and doc.content == "Đề nghị các cơ quan triển khai."
@@ -356,8 +379,12 @@ def test_both_content_types_are_kept() -> None:
     assert a.media_type == "application/pdf"
     assert package.content_types[a.id] == ("application/pdf", "application/octet-stream")
     fresh = export_package(package.envelope, package.attachment_data, use_source=False)
-    assert etree.fromstring(fresh).findtext(f"{{{EDXML_NS}}}AttachmentEncoded/{{{EDXML_NS}}}Attachment/"
-                                            f"{{{EDXML_NS}}}ContentType") == "application/octet-stream"
+    assert (
+        etree.fromstring(fresh).findtext(
+            f"{{{EDXML_NS}}}AttachmentEncoded/{{{EDXML_NS}}}Attachment/{{{EDXML_NS}}}ContentType"
+        )
+        == "application/octet-stream"
+    )
 
 
 def test_a_zip_wrapped_attachment_keeps_its_bytes_and_is_offered_unwrapped() -> None:
@@ -373,11 +400,14 @@ def test_a_zip_wrapped_attachment_keeps_its_bytes_and_is_offered_unwrapped() -> 
     assert offered_file(plain.envelope.header.document, p, plain.attachment_data[p.id]).unwrapped is False
 
 
-@pytest.mark.parametrize(("name", "manifest", "encoded"), [
-    ("content_id_cid_on_both.edxml", "cid:x1", "cid:x1"),
-    ("content_id_bare_on_both.edxml", "x1", "x1"),
-    ("content_id_cid_cid.edxml", "cid:cid:x1", "x1"),
-])
+@pytest.mark.parametrize(
+    ("name", "manifest", "encoded"),
+    [
+        ("content_id_cid_on_both.edxml", "cid:x1", "cid:x1"),
+        ("content_id_bare_on_both.edxml", "x1", "x1"),
+        ("content_id_cid_cid.edxml", "cid:cid:x1", "x1"),
+    ],
+)
 def test_content_ids_match_with_or_without_cid_and_come_back_as_written(name: str, manifest: str, encoded: str) -> None:
     package = imported(name)
     assert [a.id for a in package.envelope.attachments] == ["x1"]
@@ -390,10 +420,13 @@ def test_content_ids_match_with_or_without_cid_and_come_back_as_written(name: st
 # -- signatures, unmodelled elements, statuses ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "note"), [
-    ("signature_unprefixed_qcvn_namespace.edxml", "not XMLDSig"),
-    ("signature_rsa_sha1_truncated_certificate.edxml", "truncated"),
-])
+@pytest.mark.parametrize(
+    ("name", "note"),
+    [
+        ("signature_unprefixed_qcvn_namespace.edxml", "not XMLDSig"),
+        ("signature_rsa_sha1_truncated_certificate.edxml", "truncated"),
+    ],
+)
 def test_legacy_signatures_are_kept_as_evidence_and_reported_never_trusted(name: str, note: str) -> None:
     package = imported(name)
     sig = package.signature
@@ -406,9 +439,12 @@ def test_legacy_signatures_are_kept_as_evidence_and_reported_never_trusted(name:
 
 def test_unmodelled_elements_are_carried_verbatim_and_listed() -> None:
     package = imported("unmodelled_elements_carried.edxml")
-    assert set(package.carried) == {"edXML/ExtraInfo", "edXML/edXMLEnvelope/edXMLHeader/HubInfo",
-                                    "edXML/edXMLEnvelope/edXMLHeader/Audit",
-                                    "edXML/edXMLEnvelope/edXMLHeader/MessageHeader/IssuingNumber"}
+    assert set(package.carried) == {
+        "edXML/ExtraInfo",
+        "edXML/edXMLEnvelope/edXMLHeader/HubInfo",
+        "edXML/edXMLEnvelope/edXMLHeader/Audit",
+        "edXML/edXMLEnvelope/edXMLHeader/MessageHeader/IssuingNumber",
+    }
     out = export_package(package.envelope, package.attachment_data, hops=(Hop("exchange", CREATED),))
     for text in ("ghi chú của phần mềm gửi", "kiểm tra", "VB-0042", "<edXML:HubId>vxp</edXML:HubId>"):
         assert text in out.decode()
@@ -427,17 +463,32 @@ def test_a_status_written_on_the_bus_is_the_hubs_message_header_form() -> None:
     header = etree.fromstring(out).find(f".//{{{EDXML_NS}}}edXMLHeader")
     assert header is not None and [etree.QName(c).localname for c in header] == ["MessageHeader"]
     mh = header[0]
-    assert [etree.QName(c).localname for c in mh] == ["From", "ResponseFor", "StaffInfo", "StatusCode",
-                                                      "Description", "Timestamp"]
-    assert [etree.QName(c).localname for c in mh[0]] == ["OrganId", "OrganizationInCharge", "OrganName", "OrganAdd",
-                                                         "Email", "Telephone", "Fax", "Website"]
+    assert [etree.QName(c).localname for c in mh] == [
+        "From",
+        "ResponseFor",
+        "StaffInfo",
+        "StatusCode",
+        "Description",
+        "Timestamp",
+    ]
+    assert [etree.QName(c).localname for c in mh[0]] == [
+        "OrganId",
+        "OrganizationInCharge",
+        "OrganName",
+        "OrganAdd",
+        "Email",
+        "Telephone",
+        "Fax",
+        "Website",
+    ]
     again = import_package(out, created_at=CREATED, message_id=MID)
     assert again.envelope == package.envelope
     # A status without staff or timestamp comes back as it was, too.
     h = package.envelope.header
     assert h.status is not None
-    bare = replace(package.envelope, header=replace(h, status=replace(h.status, staff=None, timestamp=None,
-                                                                      description="")))
+    bare = replace(
+        package.envelope, header=replace(h, status=replace(h.status, staff=None, timestamp=None, description=""))
+    )
     again = import_package(export_package(bare, {}, use_source=False), created_at=CREATED, message_id=MID)
     assert again.envelope == bare
 
@@ -453,13 +504,16 @@ def zipped(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_DEFL
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(("archive", "reason"), [
-    (zipped([("bomb.pdf", b"\0" * 5_000_000)]), "more than|unzips to"),
-    (zipped([("a.pdf", b"%PDF a"), ("b.pdf", b"%PDF b")]), "holds 2 entries"),
-    (zipped([("../../etc/cron.d/x", b"* * * * * root sh")]), "has a path"),
-    (zipped([("dir/a.pdf", b"%PDF")]), "has a path"),
-    (b"PK\x03\x04 not really a zip", "not a ZIP"),
-])
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (zipped([("bomb.pdf", b"\0" * 5_000_000)]), "more than|unzips to"),
+        (zipped([("a.pdf", b"%PDF a"), ("b.pdf", b"%PDF b")]), "holds 2 entries"),
+        (zipped([("../../etc/cron.d/x", b"* * * * * root sh")]), "has a path"),
+        (zipped([("dir/a.pdf", b"%PDF")]), "has a path"),
+        (b"PK\x03\x04 not really a zip", "not a ZIP"),
+    ],
+)
 def test_unwrapping_is_bounded(archive: bytes, reason: str) -> None:
     with pytest.raises(AttachmentError, match=reason):
         unwrap_zip(archive)
@@ -487,13 +541,23 @@ def test_filedrop_writes_the_unwrapped_file_and_describes_it() -> None:
     files = incoming_files(message)
     assert files["quyet-dinh.pdf"].startswith(b"%PDF-1.4")
     import json
+
     (entry,) = json.loads(files["message.json"])["attachments"]
     assert entry["packed"]["media_type"] == "application/zip" and entry["size"] == len(files["quyet-dinh.pdf"])
 
 
-HYPOTHESIS_SEEDS = [n for n in FIXTURES if n in ("content_types_zip_wrapped.edxml", "older_attachment_form.edxml",
-                                                 "status_in_message_header.edxml", "unmodelled_elements_carried.edxml",
-                                                 "signature_unprefixed_qcvn_namespace.edxml")]
+HYPOTHESIS_SEEDS = [
+    n
+    for n in FIXTURES
+    if n
+    in (
+        "content_types_zip_wrapped.edxml",
+        "older_attachment_form.edxml",
+        "status_in_message_header.edxml",
+        "unmodelled_elements_carried.edxml",
+        "signature_unprefixed_qcvn_namespace.edxml",
+    )
+]
 
 
 def test_mutated_packages_raise_only_typed_errors() -> None:
@@ -506,25 +570,35 @@ def test_mutated_packages_raise_only_typed_errors() -> None:
     tags = sorted({m.encode() for s in samples for m in re.findall(r"</?[A-Za-z:]+", s.decode())})
 
     @seed(20241201)
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(st.sampled_from(samples), st.lists(st.tuples(st.integers(0, 4), st.integers(0, 10_000),
-                                                         st.integers(0, 200), st.binary(max_size=12),
-                                                         st.sampled_from(tags)), min_size=1, max_size=4))
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.sampled_from(samples),
+        st.lists(
+            st.tuples(
+                st.integers(0, 4),
+                st.integers(0, 10_000),
+                st.integers(0, 200),
+                st.binary(max_size=12),
+                st.sampled_from(tags),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    )
     def run(sample: bytes, edits: list[tuple[int, int, int, bytes, bytes]]) -> None:
         data = bytearray(sample)
         for op, at, length, junk, tag in edits:
             at %= max(len(data), 1)
             if op == 0:
-                del data[at:at + length]
+                del data[at : at + length]
             elif op == 1:
                 data[at:at] = junk
             elif op == 2:
-                data[at:at] = data[at:at + length]
+                data[at:at] = data[at : at + length]
             elif op == 3:
                 data[at:at] = tag + b">" + junk + tag.replace(b"<", b"</", 1) + b">"
             else:
-                data[at:at + len(junk)] = junk
+                data[at : at + len(junk)] = junk
         try:
             package = import_package(bytes(data), agencies=DIRECTORY)
         except ExchangeError:
@@ -543,8 +617,7 @@ async def test_the_edxml_adapter_hands_over_the_senders_package_with_the_bus_hop
     adapter = EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False}, FakeBus())
     await adapter.start()
     try:
-        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>",
-                           attachments=package.attachment_data)
+        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>", attachments=package.attachment_data)
         assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
     finally:
         await adapter.stop()
@@ -555,8 +628,7 @@ async def test_the_edxml_adapter_hands_over_the_senders_package_with_the_bus_hop
     traces = root.xpath("//e:TraceHeaderList/e:TraceHeader", namespaces=ns)
     assert len(traces) == 3 and traces[0].find("e:Business/e:BusinessCode", ns).text == "SEND"
     # The E-Office can answer it: the standard DocumentId was added, as the adapter does for every document.
-    assert root.xpath("//e:MessageHeader/e:DocumentId/text()", namespaces=ns) == [
-        "000.00.00.G22,2024/03/15,12/CV-VPCP"]
+    assert root.xpath("//e:MessageHeader/e:DocumentId/text()", namespaces=ns) == ["000.00.00.G22,2024/03/15,12/CV-VPCP"]
 
 
 @pytest.mark.parametrize("name", [n for n in FIXTURES if n.startswith("status_")])
@@ -568,7 +640,6 @@ def test_a_status_package_gets_no_trace_from_the_bus_hops(name: str) -> None:
 async def test_the_edxml_adapter_maps_its_own_alias_through_the_nodes_directory(tmp_path: Path) -> None:
     """An E-Office that writes its hub-world id (28.22.H17) as From is the agency the directory says."""
     from exchange.adapters.edxml import EdxmlAdapter
-
     from tests.unit.adapter_fakes import FakeBus
 
     class DirectoryBus(FakeBus):
@@ -596,19 +667,18 @@ async def test_the_edxml_adapter_can_write_qcvn_codes_for_an_eoffice_that_knows_
     from exchange.adapters.base import Incoming, Outcome
     from exchange.adapters.edxml import EdxmlAdapter
     from exchange.errors import AdapterError
-
     from tests.unit.adapter_fakes import FakeBus
 
     class DirectoryBus(FakeBus):
         directory = DIRECTORY
 
     package = imported("organ_id_hub_system_from.edxml")
-    adapter = EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False, "organ_ids": "codes"},
-                           DirectoryBus(agency=H41))
+    adapter = EdxmlAdapter(
+        H41, {"root": str(tmp_path / "eoffice"), "watch": False, "organ_ids": "codes"}, DirectoryBus(agency=H41)
+    )
     await adapter.start()
     try:
-        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>",
-                           attachments=package.attachment_data)
+        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>", attachments=package.attachment_data)
         assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
     finally:
         await adapter.stop()

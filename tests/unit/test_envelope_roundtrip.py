@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -41,7 +41,7 @@ from exchange.errors import SchemaError
 NS = {"env": ENVELOPE_NS}
 MID = "9b2c5a4e-3f6d-4c1a-9e0b-7d8f6a5b4c3d"
 OTHER = "1f0e2d3c-4b5a-4968-8776-655443322110"
-AT = datetime(2026, 11, 24, 5, 0, 0, 123000, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 24, 5, 0, 0, 123000, tzinfo=UTC)
 GOV = AgencyRef("000.00.00.G22", "Văn phòng Chính phủ")
 NGHE_AN = AgencyRef("000.00.00.H41", "UBND tỉnh Nghệ An")
 HCMC = AgencyRef("000.00.00.H29", "UBND Thành phố Hồ Chí Minh")
@@ -56,21 +56,32 @@ def _q(local: str) -> str:
 
 
 def minimal_document() -> Envelope:
-    return Envelope(Header(
-        message_id=MID, kind=Kind.DOCUMENT, sender=AgencyRef("000.00.00.G22"),
-        recipients=(AgencyRef("000.00.00.H41"),), created_at=AT,
-        document=DocumentInfo(code=DocumentCode("12"), subject="x"),
-    ))
+    return Envelope(
+        Header(
+            message_id=MID,
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef("000.00.00.G22"),
+            recipients=(AgencyRef("000.00.00.H41"),),
+            created_at=AT,
+            document=DocumentInfo(code=DocumentCode("12"), subject="x"),
+        )
+    )
 
 
 def full_document() -> Envelope:
-    pdf = Attachment.of("Quyết định 12.pdf", b"%PDF-1.7 \x00\xff", "application/pdf", id="att-1",
-                        description="Bản chính có chữ ký số")
+    pdf = Attachment.of(
+        "Quyết định 12.pdf", b"%PDF-1.7 \x00\xff", "application/pdf", id="att-1", description="Bản chính có chữ ký số"
+    )
     xlsx = Attachment.of("phụ lục.xlsx", b"", "application/vnd.ms-excel", id="att-2")
     return Envelope(
         Header(
-            message_id=MID, kind=Kind.DOCUMENT, sender=GOV, recipients=(NGHE_AN, HCMC), created_at=AT,
-            operation=Operation.REPLACE, correlation_id="4bf92f3577b34da6a3ce929d0e0e4736",
+            message_id=MID,
+            kind=Kind.DOCUMENT,
+            sender=GOV,
+            recipients=(NGHE_AN, HCMC),
+            created_at=AT,
+            operation=Operation.REPLACE,
+            correlation_id="4bf92f3577b34da6a3ce929d0e0e4736",
             document=DocumentInfo(
                 code=DocumentCode("12345678901", "CT-TTg/VPCP-KGVX-ĐMDN-ABCDEFGHIJ"[:30]),
                 subject=SUBJECT,
@@ -84,12 +95,19 @@ def full_document() -> Envelope:
                 document_id="000.00.00.G22,2026/11/24,12/CT-TTg",
                 relates_to=OTHER,
                 response_for=(
-                    ResponseRef("000.00.00.H41", "45/UBND-VX", date(2026, 11, 1), "000.00.00.H41,2026/11/01,45/UBND-VX"),
+                    ResponseRef(
+                        "000.00.00.H41", "45/UBND-VX", date(2026, 11, 1), "000.00.00.H41,2026/11/01,45/UBND-VX"
+                    ),
                     ResponseRef("000.00.00.H29", "7/TTr", date(2026, 10, 2)),
                 ),
                 paper=True,
-                extra=(("SphereOfPromulgation", "Toàn quốc"), ("PageAmount", "3"), ("Empty", ""), ("TyperNotation", "  NV\n"),
-                       ("SphereOfPromulgation", "lặp lại")),
+                extra=(
+                    ("SphereOfPromulgation", "Toàn quốc"),
+                    ("PageAmount", "3"),
+                    ("Empty", ""),
+                    ("TyperNotation", "  NV\n"),
+                    ("SphereOfPromulgation", "lặp lại"),
+                ),
                 source=b"exchange-edxml-source/1\n{}\n\x00\xff",  # opaque bytes (docs/EDXML.md)
             ),
         ),
@@ -99,22 +117,36 @@ def full_document() -> Envelope:
 
 
 def minimal_status() -> Envelope:
-    return Envelope(Header(
-        message_id=MID, kind=Kind.STATUS, sender=NGHE_AN, recipients=(GOV,), created_at=AT,
-        status=StatusInfo(response_for=OTHER, code=StatusCode.ARRIVED),
-    ))
+    return Envelope(
+        Header(
+            message_id=MID,
+            kind=Kind.STATUS,
+            sender=NGHE_AN,
+            recipients=(GOV,),
+            created_at=AT,
+            status=StatusInfo(response_for=OTHER, code=StatusCode.ARRIVED),
+        )
+    )
 
 
 def full_status() -> Envelope:
     return Envelope(
         Header(
-            message_id=MID, kind=Kind.STATUS, sender=NGHE_AN, recipients=(GOV,), created_at=AT,
+            message_id=MID,
+            kind=Kind.STATUS,
+            sender=NGHE_AN,
+            recipients=(GOV,),
+            created_at=AT,
             correlation_id="corr-1",
             status=StatusInfo(
-                response_for=OTHER, code=StatusCode.CHANGE_REFUSED, description="Không đồng ý thu hồi văn bản",
+                response_for=OTHER,
+                code=StatusCode.CHANGE_REFUSED,
+                description="Không đồng ý thu hồi văn bản",
                 staff=StaffInfo("Văn phòng UBND tỉnh", "Nguyễn Thị Hương", "huong@nghean.gov.vn", "+84 912 345 678"),
                 timestamp=AT - timedelta(hours=1),
-                document_ref=ResponseRef("000.00.00.G22", "12/CT-TTg", date(2024, 3, 15), "000.00.00.G22,2024/03/15,12/CT-TTg"),
+                document_ref=ResponseRef(
+                    "000.00.00.G22", "12/CT-TTg", date(2024, 3, 15), "000.00.00.G22,2024/03/15,12/CT-TTg"
+                ),
                 source=b"<edXML/>",
             ),
         ),
@@ -124,19 +156,35 @@ def full_status() -> Envelope:
 
 
 def minimal_receipt() -> Envelope:
-    return Envelope(Header(
-        message_id=MID, kind=Kind.RECEIPT, sender=NGHE_AN, recipients=(GOV,), created_at=AT,
-        receipt=ReceiptInfo(response_for=OTHER, outcome=ReceiptOutcome.DELIVERED),
-    ))
+    return Envelope(
+        Header(
+            message_id=MID,
+            kind=Kind.RECEIPT,
+            sender=NGHE_AN,
+            recipients=(GOV,),
+            created_at=AT,
+            receipt=ReceiptInfo(response_for=OTHER, outcome=ReceiptOutcome.DELIVERED),
+        )
+    )
 
 
 def full_receipt() -> Envelope:
     return Envelope(
         Header(
-            message_id=MID, kind=Kind.RECEIPT, sender=NGHE_AN, recipients=(GOV,), created_at=AT,
-            correlation_id="c", operation=Operation.NEW,
-            receipt=ReceiptInfo(response_for=OTHER, outcome=ReceiptOutcome.FAILED, envelope_digest="ab" * 32,
-                                reason_code="signature-invalid", reason="Chữ ký không hợp lệ: chứng thư hết hạn"),
+            message_id=MID,
+            kind=Kind.RECEIPT,
+            sender=NGHE_AN,
+            recipients=(GOV,),
+            created_at=AT,
+            correlation_id="c",
+            operation=Operation.NEW,
+            receipt=ReceiptInfo(
+                response_for=OTHER,
+                outcome=ReceiptOutcome.FAILED,
+                envelope_digest="ab" * 32,
+                reason_code="signature-invalid",
+                reason="Chữ ký không hợp lệ: chứng thư hết hạn",
+            ),
         ),
         trace=(Hop("relay", AT),),
     )
@@ -200,13 +248,40 @@ def test_layout_matches_docs_envelope_md() -> None:
     assert [c.tag for c in signed] == [_q("Header"), _q("Manifest")]
     header = signed[0]
     assert [etree.QName(c).localname for c in header] == [
-        "MessageId", "Kind", "Operation", "CreatedAt", "CorrelationId", "From", "To", "To", "Document"]
+        "MessageId",
+        "Kind",
+        "Operation",
+        "CreatedAt",
+        "CorrelationId",
+        "From",
+        "To",
+        "To",
+        "Document",
+    ]
     assert header.findtext("env:CreatedAt", namespaces=NS) == "2026-11-24T05:00:00.123Z"
     assert header.find("env:From", NS).get("code") == "000.00.00.G22"
     assert [etree.QName(c).localname for c in header.find("env:Document", NS)] == [
-        "DocumentId", "Code", "DocumentType", "Subject", "Content", "Promulgation", "Signer", "Priority",
-        "SteeringType", "DueDate", "RelatesTo", "ResponseFor", "ResponseFor", "Paper",
-        "Extra", "Extra", "Extra", "Extra", "Extra", "EdxmlSource"]
+        "DocumentId",
+        "Code",
+        "DocumentType",
+        "Subject",
+        "Content",
+        "Promulgation",
+        "Signer",
+        "Priority",
+        "SteeringType",
+        "DueDate",
+        "RelatesTo",
+        "ResponseFor",
+        "ResponseFor",
+        "Paper",
+        "Extra",
+        "Extra",
+        "Extra",
+        "Extra",
+        "Extra",
+        "EdxmlSource",
+    ]
     assert root.find("env:Trace/env:Hop", NS).attrib == {"node": "node-a", "at": "2026-11-24T05:00:00.123Z"}
 
 
@@ -214,9 +289,22 @@ def test_empty_optional_values_are_omitted() -> None:
     root = envelope_to_element(minimal_document())
     header = root[0][0]
     assert [etree.QName(c).localname for c in header] == [
-        "MessageId", "Kind", "Operation", "CreatedAt", "From", "To", "Document"]
+        "MessageId",
+        "Kind",
+        "Operation",
+        "CreatedAt",
+        "From",
+        "To",
+        "Document",
+    ]
     assert [etree.QName(c).localname for c in header.find("env:Document", NS)] == [
-        "Code", "DocumentType", "Subject", "Priority", "SteeringType", "Paper"]
+        "Code",
+        "DocumentType",
+        "Subject",
+        "Priority",
+        "SteeringType",
+        "Paper",
+    ]
     assert header.find("env:Document/env:Code", NS).attrib == {"number": "12"}
     assert header.find("env:Document/env:DocumentType", NS).attrib == {"type": "1", "detail": "0"}
     assert header.find("env:From", NS).text is None
@@ -237,15 +325,16 @@ def test_never_pretty_printed() -> None:
 def test_datetimes_are_written_in_utc_with_milliseconds() -> None:
     hanoi = timezone(timedelta(hours=7))
     assert format_datetime(datetime(2026, 11, 24, 12, 0, tzinfo=hanoi)) == "2026-11-24T05:00:00.000Z"
-    assert format_datetime(datetime(2026, 11, 24, 5, 0, 0, 999999, tzinfo=timezone.utc)) == "2026-11-24T05:00:00.999Z"
+    assert format_datetime(datetime(2026, 11, 24, 5, 0, 0, 999999, tzinfo=UTC)) == "2026-11-24T05:00:00.999Z"
     with pytest.raises(ValueError):
         format_datetime(datetime(2026, 11, 24))
     # A non-UTC datetime round-trips to the same instant, now in UTC.
     env = minimal_status()
-    local = Envelope(Header(**{**{n: getattr(env.header, n) for n in Header.__slots__},
-                               "created_at": AT.astimezone(hanoi)}))
+    local = Envelope(
+        Header(**{**{n: getattr(env.header, n) for n in Header.__slots__}, "created_at": AT.astimezone(hanoi)})
+    )
     parsed = envelope_from_element(envelope_to_element(local))
-    assert parsed == local and parsed.header.created_at.tzinfo == timezone.utc
+    assert parsed == local and parsed.header.created_at.tzinfo == UTC
 
 
 def test_offset_datetimes_from_other_writers_are_read_as_utc() -> None:
@@ -318,6 +407,7 @@ def _set_attr(path: str, name: str, value: str) -> Callable[[etree._Element], No
 def _set_text(path: str, value: str) -> Callable[[etree._Element], None]:
     def change(root: etree._Element) -> None:
         root.find(path, NS).text = value
+
     return change
 
 
@@ -325,6 +415,7 @@ def _remove(path: str) -> Callable[[etree._Element], None]:
     def change(root: etree._Element) -> None:
         for element in root.findall(path, NS):
             element.getparent().remove(element)
+
     return change
 
 
@@ -416,14 +507,22 @@ _nonempty = st.text(_xml_char, min_size=1, max_size=40)
 _uuid = st.uuids().map(str)
 # Attachment ids and names have their own rules (docs/ENVELOPE.md): the id pattern, no control or format characters.
 _attachment_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,15}", fullmatch=True)
-_attachment_names = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp"),
-                                          blacklist_characters="\ufffe\uffff"), min_size=1, max_size=40)
+_attachment_names = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp"), blacklist_characters="\ufffe\uffff"),
+    min_size=1,
+    max_size=40,
+)
 _dates = st.dates(min_value=date(1900, 1, 1), max_value=date(2199, 12, 31))
-_instants = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2199, 1, 1),
-                         timezones=st.just(timezone.utc)).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))
+_instants = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2199, 1, 1), timezones=st.just(UTC)).map(
+    lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)
+)
 _codes = st.builds(
     lambda a, b, c, letter, d: f"{a:03d}.{b:02d}.{c:02d}.{letter}{d:02d}",
-    st.integers(0, 999), st.integers(0, 99), st.integers(0, 99), st.sampled_from("GHKX"), st.integers(1, 99),
+    st.integers(0, 999),
+    st.integers(0, 99),
+    st.integers(0, 99),
+    st.sampled_from("GHKX"),
+    st.integers(1, 99),
 )
 _agencies = st.builds(AgencyRef, _codes, _text)
 _documents = st.builds(
@@ -444,12 +543,20 @@ _documents = st.builds(
     extra=st.lists(st.tuples(_nonempty, _text), max_size=3).map(tuple),
 )
 _statuses = st.builds(
-    StatusInfo, _uuid, st.sampled_from(StatusCode), _text,
-    st.none() | st.builds(StaffInfo, _text, _text, _text, _text), st.none() | _instants,
+    StatusInfo,
+    _uuid,
+    st.sampled_from(StatusCode),
+    _text,
+    st.none() | st.builds(StaffInfo, _text, _text, _text, _text),
+    st.none() | _instants,
 )
 _receipts = st.builds(
-    ReceiptInfo, _uuid, st.sampled_from(ReceiptOutcome),
-    st.sampled_from(["", "0" * 64, "ab" * 32]), st.text(_xml_char, max_size=20), _text,
+    ReceiptInfo,
+    _uuid,
+    st.sampled_from(ReceiptOutcome),
+    st.sampled_from(["", "0" * 64, "ab" * 32]),
+    st.text(_xml_char, max_size=20),
+    _text,
 )
 
 
@@ -462,16 +569,25 @@ def _envelopes(draw: st.DrawFn) -> Envelope:
         Kind.RECEIPT: {"receipt": draw(_receipts)},
     }[kind]
     header = Header(
-        message_id=draw(_uuid), kind=kind, sender=draw(_agencies),
-        recipients=tuple(draw(st.lists(_agencies, min_size=1, max_size=3))), created_at=draw(_instants),
+        message_id=draw(_uuid),
+        kind=kind,
+        sender=draw(_agencies),
+        recipients=tuple(draw(st.lists(_agencies, min_size=1, max_size=3))),
+        created_at=draw(_instants),
         operation=draw(st.sampled_from(Operation)),
-        correlation_id=draw(st.sampled_from(["", "4bf92f3577b34da6a3ce929d0e0e4736", "x-1"])), **body,
+        correlation_id=draw(st.sampled_from(["", "4bf92f3577b34da6a3ce929d0e0e4736", "x-1"])),
+        **body,
     )
     ids = draw(st.lists(_attachment_ids, unique=True, max_size=3))
     attachments = tuple(
-        Attachment(id=i, name=draw(_attachment_names), media_type=draw(st.sampled_from(["application/pdf", "text/plain"])),
-                   size=draw(st.integers(0, 2**40)), sha256=draw(st.sampled_from(["0" * 64, "f" * 64])),
-                   description=draw(_text))
+        Attachment(
+            id=i,
+            name=draw(_attachment_names),
+            media_type=draw(st.sampled_from(["application/pdf", "text/plain"])),
+            size=draw(st.integers(0, 2**40)),
+            sha256=draw(st.sampled_from(["0" * 64, "f" * 64])),
+            description=draw(_text),
+        )
         for i in ids
     )
     trace = tuple(draw(st.lists(st.builds(Hop, _nonempty, _instants), max_size=3)))

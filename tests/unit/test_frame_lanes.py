@@ -17,13 +17,16 @@ def test_frame_round_trips_xml_and_attachments() -> None:
     assert xml == b"<env/>" and got == parts
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda b: b"XXXX" + b[4:],  # foreign magic
-    lambda b: b[:-3],  # truncated
-    lambda b: b + b"junk",  # trailing bytes
-    lambda b: b[:4] + b"\x00\x00\x00\x00" + b[8:],  # zero parts
-    lambda b: b[:4] + b"\xff\xff\xff\xff" + b[8:],  # absurd part count
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b"XXXX" + b[4:],  # foreign magic
+        lambda b: b[:-3],  # truncated
+        lambda b: b + b"junk",  # trailing bytes
+        lambda b: b[:4] + b"\x00\x00\x00\x00" + b[8:],  # zero parts
+        lambda b: b[:4] + b"\xff\xff\xff\xff" + b[8:],  # absurd part count
+    ],
+)
 def test_garbled_frames_are_refused(mangle) -> None:
     body = frame.encode(b"<env/>", {"a": b"1"})
     with pytest.raises(FrameError):

@@ -33,23 +33,55 @@ from exchange.metadata.codec import SUBMISSION_FIELDS
 # A mangled Content-Disposition makes aiohttp warn (and the part nameless, which the reader refuses).
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.multipart.BadContentDispositionHeader")
 
-FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=200, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
 FUZZ_FORMS = settings(FUZZ, max_examples=120)
 
 VALID = {
-    "recipients": ["000.00.00.H41"], "subject": "Chỉ thị", "code": {"number": "12", "notation": "CT-TTg"},
-    "document_type": {"type": 1, "detail": 0, "name": "Chỉ thị"}, "priority": 3, "steering_type": 1,
-    "promulgation": {"place": "Hà Nội", "date": "2026-11-20"}, "due_date": "2026-12-31",
+    "recipients": ["000.00.00.H41"],
+    "subject": "Chỉ thị",
+    "code": {"number": "12", "notation": "CT-TTg"},
+    "document_type": {"type": 1, "detail": 0, "name": "Chỉ thị"},
+    "priority": 3,
+    "steering_type": 1,
+    "promulgation": {"place": "Hà Nội", "date": "2026-11-20"},
+    "due_date": "2026-12-31",
     "response_for": [{"organ_id": "000.00.00.G22", "code": "7/BC", "promulgation_date": "2026-10-01"}],
-    "extra": [{"name": "A", "value": "b"}], "descriptions": {"a.txt": "bản chính"}, "paper": False,
+    "extra": [{"name": "A", "value": "b"}],
+    "descriptions": {"a.txt": "bản chính"},
+    "paper": False,
 }
 VALID_TEXT = json.dumps(VALID, ensure_ascii=False)
 STATUS_TEXT = json.dumps({"code": "03", "description": "đã vào sổ", "staff": {"staff": "Trần B"}}, ensure_ascii=False)
 
 #: Fragments that stress a JSON reader: structure, escapes, numbers, constants, control characters.
-FRAGMENTS = ["[", "]", "{", "}", '"', "\\", ",", ":", "-", "e", "0", "1e999", "9" * 5000, "[" * 2000,
-             "null", "true", "NaN", "\\ud800", "\x00", "\x07", "\u202e", "😀", ' "priority": ', '"a":1,"a":2']
+FRAGMENTS = [
+    "[",
+    "]",
+    "{",
+    "}",
+    '"',
+    "\\",
+    ",",
+    ":",
+    "-",
+    "e",
+    "0",
+    "1e999",
+    "9" * 5000,
+    "[" * 2000,
+    "null",
+    "true",
+    "NaN",
+    "\\ud800",
+    "\x00",
+    "\x07",
+    "\u202e",
+    "😀",
+    ' "priority": ',
+    '"a":1,"a":2',
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -68,9 +100,9 @@ def mutated(draw: st.DrawFn, text: str) -> str:
         if action == "insert":
             text = text[:at] + piece + text[at:]
         elif action == "delete":
-            text = text[:at] + text[at + draw(st.integers(1, 20)):]
+            text = text[:at] + text[at + draw(st.integers(1, 20)) :]
         else:
-            text = text[:at] + piece + text[at + len(piece):]
+            text = text[:at] + piece + text[at + len(piece) :]
     return text
 
 
@@ -106,9 +138,15 @@ def test_any_json_value_in_any_field_gives_a_typed_refusal_or_a_submission(name:
 
 
 def _multipart(metadata: bytes, file_name: bytes = b"a.txt", media_type: bytes = b"text/plain") -> bytes:
-    return (b'--b\r\nContent-Disposition: form-data; name="metadata"\r\nContent-Type: application/json\r\n\r\n'
-            + metadata + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="' + file_name
-            + b'"\r\nContent-Type: ' + media_type + b"\r\n\r\nbytes\r\n--b--\r\n")
+    return (
+        b'--b\r\nContent-Disposition: form-data; name="metadata"\r\nContent-Type: application/json\r\n\r\n'
+        + metadata
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="'
+        + file_name
+        + b'"\r\nContent-Type: '
+        + media_type
+        + b"\r\n\r\nbytes\r\n--b--\r\n"
+    )
 
 
 async def _through_the_form_reader(body: bytes) -> None:
@@ -116,8 +154,12 @@ async def _through_the_form_reader(body: bytes) -> None:
     payload = streams.StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
     payload.feed_data(body)
     payload.feed_eof()
-    request = make_mocked_request("POST", "/v1/documents", payload=payload, headers={
-        "Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(len(body))})
+    request = make_mocked_request(
+        "POST",
+        "/v1/documents",
+        payload=payload,
+        headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(len(body))},
+    )
     raw, _files = await read_document_form(request, Limits(body=1 << 20, attachment=1 << 16, message=1 << 17))
     parse_document(raw)
 
@@ -146,6 +188,7 @@ def test_mutated_multipart_bodies_give_a_submission_or_a_typed_refusal(text: str
 @FUZZ_FORMS
 @given(mutated(VALID_TEXT), st.binary(max_size=40), st.binary(max_size=40))
 def test_multipart_with_mutated_metadata_file_names_and_media_types_gives_typed_refusals(
-        text: str, file_name: bytes, media_type: bytes) -> None:
+    text: str, file_name: bytes, media_type: bytes
+) -> None:
     body = _multipart(text.encode("utf-8", "surrogatepass"), file_name.replace(b'"', b""), media_type)
     only_typed_errors(lambda: _run_form(body))

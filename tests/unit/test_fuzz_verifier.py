@@ -41,16 +41,41 @@ from exchange.signing.verify import Verifier
 A, B = "000.00.00.G22", "000.00.00.H41"
 DS = "http://www.w3.org/2000/09/xmldsig#"
 PDF = b"%PDF-1.7 fuzzed" * 10
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 #: Fragments an attacker would try to splice in.
 FRAGMENTS = [
-    b"<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>", b"&e;", b"&#0;", b"&#x202E;", b"\x00", b"\xff\xfe",
-    b"]]>", b"<![CDATA[x]]>", b"<?pi x?>", b"<!-- c -->", b"<ds:X509SubjectName>CN=x</ds:X509SubjectName>",
-    b'<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"/>', b'Id="s-x"', b' id="../../x"',
-    b"<env:Attachment/>", b"<env:Header/>", b"\n", b"'", b'"', b"<", b">", b"=", b"xmlns:env='urn:other'",
-    b"<x:y xmlns:x='urn:x'/>", b"A" * 300,
+    b"<!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>",
+    b"&e;",
+    b"&#0;",
+    b"&#x202E;",
+    b"\x00",
+    b"\xff\xfe",
+    b"]]>",
+    b"<![CDATA[x]]>",
+    b"<?pi x?>",
+    b"<!-- c -->",
+    b"<ds:X509SubjectName>CN=x</ds:X509SubjectName>",
+    b'<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"/>',
+    b'Id="s-x"',
+    b' id="../../x"',
+    b"<env:Attachment/>",
+    b"<env:Header/>",
+    b"\n",
+    b"'",
+    b'"',
+    b"<",
+    b">",
+    b"=",
+    b"xmlns:env='urn:other'",
+    b"<x:y xmlns:x='urn:x'/>",
+    b"A" * 300,
 ]
 
 
@@ -61,12 +86,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, tuple[byt
     out: dict[str, tuple[bytes, Envelope]] = {}
     for name, code, ec_key in (("ecdsa", A, True), ("rsa", B, False)):
         signer = Signer.from_files(*ca.issue(code, f"Agency {code}", ec=ec_key))
-        envelope = Envelope(Header(
-            message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(code, "Gửi"),
-            recipients=(AgencyRef(B if code == A else A, "Nhận"),), created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Chỉ thị <&> kiểm thử"),
-        ), attachments=(Attachment.of("Quyết định.pdf", PDF, "application/pdf", id="att-1"),),
-            trace=(Hop("node-a", utcnow()),))
+        envelope = Envelope(
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.DOCUMENT,
+                sender=AgencyRef(code, "Gửi"),
+                recipients=(AgencyRef(B if code == A else A, "Nhận"),),
+                created_at=utcnow(),
+                document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Chỉ thị <&> kiểm thử"),
+            ),
+            attachments=(Attachment.of("Quyết định.pdf", PDF, "application/pdf", id="att-1"),),
+            trace=(Hop("node-a", utcnow()),),
+        )
         out[name] = (sign_envelope(envelope, signer, {"att-1": PDF}).xml, envelope)
     return out, Verifier(TrustStore.from_paths([ca.cert_path], [ca.crl_path]))
 
@@ -82,7 +113,7 @@ def _byte_mutation(draw: st.DrawFn, xml: bytes) -> bytes:
         if op == "flip" and data:
             data[at] = draw(st.integers(0, 255))
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 64))]
+            del data[at : at + draw(st.integers(1, 64))]
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif op == "splice":
@@ -108,17 +139,32 @@ def _tree_mutation(draw: st.DrawFn, xml: bytes) -> bytes:
             if target not in destination.iterancestors() and destination is not target:
                 destination.append(target)
         elif op == "attribute":
-            name = draw(st.sampled_from(["Id", "id", "name", "size", "sha256", "code", "URI", "Algorithm",
-                                         "{urn:x}a"]))
-            target.set(name, draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
-                                  .filter(lambda v: all(c in "\t\n\r" or ord(c) >= 0x20 for c in v)
-                                          and "\ufffe" not in v and "\uffff" not in v)))
+            name = draw(st.sampled_from(["Id", "id", "name", "size", "sha256", "code", "URI", "Algorithm", "{urn:x}a"]))
+            target.set(
+                name,
+                draw(
+                    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).filter(
+                        lambda v: (
+                            all(c in "\t\n\r" or ord(c) >= 0x20 for c in v) and "\ufffe" not in v and "\uffff" not in v
+                        )
+                    )
+                ),
+            )
         elif op in ("text", "tail"):
             value = draw(st.sampled_from(["", " ", "junk", "0" * 64, "AAAA", "s-x", "../x", "\u202e"]))
             setattr(target, op, value)
         elif op == "rename":
-            target.tag = draw(st.sampled_from([f"{{{DS}}}Object", f"{{{ENVELOPE_NS}}}Signed", "{urn:x}y",
-                                               f"{{{DS}}}X509SubjectName", f"{{{ENVELOPE_NS}}}Attachment"]))
+            target.tag = draw(
+                st.sampled_from(
+                    [
+                        f"{{{DS}}}Object",
+                        f"{{{ENVELOPE_NS}}}Signed",
+                        "{urn:x}y",
+                        f"{{{DS}}}X509SubjectName",
+                        f"{{{ENVELOPE_NS}}}Attachment",
+                    ]
+                )
+            )
         elements = list(root.iter(etree.Element))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
@@ -132,12 +178,12 @@ def _certificate_mutation(draw: st.DrawFn, xml: bytes) -> bytes:
         for _ in range(draw(st.integers(1, 3))):
             der[draw(st.integers(0, len(der) - 1))] = draw(st.integers(0, 255))
     elif op == "truncate":
-        del der[draw(st.integers(0, len(der) - 1)):]
+        del der[draw(st.integers(0, len(der) - 1)) :]
     elif op == "version":  # [0] EXPLICIT INTEGER 2 (v3) -> any other value
         at = der.index(b"\xa0\x03\x02\x01\x02") + 4
         der[at] = draw(st.integers(0, 255))
     else:  # give one id-ce extension (2.5.29.x) the OID of another: the same extension twice
-        oids = [i for i in range(len(der) - 4) if der[i:i + 4] == b"\x06\x03\x55\x1d"]
+        oids = [i for i in range(len(der) - 4) if der[i : i + 4] == b"\x06\x03\x55\x1d"]
         first, second = draw(st.permutations(oids))[:2]
         der[second + 4] = der[first + 4]
     cert.text = base64.b64encode(bytes(der)).decode()
@@ -145,8 +191,11 @@ def _certificate_mutation(draw: st.DrawFn, xml: bytes) -> bytes:
 
 
 @FUZZ
-@given(kind=st.sampled_from(["ecdsa", "rsa"]),
-       mutation=st.sampled_from([_byte_mutation, _tree_mutation, _certificate_mutation]), data=st.data())
+@given(
+    kind=st.sampled_from(["ecdsa", "rsa"]),
+    mutation=st.sampled_from([_byte_mutation, _tree_mutation, _certificate_mutation]),
+    data=st.data(),
+)
 def test_mutated_signed_envelopes_give_a_typed_refusal_or_the_original(world, kind, mutation, data) -> None:
     samples, verifier = world
     xml, original = samples[kind]

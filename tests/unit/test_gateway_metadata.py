@@ -8,9 +8,9 @@ import pytest
 
 from exchange.envelope.model import Operation, Priority, StatusCode, SteeringType
 from exchange.errors import InvalidAgencyCodeError
-from exchange.tokens import TOKEN_PREFIX, hash_token
 from exchange.gateway.errors import MetadataError
 from exchange.gateway.metadata import parse_document, parse_status
+from exchange.tokens import TOKEN_PREFIX, hash_token
 
 FULL = {
     "recipients": ["000.00.00.H41", "000.00.31.H41"],
@@ -46,32 +46,41 @@ def test_every_metadata_field_maps_to_the_document_model() -> None:
 
 
 def test_a_replace_may_leave_recipients_to_the_original() -> None:
-    s = parse_document({"subject": "x", "code": {"number": "1"}, "operation": "replace",
-                        "relates_to": "9B2C5A4E-3F6D-4C1A-9E0B-7D8F6A5B4C3D"})
+    s = parse_document(
+        {
+            "subject": "x",
+            "code": {"number": "1"},
+            "operation": "replace",
+            "relates_to": "9B2C5A4E-3F6D-4C1A-9E0B-7D8F6A5B4C3D",
+        }
+    )
     assert s.operation is Operation.REPLACE and s.recipients == ()
     assert s.document.relates_to == "9b2c5a4e-3f6d-4c1a-9e0b-7d8f6a5b4c3d"  # normalised
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"priorty": 1}, "metadata.priorty"),
-    ({"priority": True}, "metadata.priority"),
-    ({"priority": 5}, "metadata.priority"),
-    ({"steering_type": -1}, "metadata.steering_type"),
-    ({"subject": None}, "metadata.subject"),
-    ({"subject": "   "}, "metadata.subject"),
-    ({"subject": "a\x00b"}, "metadata.subject"),
-    ({"code": {"number": "", "notation": "x"}}, "metadata.code.number"),
-    ({"code": {"number": "1", "notation": "x" * 31}}, "metadata.code.notation"),
-    ({"due_date": "2026-02-30"}, "metadata.due_date"),
-    ({"promulgation": {"place": "Hà Nội"}}, "metadata.promulgation.date"),
-    ({"recipients": "000.00.00.H41"}, "metadata.recipients"),
-    ({"recipients": []}, "metadata.recipients"),
-    ({"operation": "delete"}, "metadata.operation"),
-    ({"operation": "revoke"}, "metadata.relates_to"),
-    ({"relates_to": "9b2c5a4e-3f6d-4c1a-9e0b-7d8f6a5b4c3d"}, "metadata.relates_to"),
-    ({"operation": "update", "relates_to": "not-a-uuid"}, "metadata.relates_to"),
-    ({"paper": "yes"}, "metadata.paper"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"priorty": 1}, "metadata.priorty"),
+        ({"priority": True}, "metadata.priority"),
+        ({"priority": 5}, "metadata.priority"),
+        ({"steering_type": -1}, "metadata.steering_type"),
+        ({"subject": None}, "metadata.subject"),
+        ({"subject": "   "}, "metadata.subject"),
+        ({"subject": "a\x00b"}, "metadata.subject"),
+        ({"code": {"number": "", "notation": "x"}}, "metadata.code.number"),
+        ({"code": {"number": "1", "notation": "x" * 31}}, "metadata.code.notation"),
+        ({"due_date": "2026-02-30"}, "metadata.due_date"),
+        ({"promulgation": {"place": "Hà Nội"}}, "metadata.promulgation.date"),
+        ({"recipients": "000.00.00.H41"}, "metadata.recipients"),
+        ({"recipients": []}, "metadata.recipients"),
+        ({"operation": "delete"}, "metadata.operation"),
+        ({"operation": "revoke"}, "metadata.relates_to"),
+        ({"relates_to": "9b2c5a4e-3f6d-4c1a-9e0b-7d8f6a5b4c3d"}, "metadata.relates_to"),
+        ({"operation": "update", "relates_to": "not-a-uuid"}, "metadata.relates_to"),
+        ({"paper": "yes"}, "metadata.paper"),
+    ],
+)
 def test_each_invalid_field_is_refused_and_named(change, field) -> None:
     with pytest.raises(MetadataError) as err:
         parse_document({**FULL, **change})

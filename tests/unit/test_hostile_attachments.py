@@ -21,7 +21,6 @@ from exchange.adapters.base import Incoming, Outcome
 from exchange.adapters.filedrop import FileDropAdapter, incoming_files, safe_file_name
 from exchange.adapters.recording import RecordingAdapter
 from exchange.cli.main import main as cli
-from exchange.envelope.build import envelope_to_element, serialize
 from exchange.envelope.model import (
     ENVELOPE_NS,
     AgencyRef,
@@ -40,7 +39,6 @@ from exchange.signing import pki, xmldsig
 from exchange.signing.sign import Signer
 from exchange.signing.trust import TrustStore
 from exchange.signing.verify import Verifier
-
 from tests.unit.adapter_fakes import HOST, PEER, FakeBus
 
 HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile" / "attachments"
@@ -106,21 +104,37 @@ def test_the_parser_refuses_them_even_without_the_xsd() -> None:
 # -- the model and the builder -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad_id", ["../../x", "..", ".", "/etc/passwd", "a/b", "a\\b", "-a", "a b", "a\x00",
-                                    "cid:x", "x" * 129])
+@pytest.mark.parametrize(
+    "bad_id", ["../../x", "..", ".", "/etc/passwd", "a/b", "a\\b", "-a", "a b", "a\x00", "cid:x", "x" * 129]
+)
 def test_the_builder_refuses_an_attachment_id_outside_the_pattern(bad_id: str) -> None:
     with pytest.raises(AttachmentError, match="attachment id"):
         Attachment.of("qd.pdf", b"x", id=bad_id)
 
 
-@pytest.mark.parametrize("good_id", ["att-1", "a0", "7f0c2a1e-4b7d-4c1a-9a51-2f3c8d9e0b11", "part1@vpcp.gov.vn",
-                                     "x" * 128, "a..b", "A_b+c"])
+@pytest.mark.parametrize(
+    "good_id", ["att-1", "a0", "7f0c2a1e-4b7d-4c1a-9a51-2f3c8d9e0b11", "part1@vpcp.gov.vn", "x" * 128, "a..b", "A_b+c"]
+)
 def test_usual_attachment_ids_are_accepted(good_id: str) -> None:
     assert Attachment.of("qd.pdf", b"x", id=good_id).id == good_id
 
 
-@pytest.mark.parametrize("bad_name", ["\u202egpj.exe", "invoice\u2067fdp.exe", "a\u200eb", "a\u061cb", "qd\u200b.pdf",
-                                      "a\ufeffb", "a\nb", "a\tb", "a\x85b", "a\u2028b", ""])
+@pytest.mark.parametrize(
+    "bad_name",
+    [
+        "\u202egpj.exe",
+        "invoice\u2067fdp.exe",
+        "a\u200eb",
+        "a\u061cb",
+        "qd\u200b.pdf",
+        "a\ufeffb",
+        "a\nb",
+        "a\tb",
+        "a\x85b",
+        "a\u2028b",
+        "",
+    ],
+)
 def test_the_builder_refuses_bidi_control_and_invisible_characters_in_names(bad_name: str) -> None:
     with pytest.raises(AttachmentError, match="attachment"):
         Attachment.of(bad_name, b"x")
@@ -151,10 +165,17 @@ def forged(attachment_id: str, name: str, data: bytes = PAYLOAD) -> Attachment:
 
 
 def incoming(*attachments: Attachment) -> Incoming:
-    envelope = Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(PEER), recipients=(AgencyRef(HOST),),
-        created_at=utcnow(), document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Quyết định"),
-    ), attachments)
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(PEER),
+            recipients=(AgencyRef(HOST),),
+            created_at=utcnow(),
+            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Quyết định"),
+        ),
+        attachments,
+    )
     return Incoming(HOST, envelope, b"<evidence/>", {a.id: PAYLOAD for a in attachments}, 1)
 
 
@@ -170,20 +191,25 @@ async def filedrop(tmp_path: Path):
     await adapter.stop()
 
 
-@pytest.mark.parametrize("attachment_id,name,file", [
-    ("../../../pwned", "...", "attachment-1"),
-    ("../../pwned", "message.json", "attachment-1.json"),
-    ("../../pwned", "envelope.xml", "attachment-1.xml"),
-    ("/tmp/pwned", "", "attachment-1"),
-    ("..\\..\\pwned", "...", "attachment-1"),
-])
-async def test_file_drop_never_writes_outside_its_folder(filedrop, tmp_path: Path, attachment_id: str,
-                                                        name: str, file: str) -> None:
+@pytest.mark.parametrize(
+    "attachment_id,name,file",
+    [
+        ("../../../pwned", "...", "attachment-1"),
+        ("../../pwned", "message.json", "attachment-1.json"),
+        ("../../pwned", "envelope.xml", "attachment-1.xml"),
+        ("/tmp/pwned", "", "attachment-1"),
+        ("..\\..\\pwned", "...", "attachment-1"),
+    ],
+)
+async def test_file_drop_never_writes_outside_its_folder(
+    filedrop, tmp_path: Path, attachment_id: str, name: str, file: str
+) -> None:
     message = incoming(forged(attachment_id, name))
     assert (await filedrop.deliver(message)).outcome is Outcome.DELIVERED
     folder = filedrop.folders.incoming / message.message_id
-    assert every_file(tmp_path) == {f"site/eoffice/incoming/{message.message_id}/{f}"
-                                    for f in ("message.json", "envelope.xml", file)}
+    assert every_file(tmp_path) == {
+        f"site/eoffice/incoming/{message.message_id}/{f}" for f in ("message.json", "envelope.xml", file)
+    }
     meta = json.loads((folder / "message.json").read_bytes())
     assert meta["kind"] == "document"  # not replaced by an attachment
     assert [e["file"] for e in meta["attachments"]] == [file]
@@ -192,19 +218,45 @@ async def test_file_drop_never_writes_outside_its_folder(filedrop, tmp_path: Pat
 
 
 def test_fallback_names_are_unique_and_not_taken_from_the_id() -> None:
-    message = incoming(forged("../a", "..."), forged("../b", "..."), forged("c", "MESSAGE.JSON"),
-                       forged("d", "attachment-1"), forged("e", "Qd.pdf"), forged("f", "qd.PDF"))
+    message = incoming(
+        forged("../a", "..."),
+        forged("../b", "..."),
+        forged("c", "MESSAGE.JSON"),
+        forged("d", "attachment-1"),
+        forged("e", "Qd.pdf"),
+        forged("f", "qd.PDF"),
+    )
     files = incoming_files(message)
-    assert sorted(files) == sorted(["message.json", "envelope.xml", "attachment-1", "attachment-2",
-                                    "attachment-3.JSON", "attachment-4", "Qd.pdf", "attachment-6.PDF"])
+    assert sorted(files) == sorted(
+        [
+            "message.json",
+            "envelope.xml",
+            "attachment-1",
+            "attachment-2",
+            "attachment-3.JSON",
+            "attachment-4",
+            "Qd.pdf",
+            "attachment-6.PDF",
+        ]
+    )
     assert all("/" not in f and ".." not in f for f in files)
 
 
-@pytest.mark.parametrize("raw,clean", [
-    ("\u202egpj.exe", "_gpj.exe"),
-    ("..", ""), ("...", ""), (" . ", ""), ("CON", ""), ("nul.txt", ""), ("a/b/../c.pdf", "c.pdf"),
-    ("report.pdf.", "report.pdf"), ("a:b*c?.txt", "a_b_c_.txt"), ("đ" * 300 + ".pdf", "đ" * 98 + ".pdf"),
-])
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ("\u202egpj.exe", "_gpj.exe"),
+        ("..", ""),
+        ("...", ""),
+        (" . ", ""),
+        ("CON", ""),
+        ("nul.txt", ""),
+        ("a/b/../c.pdf", "c.pdf"),
+        ("report.pdf.", "report.pdf"),
+        ("a:b*c?.txt", "a_b_c_.txt"),
+        ("đ" * 300 + ".pdf", "đ" * 98 + ".pdf"),
+    ],
+)
 def test_safe_file_name(raw: str, clean: str) -> None:
     assert safe_file_name(raw) == clean
     assert len(safe_file_name(raw).encode()) <= 200
@@ -215,8 +267,11 @@ async def test_file_drop_never_sends_a_file_reached_through_a_link_out_of_its_fo
     secret.mkdir()
     (secret / "key.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----")
     os.symlink(secret, filedrop.folders.outgoing / "link")
-    (filedrop.folders.outgoing / "x.json").write_text(json.dumps({
-        "to": [PEER], "document": {"number": "1", "subject": "x"}, "attachments": [{"file": "link/key.pem"}]}))
+    (filedrop.folders.outgoing / "x.json").write_text(
+        json.dumps(
+            {"to": [PEER], "document": {"number": "1", "subject": "x"}, "attachments": [{"file": "link/key.pem"}]}
+        )
+    )
     assert await filedrop.scan_once() == 1
     assert filedrop.bus.submissions == []
     reason = (filedrop.folders.error / "x.reason.txt").read_text()
@@ -224,12 +279,14 @@ async def test_file_drop_never_sends_a_file_reached_through_a_link_out_of_its_fo
     assert (secret / "key.pem").exists()  # not moved out of its place either
 
 
-@pytest.mark.parametrize("listed", [{"file": "a.txt", "name": "\u202egpj.exe"}, {"file": "\u202egpj.exe"}],
-                         ids=["name", "file-name"])
+@pytest.mark.parametrize(
+    "listed", [{"file": "a.txt", "name": "\u202egpj.exe"}, {"file": "\u202egpj.exe"}], ids=["name", "file-name"]
+)
 async def test_file_drop_refuses_a_bidi_name_in_a_drop(filedrop, listed: dict) -> None:
     (filedrop.folders.outgoing / listed["file"]).write_bytes(PAYLOAD)
-    (filedrop.folders.outgoing / "x.json").write_text(json.dumps({
-        "to": [PEER], "document": {"number": "1", "subject": "x"}, "attachments": [listed]}))
+    (filedrop.folders.outgoing / "x.json").write_text(
+        json.dumps({"to": [PEER], "document": {"number": "1", "subject": "x"}, "attachments": [listed]})
+    )
     assert await filedrop.scan_once() == 1
     assert filedrop.bus.submissions == []
     assert "attachment-invalid" in (filedrop.folders.error / "x.reason.txt").read_text()
@@ -260,9 +317,8 @@ def test_a_planted_link_is_replaced_never_followed(tmp_path: Path) -> None:
     assert outside.read_bytes() == b"original"
     assert not (folder / "result.json").is_symlink() and (folder / "result.json").read_bytes() == b"new"
     os.symlink(outside, folder / "planted")
-    with pytest.raises(OSError):
-        with safe_files.open_dir(folder) as fd:
-            safe_files.write_new_file(fd, "planted", b"x")
+    with pytest.raises(OSError), safe_files.open_dir(folder) as fd:
+        safe_files.write_new_file(fd, "planted", b"x")
     assert outside.read_bytes() == b"original"
 
 
@@ -294,13 +350,32 @@ def test_exchange_sign_refuses_a_traversing_attachment_id(tmp_path: Path, capsys
     key, cert = ca.issue(PEER, "Văn phòng Chính phủ", ec=True)
     (tmp_path / "qd.pdf").write_bytes(PAYLOAD)
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({
-        "from": PEER, "to": [HOST], "document": {"number": "1", "subject": "x"},
-        "attachments": [{"file": "qd.pdf", "id": "../../../pwned"}],
-    }))
+    meta.write_text(
+        json.dumps(
+            {
+                "from": PEER,
+                "to": [HOST],
+                "document": {"number": "1", "subject": "x"},
+                "attachments": [{"file": "qd.pdf", "id": "../../../pwned"}],
+            }
+        )
+    )
     out = tmp_path / "out" / "deep"
-    code = cli(["sign", "--key", str(key), "--cert", str(cert), "--meta", str(meta),
-                "--attach", str(tmp_path / "qd.pdf"), "--out", str(out / "e.xml")])
+    code = cli(
+        [
+            "sign",
+            "--key",
+            str(key),
+            "--cert",
+            str(cert),
+            "--meta",
+            str(meta),
+            "--attach",
+            str(tmp_path / "qd.pdf"),
+            "--out",
+            str(out / "e.xml"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "[attachment-invalid]" in err and "attachment id" in err
     assert not (tmp_path / "pwned").exists() and not out.exists()
@@ -312,8 +387,21 @@ def test_exchange_sign_writes_attachment_copies_by_id(tmp_path: Path, capsys) ->
     (tmp_path / "qd.pdf").write_bytes(PAYLOAD)
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"from": PEER, "to": [HOST], "document": {"number": "1", "subject": "x"}}))
-    code = cli(["sign", "--key", str(key), "--cert", str(cert), "--meta", str(meta),
-                "--attach", str(tmp_path / "qd.pdf"), "--out", str(tmp_path / "out" / "e.xml")])
+    code = cli(
+        [
+            "sign",
+            "--key",
+            str(key),
+            "--cert",
+            str(cert),
+            "--meta",
+            str(meta),
+            "--attach",
+            str(tmp_path / "qd.pdf"),
+            "--out",
+            str(tmp_path / "out" / "e.xml"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "e.attachments" / "att-1").read_bytes() == PAYLOAD
     assert cli(["verify", str(tmp_path / "out" / "e.xml"), "--ca", str(ca.cert_path)]) == 0

@@ -17,24 +17,80 @@ ROOT = Path(__file__).resolve().parents[2] / "exchange"
 #: package -> what it must never import (prefix match on the dotted name).
 EDGES = ("exchange.gateway", "exchange.cli", "exchange.conformance", "exchange.devworld")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "exchange.envelope": ("exchange.signing", "exchange.store", "exchange.routing", "exchange.service",
-                          "exchange.transport", "exchange.node", "exchange.adapters", *EDGES,
-                          "aio_pika", "aiormq", "aiohttp"),
-    "exchange.signing": ("exchange.store", "exchange.routing", "exchange.service", "exchange.transport",
-                         "exchange.node", "exchange.adapters", *EDGES, "aio_pika", "aiormq", "aiohttp"),
-    "exchange.store": ("exchange.service", "exchange.transport", "exchange.node", "exchange.adapters", *EDGES,
-                       "aio_pika", "aiormq", "aiohttp"),
-    "exchange.routing": ("exchange.service", "exchange.transport", "exchange.node", "exchange.adapters", *EDGES,
-                         "aio_pika", "aiormq"),
-    "exchange.observability": ("exchange.service", "exchange.transport", "exchange.node", "exchange.adapters",
-                               *EDGES, "aio_pika", "aiormq"),
-    "exchange.adapters": ("exchange.service", "exchange.transport", "exchange.node", "exchange.gateway",
-                          "exchange.cli", "exchange.devworld", "aio_pika", "aiormq"),
+    "exchange.envelope": (
+        "exchange.signing",
+        "exchange.store",
+        "exchange.routing",
+        "exchange.service",
+        "exchange.transport",
+        "exchange.node",
+        "exchange.adapters",
+        *EDGES,
+        "aio_pika",
+        "aiormq",
+        "aiohttp",
+    ),
+    "exchange.signing": (
+        "exchange.store",
+        "exchange.routing",
+        "exchange.service",
+        "exchange.transport",
+        "exchange.node",
+        "exchange.adapters",
+        *EDGES,
+        "aio_pika",
+        "aiormq",
+        "aiohttp",
+    ),
+    "exchange.store": (
+        "exchange.service",
+        "exchange.transport",
+        "exchange.node",
+        "exchange.adapters",
+        *EDGES,
+        "aio_pika",
+        "aiormq",
+        "aiohttp",
+    ),
+    "exchange.routing": (
+        "exchange.service",
+        "exchange.transport",
+        "exchange.node",
+        "exchange.adapters",
+        *EDGES,
+        "aio_pika",
+        "aiormq",
+    ),
+    "exchange.observability": (
+        "exchange.service",
+        "exchange.transport",
+        "exchange.node",
+        "exchange.adapters",
+        *EDGES,
+        "aio_pika",
+        "aiormq",
+    ),
+    "exchange.adapters": (
+        "exchange.service",
+        "exchange.transport",
+        "exchange.node",
+        "exchange.gateway",
+        "exchange.cli",
+        "exchange.devworld",
+        "aio_pika",
+        "aiormq",
+    ),
     # the use cases know no AMQP and no HTTP: they are what the transport and the edges call
     "exchange.service": ("exchange.transport", "exchange.node", *EDGES, "aio_pika", "aiormq", "aiohttp"),
     "exchange.transport": ("exchange.node", "exchange.adapters", *EDGES),
-    "exchange.gateway": ("exchange.transport", "exchange.node", "exchange.cli", "exchange.conformance",
-                         "aio_pika", "aiormq"),
+    "exchange.gateway": (
+        "exchange.transport",
+        "exchange.node",
+        "exchange.cli",
+        "exchange.conformance",
+        "aio_pika",
+        "aiormq",
+    ),
     "exchange.tokens": ("exchange.gateway", "exchange.service", "exchange.transport", "exchange.node"),
     "exchange.node": ("exchange.cli", "exchange.conformance"),
 }
@@ -79,8 +135,10 @@ def _violations() -> list[str]:
         rules = [rule for prefix, rule in FORBIDDEN.items() if module == prefix or module.startswith(prefix + ".")]
         for imported in sorted(_imports(path)):
             for forbidden in (f for rule in rules for f in rule):
-                if (imported == forbidden or imported.startswith(forbidden + ".")) and \
-                        (module, forbidden) not in EXEMPT:
+                if (imported == forbidden or imported.startswith(forbidden + ".")) and (
+                    module,
+                    forbidden,
+                ) not in EXEMPT:
                     found.append(f"{module} imports {imported}")
     return found
 
@@ -90,17 +148,23 @@ def test_every_layer_imports_only_what_sits_below_it() -> None:
 
 
 def test_only_the_edges_assemble_a_node() -> None:
-    users = sorted(_module_name(p) for p in ROOT.rglob("*.py") if any(
-        n == "exchange.node" or n.startswith("exchange.node.") for n in _imports(p)))
+    users = sorted(
+        _module_name(p)
+        for p in ROOT.rglob("*.py")
+        if any(n == "exchange.node" or n.startswith("exchange.node.") for n in _imports(p))
+    )
     assert all(u.startswith(("exchange.cli", "exchange.conformance")) for u in users), users
 
 
-@pytest.mark.parametrize("source, imported", [
-    ("import aio_pika\n", "aio_pika"),
-    ("def f():\n    from exchange.transport.relay import publish_confirmed\n", "exchange.transport.relay"),
-    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from exchange.node import Node\n", "exchange.node"),
-    ("from ..transport import consumer\n", "exchange.transport.consumer"),
-])
+@pytest.mark.parametrize(
+    "source, imported",
+    [
+        ("import aio_pika\n", "aio_pika"),
+        ("def f():\n    from exchange.transport.relay import publish_confirmed\n", "exchange.transport.relay"),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from exchange.node import Node\n", "exchange.node"),
+        ("from ..transport import consumer\n", "exchange.transport.consumer"),
+    ],
+)
 def test_the_reader_sees_imports_wherever_they_are(tmp_path: Path, source: str, imported: str) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(source, encoding="utf-8")

@@ -27,8 +27,12 @@ A, B = "000.00.00.G22", "000.00.00.H41"
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[ExchangeService]:
-    specs = [AgencySpec(code, f"agency {code}", node="n", adapter="recording",
-                        options={"path": str(tmp_path / f"{code}.jsonl")}) for code in (A, B)]
+    specs = [
+        AgencySpec(
+            code, f"agency {code}", node="n", adapter="recording", options={"path": str(tmp_path / f"{code}.jsonl")}
+        )
+        for code in (A, B)
+    ]
     config = build_world(tmp_path, specs, [NodeSpec("n", http_port=0)])["n"]
     svc = await build_service(load_config(config))
     from exchange.adapters.recording import RecordingAdapter
@@ -72,7 +76,8 @@ async def events(svc: ExchangeService, mid: str) -> list[tuple[str, str]]:
 
 
 async def test_an_unexpected_error_in_verification_is_answered_once_with_a_signed_non_delivery_receipt(
-        service: ExchangeService) -> None:
+    service: ExchangeService,
+) -> None:
     mid, xml, parts = await send(service)
 
     def broken(*_a, **_k):
@@ -91,7 +96,8 @@ async def test_an_unexpected_error_in_verification_is_answered_once_with_a_signe
 
 
 async def test_an_unexpected_error_after_the_dedupe_key_is_taken_fails_the_delivery_with_a_receipt(
-        service: ExchangeService, tmp_path: Path) -> None:
+    service: ExchangeService, tmp_path: Path
+) -> None:
     mid, xml, parts = await send(service)
 
     async def broken(*_a, **_k):
@@ -110,7 +116,8 @@ async def test_an_unexpected_error_after_the_dedupe_key_is_taken_fails_the_deliv
 
 
 async def test_an_unexpected_error_on_an_unreadable_envelope_is_permanent_with_a_reason(
-        service: ExchangeService) -> None:
+    service: ExchangeService,
+) -> None:
     def broken(*_a, **_k):
         raise RuntimeError("verifier bug")
 
@@ -133,7 +140,8 @@ async def test_a_store_outage_is_not_answered_but_raised_for_the_transport_to_ho
 
 
 async def test_a_replayed_failed_delivery_is_delivered_and_the_sender_sees_replayed_then_delivered(
-        service: ExchangeService, tmp_path: Path) -> None:
+    service: ExchangeService, tmp_path: Path
+) -> None:
     mid, xml, parts = await send(service)
     adapter = service.adapters[B]
     adapter.options = {**adapter.options, "refuse": True}
@@ -174,7 +182,8 @@ async def test_a_replay_that_fails_again_shows_replayed_then_failed(service: Exc
 
 
 async def test_a_replay_of_a_failed_delivery_older_than_the_replay_window_is_still_delivered(
-        service: ExchangeService, tmp_path: Path) -> None:
+    service: ExchangeService, tmp_path: Path
+) -> None:
     from datetime import timedelta
 
     mid, xml, parts = await send(service)
@@ -189,7 +198,8 @@ async def test_a_replay_of_a_failed_delivery_older_than_the_replay_window_is_sti
 
 
 async def test_an_envelope_outside_the_configured_replay_window_is_refused_with_a_receipt(
-        service: ExchangeService, tmp_path: Path) -> None:
+    service: ExchangeService, tmp_path: Path
+) -> None:
     from dataclasses import replace
     from datetime import timedelta
 

@@ -100,12 +100,14 @@ async def test_a_revocation_acts_only_on_a_document_the_same_agency_sent(world: 
     central, local = world.services["central"], world.services["local"]
     sent = await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document())
     await world.carry()
-    revoke = await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document(relates_to=sent.message_id),
-                                           operation=Operation.REVOKE)
+    revoke = await central.submit_document(
+        GOVERNMENT_OFFICE, [NGHE_AN], document(relates_to=sent.message_id), operation=Operation.REVOKE
+    )
     assert revoke.created
     with pytest.raises(NotFoundError):
-        await local.submit_document(NGHE_AN, [GOVERNMENT_OFFICE], document(relates_to=sent.message_id),
-                                    operation=Operation.REVOKE)
+        await local.submit_document(
+            NGHE_AN, [GOVERNMENT_OFFICE], document(relates_to=sent.message_id), operation=Operation.REVOKE
+        )
 
 
 async def test_the_same_idempotency_key_submits_once(world: ServiceWorld) -> None:
@@ -116,13 +118,17 @@ async def test_the_same_idempotency_key_submits_once(world: ServiceWorld) -> Non
     assert (await central.store.outbox_stats())[0] == 1
 
 
-@pytest.mark.parametrize("sender, recipients, error", [
-    (NGHE_AN, [GOVERNMENT_OFFICE], NotHostedError),          # central hosts no key for Nghệ An
-    (GOVERNMENT_OFFICE, [], BadRequestError),
-    (GOVERNMENT_OFFICE, ["000.00.00.H99"], UnknownAgencyError),
-])
+@pytest.mark.parametrize(
+    "sender, recipients, error",
+    [
+        (NGHE_AN, [GOVERNMENT_OFFICE], NotHostedError),  # central hosts no key for Nghệ An
+        (GOVERNMENT_OFFICE, [], BadRequestError),
+        (GOVERNMENT_OFFICE, ["000.00.00.H99"], UnknownAgencyError),
+    ],
+)
 async def test_submissions_the_node_cannot_honour_are_refused_before_signing(
-        world: ServiceWorld, sender: str, recipients: list[str], error: type[Exception]) -> None:
+    world: ServiceWorld, sender: str, recipients: list[str], error: type[Exception]
+) -> None:
     central = world.services["central"]
     with pytest.raises(error):
         await central.submit_document(sender, recipients, document())

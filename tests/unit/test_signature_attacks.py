@@ -82,10 +82,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def document(sender: str = A, recipient: str = B, subject: str = "Chỉ thị về phòng chống bão") -> Envelope:
     att = Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1")
-    return Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender), recipients=(AgencyRef(recipient),),
-        created_at=utcnow(), document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject=subject),
-    ), attachments=(att,))
+    return Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender),
+            recipients=(AgencyRef(recipient),),
+            created_at=utcnow(),
+            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject=subject),
+        ),
+        attachments=(att,),
+    )
 
 
 @pytest.fixture
@@ -101,8 +108,9 @@ def out(root: etree._Element) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def refuse(world: Pki, xml: bytes, error: type[Exception], match: str | None = None,
-           data: dict[str, bytes] | None = None) -> Exception:
+def refuse(
+    world: Pki, xml: bytes, error: type[Exception], match: str | None = None, data: dict[str, bytes] | None = None
+) -> Exception:
     with pytest.raises(error, match=match) as info:
         world.verifier().verify(xml, {"att-1": PDF} if data is None else data)
     return info.value
@@ -120,8 +128,11 @@ def test_missing_signature_is_refused(world: Pki) -> None:
 def test_signature_moved_out_of_signed_is_refused(world: Pki, signed: bytes, target: str) -> None:
     root = tree(signed)
     sig = root.find("env:Signed/ds:Signature", NS)
-    destination = {"root": root, "header": root.find("env:Signed/env:Header", NS),
-                   "trace": etree.SubElement(root, q("Trace"))}[target]
+    destination = {
+        "root": root,
+        "header": root.find("env:Signed/env:Header", NS),
+        "trace": etree.SubElement(root, q("Trace")),
+    }[target]
     destination.append(sig)
     refuse(world, out(root), SignatureWrappingError, "ds:Signature")
 
@@ -290,7 +301,7 @@ def test_expired_certificate_is_refused(world: Pki) -> None:
 
 
 def test_not_yet_valid_certificate_is_refused(world: Pki) -> None:
-    start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
     key, cert = world.ca.issue(A, "future", not_before=start, name_suffix="future")
     xml = Signer.from_files(key, cert, allow_invalid=True).sign(document())
     refuse(world, xml, CertificateExpiredError, "not valid before")
@@ -307,8 +318,9 @@ def test_revoked_certificate_is_refused(world: Pki) -> None:
 
 def test_certificate_from_an_untrusted_ca_is_refused(world: Pki, tmp_path: Path) -> None:
     # Same CA name as the trusted one: only the signature on the certificate tells them apart.
-    rogue = pki.DevCA.create(tmp_path / "rogue", ec=True, name=world.ca.certificate.subject.rfc4514_string()
-                             .split("CN=")[1].split(",")[0])
+    rogue = pki.DevCA.create(
+        tmp_path / "rogue", ec=True, name=world.ca.certificate.subject.rfc4514_string().split("CN=")[1].split(",")[0]
+    )
     xml = Signer.from_files(*rogue.issue(A, "Văn phòng Chính phủ", ec=True)).sign(document())
     refuse(world, xml, UntrustedCertificateError, "does not chain to a trusted CA")
 
@@ -327,12 +339,17 @@ def test_tls_only_extended_key_usage_is_refused(world: Pki) -> None:
     from exchange.signing.keys import generate_key
 
     key = generate_key(ec_key=True)
-    base = pki.make_agency_certificate(key.public_key(), A, "tls", ca_key=world.ca.key,
-                                       ca_cert=world.ca.certificate, extended_key_usage=False)
+    base = pki.make_agency_certificate(
+        key.public_key(), A, "tls", ca_key=world.ca.key, ca_cert=world.ca.certificate, extended_key_usage=False
+    )
     builder = x509.CertificateBuilder(
-        issuer_name=base.issuer, subject_name=base.subject, public_key=base.public_key(),
-        serial_number=x509.random_serial_number(), not_valid_before=base.not_valid_before_utc,
-        not_valid_after=base.not_valid_after_utc, extensions=list(base.extensions),
+        issuer_name=base.issuer,
+        subject_name=base.subject,
+        public_key=base.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=base.not_valid_before_utc,
+        not_valid_after=base.not_valid_after_utc,
+        extensions=list(base.extensions),
     ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     cert = builder.sign(world.ca.key, hashes.SHA256())
     xml = Signer(key, cert, allow_invalid=True).sign(document())
@@ -349,20 +366,25 @@ class _Sha1Signer(XMLSigner):
         return None
 
 
-@pytest.mark.parametrize("method,digest,match", [
-    (SignatureMethod.RSA_SHA1, DigestAlgorithm.SHA256, "SHA-1"),
-    (SignatureMethod.RSA_SHA256, DigestAlgorithm.SHA1, "SHA-1"),
-    (SignatureMethod.RSA_SHA512, DigestAlgorithm.SHA256, "not allowed"),
-    (SignatureMethod.RSA_SHA256, DigestAlgorithm.SHA512, "not allowed"),
-])
+@pytest.mark.parametrize(
+    "method,digest,match",
+    [
+        (SignatureMethod.RSA_SHA1, DigestAlgorithm.SHA256, "SHA-1"),
+        (SignatureMethod.RSA_SHA256, DigestAlgorithm.SHA1, "SHA-1"),
+        (SignatureMethod.RSA_SHA512, DigestAlgorithm.SHA256, "not allowed"),
+        (SignatureMethod.RSA_SHA256, DigestAlgorithm.SHA512, "not allowed"),
+    ],
+)
 def test_weak_or_unexpected_algorithms_are_refused(world: Pki, method, digest, match: str) -> None:
     env = document()
     root = envelope_to_element(env)
     placeholder = etree.SubElement(root.find("env:Signed", NS), f"{{{DS}}}Signature", nsmap={"ds": DS})
     placeholder.set("Id", "placeholder")
-    signed = _Sha1Signer(signature_algorithm=method, digest_algorithm=digest,
-                         c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0).sign(
-        root, key=world.a.key, cert=[world.a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id")
+    signed = _Sha1Signer(
+        signature_algorithm=method,
+        digest_algorithm=digest,
+        c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+    ).sign(root, key=world.a.key, cert=[world.a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id")
     refuse(world, serialize(signed), WeakAlgorithmError, match)
 
 
@@ -371,7 +393,8 @@ def test_inclusive_c14n_is_refused(world: Pki) -> None:
     root = envelope_to_element(env)
     etree.SubElement(root.find("env:Signed", NS), f"{{{DS}}}Signature", nsmap={"ds": DS}).set("Id", "placeholder")
     signed = XMLSigner(c14n_algorithm=CanonicalizationMethod.CANONICAL_XML_1_1).sign(
-        root, key=world.a.key, cert=[world.a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id")
+        root, key=world.a.key, cert=[world.a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id"
+    )
     refuse(world, serialize(signed), WeakAlgorithmError, "canonicalization")
 
 

@@ -74,18 +74,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(ca, TrustStore.from_paths([ca.cert_path], [ca.crl_path]), signers)
 
 
-def envelope(kind: Kind, sender: str = G22, recipient: str = H41, *,
-             attachments: tuple[Attachment, ...] = ()) -> Envelope:
+def envelope(
+    kind: Kind, sender: str = G22, recipient: str = H41, *, attachments: tuple[Attachment, ...] = ()
+) -> Envelope:
     body: dict[str, object] = {}
     if kind is Kind.DOCUMENT:
         body["document"] = DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Về việc phòng, chống bão số 3")
     elif kind is Kind.STATUS:
         body["status"] = StatusInfo(response_for=new_message_id(), code=StatusCode.ACCEPTED, description="Đã vào sổ")
     else:
-        body["receipt"] = ReceiptInfo(response_for=new_message_id(), outcome=ReceiptOutcome.DELIVERED,
-                                      envelope_digest="ab" * 32)
-    header = Header(message_id=new_message_id(), kind=kind, sender=AgencyRef(sender, "Gửi"),
-                    recipients=(AgencyRef(recipient, "Nhận"),), created_at=utcnow(), **body)  # type: ignore[arg-type]
+        body["receipt"] = ReceiptInfo(
+            response_for=new_message_id(), outcome=ReceiptOutcome.DELIVERED, envelope_digest="ab" * 32
+        )
+    header = Header(
+        message_id=new_message_id(),
+        kind=kind,
+        sender=AgencyRef(sender, "Gửi"),
+        recipients=(AgencyRef(recipient, "Nhận"),),
+        created_at=utcnow(),
+        **body,
+    )  # type: ignore[arg-type]
     return Envelope(header, attachments)
 
 
@@ -122,13 +130,17 @@ def test_signature_has_the_prescribed_layout_and_algorithms(world: World, sender
     assert signed is not None and signed.get("Id") == f"s-{env.message_id}"
     assert [etree.QName(c).localname for c in signed] == ["Header", "Manifest", "Signature"]
     sig = signed[-1]
-    assert sig.find("ds:SignedInfo/ds:CanonicalizationMethod", NS).get("Algorithm") == \
-        "http://www.w3.org/2001/10/xml-exc-c14n#"
+    assert (
+        sig.find("ds:SignedInfo/ds:CanonicalizationMethod", NS).get("Algorithm")
+        == "http://www.w3.org/2001/10/xml-exc-c14n#"
+    )
     assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith(method)
     (ref,) = sig.findall("ds:SignedInfo/ds:Reference", NS)
     assert ref.get("URI") == f"#s-{env.message_id}"
     assert [t.get("Algorithm") for t in ref.findall("ds:Transforms/ds:Transform", NS)] == [
-        "http://www.w3.org/2000/09/xmldsig#enveloped-signature", "http://www.w3.org/2001/10/xml-exc-c14n#"]
+        "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+        "http://www.w3.org/2001/10/xml-exc-c14n#",
+    ]
     assert ref.find("ds:DigestMethod", NS).get("Algorithm") == "http://www.w3.org/2001/04/xmlenc#sha256"
     assert sig.find("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS) is not None
     assert b"sha1" not in xml.lower()
@@ -143,8 +155,7 @@ def test_trace_hops_can_be_appended_without_breaking_the_signature(world: World)
     etree.SubElement(trace, f"{{{ENVELOPE_NS}}}Hop", node="relay-1", at="2026-11-24T05:00:00.010Z")
     relayed = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
     verified = Verifier(world.trust).verify(relayed, {})
-    assert verified.signed.envelope.trace == (Hop("relay-1", dt.datetime(2026, 11, 24, 5, 0, 0, 10000,
-                                                                          tzinfo=dt.timezone.utc)),)
+    assert verified.signed.envelope.trace == (Hop("relay-1", dt.datetime(2026, 11, 24, 5, 0, 0, 10000, tzinfo=dt.UTC)),)
 
 
 def test_verify_without_attachment_data_skips_the_attachment_check(world: World) -> None:
@@ -224,11 +235,19 @@ def test_agency_certificate_profile(world: World) -> None:
 
 def test_agency_code_from_organization_identifier_alone_and_conflicts(world: World) -> None:
     key = generate_key(ec_key=True)
-    org_only = pki.make_agency_certificate(key.public_key(), H29, "x", ca_key=world.ca.key,
-                                           ca_cert=world.ca.certificate, san=False)
+    org_only = pki.make_agency_certificate(
+        key.public_key(), H29, "x", ca_key=world.ca.key, ca_cert=world.ca.certificate, san=False
+    )
     assert agency_code_of(org_only) == H29
-    neither = pki.make_agency_certificate(key.public_key(), H29, "x", ca_key=world.ca.key,
-                                          ca_cert=world.ca.certificate, san=False, organization_identifier=False)
+    neither = pki.make_agency_certificate(
+        key.public_key(),
+        H29,
+        "x",
+        ca_key=world.ca.key,
+        ca_cert=world.ca.certificate,
+        san=False,
+        organization_identifier=False,
+    )
     assert agency_code_of(neither) is None
     with pytest.raises(KeyMaterialError, match="names no single agency"):
         AgencyIdentity.of(key, neither)
@@ -277,7 +296,7 @@ def test_stale_crl_is_refused_by_default_and_accepted_with_warn(tmp_path: Path) 
     _, cert_path = ca.issue(G22, "VPCP", ec=True)
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     ca.write_crl(next_update=dt.timedelta(days=1))
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
     with pytest.raises(UntrustedCertificateError, match="revocation state is unknown"):
         TrustStore.from_paths([ca.cert_path], [ca.crl_path]).check(cert, now=later)
     assert TrustStore.from_paths([ca.cert_path], [ca.crl_path], stale_crl="warn").check(cert, now=later)
@@ -308,7 +327,7 @@ def test_agency_certificate_in_the_trust_store_is_a_config_error(world: World) -
 def test_verifier_clock_is_injectable(world: World) -> None:
     env = envelope(Kind.DOCUMENT)
     xml = world.signers[G22].sign(env)
-    far_future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=4000)
+    far_future = dt.datetime.now(dt.UTC) + dt.timedelta(days=4000)
     with pytest.raises(CertificateExpiredError):
         Verifier(world.trust, clock=lambda: far_future).verify(xml)
 
@@ -323,7 +342,8 @@ def test_cli_pki_sign_and_verify_round_trip(tmp_path: Path, capsys: pytest.Captu
     assert cli(["pki", "list", "--dir", str(d)]) == 0
     assert G22 in capsys.readouterr().out
     meta = tmp_path / "meta.toml"
-    meta.write_text(f"""
+    meta.write_text(
+        f"""
 kind = "document"
 from = {{ code = "{G22}", name = "Văn phòng Chính phủ" }}
 to = [ {{ code = "{H41}", name = "UBND tỉnh Nghệ An" }} ]
@@ -336,12 +356,30 @@ promulgation = {{ place = "Hà Nội", date = 2026-11-24 }}
 [[attachments]]
 file = "qd.pdf"
 description = "Bản chính"
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     pdf = tmp_path / "qd.pdf"
     pdf.write_bytes(PDF)
     out = tmp_path / "out" / "env.xml"
-    assert cli(["sign", "--key", str(d / "agencies" / f"{G22}.key"), "--cert", str(d / "agencies" / f"{G22}.pem"),
-                "--meta", str(meta), "--attach", str(pdf), "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "sign",
+                "--key",
+                str(d / "agencies" / f"{G22}.key"),
+                "--cert",
+                str(d / "agencies" / f"{G22}.pem"),
+                "--meta",
+                str(meta),
+                "--attach",
+                str(pdf),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "env.attachments" / "att-1").read_bytes() == PDF
     capsys.readouterr()
     assert cli(["verify", str(out), "--ca", str(d / "ca.pem"), "--crl", str(d / "crl.pem")]) == 0

@@ -31,9 +31,17 @@ A, B = "000.00.00.G01", "000.00.00.H01"
 
 def message(mid: str) -> MessageRecord:
     xml = f"<envelope id='{mid}'/>".encode()
-    return MessageRecord(message_id=mid, kind="document", operation="new", sender=A, recipients=(B,),
-                         direction=Direction.OUT, created_at=datetime.now(UTC), envelope_xml=xml,
-                         digest=hashlib.sha256(xml).hexdigest())
+    return MessageRecord(
+        message_id=mid,
+        kind="document",
+        operation="new",
+        sender=A,
+        recipients=(B,),
+        direction=Direction.OUT,
+        created_at=datetime.now(UTC),
+        envelope_xml=xml,
+        digest=hashlib.sha256(xml).hexdigest(),
+    )
 
 
 @pytest.fixture
@@ -49,7 +57,8 @@ async def store(tmp_path: Path):
 
 async def probe_table(store: SqlStore) -> None:
     await store._engine.write(  # type: ignore[union-attr]
-        lambda conn: conn.execute(text("CREATE TABLE probe (n INTEGER PRIMARY KEY)")))
+        lambda conn: conn.execute(text("CREATE TABLE probe (n INTEGER PRIMARY KEY)"))
+    )
 
 
 def insert(n: int):
@@ -58,15 +67,19 @@ def insert(n: int):
 
 async def probe_rows(store: SqlStore) -> list[int]:
     return await store._engine.read(  # type: ignore[union-attr]
-        lambda conn: [r.n for r in conn.execute(text("SELECT n FROM probe ORDER BY n"))])
+        lambda conn: [r.n for r in conn.execute(text("SELECT n FROM probe ORDER BY n"))]
+    )
 
 
 async def test_concurrent_writes_share_commits_and_keep_their_own_outcome(store: SqlStore) -> None:
     ids = [str(uuid.uuid4()) for _ in range(20)]
     # Each message submitted twice at once: one write creates it, the other finds it (a rollback
     # inside), which also sends the batch down its one-savepoint-per-write path.
-    calls = [store.accept_outgoing(message(mid), [OutboxItem(mid, B, f"{B}.normal", b"frame", {})])
-             for mid in ids for _ in range(2)]
+    calls = [
+        store.accept_outgoing(message(mid), [OutboxItem(mid, B, f"{B}.normal", b"frame", {})])
+        for mid in ids
+        for _ in range(2)
+    ]
     results = await asyncio.gather(*calls)
     created: dict[str, list[bool]] = {}
     for mid, was_created in results:
@@ -89,8 +102,9 @@ async def test_a_failing_write_does_not_undo_the_others_in_its_batch(store: SqlS
         conn.execute(text("INSERT INTO probe (n) VALUES (99)"))
         raise ValueError("this body fails after writing")
 
-    results = await asyncio.gather(engine.write(insert(1)), engine.write(fail), engine.write(insert(2)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        engine.write(insert(1)), engine.write(fail), engine.write(insert(2)), return_exceptions=True
+    )
     assert results[0] == 1 and results[2] == 1
     assert isinstance(results[1], ValueError)
     assert await probe_rows(store) == [1, 2]  # the failed body's own insert was rolled back with it
@@ -120,7 +134,8 @@ async def test_a_caller_cancelled_while_queued_writes_nothing_and_strands_no_one
 
 
 async def test_a_failure_outside_the_bodies_reaches_every_caller_and_the_writer_goes_on(
-        store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = store._engine
     assert engine is not None
     await probe_table(store)

@@ -5,7 +5,6 @@ CA certificates and other curves as signers, oversized files for `exchange verif
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,6 @@ from exchange.signing import pki, xmldsig
 from exchange.signing.sign import Signer
 from exchange.signing.trust import TrustStore
 from exchange.signing.verify import Verifier
-
 from tests.unit.hostile_certs import with_duplicated_extension, with_invalid_version
 
 A, B = "000.00.00.G22", "000.00.00.H41"
@@ -73,11 +71,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 def document(sender: str = A) -> Envelope:
-    return Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender),
-        recipients=(AgencyRef(B if sender == A else A),), created_at=utcnow(),
-        document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Chỉ thị"),
-    ), attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),))
+    return Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender),
+            recipients=(AgencyRef(B if sender == A else A),),
+            created_at=utcnow(),
+            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Chỉ thị"),
+        ),
+        attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),),
+    )
 
 
 def out(root: etree._Element) -> bytes:
@@ -112,8 +116,9 @@ def test_a_malformed_certificate_is_a_typed_certificate_error(world: World, case
 
 
 @pytest.mark.parametrize("case", ["duplicated-extension", "invalid-version"])
-def test_exchange_verify_prints_one_line_for_a_malformed_certificate(world: World, case: str, tmp_path: Path,
-                                                                   capsys) -> None:
+def test_exchange_verify_prints_one_line_for_a_malformed_certificate(
+    world: World, case: str, tmp_path: Path, capsys
+) -> None:
     path = tmp_path / "e.xml"
     path.write_bytes(with_certificate(world.signer.sign(document()), malformed(world)[case]))
     assert cli(["verify", str(path), "--ca", str(world.ca.cert_path)]) == 1
@@ -123,7 +128,8 @@ def test_exchange_verify_prints_one_line_for_a_malformed_certificate(world: Worl
 
 def test_a_malformed_ca_file_is_a_key_material_error(world: World, tmp_path: Path) -> None:
     bad_ca = x509.load_der_x509_certificate(
-        with_duplicated_extension(world.ca.certificate, world.ca.key, world.ca.certificate), )
+        with_duplicated_extension(world.ca.certificate, world.ca.key, world.ca.certificate),
+    )
     path = tmp_path / "ca.pem"
     path.write_bytes(bad_ca.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(KeyMaterialError, match="cannot be read"):
@@ -136,6 +142,7 @@ def test_a_malformed_ca_file_is_a_key_material_error(world: World, tmp_path: Pat
 def _add(local: str, ns: str = DS, text: str | None = None, **attrs: str):
     def mutate(x509_data: etree._Element) -> None:
         etree.SubElement(x509_data, f"{{{ns}}}{local}", **attrs).text = text
+
     return mutate
 
 
@@ -160,14 +167,31 @@ def _signed_info_text(x509_data: etree._Element) -> None:
     signature.find("ds:SignedInfo", NS).find("ds:SignatureMethod", NS).tail = "junk"
 
 
-@pytest.mark.parametrize("mutate", [
-    _add("X509SubjectName", text="CN=Văn phòng Chính phủ"),
-    _add("X509IssuerSerial"),
-    _add("X509SKI", text="AAAA"),
-    _add("Foreign", ns="urn:attacker"),
-    _text, _tail, _cert_attribute, _cert_child, _signed_info_text,
-], ids=["subject-name", "issuer-serial", "ski", "foreign", "text", "tail", "attribute", "child",
-        "text-in-signed-info"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _add("X509SubjectName", text="CN=Văn phòng Chính phủ"),
+        _add("X509IssuerSerial"),
+        _add("X509SKI", text="AAAA"),
+        _add("Foreign", ns="urn:attacker"),
+        _text,
+        _tail,
+        _cert_attribute,
+        _cert_child,
+        _signed_info_text,
+    ],
+    ids=[
+        "subject-name",
+        "issuer-serial",
+        "ski",
+        "foreign",
+        "text",
+        "tail",
+        "attribute",
+        "child",
+        "text-in-signed-info",
+    ],
+)
 def test_x509data_outside_the_pinned_shape_is_refused(world: World, mutate) -> None:
     root = etree.fromstring(world.signer.sign(document()))
     mutate(root.find(".//ds:X509Data", NS))
@@ -208,17 +232,19 @@ def test_an_intermediate_ca_certificate_as_signer_is_certificate_usage(world: Wo
 
 def test_a_p384_key_is_signature_weak_algorithm(world: World) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = pki.make_agency_certificate(key.public_key(), A, "Văn phòng Chính phủ", ca_key=world.ca.key,
-                                       ca_cert=world.ca.certificate)
+    cert = pki.make_agency_certificate(
+        key.public_key(), A, "Văn phòng Chính phủ", ca_key=world.ca.key, ca_cert=world.ca.certificate
+    )
     # Sign the pinned shape with P-256, then put a real P-384 ECDSA-SHA256 value and certificate in its place.
     root = etree.fromstring(world.signer.sign(document()))
     signature = root.find(".//ds:Signature", NS)
-    r, s = decode_dss_signature(key.sign(xmldsig.c14n(signature.find("ds:SignedInfo", NS)),
-                                         ec.ECDSA(hashes.SHA256())))
-    signature.find("ds:SignatureValue", NS).text = base64.b64encode(r.to_bytes(48, "big") + s.to_bytes(48, "big")
-                                                                    ).decode()
+    r, s = decode_dss_signature(key.sign(xmldsig.c14n(signature.find("ds:SignedInfo", NS)), ec.ECDSA(hashes.SHA256())))
+    signature.find("ds:SignatureValue", NS).text = base64.b64encode(
+        r.to_bytes(48, "big") + s.to_bytes(48, "big")
+    ).decode()
     signature.find(".//ds:X509Certificate", NS).text = base64.b64encode(
-        cert.public_bytes(serialization.Encoding.DER)).decode()
+        cert.public_bytes(serialization.Encoding.DER)
+    ).decode()
     with pytest.raises(WeakAlgorithmError, match="secp384r1") as info:
         world.verifier().verify(out(root), {"att-1": PDF})
     assert info.value.code == "signature-weak-algorithm"
@@ -227,7 +253,8 @@ def test_a_p384_key_is_signature_weak_algorithm(world: World) -> None:
 def test_a_key_that_does_not_fit_the_method_stays_signature_invalid(world: World) -> None:
     root = etree.fromstring(world.signer.sign(document()))
     root.find(".//ds:X509Certificate", NS).text = base64.b64encode(
-        world.rsa.certificate.public_bytes(serialization.Encoding.DER)).decode()
+        world.rsa.certificate.public_bytes(serialization.Encoding.DER)
+    ).decode()
     with pytest.raises(SignatureError, match="not RSA|not an EC key") as info:
         world.verifier().verify(out(root), {"att-1": PDF})
     assert info.value.code == "signature-invalid"
@@ -242,8 +269,10 @@ def test_exchange_verify_refuses_a_big_file_by_its_size(tmp_path: Path, world: W
         f.truncate(200 * 1024 * 1024)  # sparse: costs no disk, and must cost no memory either
     assert cli(["verify", str(big), "--ca", str(world.ca.cert_path)]) == 1
     err = capsys.readouterr().err
-    assert err == (f"exchange: error [xml-too-large]: {big} is 209715200 bytes, over the envelope limit of "
-                   "1048576 bytes; it is not an envelope (attachments travel beside the XML, not inside it)\n")
+    assert err == (
+        f"exchange: error [xml-too-large]: {big} is 209715200 bytes, over the envelope limit of "
+        "1048576 bytes; it is not an envelope (attachments travel beside the XML, not inside it)\n"
+    )
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")

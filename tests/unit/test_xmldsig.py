@@ -57,17 +57,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[pki.DevCA, dict[str
 
 
 def document(sender: str) -> Envelope:
-    return Envelope(Header(
-        message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(sender, "Gửi"),
-        recipients=(AgencyRef(B if sender == A else A, "Nhận"),), created_at=utcnow(),
-        document=DocumentInfo(code=DocumentCode("7", "QĐ-UBND"), subject="Quyết định — kiểm tra chữ ký <&>"),
-    ), attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),))
+    return Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(sender, "Gửi"),
+            recipients=(AgencyRef(B if sender == A else A, "Nhận"),),
+            created_at=utcnow(),
+            document=DocumentInfo(code=DocumentCode("7", "QĐ-UBND"), subject="Quyết định — kiểm tra chữ ký <&>"),
+        ),
+        attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),),
+    )
 
 
 def signxml_accepts(xml: bytes, signer: Signer) -> bool:
     """signxml's verdict, pinned to the same certificate, location and algorithms."""
     config = SignatureConfiguration(
-        location=f"./{SIGNED}/", expect_references=1,
+        location=f"./{SIGNED}/",
+        expect_references=1,
         signature_methods=frozenset({SignatureMethod.RSA_SHA256, SignatureMethod.ECDSA_SHA256}),
         digest_algorithms=frozenset({DigestAlgorithm.SHA256}),
     )
@@ -101,9 +108,11 @@ def test_a_signxml_signature_verifies_with_ours(world, kind: str) -> None:
     signed = root.find(SIGNED)
     placeholder = etree.SubElement(signed, f"{{{DS}}}Signature", nsmap={"ds": DS}, Id="placeholder")
     method = SignatureMethod.ECDSA_SHA256 if kind == "ecdsa" else SignatureMethod.RSA_SHA256
-    out = XMLSigner(signature_algorithm=method, digest_algorithm=DigestAlgorithm.SHA256,
-                    c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0).sign(
-        root, key=signer.key, cert=[signer.certificate], reference_uri=f"#{signed.get('Id')}", id_attribute="Id")
+    out = XMLSigner(
+        signature_algorithm=method,
+        digest_algorithm=DigestAlgorithm.SHA256,
+        c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+    ).sign(root, key=signer.key, cert=[signer.certificate], reference_uri=f"#{signed.get('Id')}", id_attribute="Id")
     signed.remove(placeholder)
     verified = verifier.verify(serialize(out), {"att-1": PDF})
     assert verified.signer_agency == CODES[kind]
@@ -150,7 +159,7 @@ def test_never_more_lenient_than_signxml_on_mutations(world, kind: str) -> None:
     accepted = 0
     for _ in range(150):
         pos = rng.randrange(len(xml))
-        mutated = xml[:pos] + bytes([rng.choice(b" \n\"'<>=/abcdefXYZ019+")]) + xml[pos + 1:]
+        mutated = xml[:pos] + bytes([rng.choice(b" \n\"'<>=/abcdefXYZ019+")]) + xml[pos + 1 :]
         if mutated == xml:
             continue
         if ours_accepts(mutated, verifier):
@@ -172,18 +181,34 @@ def _add(parent_path: str, local: str, ns: str = DS, **attrs: str):
     def mutate(signature: etree._Element) -> None:
         parent = signature if parent_path == "." else signature.find(parent_path, {"ds": DS})
         etree.SubElement(parent, f"{{{ns}}}{local}", **attrs)
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (_add(".", "Object"), "ds:Signature holds SignedInfo, SignatureValue, KeyInfo, Object"),
-    (_add("ds:SignedInfo/ds:CanonicalizationMethod", "InclusiveNamespaces", ns=xmldsig.EXC_C14N,
-          PrefixList="env"), "CanonicalizationMethod holds InclusiveNamespaces"),
-    (_add("ds:SignedInfo/ds:Reference/ds:Transforms/ds:Transform[2]", "InclusiveNamespaces",
-          ns=xmldsig.EXC_C14N, PrefixList="env"), "Transform holds InclusiveNamespaces"),
-    (_add("ds:KeyInfo", "KeyName"), "KeyInfo holds X509Data, KeyName"),
-    (_add("ds:SignedInfo/ds:Reference", "Extra"), "Reference holds Transforms, DigestMethod, DigestValue, Extra"),
-], ids=["object", "inclusive-namespaces", "transform-inclusive-namespaces", "key-name", "reference-extra"])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (_add(".", "Object"), "ds:Signature holds SignedInfo, SignatureValue, KeyInfo, Object"),
+        (
+            _add(
+                "ds:SignedInfo/ds:CanonicalizationMethod", "InclusiveNamespaces", ns=xmldsig.EXC_C14N, PrefixList="env"
+            ),
+            "CanonicalizationMethod holds InclusiveNamespaces",
+        ),
+        (
+            _add(
+                "ds:SignedInfo/ds:Reference/ds:Transforms/ds:Transform[2]",
+                "InclusiveNamespaces",
+                ns=xmldsig.EXC_C14N,
+                PrefixList="env",
+            ),
+            "Transform holds InclusiveNamespaces",
+        ),
+        (_add("ds:KeyInfo", "KeyName"), "KeyInfo holds X509Data, KeyName"),
+        (_add("ds:SignedInfo/ds:Reference", "Extra"), "Reference holds Transforms, DigestMethod, DigestValue, Extra"),
+    ],
+    ids=["object", "inclusive-namespaces", "transform-inclusive-namespaces", "key-name", "reference-extra"],
+)
 def test_anything_outside_the_pinned_shape_is_refused(world, mutate, match: str) -> None:
     _refuse(world, "rsa", mutate, SignatureError, match)
 
@@ -194,6 +219,7 @@ def test_ecdsa_signature_value_must_be_r_concatenated_with_s(world) -> None:
     def der_value(signature: etree._Element) -> None:
         value = signature.find(f"{{{DS}}}SignatureValue")
         value.text = base64.b64encode(b"\x30" + bytes(69)).decode()
+
     _refuse(world, "ecdsa", der_value, SignatureError, "64 bytes")
 
 
@@ -207,10 +233,17 @@ def test_a_method_that_does_not_match_the_key_is_refused(world) -> None:
 
 def _self_signed(key) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak")])
-    now = dt.datetime.now(dt.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def test_small_rsa_and_other_curves_are_refused_both_ways(tmp_path: Path) -> None:
@@ -222,10 +255,13 @@ def test_small_rsa_and_other_curves_are_refused_both_ways(tmp_path: Path) -> Non
             xmldsig.sign(root.find(SIGNED), key, [_self_signed(key)])
     # A 1024-bit signature made by another tool is refused on verification too.
     placeholder = etree.SubElement(root.find(SIGNED), f"{{{DS}}}Signature", nsmap={"ds": DS}, Id="placeholder")
-    out = XMLSigner(signature_algorithm=SignatureMethod.RSA_SHA256, digest_algorithm=DigestAlgorithm.SHA256,
-                    c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0).sign(
-        root, key=small, cert=[_self_signed(small)], reference_uri=f"#{root.find(SIGNED).get('Id')}",
-        id_attribute="Id")
+    out = XMLSigner(
+        signature_algorithm=SignatureMethod.RSA_SHA256,
+        digest_algorithm=DigestAlgorithm.SHA256,
+        c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+    ).sign(
+        root, key=small, cert=[_self_signed(small)], reference_uri=f"#{root.find(SIGNED).get('Id')}", id_attribute="Id"
+    )
     placeholder.getparent().remove(placeholder)
     signed = out.find(SIGNED)
     with pytest.raises(WeakAlgorithmError, match="1024 bits"):

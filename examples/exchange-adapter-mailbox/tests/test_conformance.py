@@ -6,7 +6,6 @@ deletes it afterwards).
 """
 
 from exchange.conformance import conformance_tests
-
 from exchange_mailbox.adapter import MailboxAdapter
 from exchange_mailbox.probe import MailboxProbe
 

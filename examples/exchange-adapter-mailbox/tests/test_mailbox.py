@@ -10,8 +10,13 @@ from exchange_mailbox.mailbox import Mailbox
 
 
 def _offer(path: Path, message_id: str) -> tuple[str, str]:
-    row = {"message_id": message_id, "kind": "document", "sender": "000.00.00.G22", "envelope": b"<Envelope/>",
-           "subject": "Công văn"}
+    row = {
+        "message_id": message_id,
+        "kind": "document",
+        "sender": "000.00.00.G22",
+        "envelope": b"<Envelope/>",
+        "subject": "Công văn",
+    }
     return mailbox.offer(path, row, [("a.txt", "text/plain", b"\x00bytes")])
 
 

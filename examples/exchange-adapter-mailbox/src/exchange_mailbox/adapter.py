@@ -31,7 +31,6 @@ import structlog
 from exchange.adapters.base import Adapter, DeliveryResult, Incoming, OutgoingFile
 from exchange.envelope.model import DocumentCode, DocumentInfo, Kind, StatusCode
 from exchange.errors import AdapterError, ExchangeError
-
 from exchange_mailbox import mailbox
 
 log = structlog.get_logger("exchange_mailbox")
@@ -50,8 +49,9 @@ class MailboxAdapter(Adapter):
             self.ack_timeout = float(self.options.get("ack_timeout", 30))
             self.poll_interval = float(self.options.get("poll_interval", 0.5))
         except (TypeError, ValueError):
-            raise AdapterError(f"mailbox adapter of {self.agency}: ack_timeout and poll_interval must be numbers "
-                               "of seconds") from None
+            raise AdapterError(
+                f"mailbox adapter of {self.agency}: ack_timeout and poll_interval must be numbers of seconds"
+            ) from None
         if self.ack_timeout <= 0 or self.poll_interval <= 0:
             raise AdapterError(f"mailbox adapter of {self.agency}: ack_timeout and poll_interval must be positive")
         try:
@@ -73,11 +73,18 @@ class MailboxAdapter(Adapter):
         h = message.envelope.header
         if h.kind not in (Kind.DOCUMENT, Kind.STATUS):
             return DeliveryResult.delivered()  # receipts are not for the E-Office (wants_receipts is False)
-        row: dict[str, object] = {"message_id": message.message_id, "kind": h.kind.value, "sender": h.sender.code,
-                                  "envelope": message.xml}
+        row: dict[str, object] = {
+            "message_id": message.message_id,
+            "kind": h.kind.value,
+            "sender": h.sender.code,
+            "envelope": message.xml,
+        }
         if h.document is not None:
-            row |= {"subject": h.document.subject, "number": h.document.code.number,
-                    "notation": h.document.code.notation}
+            row |= {
+                "subject": h.document.subject,
+                "number": h.document.code.number,
+                "notation": h.document.code.notation,
+            }
         if h.status is not None:
             row |= {"status_code": h.status.code.value, "response_for": h.status.response_for}
         files = [(a.name, a.media_type, message.attachments[a.id]) for a in message.envelope.attachments]
@@ -92,13 +99,15 @@ class MailboxAdapter(Adapter):
         if state == "accepted":
             return DeliveryResult.delivered()
         if state == "rejected":
-            return DeliveryResult.permanent(f"the E-Office rejected it: {reason or 'no reason given'}",
-                                            "eoffice-rejected")
+            return DeliveryResult.permanent(
+                f"the E-Office rejected it: {reason or 'no reason given'}", "eoffice-rejected"
+            )
         if state == "busy":
             return DeliveryResult.transient(f"the E-Office is busy: {reason}", "eoffice-busy")
         # Still 'offered': the answer may come later; the retry will find it (offer keeps answers).
-        return DeliveryResult.transient(f"the E-Office did not answer within {self.ack_timeout:g}s",
-                                        "eoffice-no-answer")
+        return DeliveryResult.transient(
+            f"the E-Office did not answer within {self.ack_timeout:g}s", "eoffice-no-answer"
+        )
 
     # -- outgoing -----------------------------------------------------------------
 
@@ -109,7 +118,7 @@ class MailboxAdapter(Adapter):
                     await self._submit(row, files)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a bad moment of the mailbox or the store: look again later
+            except Exception as exc:  # noqa: BLE001  (a bad moment of the mailbox or the store: look again later)
                 log.warning("mailbox.outgoing_error", agency=self.agency, error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.poll_interval)
 
@@ -119,15 +128,21 @@ class MailboxAdapter(Adapter):
         try:
             if row["kind"] == "status":
                 result = await self.bus.submit_status(
-                    str(row["response_for"]), StatusCode(str(row["status_code"])),
-                    description=str(row["description"] or ""), idempotency_key=key)
+                    str(row["response_for"]),
+                    StatusCode(str(row["status_code"])),
+                    description=str(row["description"] or ""),
+                    idempotency_key=key,
+                )
             else:
-                document = DocumentInfo(code=DocumentCode(str(row["number"] or ""), str(row["notation"] or "")),
-                                        subject=str(row["subject"]))
+                document = DocumentInfo(
+                    code=DocumentCode(str(row["number"] or ""), str(row["notation"] or "")), subject=str(row["subject"])
+                )
                 result = await self.bus.submit_document(
-                    json.loads(str(row["recipients"])), document,
+                    json.loads(str(row["recipients"])),
+                    document,
                     [OutgoingFile(name, data, media_type) for name, media_type, data in files],
-                    idempotency_key=key)
+                    idempotency_key=key,
+                )
         except ExchangeError as exc:
             if exc.transient:
                 raise

@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 SCHEMA = """
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS outgoing_files (
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 @contextmanager
@@ -128,16 +128,34 @@ class Mailbox:
 
     def _received(self, state: str, *, with_files: bool) -> list[Received]:
         with connect(self.path) as conn:
-            rows = conn.execute("SELECT * FROM incoming WHERE state = ? ORDER BY offered_at, message_id",
-                                (state,)).fetchall()
+            rows = conn.execute(
+                "SELECT * FROM incoming WHERE state = ? ORDER BY offered_at, message_id", (state,)
+            ).fetchall()
             out = []
             for r in rows:
                 files = {}
                 if with_files:
-                    files = {f["name"]: bytes(f["data"]) for f in conn.execute(
-                        "SELECT name, data FROM incoming_files WHERE message_id = ?", (r["message_id"],))}
-                out.append(Received(r["message_id"], r["kind"], r["sender"], r["state"], r["subject"], r["number"],
-                                    r["notation"], r["status_code"], r["response_for"], r["offers"], files))
+                    files = {
+                        f["name"]: bytes(f["data"])
+                        for f in conn.execute(
+                            "SELECT name, data FROM incoming_files WHERE message_id = ?", (r["message_id"],)
+                        )
+                    }
+                out.append(
+                    Received(
+                        r["message_id"],
+                        r["kind"],
+                        r["sender"],
+                        r["state"],
+                        r["subject"],
+                        r["number"],
+                        r["notation"],
+                        r["status_code"],
+                        r["response_for"],
+                        r["offers"],
+                        files,
+                    )
+                )
             return out
 
     def offers(self) -> list[Received]:
@@ -152,7 +170,8 @@ class Mailbox:
         with connect(self.path, write=True) as conn:
             cur = conn.execute(
                 "UPDATE incoming SET state = ?, reason = ?, answered_at = ? WHERE message_id = ? AND state = 'offered'",
-                (state, reason, now(), message_id))
+                (state, reason, now(), message_id),
+            )
             return cur.rowcount == 1
 
     def accept(self, message_id: str) -> bool:
@@ -166,23 +185,38 @@ class Mailbox:
         """Not now: the bus offers it again after a backoff."""
         return self._answer(message_id, "busy", reason)
 
-    def send_document(self, ref: str, recipients: Sequence[str], subject: str, *, number: str = "",
-                      notation: str = "", files: Mapping[str, bytes] | None = None,
-                      media_types: Mapping[str, str] | None = None) -> None:
+    def send_document(
+        self,
+        ref: str,
+        recipients: Sequence[str],
+        subject: str,
+        *,
+        number: str = "",
+        notation: str = "",
+        files: Mapping[str, bytes] | None = None,
+        media_types: Mapping[str, str] | None = None,
+    ) -> None:
         """Queue a document for the bus; ``ref`` is this E-Office's own unique reference."""
         with connect(self.path, write=True) as conn:
-            conn.execute("INSERT INTO outgoing (ref, kind, recipients, subject, number, notation, created_at) "
-                         "VALUES (?, 'document', ?, ?, ?, ?, ?)",
-                         (ref, json.dumps(list(recipients)), subject, number, notation, now()))
+            conn.execute(
+                "INSERT INTO outgoing (ref, kind, recipients, subject, number, notation, created_at) "
+                "VALUES (?, 'document', ?, ?, ?, ?, ?)",
+                (ref, json.dumps(list(recipients)), subject, number, notation, now()),
+            )
             for name, data in (files or {}).items():
-                conn.execute("INSERT INTO outgoing_files (ref, name, media_type, data) VALUES (?, ?, ?, ?)",
-                             (ref, name, (media_types or {}).get(name, "application/octet-stream"), data))
+                conn.execute(
+                    "INSERT INTO outgoing_files (ref, name, media_type, data) VALUES (?, ?, ?, ?)",
+                    (ref, name, (media_types or {}).get(name, "application/octet-stream"), data),
+                )
 
     def send_status(self, ref: str, response_for: str, status_code: str, description: str = "") -> None:
         """Queue a business status (01-16) about a document this agency received."""
         with connect(self.path, write=True) as conn:
-            conn.execute("INSERT INTO outgoing (ref, kind, response_for, status_code, description, created_at) "
-                         "VALUES (?, 'status', ?, ?, ?, ?)", (ref, response_for, status_code, description, now()))
+            conn.execute(
+                "INSERT INTO outgoing (ref, kind, response_for, status_code, description, created_at) "
+                "VALUES (?, 'status', ?, ?, ?, ?)",
+                (ref, response_for, status_code, description, now()),
+            )
 
     def outgoing_state(self, ref: str) -> tuple[str, str | None, str]:
         """``(state, message_id, error)`` of a queued submission."""
@@ -203,19 +237,26 @@ def offer(path: Path, row: Mapping[str, object], files: Sequence[tuple[str, str,
     one the E-Office deferred, or never answered, is offered again.
     """
     with connect(path, write=True) as conn:
-        existing = conn.execute("SELECT state, reason FROM incoming WHERE message_id = ?",
-                                (row["message_id"],)).fetchone()
+        existing = conn.execute(
+            "SELECT state, reason FROM incoming WHERE message_id = ?", (row["message_id"],)
+        ).fetchone()
         if existing is None:
             columns = ", ".join(row)
-            conn.execute(f"INSERT INTO incoming ({columns}, offered_at) VALUES ({', '.join('?' * len(row))}, ?)",
-                         (*row.values(), now()))
-            conn.executemany("INSERT INTO incoming_files (message_id, name, media_type, data) VALUES (?, ?, ?, ?)",
-                             [(row["message_id"], *f) for f in files])
+            conn.execute(
+                f"INSERT INTO incoming ({columns}, offered_at) VALUES ({', '.join('?' * len(row))}, ?)",
+                (*row.values(), now()),
+            )
+            conn.executemany(
+                "INSERT INTO incoming_files (message_id, name, media_type, data) VALUES (?, ?, ?, ?)",
+                [(row["message_id"], *f) for f in files],
+            )
             return "offered", ""
         if existing["state"] in ("accepted", "rejected"):
             return existing["state"], existing["reason"]
-        conn.execute("UPDATE incoming SET state = 'offered', offers = offers + 1, offered_at = ? "
-                     "WHERE message_id = ?", (now(), row["message_id"]))
+        conn.execute(
+            "UPDATE incoming SET state = 'offered', offers = offers + 1, offered_at = ? WHERE message_id = ?",
+            (now(), row["message_id"]),
+        )
         return "offered", ""
 
 
@@ -227,14 +268,29 @@ def answer(path: Path, message_id: str) -> tuple[str, str]:
 
 def pending_outgoing(path: Path, limit: int = 50) -> list[tuple[dict[str, object], list[tuple[str, str, bytes]]]]:
     with connect(path) as conn:
-        rows = [dict(r) for r in conn.execute(
-            "SELECT * FROM outgoing WHERE state = 'new' ORDER BY created_at, ref LIMIT ?", (limit,))]
-        return [(r, [(f["name"], f["media_type"], bytes(f["data"])) for f in conn.execute(
-            "SELECT name, media_type, data FROM outgoing_files WHERE ref = ? ORDER BY name", (r["ref"],))])
-            for r in rows]
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                "SELECT * FROM outgoing WHERE state = 'new' ORDER BY created_at, ref LIMIT ?", (limit,)
+            )
+        ]
+        return [
+            (
+                r,
+                [
+                    (f["name"], f["media_type"], bytes(f["data"]))
+                    for f in conn.execute(
+                        "SELECT name, media_type, data FROM outgoing_files WHERE ref = ? ORDER BY name", (r["ref"],)
+                    )
+                ],
+            )
+            for r in rows
+        ]
 
 
 def mark_outgoing(path: Path, ref: str, *, message_id: str | None = None, error: str = "") -> None:
     with connect(path, write=True) as conn:
-        conn.execute("UPDATE outgoing SET state = ?, message_id = ?, error = ? WHERE ref = ?",
-                     ("error" if error else "sent", message_id, error, ref))
+        conn.execute(
+            "UPDATE outgoing SET state = ?, message_id = ?, error = ? WHERE ref = ?",
+            ("error" if error else "sent", message_id, error, ref),
+        )

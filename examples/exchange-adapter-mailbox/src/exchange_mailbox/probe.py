@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from exchange.conformance.probe import EOfficeProbe, FailureKind, ProbeContext, SeenMessage
-
 from exchange_mailbox.mailbox import Mailbox
 
 
@@ -44,20 +43,29 @@ class MailboxProbe(EOfficeProbe):
                 if failure == "transient":
                     await asyncio.to_thread(self.mailbox.defer, offer.message_id, "registry clerk is away")
                 elif failure == "permanent":
-                    await asyncio.to_thread(self.mailbox.reject, offer.message_id,
-                                            "not within this agency's remit")
+                    await asyncio.to_thread(self.mailbox.reject, offer.message_id, "not within this agency's remit")
                 else:
                     await asyncio.to_thread(self.mailbox.accept, offer.message_id)
             await asyncio.sleep(0.03)
 
     async def seen(self) -> list[SeenMessage]:
-        return [SeenMessage(r.message_id, r.kind, r.sender, subject=r.subject, status_code=r.status_code,
-                            attachments=dict(r.files))
-                for r in await asyncio.to_thread(self.mailbox.accepted)]
+        return [
+            SeenMessage(
+                r.message_id, r.kind, r.sender, subject=r.subject, status_code=r.status_code, attachments=dict(r.files)
+            )
+            for r in await asyncio.to_thread(self.mailbox.accepted)
+        ]
 
     def fail_next(self, outcome: FailureKind, times: int = 1) -> None:
         self._failures.extend([outcome] * times)
 
     async def send(self, recipients: Sequence[str], subject: str, files: Mapping[str, bytes]) -> None:
-        await asyncio.to_thread(self.mailbox.send_document, f"eoffice-{uuid.uuid4()}", recipients, subject,
-                                number="15", notation="UBND-VP", files=files)
+        await asyncio.to_thread(
+            self.mailbox.send_document,
+            f"eoffice-{uuid.uuid4()}",
+            recipients,
+            subject,
+            number="15",
+            notation="UBND-VP",
+            files=files,
+        )
