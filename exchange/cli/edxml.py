@@ -24,12 +24,18 @@ from exchange.errors import BadRequestError, ConfigError
 if TYPE_CHECKING:  # the codec is imported inside the commands: every command module loads for `exchange --help`
     from exchange.envelope.edxml import EdxmlPackage
 
+from exchange.cli._common import HelpFormatter, command_help
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "edxml",
         help="check, import or export QCVN 102 edXML packages",
-        description="Work with edXML packages as E-Offices and the national hub write them (docs/EDXML.md).",
+        **command_help(
+            "Work with edXML packages as E-Offices and the national hub write them (docs/EDXML.md).",
+            "exchange edxml check package.edxml",
+            "exchange edxml export envelope.xml",
+        ),
     )
     cmds = p.add_subparsers(dest="edxml_command", metavar="COMMAND", required=True)
 
@@ -41,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "types, ZIP wrapping), trace headers, the legacy signature, the elements "
         "carried verbatim, the tolerated deviations, and what an export would "
         "change. Exit 0 if the package imports, 1 with the reason if not.",
+        epilog="examples:\n  exchange edxml check package.edxml\n  exchange edxml check package.edxml --json",
+        formatter_class=HelpFormatter,
     )
     check.add_argument("file", type=Path, metavar="FILE")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -52,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="import a package to an envelope on stdout",
         description="Import FILE and print the unsigned envelope XML (docs/ENVELOPE.md). "
         "Attachment bytes go to --attachments-dir, one file per attachment id.",
+        epilog="examples:\n  exchange edxml import package.edxml --attachments-dir out/",
+        formatter_class=HelpFormatter,
     )
     imp.add_argument("file", type=Path, metavar="FILE")
     imp.add_argument(
@@ -69,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="export an envelope to an edXML package",
         description="Read ENVELOPE (envelope XML, signed or not) and write the edXML package. "
         "An envelope imported from a package gives that package back.",
+        epilog="examples:\n  exchange edxml export envelope.xml",
+        formatter_class=HelpFormatter,
     )
     exp.add_argument("envelope", type=Path, metavar="ENVELOPE")
     exp.add_argument(

@@ -16,15 +16,31 @@ import json
 import os
 import sys
 
-from exchange.cli._common import run, table
+from exchange.cli._common import command_help, run, table
 from exchange.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hub", help="declare and watch the links between hubs (RabbitMQ shovels)")
+    p = sub.add_parser(
+        "hub", help="declare and watch the links between hubs (RabbitMQ shovels)",
+        **command_help(
+            "Hubs run separate RabbitMQ brokers linked by RabbitMQ's own dynamic shovels, declared here "
+            "through each broker's management API (docs/FEDERATION.md).",
+            "exchange hub apply -c /etc/exchange/node.toml",
+            "exchange hub status -c /etc/exchange/node.toml",
+        ),
+    )
     hs = p.add_subparsers(dest="hub_command", metavar="ACTION")
 
-    link = hs.add_parser("link", help="declare one link (idempotent): queue, bindings, users, shovel")
+    link = hs.add_parser(
+        "link", help="declare one link (idempotent): queue, bindings, users, shovel",
+        **command_help(
+            "Declare one link from this hub to a neighbour: a quorum link queue bound with the agency "
+            "patterns it carries, a least-privilege user on each side, and the shovel.",
+            "exchange hub link --name h41-national --upstream amqps://hub-h41:5671 "
+            "--downstream amqps://hub-national:5671 --pattern '#'",
+        ),
+    )
     link.add_argument("--name", required=True, help="the link's name, e.g. h41-national")
     link.add_argument("--upstream", required=True, help="this hub's AMQP address as its shovel reaches it (no credentials)")
     link.add_argument("--upstream-api", default=os.environ.get("EXCHANGE_HUB_API", ""),
@@ -48,20 +64,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     link.add_argument("--max-backlog-bytes", type=int, default=0)
     link.set_defaults(func=_link)
 
-    home = hs.add_parser("home", help="set this hub's home patterns (its own codes, parked if no node hosts them)")
+    home = hs.add_parser(
+        "home", help="set this hub's home patterns (its own codes, parked if no node hosts them)",
+        **command_help(
+            "Set the patterns of the codes this hub is home to: a message for one of them that no node "
+            "of the hub hosts is parked, never sent up again (no routing loops).",
+            "exchange hub home --pattern '*.*.*.H41.*'",
+        ),
+    )
     home.add_argument("--api", default=os.environ.get("EXCHANGE_HUB_API", ""))
     home.add_argument("--pattern", action="append", default=[])
     home.add_argument("--prefix", default="exchange")
     home.add_argument("--vhost", default="/")
     home.set_defaults(func=_home)
 
-    apply = hs.add_parser("apply", help="apply the [hub] section of a node's configuration")
+    apply = hs.add_parser(
+        "apply", help="apply the [hub] section of a node's configuration",
+        **command_help(
+            "Declare everything the [hub] section of a node's TOML describes: home patterns and links.",
+            "exchange hub apply -c /etc/exchange/node.toml",
+        ),
+    )
     apply.add_argument("--config", "-c", default=os.environ.get("EXCHANGE_CONFIG"), required=False)
     apply.set_defaults(func=_apply)
 
     for name, func, helptext in (("status", _status, "each link: shovel state, backlog, oldest waiting message"),
                                  ("exporter", _exporter, "serve per-link Prometheus metrics")):
-        s = hs.add_parser(name, help=helptext)
+        s = hs.add_parser(
+            name, help=helptext,
+            **command_help(
+                f"{helptext[0].upper()}{helptext[1:]}, read from the hub's management API.",
+                f"exchange hub {name} -c /etc/exchange/node.toml",
+            ),
+        )
         s.add_argument("--config", "-c", default=os.environ.get("EXCHANGE_CONFIG"))
         s.add_argument("--api", default=os.environ.get("EXCHANGE_HUB_API", ""),
                        help="management API of the hub (instead of --config)")

@@ -13,27 +13,51 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 from exchange.errors import BadRequestError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("operator", help="operator console accounts: create, list, disable")
+    p = sub.add_parser(
+        "operator", help="operator console accounts: create, list, disable",
+        **command_help(
+            "Accounts of the operator console (/console, docs/CONSOLE.md), separate from agency tokens: "
+            "role viewer reads, role operator also replays, discards and manages tokens.",
+            "exchange operator create --name lan --role operator",
+            "exchange operator list",
+        ),
+    )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     osub = p.add_subparsers(dest="operator_command", metavar="ACTION")
-    c = osub.add_parser("create", help="make a console account (password from a prompt or --password-stdin)")
+    c = osub.add_parser(
+        "create", help="make a console account (password from a prompt or --password-stdin)",
+        **command_help(
+            "Make a console account; the password is typed twice at a prompt or read from standard input "
+            "(--password-stdin), never from the command line, and stored as a scrypt hash.",
+            "exchange operator create --name lan --role operator",
+            "exchange operator create --name minh --role viewer --password-stdin",
+        ),
+    )
     add_config_argument(c)
     c.add_argument("--name", required=True, help="the account name the operator signs in with")
     c.add_argument("--role", required=True, choices=("viewer", "operator"),
                    help="viewer reads; operator also replays/discards dead letters and manages tokens")
     c.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     c.set_defaults(func=_create)
-    ls = osub.add_parser("list", help="show the console accounts")
+    ls = osub.add_parser(
+        "list", help="show the console accounts",
+        **command_help("Show the console accounts with their role and whether they are disabled.",
+                       "exchange operator list --config /etc/exchange/node.toml"),
+    )
     add_config_argument(ls)
     ls.set_defaults(func=_list)
-    d = osub.add_parser("disable", help="disable an account and end its sessions")
+    d = osub.add_parser(
+        "disable", help="disable an account and end its sessions",
+        **command_help("Disable a console account: it can no longer sign in and its open sessions end.",
+                       "exchange operator disable --name lan"),
+    )
     add_config_argument(d)
     d.add_argument("--name", required=True)
     d.set_defaults(func=_disable)

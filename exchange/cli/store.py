@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from exchange.cli._common import command_help
 from exchange.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -39,20 +40,27 @@ example:
 """
 
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "store",
         help="the store's schema: show its version, upgrade it",
-        description="The store's schema version (Alembic revisions in exchange/store/migrations).",
+        **command_help(
+            "The store's schema version (Alembic revisions in exchange/store/migrations): show it, bring it "
+            "to this version's newest revision, or (developers) write a new revision.",
+            "exchange store version --config /etc/exchange/node.toml",
+            "exchange store upgrade --config /etc/exchange/node.toml",
+        ),
     )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     ssub = p.add_subparsers(dest="store_command", metavar="ACTION")
     v = ssub.add_parser(
         "version",
         help="show the schema revision of a store and this version's newest",
-        description="Show the store's schema revision and the newest this version of exchange knows.",
-        epilog=EPILOG_VERSION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **command_help(
+            "Show the store's schema revision and the newest this version of exchange knows. " + EPILOG_VERSION.strip().replace("\n", " "),
+            "exchange store version --check", "exchange store version --json --config /etc/exchange/node.toml",
+        ),
     )
     _where(v)
     v.add_argument("--json", action="store_true", help="print the state as JSON")
@@ -61,18 +69,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     u = ssub.add_parser(
         "upgrade",
         help="bring a store's schema to this version's newest revision",
-        description="Bring the store's schema to this version's newest revision.",
-        epilog=EPILOG_UPGRADE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **command_help(
+            "Bring the store's schema to this version's newest revision. " + EPILOG_UPGRADE.strip().replace("\n", " "),
+            "exchange store upgrade --config /etc/exchange/node.toml",
+        ),
     )
     _where(u)
     u.set_defaults(func=_upgrade)
     r = ssub.add_parser(
         "revision",
         help="(developers) write a new, empty migration after the current head",
-        description="Write a new, empty migration revision after the current head.",
-        epilog=EPILOG_REVISION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **command_help(
+            "Write a new, empty migration revision after the current head. " + EPILOG_REVISION.strip().replace("\n", " "),
+            'exchange store revision -m "operator accounts"',
+        ),
     )
     r.add_argument("-m", "--message", required=True, help="what the revision changes, e.g. 'operator accounts'")
     r.set_defaults(func=_revision)

@@ -12,30 +12,61 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from exchange.cli._common import add_config_argument, resolve_config, run, table
+from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 
 _SYSTEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vxp", help="the national hub's client protocol (/vxp/): E-Office system secrets")
+    p = sub.add_parser(
+        "vxp", help="the national hub's client protocol (/vxp/): E-Office system secrets",
+        **command_help(
+            "E-Offices that talk to the national hub through its SDK point their endpoint at a node's /vxp/ "
+            "and sign each call with their system's shared secret (docs/API.md, national hub protocol).",
+            "exchange vxp secret create --system vxp.saas.03 --agency 000.00.00.H41",
+            "exchange vxp secret list",
+        ),
+    )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     vxp_sub = p.add_subparsers(dest="vxp_command", metavar="ACTION")
-    s = vxp_sub.add_parser("secret", help="create, rotate or list the shared secrets of hub systems")
+    s = vxp_sub.add_parser(
+        "secret", help="create, rotate or list the shared secrets of hub systems",
+        **command_help(
+            "One shared secret per E-Office system, printed once, stored sealed under the agency's key.",
+            "exchange vxp secret create --system vxp.saas.03 --agency 000.00.00.H41",
+            "exchange vxp secret rotate --system vxp.saas.03",
+            "exchange vxp secret list",
+        ),
+    )
     s.set_defaults(func=lambda _args: (s.print_help(), 2)[1])
     secret_sub = s.add_subparsers(dest="secret_command", metavar="ACTION")
     for name, helptext in (
         ("create", "a new system for a hosted agency; prints its secret once"),
         ("rotate", "a new secret for an existing system (the old one stops working); printed once"),
     ):
-        q = secret_sub.add_parser(name, help=helptext)
+        q = secret_sub.add_parser(
+            name, help=helptext,
+            **command_help(
+                f"{helptext[0].upper()}{helptext[1:]}: give it to the E-Office's SDK configuration with the "
+                "endpoint http(s)://<node>/vxp; it is never logged.",
+                f"exchange vxp secret {name} --system vxp.saas.03"
+                + (" --agency 000.00.00.H41" if name == "create" else ""),
+            ),
+        )
         add_config_argument(q)
         q.add_argument("--system", required=True, help="the E-Office's system id (its `systemid` header)")
         q.add_argument(
             "--agency", required=(name == "create"), help="QCVN 102 code of the hosted agency the system acts for"
         )
         q.set_defaults(func=_create if name == "create" else _rotate)
-    q = secret_sub.add_parser("list", help="the systems, their agencies and whether their secret opens")
+    q = secret_sub.add_parser(
+        "list", help="the systems, their agencies and whether their secret opens",
+        **command_help(
+            "List the hub systems of this node: system id, agency, when created or rotated, and whether "
+            "the secret still opens with the agency's current key (else rotate it).",
+            "exchange vxp secret list --config /etc/exchange/node.toml",
+        ),
+    )
     add_config_argument(q)
     q.set_defaults(func=_list)
 

@@ -46,7 +46,7 @@ class Service:
         self.answers = list(answers)
         self.calls: list[tuple] = []
 
-    async def receive(self, recipient, xml, attachments, *, attempt=1, replay=None):
+    async def receive(self, recipient, xml, attachments, *, attempt=1, replay=None, hops=()):
         self.calls.append((recipient, xml, attachments, attempt, replay))
         answer = self.answers.pop(0)
         if isinstance(answer, BaseException):

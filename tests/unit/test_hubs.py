@@ -28,6 +28,7 @@ from exchange.hub.links import (
 from exchange.hub.monitor import HubMetrics
 from exchange.hub.status import HubStatus, LinkStatus, _redact
 from exchange.hub.trace import shovel_hops
+from exchange.routing import frame
 from exchange.routing.directory import AgencyEntry, Directory
 from tests.factories import GOVERNMENT_OFFICE, NGHE_AN, ServiceWorld, document
 
@@ -162,7 +163,8 @@ async def test_the_hops_of_a_document_and_of_its_receipt_reach_the_senders_timel
         for service, hops in ((central, there), (local, back)):
             items = await service.store.claim_outbox(10)
             for item in items:
-                await world.host_of(item.recipient).receive(item.recipient, item.body, hops=hops)
+                xml, attachments = frame.decode(item.body, max_bytes=1 << 20)
+                await world.host_of(item.recipient).receive(item.recipient, xml, attachments, hops=hops)
             await service.store.mark_published([i.id for i in items if i.id is not None])
         hops = [t.detail for t in await central.store.timeline(sent.message_id) if t.event == "hop"]
         assert hops == ["document via hub link exchange.link.national-h41 (broker hub2@vm)",
