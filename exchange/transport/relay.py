@@ -75,6 +75,13 @@ def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: dict[str, object]
     )
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task was asked to stop (``Task.cancel()``), as opposed to an awaited
+    future that was rejected with :class:`asyncio.CancelledError`."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class ByteBudget:
     """At most ``limit`` bytes held at once; one holder may exceed it alone (a frame bigger than the budget)."""
 
@@ -131,11 +138,24 @@ class OutboxRelay:
         self.published = 0
 
     async def _publish(self, exchange: AbstractExchange, item: OutboxItem) -> bool:
+        """Publish one item; True once the broker confirmed it, False for anything else (never raises).
+
+        aiormq rejects the confirms still pending on a channel that closes with
+        :class:`asyncio.CancelledError` (``close()``'s default reason, the channel of a
+        robust connection that reconnects). That is a failed publish, not a cancellation
+        of the relay: only when this task itself is being cancelled does it propagate.
+        """
         async with self.in_flight, self.bytes_in_flight.hold(len(item.body)):
             started = time.perf_counter()
             try:
                 await publish_confirmed(exchange, amqp_message(item), routing_key=item.routing_key,
                                         timeout=self.confirm_timeout)
+            except asyncio.CancelledError as exc:
+                if _being_cancelled():
+                    raise
+                log.warning("publish.failed", message_id=item.message_id, recipient=item.recipient,
+                            error="ChannelClosed", detail=str(exc)[:200] or "confirm cancelled by the client")
+                return False
             except Exception as exc:  # returned, nacked, timed out, connection lost: retry later
                 log.warning("publish.failed", message_id=item.message_id, recipient=item.recipient,
                             error=type(exc).__name__, detail=str(exc)[:200])
@@ -155,9 +175,18 @@ class OutboxRelay:
         self._more = len(items) >= window  # a full claim: more may be waiting
         if not items:
             return 0, 0
-        results = await asyncio.gather(*(self._publish(exchange, i) for i in items))
-        ok = [i for i, r in zip(items, results) if r]
-        bad = [i for i, r in zip(items, results) if not r]
+        try:
+            results = await asyncio.gather(*(self._publish(exchange, i) for i in items), return_exceptions=True)
+        except BaseException:
+            # The relay is being stopped: give the batch back now, not when its lease runs out.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release_outbox([i.id for i in items if i.id is not None]))
+            raise
+        ok = [i for i, r in zip(items, results) if r is True]
+        bad = [i for i, r in zip(items, results) if r is not True]  # an unexpected exception is a failure too
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r  # our own cancellation, seen by a child first
         if ok:
             await self.store.mark_published([i.id for i in ok if i.id is not None])
             self.published += len(ok)
@@ -178,8 +207,13 @@ class OutboxRelay:
             self.event.clear()
             try:
                 published, failed = await self.drain_once()
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _being_cancelled():
+                    raise
+                # A CancelledError nobody sent to this task (a library's rejected future): before,
+                # it ended the relay without a word while its outbox kept filling.
+                log.warning("relay.error", error="CancelledError", detail=str(exc)[:200])
+                published, failed = 0, 1
             except Exception as exc:  # store or broker hiccup: back off, never die
                 log.warning("relay.error", error=type(exc).__name__, detail=str(exc)[:200])
                 published, failed = 0, 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,5 +253,57 @@ async def test_a_relay_facing_a_congested_broker_shrinks_its_batches_instead_of_
         assert relay.window < 200  # it backed off
         # Without the shrinking window every round re-sent ~170 copies that could not be confirmed.
         assert exchange.calls < 400 + 3 * 200, exchange.calls
+    finally:
+        await store.close()
+
+
+class ClosingChannelExchange:
+    """Its channel closes under the first ``doomed`` publishes: aiormq then rejects their pending
+    confirms with :class:`asyncio.CancelledError` (``Channel.close()``'s default reason); later
+    publishes go to the reopened channel and are confirmed."""
+
+    def __init__(self, doomed: int) -> None:
+        self.doomed = doomed
+        self.calls = 0
+        self.confirmed: list[str] = []
+
+    async def publish(self, message, routing_key, *, mandatory=True, timeout=None):
+        self.calls += 1
+        confirm = asyncio.get_running_loop().create_future()
+        if self.calls <= self.doomed:
+            asyncio.get_running_loop().call_soon(confirm.set_exception, asyncio.CancelledError())
+        else:
+            confirm.set_result(None)
+        await confirm
+        self.confirmed.append(routing_key)
+
+
+async def test_a_relay_whose_channel_closes_under_pending_confirms_keeps_publishing_until_the_outbox_is_empty(
+        tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
+    await store.open()
+    try:
+        recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(120)]
+        xml = b"<envelope/>"
+        record = MessageRecord(message_id="m1", kind="receipt", operation="new", sender=GOVERNMENT_OFFICE,
+                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
+                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
+        relay = OutboxRelay(store, asyncio.Event(), batch=50, poll_interval=0.01)
+        exchange = ClosingChannelExchange(doomed=30)
+        relay.exchange = exchange  # type: ignore[assignment]
+        running = asyncio.create_task(relay.run())
+        try:
+            while relay.published < len(recipients) and not running.done():
+                await asyncio.sleep(0.01)
+            # Before: the CancelledError of the rejected confirms ended relay.run() silently,
+            # with the batch's items claimed and the rest of the outbox never published.
+            assert not running.done(), running
+            assert sorted(set(exchange.confirmed)) == sorted(f"{r}.normal" for r in recipients)
+            assert relay.published == len(recipients) and (await store.outbox_stats())[0] == 0
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
     finally:
         await store.close()
