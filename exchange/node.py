@@ -425,9 +425,14 @@ class Node:
             return await migrate_legacy(connection, topology, confirm_timeout=self.config.amqp.confirm_timeout)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.error("topology.migration_failed", error=type(exc).__name__, detail=str(exc)[:500],
-                      hint="legacy queues keep their messages; the next start tries again")
+        except Exception as exc:  # noqa: BLE001 - a failed migration must not stop the node; it is retried
+            # The connection dropping mid-way is the broker outage already logged once as
+            # broker.connection_lost: no second alarm for it; anything else is an error.
+            lost = isinstance(exc, (ConnectionError, aio_pika.exceptions.AMQPConnectionError))
+            (log.info if lost else log.error)(
+                "topology.migration_interrupted" if lost else "topology.migration_failed",
+                error=type(exc).__name__, detail=str(exc)[:500],
+                hint="legacy queues keep their messages; the next start tries again")
             return 0
 
     async def _tear_down(self, timeout: float = 10.0) -> None:
