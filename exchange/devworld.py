@@ -114,7 +114,7 @@ def build_world(
             f"delivery_limit = {n.delivery_limit}\nconfirm_timeout = {n.confirm_timeout}\n",
             f"[store]\nurl = {_toml_value(store)}\n",
             f'[http]\nhost = "127.0.0.1"\nport = {n.http_port}\n',
-            f'[pki]\nca_files = ["pki/ca.pem"]\ncrl_files = ["pki/crl.pem"]\n',
+            '[pki]\nca_files = ["pki/ca.pem"]\ncrl_files = ["pki/crl.pem"]\n',
             '[directory]\nfile = "directory.toml"\n',
             '[log]\nlevel = "INFO"\n',
         ]
@@ -172,8 +172,8 @@ def national_specs(
 async def issue_tokens(config_path: Path) -> dict[str, str]:
     """Create one gateway API token per hosted agency (stored hashed); returns code -> token."""
     from exchange.config import load_config
-    from exchange.tokens import new_token
     from exchange.store import open_store
+    from exchange.tokens import new_token
 
     cfg = load_config(config_path)
     store = open_store(cfg.store_url)

@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,12 +27,12 @@ from exchange.adapters.base import Adapter
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
 from exchange.errors import ConfigError, PortInUseError
-from exchange.transport.consumer import Consumer
 from exchange.routing.directory import Directory
 from exchange.routing.lanes import Lane
+from exchange.service import ExchangeService
+from exchange.transport.consumer import Consumer
 from exchange.transport.relay import OutboxRelay
 from exchange.transport.topology import BindingLedger, Topology, declare, migrate_legacy
-from exchange.service import ExchangeService
 
 if TYPE_CHECKING:
     from exchange.signing.sign import Signer
@@ -59,7 +59,7 @@ class LazySigners(Mapping[str, "Signer"]):
         #: code -> what went wrong loading it (filled by load_all / warm)
         self.failed: dict[str, str] = {}
 
-    def __getitem__(self, code: str) -> "Signer":
+    def __getitem__(self, code: str) -> Signer:
         signer = self._loaded.get(code)
         if signer is not None:
             return signer
@@ -539,7 +539,7 @@ class Node:
             await self.service.store.ping()
         except Exception:
             store_ok = False
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         signers = self.service.signers
         certificates = (
             [signers.certificate(c) for c in signers]
@@ -562,7 +562,7 @@ class Node:
                 size, oldest = await self.service.store.outbox_stats()
                 self._set_gauge("outbox_size", size)
                 self._set_gauge("outbox_oldest_age_seconds", oldest or 0)
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 signers = self.service.signers
                 for code in signers:
                     cert = signers.certificate(code) if isinstance(signers, LazySigners) else signers[code].certificate
@@ -585,7 +585,7 @@ class Node:
         assert self.service is not None
         for state, count in (await self.service.store.delivery_counts()).items():
             self._set_gauge("deliveries_by_state", count, state)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         oldest = await ConsoleData(self.service.store).oldest_unreceipted_by_agency()
         ages = {agency: max((now - at).total_seconds(), 0.0) for agency, at in oldest.items()}
         for agency in self._unreceipted_agencies - set(ages):

@@ -1037,7 +1037,7 @@ class ExchangeService:
             raise NotFoundError(f"no message {message_id} was sent by {agency or 'this node'}")
         return TrackResult(record, await self.store.deliveries(message_id), await self.store.timeline(message_id))
 
-    def handle(self, agency: str) -> "AgencyHandle":
+    def handle(self, agency: str) -> AgencyHandle:
         """The :class:`~exchange.adapters.base.BusHandle` an adapter of ``agency`` uses."""
         self._signer(agency)
         return AgencyHandle(self, agency)

@@ -66,7 +66,7 @@ class Directory:
                 self._by_alias[alias] = e.code
 
     @classmethod
-    def load(cls, path: str | Path) -> "Directory":
+    def load(cls, path: str | Path) -> Directory:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")

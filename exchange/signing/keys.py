@@ -259,7 +259,7 @@ class AgencyIdentity:
     @classmethod
     def from_files(
         cls, key_path: str | os.PathLike[str], cert_path: str | os.PathLike[str], *, password: bytes | None = None
-    ) -> "AgencyIdentity":
+    ) -> AgencyIdentity:
         """Load a key and a certificate file (leaf first, then intermediates) and check they belong together."""
         key = load_private_key(key_path, password)
         certs = load_certificates(cert_path)
@@ -273,7 +273,7 @@ class AgencyIdentity:
         chain: Iterable[x509.Certificate] = (),
         *,
         source: str = "the certificate",
-    ) -> "AgencyIdentity":
+    ) -> AgencyIdentity:
         """Build an identity from objects; refuses a key that the certificate does not certify."""
         check_signing_key(key)
         if not public_keys_match(key, certificate):
