@@ -118,7 +118,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if len(path) != 2:
             raise ConfigError(f"environment override {key} must name SECTION__KEY, e.g. EXCHANGE__AMQP__URL")
         section = raw.setdefault(path[0], {})
@@ -176,16 +176,22 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     data_dir = rel(node.get("data_dir", "."))
     store_url = raw.get("store", {}).get("url") or f"sqlite:///{data_dir / 'exchange.db'}"
     if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
-        store_url = f"sqlite:///{rel(store_url[len('sqlite:///'):])}"
+        store_url = f"sqlite:///{rel(store_url[len('sqlite:///') :])}"
     pki = raw.get("pki", {})
     agencies = []
     for i, a in enumerate(raw.get("agencies", [])):
         try:
             code = check_agency_code(a["code"])
-            agencies.append(AgencyConfig(
-                code=code, name=a.get("name", code), key=rel(a["key"]), cert=rel(a["cert"]),
-                adapter=a.get("adapter", "pull"), options=dict(a.get("options", {})),
-            ))
+            agencies.append(
+                AgencyConfig(
+                    code=code,
+                    name=a.get("name", code),
+                    key=rel(a["key"]),
+                    cert=rel(a["cert"]),
+                    adapter=a.get("adapter", "pull"),
+                    options=dict(a.get("options", {})),
+                )
+            )
         except KeyError as exc:
             raise ConfigError(f"{path}: [[agencies]] #{i + 1} lacks {exc.args[0]!r}") from None
         except InvalidAgencyCodeError as exc:
@@ -231,4 +237,5 @@ def _check_replay_window(path: Path, cfg: NodeConfig) -> None:
         raise ConfigError(
             f"{path}: [limits] replay_window_seconds = {window} must be longer than the node's retry schedule "
             f"({span} s by [amqp] retry_delays and max_attempts), or the last retries are refused as stale; "
-            "the default is 604800 (7 days)")
+            "the default is 604800 (7 days)"
+        )

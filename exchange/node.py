@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,12 +27,12 @@ from exchange.adapters.base import Adapter
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
 from exchange.errors import ConfigError, PortInUseError
-from exchange.transport.consumer import Consumer
 from exchange.routing.directory import Directory
 from exchange.routing.lanes import Lane
+from exchange.service import ExchangeService
+from exchange.transport.consumer import Consumer
 from exchange.transport.relay import OutboxRelay
 from exchange.transport.topology import BindingLedger, Topology, declare, migrate_legacy
-from exchange.service import ExchangeService
 
 if TYPE_CHECKING:
     from exchange.signing.sign import Signer
@@ -59,7 +59,7 @@ class LazySigners(Mapping[str, "Signer"]):
         #: code -> what went wrong loading it (filled by load_all / warm)
         self.failed: dict[str, str] = {}
 
-    def __getitem__(self, code: str) -> "Signer":
+    def __getitem__(self, code: str) -> Signer:
         signer = self._loaded.get(code)
         if signer is not None:
             return signer
@@ -107,13 +107,17 @@ class LazySigners(Mapping[str, "Signer"]):
 
         codes = [c for c in self._files if c not in self._loaded]
         for i in range(0, len(codes), batch):
-            for code in codes[i:i + batch]:
+            for code in codes[i : i + batch]:
                 try:
                     self.__getitem__(code)
                 except ExchangeError as exc:
                     self.failed[code] = exc.message
-                    log.error("keys.unusable", agency=code, detail=exc.message,
-                              hint="fix the key/cert paths of this agency in [[agencies]]; the node cannot sign for it")
+                    log.error(
+                        "keys.unusable",
+                        agency=code,
+                        detail=exc.message,
+                        hint="fix the key/cert paths of this agency in [[agencies]]; the node cannot sign for it",
+                    )
             await asyncio.sleep(0)
         log.info("keys.loaded", agencies=len(self._loaded), failed=len(self.failed))
 
@@ -158,8 +162,14 @@ async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> Ex
     store = open_store(cfg.store_url)
     await store.open()
     return ExchangeService(
-        node=cfg.name, directory=directory, store=store, signers=signers, verifier=verifier,
-        limits=cfg.limits, max_attempts=cfg.amqp.max_attempts, retry_delays=cfg.amqp.retry_delays,
+        node=cfg.name,
+        directory=directory,
+        store=store,
+        signers=signers,
+        verifier=verifier,
+        limits=cfg.limits,
+        max_attempts=cfg.amqp.max_attempts,
+        retry_delays=cfg.amqp.retry_delays,
         metrics=metrics,
     )
 
@@ -199,8 +209,9 @@ def quiet_reconnect_attempts() -> None:
 class Node:
     """Assemble and run everything one ``exchange serve`` process does."""
 
-    def __init__(self, config: NodeConfig, *, serve_http: bool = True, metrics: object | None = None,
-                 workers: int = 16) -> None:
+    def __init__(
+        self, config: NodeConfig, *, serve_http: bool = True, metrics: object | None = None, workers: int = 16
+    ) -> None:
         self.config = config
         self.serve_http = serve_http
         self.metrics = metrics
@@ -246,8 +257,12 @@ class Node:
                 service.adapters[agency.code] = adapter
             if isinstance(service.signers, LazySigners) and service.signers.loaded < len(service.signers):
                 self._tasks.append(asyncio.create_task(service.signers.warm(), name="keys-warm"))
-            self.relay = OutboxRelay(service.store, service.outbox_event,
-                                     confirm_timeout=self.config.amqp.confirm_timeout, metrics=self.metrics)
+            self.relay = OutboxRelay(
+                service.store,
+                service.outbox_event,
+                confirm_timeout=self.config.amqp.confirm_timeout,
+                metrics=self.metrics,
+            )
             self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
             if self.metrics is not None:
@@ -255,8 +270,9 @@ class Node:
         except BaseException:
             await self.stop(step_timeout=5.0)
             raise
-        log.info("node.started", node=self.config.name, agencies=[a.code for a in self.config.agencies],
-                 http=self.http_url)
+        log.info(
+            "node.started", node=self.config.name, agencies=[a.code for a in self.config.agencies], http=self.http_url
+        )
 
     def _check_http_port(self) -> None:
         """Fail at once if the gateway's port is taken (the real bind in _start_http checks again)."""
@@ -279,13 +295,17 @@ class Node:
 
     def _bind_error(self, exc: OSError) -> ConfigError:
         http = self.config.http
-        hint = "choose another with --port N, [http] port in the node's TOML, or EXCHANGE__HTTP__PORT (0: any free port)"
+        hint = (
+            "choose another with --port N, [http] port in the node's TOML, or EXCHANGE__HTTP__PORT (0: any free port)"
+        )
         if exc.errno == errno.EADDRINUSE:
             return PortInUseError(
                 f"HTTP port {http.port} on {http.host} is already in use (another node or program holds it); "
-                f"stop it or {hint}")
-        return ConfigError(f"cannot listen on {http.host}:{http.port} ({exc.strerror or exc}); "
-                           f"check [http] host, or {hint}")
+                f"stop it or {hint}"
+            )
+        return ConfigError(
+            f"cannot listen on {http.host}:{http.port} ({exc.strerror or exc}); check [http] host, or {hint}"
+        )
 
     async def _start_http(self) -> None:
         from aiohttp import web
@@ -297,8 +317,13 @@ class Node:
         assert self.service is not None
         http = self.config.http
         app = create_app(self.service, http=http, metrics=self.metrics, readiness=self.readiness)
-        console.mount(app, self.service, self.config, readiness=self.readiness,  # /console (docs/CONSOLE.md)
-                      amqp_ssl=amqp_ssl_context(self.config))
+        console.mount(
+            app,
+            self.service,
+            self.config,
+            readiness=self.readiness,  # /console (docs/CONSOLE.md)
+            amqp_ssl=amqp_ssl_context(self.config),
+        )
         self._runner = GatewayRunner(app, access_log=None)  # problem+json for what aiohttp cannot parse
         await self._runner.setup()
         ctx = None
@@ -334,8 +359,12 @@ class Node:
                     raise
                 except Exception as exc:
                     self._set_gauge("broker_up", 0)
-                    log.warning("broker.unreachable", error=type(exc).__name__, retry_in=backoff,
-                                hint="is RabbitMQ running? deploy/setup.sh starts it")
+                    log.warning(
+                        "broker.unreachable",
+                        error=type(exc).__name__,
+                        retry_in=backoff,
+                        hint="is RabbitMQ running? deploy/setup.sh starts it",
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
@@ -346,9 +375,14 @@ class Node:
                 raise
             except Exception as exc:
                 self._set_gauge("broker_up", 0)
-                log.error("broker.setup_failed", error=type(exc).__name__, detail=str(exc)[:500], retry_in=backoff,
-                          hint="the broker refused the node's topology or went away while it was declared; "
-                               "fix what the detail names (e.g. delete a queue declared with other arguments)")
+                log.error(
+                    "broker.setup_failed",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:500],
+                    retry_in=backoff,
+                    hint="the broker refused the node's topology or went away while it was declared; "
+                    "fix what the detail names (e.g. delete a queue declared with other arguments)",
+                )
                 await self._tear_down()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -387,9 +421,15 @@ class Node:
         hosted = [a.code for a in cfg.agencies]
         ledger = self._binding_ledger()
         self.topology = await declare(
-            publish, prefix=cfg.amqp.prefix, node=cfg.name, agencies=hosted,
-            retry_delays=cfg.amqp.retry_delays, delivery_limit=cfg.amqp.delivery_limit,
-            connection=connection, stale=ledger.previous(), bound=ledger.previous(),
+            publish,
+            prefix=cfg.amqp.prefix,
+            node=cfg.name,
+            agencies=hosted,
+            retry_delays=cfg.amqp.retry_delays,
+            delivery_limit=cfg.amqp.delivery_limit,
+            connection=connection,
+            stale=ledger.previous(),
+            bound=ledger.previous(),
         )
         ledger.record(hosted)
         consume = await connection.channel()
@@ -400,9 +440,15 @@ class Node:
         }
         self._consume_channel = consume
         self._publish_channel = publish
-        self.consumer = Consumer(self.service, self.topology, self.topology.retry, self.topology.dlx,
-                                 workers=self.workers, confirm_timeout=cfg.amqp.confirm_timeout,
-                                 metrics=self.metrics)
+        self.consumer = Consumer(
+            self.service,
+            self.topology,
+            self.topology.retry,
+            self.topology.dlx,
+            workers=self.workers,
+            confirm_timeout=cfg.amqp.confirm_timeout,
+            metrics=self.metrics,
+        )
         await self.consumer.start(consume_queues)
         self.relay.exchange = self.topology.route
         if self.migration is None or self.migration.done():
@@ -431,8 +477,10 @@ class Node:
             lost = isinstance(exc, (ConnectionError, aio_pika.exceptions.AMQPConnectionError))
             (log.info if lost else log.error)(
                 "topology.migration_interrupted" if lost else "topology.migration_failed",
-                error=type(exc).__name__, detail=str(exc)[:500],
-                hint="legacy queues keep their messages; the next start tries again")
+                error=type(exc).__name__,
+                detail=str(exc)[:500],
+                hint="legacy queues keep their messages; the next start tries again",
+            )
             return 0
 
     async def _tear_down(self, timeout: float = 10.0) -> None:
@@ -463,8 +511,11 @@ class Node:
     def _on_broker_reconnected(self) -> None:
         """The robust connection is back after an outage: one line, however many attempts it took."""
         lost_at, self._lost_at = self._lost_at, None
-        log.info("broker.reconnected", prefix=self.config.amqp.prefix,
-                 outage_seconds=round(time.monotonic() - lost_at, 1) if lost_at is not None else None)
+        log.info(
+            "broker.reconnected",
+            prefix=self.config.amqp.prefix,
+            outage_seconds=round(time.monotonic() - lost_at, 1) if lost_at is not None else None,
+        )
         self._on_broker_back()
 
     def _on_broker_back(self) -> None:
@@ -491,12 +542,16 @@ class Node:
             await self.service.store.ping()
         except Exception:
             store_ok = False
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         signers = self.service.signers
-        certificates = ([signers.certificate(c) for c in signers] if isinstance(signers, LazySigners)
-                        else [s.certificate for s in signers.values()])
+        certificates = (
+            [signers.certificate(c) for c in signers]
+            if isinstance(signers, LazySigners)
+            else [s.certificate for s in signers.values()]
+        )
         keys_ok = all(c.not_valid_before_utc <= now < c.not_valid_after_utc for c in certificates) and not (
-            isinstance(signers, LazySigners) and signers.failed)
+            isinstance(signers, LazySigners) and signers.failed
+        )
         broker_ok = self._connected.is_set() and self.connection is not None and not self.connection.is_closed
         return {"broker": broker_ok, "store": store_ok, "keys": keys_ok}
 
@@ -510,11 +565,13 @@ class Node:
                 size, oldest = await self.service.store.outbox_stats()
                 self._set_gauge("outbox_size", size)
                 self._set_gauge("outbox_oldest_age_seconds", oldest or 0)
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 signers = self.service.signers
                 for code in signers:
                     cert = signers.certificate(code) if isinstance(signers, LazySigners) else signers[code].certificate
-                    self._set_gauge("certificate_expiry_seconds", (cert.not_valid_after_utc - now).total_seconds(), code)
+                    self._set_gauge(
+                        "certificate_expiry_seconds", (cert.not_valid_after_utc - now).total_seconds(), code
+                    )
                 await self._store_gauges()
                 if self.topology is not None and self._connected.is_set():
                     await self._queue_gauges()
@@ -531,7 +588,7 @@ class Node:
         assert self.service is not None
         for state, count in (await self.service.store.delivery_counts()).items():
             self._set_gauge("deliveries_by_state", count, state)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         oldest = await ConsoleData(self.service.store).oldest_unreceipted_by_agency()
         ages = {agency: max((now - at).total_seconds(), 0.0) for agency, at in oldest.items()}
         for agency in self._unreceipted_agencies - set(ages):

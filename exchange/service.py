@@ -147,7 +147,7 @@ def replay_of(receipt: ReceiptInfo) -> str | None:
     if receipt.outcome is ReceiptOutcome.DELIVERED and receipt.reason_code == REPLAYED:
         return receipt.reason
     if receipt.outcome is ReceiptOutcome.FAILED and receipt.reason.startswith(AFTER_REPLAY):
-        return receipt.reason[len(AFTER_REPLAY):].partition("): ")[0]
+        return receipt.reason[len(AFTER_REPLAY) :].partition("): ")[0]
     return None
 
 
@@ -185,10 +185,20 @@ def record_of(signed: SignedEnvelope, direction: Direction) -> MessageRecord:
     elif h.receipt is not None:
         relates = h.receipt.response_for
     return MessageRecord(
-        message_id=h.message_id, kind=h.kind.value, operation=h.operation.value, sender=h.sender.code,
-        recipients=tuple(r.code for r in h.recipients), direction=direction, created_at=h.created_at,
-        envelope_xml=signed.xml, digest=signed.digest, priority=int(h.priority), subject=subject,
-        relates_to=relates, correlation_id=h.correlation_id, document_id=document_id,
+        message_id=h.message_id,
+        kind=h.kind.value,
+        operation=h.operation.value,
+        sender=h.sender.code,
+        recipients=tuple(r.code for r in h.recipients),
+        direction=direction,
+        created_at=h.created_at,
+        envelope_xml=signed.xml,
+        digest=signed.digest,
+        priority=int(h.priority),
+        subject=subject,
+        relates_to=relates,
+        correlation_id=h.correlation_id,
+        document_id=document_id,
     )
 
 
@@ -271,8 +281,14 @@ class ExchangeService:
         lane = lane_of(h)
         headers = {"x-sender": h.sender.code, "x-kind": h.kind.value, "x-correlation-id": h.correlation_id}
         return [
-            OutboxItem(message_id=h.message_id, recipient=r.code, routing_key=routing_key(r.code, lane),
-                       body=body, headers={**headers, "x-recipient": r.code}, priority=int(h.priority))
+            OutboxItem(
+                message_id=h.message_id,
+                recipient=r.code,
+                routing_key=routing_key(r.code, lane),
+                body=body,
+                headers={**headers, "x-recipient": r.code},
+                priority=int(h.priority),
+            )
             for r in h.recipients
         ]
 
@@ -299,12 +315,22 @@ class ExchangeService:
         if len(set(names)) != len(names):
             raise AttachmentError("two attachments have the same name; give each file a distinct name")
 
-    async def _accept(self, signed: SignedEnvelope, *, idempotency_key: str | None, track: bool,
-                      idempotency_fingerprint: str | None = None) -> SubmitResult:
+    async def _accept(
+        self,
+        signed: SignedEnvelope,
+        *,
+        idempotency_key: str | None,
+        track: bool,
+        idempotency_fingerprint: str | None = None,
+    ) -> SubmitResult:
         h = signed.envelope.header
         mid, created = await self.store.accept_outgoing(
-            record_of(signed, Direction.OUT), self._items(signed), attachments=content_addressed(signed),
-            idempotency_key=idempotency_key, track=track, idempotency_fingerprint=idempotency_fingerprint,
+            record_of(signed, Direction.OUT),
+            self._items(signed),
+            attachments=content_addressed(signed),
+            idempotency_key=idempotency_key,
+            track=track,
+            idempotency_fingerprint=idempotency_fingerprint,
         )
         if created:
             self.outbox_event.set()
@@ -350,22 +376,39 @@ class ExchangeService:
                 raise ConflictError(f"{document.relates_to} is a revocation; it cannot be {operation.value}d")
         attachments = tuple(Attachment.of(f.name, f.data, f.media_type, description=f.description) for f in files)
         envelope = Envelope(
-            Header(message_id=new_message_id(), kind=Kind.DOCUMENT, sender=self._ref(sender),
-                   recipients=tuple(self._ref(c) for c in codes), created_at=self.clock(),
-                   operation=operation, correlation_id=correlation_id, document=document),
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.DOCUMENT,
+                sender=self._ref(sender),
+                recipients=tuple(self._ref(c) for c in codes),
+                created_at=self.clock(),
+                operation=operation,
+                correlation_id=correlation_id,
+                document=document,
+            ),
             attachments,
         )
         signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files)})
-        result = await self._accept(signed, idempotency_key=idempotency_key, track=True,
-                                    idempotency_fingerprint=idempotency_fingerprint)
+        result = await self._accept(
+            signed, idempotency_key=idempotency_key, track=True, idempotency_fingerprint=idempotency_fingerprint
+        )
         if result.created and operation is not Operation.NEW:
             for code in codes:
                 await self.store.record_event(
-                    document.relates_to or "", code, f"{operation.value}-sent", at=envelope.header.created_at,
+                    document.relates_to or "",
+                    code,
+                    f"{operation.value}-sent",
+                    at=envelope.header.created_at,
                     detail=f"by {result.message_id}",
                 )
-        log.info("document.submitted", message_id=result.message_id, sender=sender, recipients=codes,
-                 operation=operation.value, created=result.created)
+        log.info(
+            "document.submitted",
+            message_id=result.message_id,
+            sender=sender,
+            recipients=codes,
+            operation=operation.value,
+            created=result.created,
+        )
         return result
 
     async def submit_status(
@@ -393,24 +436,49 @@ class ExchangeService:
         _, original = parse_envelope(received.envelope_xml)
         assert original.header.document is not None
         now = self.clock()
-        envelope = Envelope(Header(
-            message_id=new_message_id(), kind=Kind.STATUS, sender=self._ref(agency),
-            recipients=(self._ref(received.sender),), created_at=now,
-            correlation_id=correlation_id or received.correlation_id,
-            status=StatusInfo(response_for=document_message_id, code=code, description=description,
-                              staff=staff, timestamp=now,
-                              # what the sender's E-Office knows the document by (edXML ResponseFor)
-                              document_ref=reference_of(received.sender, original.header.document,
-                                                        original.header.created_at)),
-        ))
-        result = await self._accept(self._sign(envelope, {}), idempotency_key=idempotency_key, track=True,
-                                    idempotency_fingerprint=idempotency_fingerprint)
-        log.info("status.submitted", message_id=result.message_id, sender=agency, recipient=received.sender,
-                 response_for=document_message_id, status=code.value)
+        envelope = Envelope(
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.STATUS,
+                sender=self._ref(agency),
+                recipients=(self._ref(received.sender),),
+                created_at=now,
+                correlation_id=correlation_id or received.correlation_id,
+                status=StatusInfo(
+                    response_for=document_message_id,
+                    code=code,
+                    description=description,
+                    staff=staff,
+                    timestamp=now,
+                    # what the sender's E-Office knows the document by (edXML ResponseFor)
+                    document_ref=reference_of(received.sender, original.header.document, original.header.created_at),
+                ),
+            )
+        )
+        result = await self._accept(
+            self._sign(envelope, {}),
+            idempotency_key=idempotency_key,
+            track=True,
+            idempotency_fingerprint=idempotency_fingerprint,
+        )
+        log.info(
+            "status.submitted",
+            message_id=result.message_id,
+            sender=agency,
+            recipient=received.sender,
+            response_for=document_message_id,
+            status=code.value,
+        )
         return result
 
-    async def submit_edxml(self, agency: str, package: bytes, *, idempotency_key: str | None = None,
-                           idempotency_fingerprint: str | None = None) -> SubmitResult:
+    async def submit_edxml(
+        self,
+        agency: str,
+        package: bytes,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_fingerprint: str | None = None,
+    ) -> SubmitResult:
         """Import a QCVN 102 edXML package sent by ``agency`` and send it as an envelope."""
         from exchange.envelope.edxml import import_package
 
@@ -429,40 +497,74 @@ class ExchangeService:
                 if record is None:
                     raise NotFoundError(
                         f"{agency} {'received' if direction is Direction.IN else 'sent'} no document with "
-                        f"DocumentId {document_id!r}; check the package's ResponseFor / ReplacementInfo")
+                        f"DocumentId {document_id!r}; check the package's ResponseFor / ReplacementInfo"
+                    )
                 found[document_id] = record.message_id
-            imported = await asyncio.to_thread(import_package, package, agencies=self.directory,
-                                               resolve=found.get)
+            imported = await asyncio.to_thread(import_package, package, agencies=self.directory, resolve=found.get)
             h = imported.envelope.header
         if h.kind is Kind.STATUS and h.status is not None:
-            return await self.submit_status(agency, h.status.response_for, h.status.code,
-                                            description=h.status.description, staff=h.status.staff,
-                                            idempotency_key=idempotency_key,
-                                            idempotency_fingerprint=idempotency_fingerprint)
+            return await self.submit_status(
+                agency,
+                h.status.response_for,
+                h.status.code,
+                description=h.status.description,
+                staff=h.status.staff,
+                idempotency_key=idempotency_key,
+                idempotency_fingerprint=idempotency_fingerprint,
+            )
         if h.document is None:
             raise BadRequestError("an edXML package must be a document or a status package")
         by_id = {a.id: a for a in imported.envelope.attachments}
-        files = [OutgoingFile(by_id[i].name, data, by_id[i].media_type, by_id[i].description)
-                 for i, data in imported.attachment_data.items()]
-        result = await self.submit_document(agency, [r.code for r in h.recipients], h.document, files,
-                                            operation=h.operation, idempotency_key=idempotency_key,
-                                            idempotency_fingerprint=idempotency_fingerprint)
+        files = [
+            OutgoingFile(by_id[i].name, data, by_id[i].media_type, by_id[i].description)
+            for i, data in imported.attachment_data.items()
+        ]
+        result = await self.submit_document(
+            agency,
+            [r.code for r in h.recipients],
+            h.document,
+            files,
+            operation=h.operation,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+        )
         # Recipients the package names but the bus cannot route to (docs/EDXML.md): said, never dropped silently.
-        refused = tuple({"organ_id": r.organ_id, "element": r.path, "code": r.code, "reason": r.reason}
-                        for r in imported.refused)
+        refused = tuple(
+            {"organ_id": r.organ_id, "element": r.path, "code": r.code, "reason": r.reason} for r in imported.refused
+        )
         return replace(result, refused=refused) if refused else result
 
-    def _receipt(self, recipient: str, received: Envelope | None, sender: str, response_for: str,
-                 outcome: ReceiptOutcome, *, digest: str = "", reason_code: str = "",
-                 reason: str = "") -> tuple[MessageRecord, OutboxItem]:
+    def _receipt(
+        self,
+        recipient: str,
+        received: Envelope | None,
+        sender: str,
+        response_for: str,
+        outcome: ReceiptOutcome,
+        *,
+        digest: str = "",
+        reason_code: str = "",
+        reason: str = "",
+    ) -> tuple[MessageRecord, OutboxItem]:
         """A receipt signed by ``recipient`` for ``sender``, ready for the outbox."""
-        envelope = Envelope(Header(
-            message_id=new_message_id(), kind=Kind.RECEIPT, sender=self._ref(recipient),
-            recipients=(self._ref(sender),), created_at=self.clock(),
-            correlation_id=received.header.correlation_id if received else "",
-            receipt=ReceiptInfo(response_for=response_for, outcome=outcome, envelope_digest=digest,
-                                reason_code=reason_code, reason=reason[:1000]),
-        ), trace=self._receipt_trace(received))
+        envelope = Envelope(
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.RECEIPT,
+                sender=self._ref(recipient),
+                recipients=(self._ref(sender),),
+                created_at=self.clock(),
+                correlation_id=received.header.correlation_id if received else "",
+                receipt=ReceiptInfo(
+                    response_for=response_for,
+                    outcome=outcome,
+                    envelope_digest=digest,
+                    reason_code=reason_code,
+                    reason=reason[:1000],
+                ),
+            ),
+            trace=self._receipt_trace(received),
+        )
         signed = self._sign(envelope, {})
         (item,) = self._items(signed)
         return record_of(signed, Direction.OUT), item
@@ -478,8 +580,16 @@ class ExchangeService:
 
     # -- receiving ------------------------------------------------------------------
 
-    async def receive(self, recipient: str, xml: bytes, attachments: Mapping[str, bytes], *, attempt: int = 1,
-                      replay: Replay | None = None, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
+    async def receive(
+        self,
+        recipient: str,
+        xml: bytes,
+        attachments: Mapping[str, bytes],
+        *,
+        attempt: int = 1,
+        replay: Replay | None = None,
+        hops: tuple[Hop, ...] = (),
+    ) -> ReceiveResult:
         """Verify, deduplicate, persist and hand over one envelope for hosted agency ``recipient``.
 
         ``xml`` and ``attachments`` are what the transport unpacked from its frame; ``attempt``
@@ -501,8 +611,15 @@ class ExchangeService:
                 raise
             return await self._refuse_after_error(recipient, xml, exc)
 
-    async def _receive(self, recipient: str, xml: bytes, attachments: Mapping[str, bytes], attempt: int,
-                       replay: Replay | None, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
+    async def _receive(
+        self,
+        recipient: str,
+        xml: bytes,
+        attachments: Mapping[str, bytes],
+        attempt: int,
+        replay: Replay | None,
+        hops: tuple[Hop, ...] = (),
+    ) -> ReceiveResult:
         if recipient not in self.hosted:
             return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
         try:
@@ -521,37 +638,51 @@ class ExchangeService:
         h = env.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
         if recipient not in {r.code for r in h.recipients}:
-            return ReceiveResult(Received.PERMANENT, "recipient-mismatch",
-                                 f"routed to {recipient} but addressed to others", **base)
+            return ReceiveResult(
+                Received.PERMANENT, "recipient-mismatch", f"routed to {recipient} but addressed to others", **base
+            )
         age = abs((self.clock() - h.created_at).total_seconds())
         # A replay of a delivery that failed here is no captured-and-resent envelope: our own
         # record of it is older than any window, so the window does not apply to it.
         if age > self.limits.replay_window_seconds and not (
-                replay is not None and await self.store.incoming_state(h.message_id, recipient) is InboxState.FAILED):
-            await self._ndr_if_possible(recipient, env, signed.digest, "envelope-stale",
-                                        f"created {h.created_at.isoformat()}, outside the recipient's replay window "
-                                        f"of {self.limits.replay_window_seconds} s")
-            return ReceiveResult(Received.PERMANENT, "envelope-stale", "created time outside the replay window",
-                                 **base)
+            replay is not None and await self.store.incoming_state(h.message_id, recipient) is InboxState.FAILED
+        ):
+            await self._ndr_if_possible(
+                recipient,
+                env,
+                signed.digest,
+                "envelope-stale",
+                f"created {h.created_at.isoformat()}, outside the recipient's replay window "
+                f"of {self.limits.replay_window_seconds} s",
+            )
+            return ReceiveResult(Received.PERMANENT, "envelope-stale", "created time outside the replay window", **base)
 
         record = record_of(signed, Direction.IN)
         is_new = await self.store.accept_incoming(record, recipient, attachments=content_addressed(signed))
         if not is_new:
             state = await self.store.incoming_state(h.message_id, recipient)
             if state is InboxState.FAILED and replay is not None:
-                if await self.store.reopen_incoming(h.message_id, recipient,
-                                                    reason=f"replay {replay.count}: {replay.reason}"):
-                    log.info("replay.reopened", **base, recipient=recipient, replay=replay.count,
-                             reason=replay.reason)
+                if await self.store.reopen_incoming(
+                    h.message_id, recipient, reason=f"replay {replay.count}: {replay.reason}"
+                ):
+                    log.info("replay.reopened", **base, recipient=recipient, replay=replay.count, reason=replay.reason)
                     return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
                 state = None  # another copy of the replay reopened it first and is handing it over
             self._metric("duplicates_suppressed", recipient)
             if state in (InboxState.HANDED_OVER, InboxState.ACKED):
                 if h.kind is not Kind.RECEIPT:
-                    await self._send_receipt(self._receipt(recipient, env, h.sender.code, h.message_id,
-                                                           ReceiptOutcome.DELIVERED, digest=signed.digest))
-                log.info("duplicate.suppressed", **base, recipient=recipient, state=state.value,
-                         replay=replay.count if replay else 0)
+                    await self._send_receipt(
+                        self._receipt(
+                            recipient, env, h.sender.code, h.message_id, ReceiptOutcome.DELIVERED, digest=signed.digest
+                        )
+                    )
+                log.info(
+                    "duplicate.suppressed",
+                    **base,
+                    recipient=recipient,
+                    state=state.value,
+                    replay=replay.count if replay else 0,
+                )
                 return ReceiveResult(Received.DUPLICATE, "duplicate", **base)
             if state is InboxState.FAILED:
                 return ReceiveResult(Received.DUPLICATE, "duplicate-of-failed", **base)
@@ -560,8 +691,16 @@ class ExchangeService:
             # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
         return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
 
-    async def _after_dedupe(self, recipient: str, signed: SignedEnvelope, attempt: int, base: dict[str, str],
-                            replay: Replay | None, hops: tuple[Hop, ...] = (), is_new: bool = True) -> ReceiveResult:
+    async def _after_dedupe(
+        self,
+        recipient: str,
+        signed: SignedEnvelope,
+        attempt: int,
+        base: dict[str, str],
+        replay: Replay | None,
+        hops: tuple[Hop, ...] = (),
+        is_new: bool = True,
+    ) -> ReceiveResult:
         env = signed.envelope
         h = env.header
         if h.kind is Kind.RECEIPT:
@@ -574,15 +713,21 @@ class ExchangeService:
             await self.store.complete_incoming(h.message_id, recipient, InboxState.ACKED)
             return ReceiveResult(Received.DELIVERED, **base)
         if h.kind is Kind.STATUS and h.status is not None:
-            await self.store.record_event(h.status.response_for, h.sender.code, f"status:{h.status.code.value}",
-                                          at=h.created_at, status_code=h.status.code.value,
-                                          detail=h.status.description[:500])
+            await self.store.record_event(
+                h.status.response_for,
+                h.sender.code,
+                f"status:{h.status.code.value}",
+                at=h.created_at,
+                status_code=h.status.code.value,
+                detail=h.status.description[:500],
+            )
             if is_new and hops:
                 await self._record_hops(h.status.response_for, h.sender.code, (), (), status=tuple(hops))
         return await self._hand_over(recipient, signed, attempt, base, replay)
 
-    async def _hand_over(self, recipient: str, signed: SignedEnvelope, attempt: int,
-                         base: dict[str, str], replay: Replay | None = None) -> ReceiveResult:
+    async def _hand_over(
+        self, recipient: str, signed: SignedEnvelope, attempt: int, base: dict[str, str], replay: Replay | None = None
+    ) -> ReceiveResult:
         env = signed.envelope
         h = env.header
         adapter = self.adapters.get(recipient)
@@ -593,17 +738,31 @@ class ExchangeService:
                 result = await adapter.deliver(Incoming(recipient, env, signed.xml, signed.attachment_data, attempt))
             except Exception as exc:  # an adapter bug or outage is transient: the bus retries
                 # The exception's text is this node's business: the sender's receipt gets a fixed text.
-                log.warning("adapter.error", **base, recipient=recipient, error=type(exc).__name__,
-                            detail=str(exc)[:300])
-                result = DeliveryResult.transient(f"the {recipient} adapter failed ({type(exc).__name__})",
-                                                  "adapter-error")
+                log.warning(
+                    "adapter.error", **base, recipient=recipient, error=type(exc).__name__, detail=str(exc)[:300]
+                )
+                result = DeliveryResult.transient(
+                    f"the {recipient} adapter failed ({type(exc).__name__})", "adapter-error"
+                )
         answer = h.kind is not Kind.RECEIPT  # a receipt is never answered with a receipt
         if result.outcome is Outcome.DELIVERED:
             await self.store.complete_incoming(
-                h.message_id, recipient, InboxState.HANDED_OVER,
-                receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.DELIVERED,
-                                      digest=signed.digest, reason_code=REPLAYED if replay else "",
-                                      reason=replay.reason if replay else "") if answer else None)
+                h.message_id,
+                recipient,
+                InboxState.HANDED_OVER,
+                receipt=self._receipt(
+                    recipient,
+                    env,
+                    h.sender.code,
+                    h.message_id,
+                    ReceiptOutcome.DELIVERED,
+                    digest=signed.digest,
+                    reason_code=REPLAYED if replay else "",
+                    reason=replay.reason if replay else "",
+                )
+                if answer
+                else None,
+            )
             self.outbox_event.set()
             log.info("delivered", **base, recipient=recipient, attempt=attempt, replay=replay.count if replay else 0)
             return ReceiveResult(Received.DELIVERED, **base)
@@ -611,13 +770,30 @@ class ExchangeService:
             log.info("delivery.retry", **base, recipient=recipient, attempt=attempt, reason=result.reason_code)
             return ReceiveResult(Received.TRANSIENT, result.reason_code, result.reason, **base)
         code = result.reason_code if result.outcome is Outcome.PERMANENT else "retries-exhausted"
-        reason = result.reason if result.outcome is Outcome.PERMANENT else (
-            f"gave up after {attempt} attempts: {result.reason}")
+        reason = (
+            result.reason
+            if result.outcome is Outcome.PERMANENT
+            else (f"gave up after {attempt} attempts: {result.reason}")
+        )
         told = f"{AFTER_REPLAY}{replay.reason}): {reason}" if replay else reason
         await self.store.complete_incoming(
-            h.message_id, recipient, InboxState.FAILED, reason=reason,
-            receipt=self._receipt(recipient, env, h.sender.code, h.message_id, ReceiptOutcome.FAILED,
-                                  digest=signed.digest, reason_code=code, reason=told) if answer else None)
+            h.message_id,
+            recipient,
+            InboxState.FAILED,
+            reason=reason,
+            receipt=self._receipt(
+                recipient,
+                env,
+                h.sender.code,
+                h.message_id,
+                ReceiptOutcome.FAILED,
+                digest=signed.digest,
+                reason_code=code,
+                reason=told,
+            )
+            if answer
+            else None,
+        )
         self.outbox_event.set()
         log.warning("delivery.failed", **base, recipient=recipient, reason_code=code)
         return ReceiveResult(Received.PERMANENT, code, reason, **base)
@@ -632,36 +808,67 @@ class ExchangeService:
         if replayed is not None:
             # An operator replayed the dead letter at the recipient: the failed delivery runs again.
             # replay: only a delivery that is failed moves (a repeated receipt finds it closed otherwise).
-            await self.store.record_event(receipt.response_for, sender, "replayed", at=env.header.created_at,
-                                          state=DeliveryState.QUEUED, detail=replayed[:1000], replay=True)
+            await self.store.record_event(
+                receipt.response_for,
+                sender,
+                "replayed",
+                at=env.header.created_at,
+                state=DeliveryState.QUEUED,
+                detail=replayed[:1000],
+                replay=True,
+            )
         # only_if_open: a receipt re-sent for a duplicate finds the delivery closed and adds nothing.
         known = await self.store.record_event(
-            receipt.response_for, sender, receipt.outcome.value, at=env.header.created_at,
-            state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED, detail=detail[:1000],
-            only_if_open=True, reopen=not delivered and receipt.reason_code == EOFFICE_REFUSED)
+            receipt.response_for,
+            sender,
+            receipt.outcome.value,
+            at=env.header.created_at,
+            state=DeliveryState.DELIVERED if delivered else DeliveryState.FAILED,
+            detail=detail[:1000],
+            only_if_open=True,
+            reopen=not delivered and receipt.reason_code == EOFFICE_REFUSED,
+        )
         if known:
             await self._record_hops(receipt.response_for, sender, env.trace, return_hops)
             original = await self.store.get_message(receipt.response_for, Direction.OUT)
             if delivered and original is not None and receipt.envelope_digest != original.digest:
                 log.error("receipt.digest_mismatch", message_id=receipt.response_for, recipient=sender)
-                await self.store.record_event(receipt.response_for, sender, "receipt-digest-mismatch",
-                                              at=self.clock(), detail=receipt.envelope_digest)
+                await self.store.record_event(
+                    receipt.response_for,
+                    sender,
+                    "receipt-digest-mismatch",
+                    at=self.clock(),
+                    detail=receipt.envelope_digest,
+                )
             self._metric("deliveries", sender, receipt.outcome.value)
             if original is not None and self.metrics is not None:
                 latency = (env.header.created_at - original.created_at).total_seconds()
                 self.metrics.delivery_latency.labels(sender).observe(max(latency, 0.0))
                 in_flight = (self.clock() - env.header.created_at).total_seconds()
                 self.metrics.receipt_latency.labels(sender).observe(max(in_flight, 0.0))
-        log.info("receipt.received", message_id=receipt.response_for, sender=recipient, recipient=sender,
-                 outcome=receipt.outcome.value)
+        log.info(
+            "receipt.received",
+            message_id=receipt.response_for,
+            sender=recipient,
+            recipient=sender,
+            outcome=receipt.outcome.value,
+        )
 
-    async def _record_hops(self, message_id: str, recipient: str, forward: tuple[Hop, ...],
-                           back: tuple[Hop, ...], *, status: tuple[Hop, ...] = ()) -> None:
+    async def _record_hops(
+        self,
+        message_id: str,
+        recipient: str,
+        forward: tuple[Hop, ...],
+        back: tuple[Hop, ...],
+        *,
+        status: tuple[Hop, ...] = (),
+    ) -> None:
         """The hub hops of a delivery on the sender's timeline: the document's way there, the way back."""
         for way, hops in (("document", forward), ("receipt", back), ("status", status)):
             for hop in hops:
-                await self.store.record_event(message_id, recipient, "hop", at=hop.at,
-                                              detail=f"{way} via {hop.node}"[:500])
+                await self.store.record_event(
+                    message_id, recipient, "hop", at=hop.at, detail=f"{way} via {hop.node}"[:500]
+                )
 
     async def _refuse_unverified(self, recipient: str, xml: bytes, exc: ExchangeError) -> ReceiveResult:
         """An envelope that fails verification is never delivered; tell the claimed sender if we can."""
@@ -691,9 +898,11 @@ class ExchangeService:
 
             _, claimed = parse_envelope(xml)
         except Exception as again:
-            return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR,
-                                 f"{detail}; no non-delivery receipt: the envelope cannot be read "
-                                 f"({type(again).__name__})")
+            return ReceiveResult(
+                Received.PERMANENT,
+                RECEIVE_ERROR,
+                f"{detail}; no non-delivery receipt: the envelope cannot be read ({type(again).__name__})",
+            )
         h = claimed.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
         try:
@@ -702,12 +911,24 @@ class ExchangeService:
                 # It reached the E-Office (and its receipt is enqueued) before the failure.
                 return ReceiveResult(Received.DELIVERED, RECEIVE_ERROR, detail, **base)
             answer = h.kind is not Kind.RECEIPT and h.sender.code in self.directory and state is not InboxState.FAILED
-            receipt = self._receipt(recipient, claimed, h.sender.code, h.message_id, ReceiptOutcome.FAILED,
-                                    digest=hashlib.sha256(xml).hexdigest(), reason_code=RECEIVE_ERROR,
-                                    reason=RECEIVE_ERROR_TEXT) if answer else None
+            receipt = (
+                self._receipt(
+                    recipient,
+                    claimed,
+                    h.sender.code,
+                    h.message_id,
+                    ReceiptOutcome.FAILED,
+                    digest=hashlib.sha256(xml).hexdigest(),
+                    reason_code=RECEIVE_ERROR,
+                    reason=RECEIVE_ERROR_TEXT,
+                )
+                if answer
+                else None
+            )
             if state is InboxState.RECEIVED:
-                await self.store.complete_incoming(h.message_id, recipient, InboxState.FAILED, reason=detail,
-                                                   receipt=receipt)
+                await self.store.complete_incoming(
+                    h.message_id, recipient, InboxState.FAILED, reason=detail, receipt=receipt
+                )
             elif receipt is not None:
                 await self.store.accept_outgoing(receipt[0], [receipt[1]], track=False)
             self.outbox_event.set()
@@ -716,24 +937,39 @@ class ExchangeService:
         except Exception as again:
             if is_infrastructure_error(again):
                 raise  # the store is away: hold the message, answer it when the store is back
-            log.error("receive.ndr_failed", **base, recipient=recipient, error=type(again).__name__,
-                      detail=str(again)[:300])
-            return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR,
-                                 f"{detail}; the non-delivery receipt failed too ({type(again).__name__})", **base)
+            log.error(
+                "receive.ndr_failed", **base, recipient=recipient, error=type(again).__name__, detail=str(again)[:300]
+            )
+            return ReceiveResult(
+                Received.PERMANENT,
+                RECEIVE_ERROR,
+                f"{detail}; the non-delivery receipt failed too ({type(again).__name__})",
+                **base,
+            )
         return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, detail, **base)
 
     async def _ndr_if_possible(self, recipient: str, env: Envelope, digest: str, code: str, reason: str) -> None:
         h = env.header
         if h.kind is Kind.RECEIPT or h.sender.code not in self.directory:
             return  # never answer a receipt; never write to an agency we do not know
-        await self._send_receipt(self._receipt(recipient, env, h.sender.code, h.message_id,
-                                               ReceiptOutcome.FAILED, digest=digest, reason_code=code,
-                                               reason=reason))
+        await self._send_receipt(
+            self._receipt(
+                recipient,
+                env,
+                h.sender.code,
+                h.message_id,
+                ReceiptOutcome.FAILED,
+                digest=digest,
+                reason_code=code,
+                reason=reason,
+            )
+        )
 
     # -- inbox, tracking -----------------------------------------------------------
 
-    async def inbox(self, agency: str, *, include_acked: bool = False, limit: int = 100,
-                    after_seq: int = 0) -> list[InboxEntry]:
+    async def inbox(
+        self, agency: str, *, include_acked: bool = False, limit: int = 100, after_seq: int = 0
+    ) -> list[InboxEntry]:
         self._signer(agency)
         return await self.store.list_inbox(agency, include_acked=include_acked, limit=limit, after_seq=after_seq)
 
@@ -779,9 +1015,18 @@ class ExchangeService:
         if record is None or entry is None or record.kind == Kind.RECEIPT.value:
             raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
         _, env = parse_envelope(record.envelope_xml)
-        await self._send_receipt(self._receipt(agency, env, record.sender, message_id, ReceiptOutcome.FAILED,
-                                               digest=record.digest, reason_code=EOFFICE_REFUSED,
-                                               reason=reason or "the recipient's E-Office could not take it in"))
+        await self._send_receipt(
+            self._receipt(
+                agency,
+                env,
+                record.sender,
+                message_id,
+                ReceiptOutcome.FAILED,
+                digest=record.digest,
+                reason_code=EOFFICE_REFUSED,
+                reason=reason or "the recipient's E-Office could not take it in",
+            )
+        )
         await self.store.ack_inbox(agency, message_id)
         log.info("delivery.refused_by_eoffice", message_id=message_id, recipient=agency, sender=record.sender)
 
@@ -792,7 +1037,7 @@ class ExchangeService:
             raise NotFoundError(f"no message {message_id} was sent by {agency or 'this node'}")
         return TrackResult(record, await self.store.deliveries(message_id), await self.store.timeline(message_id))
 
-    def handle(self, agency: str) -> "AgencyHandle":
+    def handle(self, agency: str) -> AgencyHandle:
         """The :class:`~exchange.adapters.base.BusHandle` an adapter of ``agency`` uses."""
         self._signer(agency)
         return AgencyHandle(self, agency)
@@ -814,16 +1059,24 @@ class AgencyHandle:
         """The node's agency directory, read-only: the edXML adapter maps organ id aliases through it."""
         return self._service.directory
 
-    async def submit_document(self, recipients, document, files=(), *, operation=Operation.NEW,
-                              idempotency_key=None) -> SubmitResult:
-        return await self._service.submit_document(self._agency, recipients, document, files,
-                                                   operation=operation, idempotency_key=idempotency_key)
+    async def submit_document(
+        self, recipients, document, files=(), *, operation=Operation.NEW, idempotency_key=None
+    ) -> SubmitResult:
+        return await self._service.submit_document(
+            self._agency, recipients, document, files, operation=operation, idempotency_key=idempotency_key
+        )
 
-    async def submit_status(self, document_message_id, code, *, description="", staff=None,
-                            idempotency_key=None) -> SubmitResult:
-        return await self._service.submit_status(self._agency, document_message_id, code,
-                                                 description=description, staff=staff,
-                                                 idempotency_key=idempotency_key)
+    async def submit_status(
+        self, document_message_id, code, *, description="", staff=None, idempotency_key=None
+    ) -> SubmitResult:
+        return await self._service.submit_status(
+            self._agency,
+            document_message_id,
+            code,
+            description=description,
+            staff=staff,
+            idempotency_key=idempotency_key,
+        )
 
     async def submit_edxml(self, package: bytes, *, idempotency_key: str | None = None) -> SubmitResult:
         return await self._service.submit_edxml(self._agency, package, idempotency_key=idempotency_key)

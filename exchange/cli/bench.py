@@ -10,13 +10,18 @@ from pathlib import Path
 from exchange.cli._common import command_help
 from exchange.errors import ConfigError
 
-BENCHMARKS = {"signing": "bench_signing.py", "store": "bench_store.py", "e2e": "bench_e2e.py",
-              "fanout": "bench_fanout.py"}
+BENCHMARKS = {
+    "signing": "bench_signing.py",
+    "store": "bench_store.py",
+    "e2e": "bench_e2e.py",
+    "fanout": "bench_fanout.py",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench", help="run a benchmark (signing, store, e2e, fanout); extra arguments go to it",
+        "bench",
+        help="run a benchmark (signing, store, e2e, fanout); extra arguments go to it",
         **command_help(
             "Run one of the benchmarks in benchmarks/ (a source checkout): each prints its figures beside a "
             "baseline measured in the same run. Arguments after the benchmark's name are passed to it.",

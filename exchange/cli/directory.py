@@ -15,7 +15,8 @@ from exchange.routing.directory import Directory
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "directory", help="list the agency directory, or generate a national test directory",
+        "directory",
+        help="list the agency directory, or generate a national test directory",
         **command_help(
             "List the agencies of the node's directory ([directory] file of the node TOML): code, name, the "
             "node that hosts it and its parent. --code shows one agency and the agencies under it. "
@@ -26,14 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             "exchange directory generate --national var/national.toml",
         ),
     )
-    p.add_argument("action", nargs="?", choices=["list", "generate"], default="list",
-                   help="list (default) or generate (with --national OUT)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "generate"],
+        default="list",
+        help="list (default) or generate (with --national OUT)",
+    )
     add_config_argument(p)
     p.add_argument("--code", help="show one agency and its children")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--national", metavar="OUT", help="generate: write the national test directory to OUT")
-    p.add_argument("--layout", choices=["central", "provincial"], default="central",
-                   help="generate: all recipients on one node, or one node per province (default central)")
+    p.add_argument(
+        "--layout",
+        choices=["central", "provincial"],
+        default="central",
+        help="generate: all recipients on one node, or one node per province (default central)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -46,8 +56,10 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.national:
         raise ConfigError("`exchange directory generate` needs --national OUT (the TOML file to write)")
     count = write_directory(Path(args.national), how=args.layout)
-    print(f"wrote {count} agencies to {args.national} (layout {args.layout}); "
-          "issue certificates with `exchange pki issue` before serving them")
+    print(
+        f"wrote {count} agencies to {args.national} (layout {args.layout}); "
+        "issue certificates with `exchange pki issue` before serving them"
+    )
     return 0
 
 
@@ -61,11 +73,35 @@ def _run(args: argparse.Namespace) -> int:
     if args.code:
         entries = [directory.require(args.code), *directory.children(args.code)]
     if args.json:
-        print(json.dumps([{"code": e.code, "name": e.name, "parent": e.parent, "node": e.node,
-                           "level": e.level, "retired": e.retired, "hosted_here": e.code in hosted}
-                          for e in entries], ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "code": e.code,
+                        "name": e.name,
+                        "parent": e.parent,
+                        "node": e.node,
+                        "level": e.level,
+                        "retired": e.retired,
+                        "hosted_here": e.code in hosted,
+                    }
+                    for e in entries
+                ],
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 0
-    rows = [(e.code, e.name, e.parent or "-", e.node, "yes" if e.code in hosted else "",
-             "retired" + (f" -> {e.successor}" if e.successor else "") if e.retired else "") for e in entries]
+    rows = [
+        (
+            e.code,
+            e.name,
+            e.parent or "-",
+            e.node,
+            "yes" if e.code in hosted else "",
+            "retired" + (f" -> {e.successor}" if e.successor else "") if e.retired else "",
+        )
+        for e in entries
+    ]
     print(table(rows, ["code", "name", "parent", "node", "hosted here", "note"]))
     return 0

@@ -22,7 +22,8 @@ from exchange.transport.deadletters import DeadLetters, check_reason, describe  
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "dlq", help="inspect and replay dead-lettered messages",
+        "dlq",
+        help="inspect and replay dead-lettered messages",
         **command_help(
             "Dead letters are messages a node could not deliver (invalid, untrusted, or out of retries). "
             "`list` shows them without changing anything; `replay` sends chosen ones back to their agency "
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     lp = dsub.add_parser(
-        "list", help="show dead letters with their reason",
+        "list",
+        help="show dead letters with their reason",
         **command_help(
             "Show the dead letters (message id, sender, recipient, reason, attempts). Messages are taken off the queue "
             "unacknowledged and put back, so listing changes nothing.",
@@ -46,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("--json", action="store_true")
     lp.set_defaults(func=_list)
     rp = dsub.add_parser(
-        "replay", help="send dead letters back to their agency queue",
+        "replay",
+        help="send dead letters back to their agency queue",
         **command_help(
             "Republish the chosen dead letters to their agency queue (publisher confirms), then remove them "
             "from the dead-letter queue. The reason is recorded on the message and logged.",
@@ -76,8 +79,15 @@ def _list(args: argparse.Namespace) -> int:
     elif not rows:
         print("the dead-letter queue is empty")
     else:
-        print(table([(r["message_id"], r["sender"], r["recipient"], r["reason_code"], r["attempts"], r["reason"])
-                     for r in rows], ["message id", "sender", "recipient", "reason", "attempts", "detail"]))
+        print(
+            table(
+                [
+                    (r["message_id"], r["sender"], r["recipient"], r["reason_code"], r["attempts"], r["reason"])
+                    for r in rows
+                ],
+                ["message id", "sender", "recipient", "reason", "attempts", "detail"],
+            )
+        )
     return 0
 
 

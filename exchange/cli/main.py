@@ -14,9 +14,23 @@ from exchange.errors import ExchangeError
 
 #: Modules under exchange.cli that each define ``register(subparsers)``.
 SUBCOMMAND_MODULES = (
-    "pki", "sign", "verify",  # signing
-    "serve", "send", "track", "directory", "dlq", "journal", "token", "store", "vxp", "hub", "operator",
-    "demo", "bench", "edxml",
+    "pki",
+    "sign",
+    "verify",  # signing
+    "serve",
+    "send",
+    "track",
+    "directory",
+    "dlq",
+    "journal",
+    "token",
+    "store",
+    "vxp",
+    "hub",
+    "operator",
+    "demo",
+    "bench",
+    "edxml",
 )
 
 
@@ -24,13 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange",
         description="Inter-agency official-document exchange bus: signed XML envelopes routed between "
-                    "agencies' E-Office systems over RabbitMQ. Every command reads the node TOML given by "
-                    "--config (default var/dev/dev.toml); EXCHANGE__SECTION__KEY variables override it. "
-                    "Results go to stdout, logs to stderr. `exchange COMMAND --help` describes each command.",
+        "agencies' E-Office systems over RabbitMQ. Every command reads the node TOML given by "
+        "--config (default var/dev/dev.toml); EXCHANGE__SECTION__KEY variables override it. "
+        "Results go to stdout, logs to stderr. `exchange COMMAND --help` describes each command.",
         epilog="examples:\n"
-               "  exchange serve --dev\n"
-               "  exchange send --from 000.00.00.G22 --to 000.00.00.H41 --number 12 --subject 'Chỉ thị'\n"
-               "  exchange track MESSAGE_ID",
+        "  exchange serve --dev\n"
+        "  exchange send --from 000.00.00.G22 --to 000.00.00.H41 --number 12 --subject 'Chỉ thị'\n"
+        "  exchange track MESSAGE_ID",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"exchange {__version__}")

@@ -42,8 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_argument(c)
     c.add_argument("--name", required=True, help="the account name the operator signs in with")
-    c.add_argument("--role", required=True, choices=("viewer", "operator"),
-                   help="viewer reads; operator also replays/discards dead letters and manages tokens")
+    c.add_argument(
+        "--role",
+        required=True,
+        choices=("viewer", "operator"),
+        help="viewer reads; operator also replays/discards dead letters and manages tokens",
+    )
     c.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     c.set_defaults(func=_create)
     ls = osub.add_parser(
@@ -121,8 +125,15 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no operator account yet; create one with `exchange operator create --name N --role operator`")
         return 0
-    print(table([(o.name, o.role, "disabled" if o.disabled else "active", o.created_at.isoformat(timespec="seconds"))
-                 for o in rows], ["name", "role", "state", "created"]))
+    print(
+        table(
+            [
+                (o.name, o.role, "disabled" if o.disabled else "active", o.created_at.isoformat(timespec="seconds"))
+                for o in rows
+            ],
+            ["name", "role", "state", "created"],
+        )
+    )
     return 0
 
 

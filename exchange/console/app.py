@@ -79,8 +79,13 @@ _LANG = "console_lang"
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("exchange.console", "templates"), autoescape=select_autoescape(["html"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("exchange.console", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["age"] = _age
     env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M:%S UTC") if d else ""
     env.filters["q"] = lambda s: quote(str(s), safe="")
@@ -105,9 +110,16 @@ def _render(request: web.Request, template: str, status: int = 200, **context: A
     session: Session | None = request.get(_SESSION)
     other = "en" if lang == "vi" else "vi"
     html = st.env.get_template(template).render(
-        t=lambda key: translate(key, lang), lang=lang, other_lang=other, session=session,
-        csrf=session.csrf if session else "", path=request.path_qs, prefix=PREFIX,
-        lang_link=f"{PREFIX}/lang?" + urlencode({"to": other, "next": request.path_qs}), **context)
+        t=lambda key: translate(key, lang),
+        lang=lang,
+        other_lang=other,
+        session=session,
+        csrf=session.csrf if session else "",
+        path=request.path_qs,
+        prefix=PREFIX,
+        lang_link=f"{PREFIX}/lang?" + urlencode({"to": other, "next": request.path_qs}),
+        **context,
+    )
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
 
@@ -122,8 +134,9 @@ _OPEN = frozenset({f"{PREFIX}/login", f"{PREFIX}/lang"})
 
 
 @web.middleware
-async def console_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                             ) -> web.StreamResponse:
+async def console_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Language, session, CSRF on POST, HTML error pages, the security headers on everything."""
     st = request.app[STATE]
     request[_LANG] = pick_language(request.cookies.get(LANG_COOKIE), request.headers.get("Accept-Language"))
@@ -133,11 +146,13 @@ async def console_middleware(request: web.Request, handler: Callable[[web.Reques
         if exc.status < 400:
             response = web.Response(status=exc.status, headers=exc.headers)
         else:
-            err: ExchangeError = NotFoundError("no such page") if exc.status == 404 else \
-                BadRequestError(exc.reason or "refused")
+            err: ExchangeError = (
+                NotFoundError("no such page") if exc.status == 404 else BadRequestError(exc.reason or "refused")
+            )
             err.http_status = exc.status  # type: ignore[misc]
-            response = _error_page(request, err, translate("err.not_found", request[_LANG])
-                                   if exc.status == 404 else None)
+            response = _error_page(
+                request, err, translate("err.not_found", request[_LANG]) if exc.status == 404 else None
+            )
     except CsrfError as exc:
         response = _error_page(request, exc, translate("err.csrf", request[_LANG]))
     except RoleError as exc:
@@ -156,8 +171,9 @@ async def console_middleware(request: web.Request, handler: Callable[[web.Reques
     return response
 
 
-async def _guarded(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                   st: ConsoleState) -> web.StreamResponse:
+async def _guarded(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], st: ConsoleState
+) -> web.StreamResponse:
     session = None
     sid = request.cookies.get(SESSION_COOKIE)
     if sid:
@@ -218,15 +234,17 @@ def _safe_next(value: str | None) -> str:
 
 
 def _cookie(response: web.StreamResponse, st: ConsoleState, name: str, value: str, *, max_age: int | None) -> None:
-    response.set_cookie(name, value, path=PREFIX, httponly=True, samesite="Strict", secure=st.secure_cookies,
-                        max_age=max_age)
+    response.set_cookie(
+        name, value, path=PREFIX, httponly=True, samesite="Strict", secure=st.secure_cookies, max_age=max_age
+    )
 
 
 async def login_page(request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
     st = request.app[STATE]
     token = security.new_secret()
-    response = _render(request, "login.html", status=status, error=error, login_csrf=token,
-                       next=_safe_next(request.query.get("next")))
+    response = _render(
+        request, "login.html", status=status, error=error, login_csrf=token, next=_safe_next(request.query.get("next"))
+    )
     _cookie(response, st, _LOGIN_CSRF_COOKIE, token, max_age=3600)
     return response
 
@@ -251,8 +269,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     st.throttle.succeeded(*keys)
     sid = security.new_secret()
     now = st.clock()
-    await st.data.open_session(security.session_key(sid), operator.name, security.new_secret(), now=now,
-                               expires_at=now + SESSION_LIFETIME)
+    await st.data.open_session(
+        security.session_key(sid), operator.name, security.new_secret(), now=now, expires_at=now + SESSION_LIFETIME
+    )
     log.info("console.login", operator=operator.name, role=operator.role)
     response = _redirect(_safe_next(str(request["form"].get("next", ""))))
     _cookie(response, st, SESSION_COOKIE, sid, max_age=int(SESSION_LIFETIME.total_seconds()))
@@ -280,6 +299,7 @@ async def switch_language(request: web.Request) -> web.StreamResponse:
 
 # -- pages ------------------------------------------------------------------------------------------
 
+
 async def _broker_dead_letters(st: ConsoleState) -> int | None:
     from exchange.transport.deadletters import DeadLetters
 
@@ -305,26 +325,39 @@ async def overview(request: web.Request) -> web.Response:
     unreceipted = await st.data.unreceipted(limit=1)
     now = st.clock()
     oldest = unreceipted[0] if unreceipted else None
-    return _render(request, "overview.html", health=health, outbox_size=size, outbox_oldest=oldest_age,
-                   counts=counts, states=[s.value for s in DeliveryState], oldest=oldest,
-                   oldest_age=(now - oldest.created_at).total_seconds() if oldest else 0,
-                   dead_letters=await _broker_dead_letters(st))
+    return _render(
+        request,
+        "overview.html",
+        health=health,
+        outbox_size=size,
+        outbox_oldest=oldest_age,
+        counts=counts,
+        states=[s.value for s in DeliveryState],
+        oldest=oldest,
+        oldest_age=(now - oldest.created_at).total_seconds() if oldest else 0,
+        dead_letters=await _broker_dead_letters(st),
+    )
 
 
 def _date(value: str, what: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value).replace(tzinfo=UTC) if len(value) == 10 else \
-            datetime.fromisoformat(value).astimezone(UTC)
+        return (
+            datetime.fromisoformat(value).replace(tzinfo=UTC)
+            if len(value) == 10
+            else datetime.fromisoformat(value).astimezone(UTC)
+        )
     except ValueError:
         raise BadRequestError(f"{what} must be a date YYYY-MM-DD") from None
 
 
 async def search(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    q = {k: request.query.get(k, "").strip()[:256] for k in
-         ("message_id", "document_id", "agency", "since", "until", "state")}
+    q = {
+        k: request.query.get(k, "").strip()[:256]
+        for k in ("message_id", "document_id", "agency", "since", "until", "state")
+    }
     if q["state"] and q["state"] not in {s.value for s in DeliveryState}:
         raise BadRequestError(f"state must be one of {', '.join(s.value for s in DeliveryState)}")
     asked = any(q.values()) or "all" in request.query
@@ -333,8 +366,14 @@ async def search(request: web.Request) -> web.Response:
         until = _date(q["until"], "to date")
         if until is not None and len(q["until"]) == 10:
             until += timedelta(days=1)  # the whole last day
-        hits = await st.data.search(message_id=q["message_id"], document_id=q["document_id"], agency=q["agency"],
-                                    since=_date(q["since"], "from date"), until=until, state=q["state"])
+        hits = await st.data.search(
+            message_id=q["message_id"],
+            document_id=q["document_id"],
+            agency=q["agency"],
+            since=_date(q["since"], "from date"),
+            until=until,
+            state=q["state"],
+        )
     return _render(request, "search.html", q=q, asked=asked, hits=hits, states=[s.value for s in DeliveryState])
 
 
@@ -359,8 +398,17 @@ async def message_page(request: web.Request) -> web.Response:
     entries = await st.data.journal_of(message_id)
     report = await store.verify_journal()
     attachments = _attachments_of(message.envelope_xml)
-    return _render(request, "message.html", m=message, per_recipient=per_recipient, deliveries=deliveries,
-                   receipts=receipts, journal=entries, report=report, attachments=attachments)
+    return _render(
+        request,
+        "message.html",
+        m=message,
+        per_recipient=per_recipient,
+        deliveries=deliveries,
+        receipts=receipts,
+        journal=entries,
+        report=report,
+        attachments=attachments,
+    )
 
 
 def _attachments_of(xml: bytes) -> list[tuple[str, str]]:
@@ -375,8 +423,11 @@ def _attachments_of(xml: bytes) -> list[tuple[str, str]]:
 
 
 def _evidence(body: bytes, filename: str, content_type: str = "application/xml") -> web.Response:
-    return web.Response(body=body, content_type=content_type, headers={
-        "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+    )
 
 
 def _file_name(value: str) -> str:
@@ -438,11 +489,21 @@ async def _dead_letter_action(request: web.Request, action: str) -> web.Response
     outcomes = await (letters.replay(set(ids), reason) if action == "replay" else letters.discard(set(ids), reason))
     done = [o for o in outcomes if o.done]
     for o in done:
-        await st.data.journal_action(session.operator.name, action, reason, message_id=str(o.info["message_id"]),
-                                     recipient=str(o.info["recipient"]) or None,
-                                     reason_code=str(o.info["reason_code"]))
-        log.info(f"console.dlq_{action}", operator=session.operator.name, message_id=o.info["message_id"],
-                 recipient=o.info["recipient"], reason=reason)
+        await st.data.journal_action(
+            session.operator.name,
+            action,
+            reason,
+            message_id=str(o.info["message_id"]),
+            recipient=str(o.info["recipient"]) or None,
+            reason_code=str(o.info["reason_code"]),
+        )
+        log.info(
+            f"console.dlq_{action}",
+            operator=session.operator.name,
+            message_id=o.info["message_id"],
+            recipient=o.info["recipient"],
+            reason=reason,
+        )
     return await dead_letters(request, done=done, verb=action)
 
 
@@ -475,8 +536,11 @@ async def directory(request: web.Request) -> web.Response:
     rows = []
     signers = getattr(service, "signers", {}) or {}
     for entry in sorted(service.directory, key=lambda e: e.code):
-        expiry = signers[entry.code].certificate.not_valid_after_utc if entry.code in signers else \
-            _certificate_expiry(entry.cert)
+        expiry = (
+            signers[entry.code].certificate.not_valid_after_utc
+            if entry.code in signers
+            else _certificate_expiry(entry.cert)
+        )
         flag = ""
         if expiry is not None:
             flag = "expired" if expiry <= now else ("expiring" if expiry - now <= EXPIRY_WARNING else "")
@@ -484,11 +548,20 @@ async def directory(request: web.Request) -> web.Response:
     return _render(request, "directory.html", rows=rows)
 
 
-async def tokens(request: web.Request, *, created: str = "", created_for: str = "", notice: str = "",
-                 status: int = 200) -> web.Response:
+async def tokens(
+    request: web.Request, *, created: str = "", created_for: str = "", notice: str = "", status: int = 200
+) -> web.Response:
     st = request.app[STATE]
-    return _render(request, "tokens.html", status=status, tokens=await st.data.list_tokens(),
-                   hosted=sorted(st.service.hosted), created=created, created_for=created_for, notice=notice)
+    return _render(
+        request,
+        "tokens.html",
+        status=status,
+        tokens=await st.data.list_tokens(),
+        hosted=sorted(st.service.hosted),
+        created=created,
+        created_for=created_for,
+        notice=notice,
+    )
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -511,8 +584,9 @@ async def revoke_token(request: web.Request) -> web.Response:
     st = request.app[STATE]
     session = _operator_only(request)
     reason = _reason(request)
-    agency = await st.data.revoke_token(_field(request, "token_id", limit=16), operator=session.operator.name,
-                                        reason=reason)
+    agency = await st.data.revoke_token(
+        _field(request, "token_id", limit=16), operator=session.operator.name, reason=reason
+    )
     log.info("console.token_revoked", operator=session.operator.name, agency=agency)
     return await tokens(request, notice=translate("tok.revoked", request[_LANG]) + f" ({agency})")
 
@@ -530,14 +604,26 @@ async def static_file(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=kind, headers={"Cache-Control": "no-store"})
 
 
-def create_console(service: Any, config: Any, *, readiness: Readiness | None = None,
-                   secure_cookies: bool | None = None, amqp_ssl: ssl.SSLContext | None = None) -> web.Application:
+def create_console(
+    service: Any,
+    config: Any,
+    *,
+    readiness: Readiness | None = None,
+    secure_cookies: bool | None = None,
+    amqp_ssl: ssl.SSLContext | None = None,
+) -> web.Application:
     """The console application for one node (mounted at ``/console`` by :func:`mount`)."""
     app = web.Application(middlewares=[console_middleware], client_max_size=64 * 1024)
     tls = bool(getattr(getattr(config, "http", None), "tls_cert", ""))
-    app[STATE] = ConsoleState(service=service, config=config, readiness=readiness,
-                              secure_cookies=tls if secure_cookies is None else secure_cookies,
-                              env=_environment(), data=ConsoleData(service.store), amqp_ssl=amqp_ssl)
+    app[STATE] = ConsoleState(
+        service=service,
+        config=config,
+        readiness=readiness,
+        secure_cookies=tls if secure_cookies is None else secure_cookies,
+        env=_environment(),
+        data=ConsoleData(service.store),
+        amqp_ssl=amqp_ssl,
+    )
     r = app.router
     r.add_get("/", overview)
     r.add_get("/login", login_page)
@@ -560,7 +646,13 @@ def create_console(service: Any, config: Any, *, readiness: Readiness | None = N
     return app
 
 
-def mount(app: web.Application, service: Any, config: Any, *, readiness: Readiness | None = None,
-          amqp_ssl: ssl.SSLContext | None = None) -> None:
+def mount(
+    app: web.Application,
+    service: Any,
+    config: Any,
+    *,
+    readiness: Readiness | None = None,
+    amqp_ssl: ssl.SSLContext | None = None,
+) -> None:
     """Serve the console under ``/console`` of the gateway ``app`` (``amqp_ssl``: TLS to RabbitMQ, if any)."""
     app.add_subapp(PREFIX, create_console(service, config, readiness=readiness, amqp_ssl=amqp_ssl))

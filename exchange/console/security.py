@@ -15,12 +15,14 @@ import time
 from collections import deque
 
 #: scrypt cost: N (CPU/memory), r (block size), p (parallelism). 128 * N * r bytes = 16 MiB.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 #: Shortest password an operator may choose.
 MIN_PASSWORD = 12
 #: Content-Security-Policy of every console page: nothing inline, nothing from elsewhere, no framing.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 #: Headers on every console response (pages and evidence alike).
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
@@ -39,8 +41,9 @@ def _b64(data: bytes) -> str:
 def hash_password(password: str) -> str:
     """``scrypt$N$r$p$salt$hash`` (base64) for ``password``."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=64 * 1024 * 1024, dklen=32)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32
+    )
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
@@ -51,8 +54,15 @@ def check_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         want = base64.b64decode(digest)
-        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                             maxmem=64 * 1024 * 1024, dklen=len(want))
+        got = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=64 * 1024 * 1024,
+            dklen=len(want),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)

@@ -45,8 +45,9 @@ def problem_response(exc: ExchangeError, request: web.Request | None = None) -> 
     allow = exc.detail.get("allow") if exc.detail else None
     if allow:
         headers["Allow"] = str(allow)
-    return web.Response(status=exc.http_status, headers=headers, content_type=PROBLEM_JSON,
-                        text=json.dumps(body, ensure_ascii=False))
+    return web.Response(
+        status=exc.http_status, headers=headers, content_type=PROBLEM_JSON, text=json.dumps(body, ensure_ascii=False)
+    )
 
 
 def _from_http_exception(exc: web.HTTPException) -> ExchangeError:
@@ -73,8 +74,9 @@ def _route_of(request: web.Request) -> str:
 
 
 @web.middleware
-async def gateway_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                             ) -> web.StreamResponse:
+async def gateway_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Per request: bind log context, authenticate agency endpoints, turn every refusal into problem+json."""
     structlog.contextvars.clear_contextvars()  # keep-alive connections reuse one task (and its context)
     started = time.perf_counter()
@@ -87,9 +89,12 @@ async def gateway_middleware(request: web.Request, handler: Callable[[web.Reques
     route = _route_of(request)
     status = 500
     try:
-        if (request.match_info.http_exception is None and request.path not in PUBLIC_PATHS
-                and not request.path.startswith(vxp.PREFIX)  # the hub protocol signs its own calls
-                and not _is_console(request.path)):  # operator sessions, not agency tokens (exchange.console)
+        if (
+            request.match_info.http_exception is None
+            and request.path not in PUBLIC_PATHS
+            and not request.path.startswith(vxp.PREFIX)  # the hub protocol signs its own calls
+            and not _is_console(request.path)
+        ):  # operator sessions, not agency tokens (exchange.console)
             principal = await request.app[AUTH].authenticate(request)
             request[PRINCIPAL] = principal
             structlog.contextvars.bind_contextvars(agency=principal.agency)
@@ -107,11 +112,18 @@ async def gateway_middleware(request: web.Request, handler: Callable[[web.Reques
         status = response.status
     except Exception:
         log.exception("http.internal_error", route=route, method=request.method)
-        response = problem_response(InternalError(
-            f"the gateway failed unexpectedly; the node's log has the details (request id {request_id})"), request)
+        response = problem_response(
+            InternalError(f"the gateway failed unexpectedly; the node's log has the details (request id {request_id})"),
+            request,
+        )
     finally:
-        log.info("http.request", method=request.method, route=route, status=status,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        log.info(
+            "http.request",
+            method=request.method,
+            route=route,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         structlog.contextvars.clear_contextvars()
     response.headers["X-Request-Id"] = request_id
     return response

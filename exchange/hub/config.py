@@ -37,8 +37,23 @@ from exchange.errors import ConfigError
 from exchange.hub.links import LinkSpec, Side, Tls, _check_pattern, hub_patterns
 from exchange.routing.directory import Directory
 
-_LINK_KEYS = {"name", "to", "vhost", "patterns", "password_env", "ca_file", "cert_file", "key_file",
-              "server_name", "verify", "reconnect_delay", "prefetch", "max_backlog_bytes", "downstream_api", "hubs"}
+_LINK_KEYS = {
+    "name",
+    "to",
+    "vhost",
+    "patterns",
+    "password_env",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "server_name",
+    "verify",
+    "reconnect_delay",
+    "prefetch",
+    "max_backlog_bytes",
+    "downstream_api",
+    "hubs",
+}
 _HUB_KEYS = {"name", "api", "api_password_env", "amqp", "vhost", "home", "links", "prefix"}
 
 
@@ -59,12 +74,19 @@ def _with_password(url: str, password: str) -> str:
         return url
     p = urlsplit(url)
     netloc = f"{quote(p.username or 'guest', safe='')}:{quote(password, safe='')}@{p.hostname}" + (
-        f":{p.port}" if p.port else "")
+        f":{p.port}" if p.port else ""
+    )
     return urlunsplit((p.scheme, netloc, p.path, p.query, ""))
 
 
-def hub_config(raw: Mapping[str, Any], *, prefix: str, environ: Mapping[str, str] | None = None,
-               source: str = "config", directory: Directory | None = None) -> HubConfig | None:
+def hub_config(
+    raw: Mapping[str, Any],
+    *,
+    prefix: str,
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+    directory: Directory | None = None,
+) -> HubConfig | None:
     """Parse ``raw["hub"]`` (None when the node is not a hub operator's)."""
     env = os.environ if environ is None else environ
     hub = raw.get("hub")
@@ -77,10 +99,14 @@ def hub_config(raw: Mapping[str, Any], *, prefix: str, environ: Mapping[str, str
         raise ConfigError(f"{source}: [hub] has unknown keys {sorted(unknown)}; known keys are {sorted(_HUB_KEYS)}")
     for key in ("name", "api", "amqp"):
         if not hub.get(key):
-            raise ConfigError(f"{source}: [hub] {key} is required (see docs/FEDERATION.md, 'What each operator configures')")
+            raise ConfigError(
+                f"{source}: [hub] {key} is required (see docs/FEDERATION.md, 'What each operator configures')"
+            )
     prefix = str(hub.get("prefix", prefix))
     vhost = str(hub.get("vhost", "/"))
-    api = _with_password(str(hub["api"]), env.get(str(hub.get("api_password_env", "")), "") if hub.get("api_password_env") else "")
+    api = _with_password(
+        str(hub["api"]), env.get(str(hub.get("api_password_env", "")), "") if hub.get("api_password_env") else ""
+    )
     home = tuple(str(p) for p in hub.get("home", []))
     for p in home:
         _check_pattern(f"{source}: [hub] home", p)
@@ -105,22 +131,38 @@ def hub_config(raw: Mapping[str, Any], *, prefix: str, environ: Mapping[str, str
         if link.get("password_env"):
             password = env.get(str(link["password_env"]), "")
             if not password:
-                raise ConfigError(f"{where}: the environment variable {link['password_env']} (the link password "
-                                  "agreed with the neighbour's operator) is not set")
+                raise ConfigError(
+                    f"{where}: the environment variable {link['password_env']} (the link password "
+                    "agreed with the neighbour's operator) is not set"
+                )
         tls = None
         if str(link["to"]).startswith("amqps://"):
-            tls = Tls(ca_file=str(link.get("ca_file", "")), cert_file=str(link.get("cert_file", "")),
-                      key_file=str(link.get("key_file", "")), server_name=str(link.get("server_name", "")),
-                      verify=bool(link.get("verify", True)))
+            tls = Tls(
+                ca_file=str(link.get("ca_file", "")),
+                cert_file=str(link.get("cert_file", "")),
+                key_file=str(link.get("key_file", "")),
+                server_name=str(link.get("server_name", "")),
+                verify=bool(link.get("verify", True)),
+            )
         try:
-            links.append(LinkSpec(
-                name=str(link["name"]), upstream=here,
-                downstream=Side(amqp=str(link["to"]), api=str(link.get("downstream_api", "")),
-                                vhost=str(link.get("vhost", "/")), tls=tls),
-                patterns=tuple(dict.fromkeys(patterns)), prefix=prefix,
-                reconnect_delay=int(link.get("reconnect_delay", 5)), prefetch=int(link.get("prefetch", 500)),
-                max_backlog_bytes=int(link.get("max_backlog_bytes", 0)), password=password,
-            ))
+            links.append(
+                LinkSpec(
+                    name=str(link["name"]),
+                    upstream=here,
+                    downstream=Side(
+                        amqp=str(link["to"]),
+                        api=str(link.get("downstream_api", "")),
+                        vhost=str(link.get("vhost", "/")),
+                        tls=tls,
+                    ),
+                    patterns=tuple(dict.fromkeys(patterns)),
+                    prefix=prefix,
+                    reconnect_delay=int(link.get("reconnect_delay", 5)),
+                    prefetch=int(link.get("prefetch", 500)),
+                    max_backlog_bytes=int(link.get("max_backlog_bytes", 0)),
+                    password=password,
+                )
+            )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc.message}") from None
     if len({link.name for link in links}) != len(links):
@@ -141,5 +183,10 @@ def load_hub_config(path: str | Path, environ: Mapping[str, str] | None = None) 
     if raw.get("directory", {}).get("file"):
         file = Path(raw["directory"]["file"]).expanduser()
         directory = Directory.load(file if file.is_absolute() else path.parent / file)
-    return hub_config(raw, prefix=str(raw.get("amqp", {}).get("prefix", "exchange")), environ=environ,
-                      source=str(path), directory=directory)
+    return hub_config(
+        raw,
+        prefix=str(raw.get("amqp", {}).get("prefix", "exchange")),
+        environ=environ,
+        source=str(path),
+        directory=directory,
+    )

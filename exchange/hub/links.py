@@ -141,8 +141,10 @@ class Side:
         if parts.scheme not in ("amqp", "amqps"):
             raise ConfigError(f"link address {self.amqp!r} must be an amqp:// or amqps:// URL")
         if parts.username or parts.password:
-            raise ConfigError("a link address carries no credentials: each link gets its own user; "
-                              "remove user:password from the amqp URL")
+            raise ConfigError(
+                "a link address carries no credentials: each link gets its own user; "
+                "remove user:password from the amqp URL"
+            )
         host = parts.hostname or "localhost"
         netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
         query = urlencode(self.tls.query(host)) if (parts.scheme == "amqps" and self.tls) else parts.query
@@ -255,12 +257,18 @@ class ManagementApi:
     def __init__(self, url: str, *, timeout: float = 15.0, ssl: Any = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"management API address must be http(s)://user:password@host:port, got scheme "
-                              f"{parts.scheme!r}")
-        self.base = urlunsplit((parts.scheme, f"{parts.hostname}:{parts.port or 15672}", parts.path.rstrip("/"), "", ""))
+            raise ConfigError(
+                f"management API address must be http(s)://user:password@host:port, got scheme {parts.scheme!r}"
+            )
+        self.base = urlunsplit(
+            (parts.scheme, f"{parts.hostname}:{parts.port or 15672}", parts.path.rstrip("/"), "", "")
+        )
         self.display = self.base  # what messages show: no credentials
-        self._auth = aiohttp.encode_basic_auth(parts.username or "guest", parts.password or "guest") if hasattr(
-            aiohttp, "encode_basic_auth") else aiohttp.BasicAuth(parts.username or "guest", parts.password or "guest").encode()
+        self._auth = (
+            aiohttp.encode_basic_auth(parts.username or "guest", parts.password or "guest")
+            if hasattr(aiohttp, "encode_basic_auth")
+            else aiohttp.BasicAuth(parts.username or "guest", parts.password or "guest").encode()
+        )
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl
         self._session: aiohttp.ClientSession | None = None
@@ -281,16 +289,22 @@ class ManagementApi:
                 if resp.status == 404 and ok_missing:
                     return None
                 if resp.status in (401, 403):
-                    raise HubLinkError(f"{self.display} refused {method} {path} ({resp.status}): check the "
-                                       "administrator credentials in the management API URL")
+                    raise HubLinkError(
+                        f"{self.display} refused {method} {path} ({resp.status}): check the "
+                        "administrator credentials in the management API URL"
+                    )
                 if resp.status >= 400:
                     reason = _reason(text)
-                    raise HubLinkError(f"{self.display}: {method} {path} failed ({resp.status}: {reason}); "
-                                       "fix the conflicting object or the link's settings, then run the command again")
+                    raise HubLinkError(
+                        f"{self.display}: {method} {path} failed ({resp.status}: {reason}); "
+                        "fix the conflicting object or the link's settings, then run the command again"
+                    )
                 return json.loads(text) if text.strip() else None
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise BrokerUnavailableError(f"management API {self.display} is unreachable ({type(exc).__name__}); "
-                                         "check the hub is up and its rabbitmq_management plugin enabled") from None
+            raise BrokerUnavailableError(
+                f"management API {self.display} is unreachable ({type(exc).__name__}); "
+                "check the hub is up and its rabbitmq_management plugin enabled"
+            ) from None
 
     @staticmethod
     def vh(vhost: str) -> str:
@@ -304,8 +318,9 @@ def _reason(text: str) -> str:
         return text[:300]
 
 
-async def declare_hub(api: ManagementApi, prefix: str, vhost: str = "/", *,
-                      home: tuple[str, ...] | None = None) -> None:
+async def declare_hub(
+    api: ManagementApi, prefix: str, vhost: str = "/", *, home: tuple[str, ...] | None = None
+) -> None:
     """Give one hub its routing fabric: route exchange, alternate exchanges and the parking lot.
 
     ``home`` (topic patterns of this hub's own agencies) replaces the hub's home bindings when
@@ -318,30 +333,48 @@ async def declare_hub(api: ManagementApi, prefix: str, vhost: str = "/", *,
     n, v = HubNames(prefix), api.vh(vhost)
     await api.request("PUT", f"/exchanges/{v}/{quote(n.route, safe='')}", {"type": "direct", "durable": True})
     await api.request("PUT", f"/exchanges/{v}/{quote(n.unrouted, safe='')}", {"type": "fanout", "durable": True})
-    await api.request("PUT", f"/queues/{v}/{quote(n.unrouted, safe='')}",
-                      {"durable": True, "arguments": {"x-queue-type": "quorum"}})
-    await api.request("POST", f"/bindings/{v}/e/{quote(n.unrouted, safe='')}/q/{quote(n.unrouted, safe='')}",
-                      {"routing_key": ""})
-    await api.request("PUT", f"/exchanges/{v}/{quote(n.upstream, safe='')}",
-                      {"type": "fanout", "durable": True, "arguments": {"alternate-exchange": n.unrouted}})
-    await api.request("PUT", f"/exchanges/{v}/{quote(n.hubs, safe='')}",
-                      {"type": "topic", "durable": True, "arguments": {"alternate-exchange": n.upstream}})
+    await api.request(
+        "PUT", f"/queues/{v}/{quote(n.unrouted, safe='')}", {"durable": True, "arguments": {"x-queue-type": "quorum"}}
+    )
+    await api.request(
+        "POST", f"/bindings/{v}/e/{quote(n.unrouted, safe='')}/q/{quote(n.unrouted, safe='')}", {"routing_key": ""}
+    )
+    await api.request(
+        "PUT",
+        f"/exchanges/{v}/{quote(n.upstream, safe='')}",
+        {"type": "fanout", "durable": True, "arguments": {"alternate-exchange": n.unrouted}},
+    )
+    await api.request(
+        "PUT",
+        f"/exchanges/{v}/{quote(n.hubs, safe='')}",
+        {"type": "topic", "durable": True, "arguments": {"alternate-exchange": n.upstream}},
+    )
     if home is not None:
         for p in home:
             _check_pattern("home", p)
         await _set_bindings(api, v, n.hubs, "e", n.unrouted, tuple(home))
-    await api.request("PUT", f"/policies/{v}/{quote(n.policy, safe='')}", {
-        "pattern": f"^{re.escape(n.route)}$", "apply-to": "exchanges", "priority": 10,
-        "definition": {"alternate-exchange": n.hubs},
-    })
+    await api.request(
+        "PUT",
+        f"/policies/{v}/{quote(n.policy, safe='')}",
+        {
+            "pattern": f"^{re.escape(n.route)}$",
+            "apply-to": "exchanges",
+            "priority": 10,
+            "definition": {"alternate-exchange": n.hubs},
+        },
+    )
 
 
-async def ensure_user(api: ManagementApi, vhost: str, user: str, password: str,
-                      configure: str, write: str, read: str) -> None:
+async def ensure_user(
+    api: ManagementApi, vhost: str, user: str, password: str, configure: str, write: str, read: str
+) -> None:
     """A user with no tags (no management access) and exactly these permissions in ``vhost``."""
     await api.request("PUT", f"/users/{quote(user, safe='')}", {"password": password, "tags": ""})
-    await api.request("PUT", f"/permissions/{api.vh(vhost)}/{quote(user, safe='')}",
-                      {"configure": configure, "write": write, "read": read})
+    await api.request(
+        "PUT",
+        f"/permissions/{api.vh(vhost)}/{quote(user, safe='')}",
+        {"configure": configure, "write": write, "read": read},
+    )
 
 
 async def _set_bindings(api: ManagementApi, v: str, source: str, kind: str, dest: str, keys: tuple[str, ...]) -> None:
@@ -359,8 +392,9 @@ async def _set_bindings(api: ManagementApi, v: str, source: str, kind: str, dest
 
 def _check_pattern(what: str, p: str) -> None:
     if not _PATTERN_RE.match(p):
-        raise ConfigError(f"{what}: pattern {p!r} is not a topic pattern over '{{code}}.{{lane}}' keys, "
-                          "e.g. '*.*.*.H79.*' or '#'")
+        raise ConfigError(
+            f"{what}: pattern {p!r} is not a topic pattern over '{{code}}.{{lane}}' keys, e.g. '*.*.*.H79.*' or '#'"
+        )
 
 
 def upstream_permissions(spec: LinkSpec) -> tuple[str, str, str]:
@@ -386,8 +420,9 @@ class Applied:
     password_generated: bool
 
 
-async def apply_link(spec: LinkSpec, *, upstream_api: ManagementApi,
-                     downstream_api: ManagementApi | None = None) -> tuple[Applied, str]:
+async def apply_link(
+    spec: LinkSpec, *, upstream_api: ManagementApi, downstream_api: ManagementApi | None = None
+) -> tuple[Applied, str]:
     """Declare (idempotently) everything of one link; returns what was done and the link password.
 
     Without ``downstream_api`` the downstream half (its hub fabric and the link user) is the
@@ -400,8 +435,11 @@ async def apply_link(spec: LinkSpec, *, upstream_api: ManagementApi,
     up_v = upstream_api.vh(spec.upstream.vhost)
     queue = n.link_queue(spec.name)
     await declare_hub(upstream_api, spec.prefix, spec.upstream.vhost)
-    await upstream_api.request("PUT", f"/queues/{up_v}/{quote(queue, safe='')}",
-                               {"durable": True, "arguments": quorum_link_arguments(spec.max_backlog_bytes)})
+    await upstream_api.request(
+        "PUT",
+        f"/queues/{up_v}/{quote(queue, safe='')}",
+        {"durable": True, "arguments": quorum_link_arguments(spec.max_backlog_bytes)},
+    )
     # "#" means "everything no other link or home pattern claims": the upstream fanout, not the
     # topic exchange (where "#" would also copy the messages of every other link).
     await _set_bindings(upstream_api, up_v, n.hubs, "q", queue, tuple(p for p in spec.patterns if p != "#"))
@@ -410,19 +448,25 @@ async def apply_link(spec: LinkSpec, *, upstream_api: ManagementApi,
     if downstream_api is not None:
         await declare_hub(downstream_api, spec.prefix, spec.downstream.vhost)
         await ensure_user(downstream_api, spec.downstream.vhost, user, password, *downstream_permissions(spec))
-    await upstream_api.request("PUT", f"/parameters/shovel/{up_v}/{quote(n.shovel(spec.name), safe='')}",
-                               {"value": shovel_definition(spec, password)})
-    return Applied(spec.name, queue, n.shovel(spec.name), user, spec.patterns, downstream_api is not None,
-                   not spec.password), password
+    await upstream_api.request(
+        "PUT",
+        f"/parameters/shovel/{up_v}/{quote(n.shovel(spec.name), safe='')}",
+        {"value": shovel_definition(spec, password)},
+    )
+    return Applied(
+        spec.name, queue, n.shovel(spec.name), user, spec.patterns, downstream_api is not None, not spec.password
+    ), password
 
 
 async def remove_link(spec: LinkSpec, *, upstream_api: ManagementApi, delete_queue: bool = False) -> None:
     """Stop and delete a link's shovel and user; its queue (and any backlog) stays unless asked."""
     n = spec.names
     up_v = upstream_api.vh(spec.upstream.vhost)
-    await upstream_api.request("DELETE", f"/parameters/shovel/{up_v}/{quote(n.shovel(spec.name), safe='')}",
-                               ok_missing=True)
+    await upstream_api.request(
+        "DELETE", f"/parameters/shovel/{up_v}/{quote(n.shovel(spec.name), safe='')}", ok_missing=True
+    )
     await upstream_api.request("DELETE", f"/users/{quote(n.link_user(spec.name), safe='')}", ok_missing=True)
     if delete_queue:
-        await upstream_api.request("DELETE", f"/queues/{up_v}/{quote(n.link_queue(spec.name), safe='')}",
-                                   ok_missing=True)
+        await upstream_api.request(
+            "DELETE", f"/queues/{up_v}/{quote(n.link_queue(spec.name), safe='')}", ok_missing=True
+        )

@@ -33,17 +33,24 @@ class HubMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.up = Gauge("exchange_hub_link_up", "1 while the link's shovel is running, else 0.", ["link"], registry=r)
-        self.backlog = Gauge("exchange_hub_link_backlog_messages", "Messages waiting in the link queue.",
-                             ["link"], registry=r)
-        self.oldest = Gauge("exchange_hub_link_oldest_age_seconds",
-                            "Seconds the oldest message in the link queue has waited (0 when empty).",
-                            ["link"], registry=r)
-        self.unrouted = Gauge("exchange_hub_unrouted_messages",
-                              "Messages parked on this hub because nothing claims their agency code.", registry=r)
-        self.scrape_ok = Gauge("exchange_hub_scrape_ok", "1 if the last poll of the management API succeeded.",
-                               registry=r)
-        self.last_poll = Gauge("exchange_hub_last_poll_timestamp_seconds", "When the last poll succeeded.",
-                               registry=r)
+        self.backlog = Gauge(
+            "exchange_hub_link_backlog_messages", "Messages waiting in the link queue.", ["link"], registry=r
+        )
+        self.oldest = Gauge(
+            "exchange_hub_link_oldest_age_seconds",
+            "Seconds the oldest message in the link queue has waited (0 when empty).",
+            ["link"],
+            registry=r,
+        )
+        self.unrouted = Gauge(
+            "exchange_hub_unrouted_messages",
+            "Messages parked on this hub because nothing claims their agency code.",
+            registry=r,
+        )
+        self.scrape_ok = Gauge(
+            "exchange_hub_scrape_ok", "1 if the last poll of the management API succeeded.", registry=r
+        )
+        self.last_poll = Gauge("exchange_hub_last_poll_timestamp_seconds", "When the last poll succeeded.", registry=r)
         self._known: set[str] = set()
 
     def update(self, status: HubStatus) -> None:
@@ -75,8 +82,9 @@ async def poll(api_url: str, prefix: str, vhost: str, metrics: HubMetrics) -> No
         log.warning("hub.poll_failed", error=type(exc).__name__, detail=getattr(exc, "message", str(exc))[:200])
 
 
-async def serve_exporter(api_url: str, prefix: str, vhost: str, *, host: str, port: int,
-                         interval: float = 15.0) -> None:
+async def serve_exporter(
+    api_url: str, prefix: str, vhost: str, *, host: str, port: int, interval: float = 15.0
+) -> None:
     """Poll every ``interval`` seconds and serve ``/metrics`` until cancelled."""
     metrics = HubMetrics()
 

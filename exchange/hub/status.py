@@ -60,9 +60,12 @@ def _entered_at(message: dict[str, Any]) -> float | None:
 
 async def oldest_age(api: ManagementApi, vhost: str, queue: str, now: float | None = None) -> float | None:
     """Seconds the head message of ``queue`` has waited, or None if it is empty or carries no time."""
-    got = await api.request("POST", f"/queues/{api.vh(vhost)}/{quote(queue, safe='')}/get",
-                            {"count": 1, "ackmode": "reject_requeue_true", "encoding": "auto", "truncate": 1},
-                            ok_missing=True)
+    got = await api.request(
+        "POST",
+        f"/queues/{api.vh(vhost)}/{quote(queue, safe='')}/get",
+        {"count": 1, "ackmode": "reject_requeue_true", "encoding": "auto", "truncate": 1},
+        ok_missing=True,
+    )
     if not got:
         return None
     entered = _entered_at(got[0])
@@ -71,8 +74,7 @@ async def oldest_age(api: ManagementApi, vhost: str, queue: str, now: float | No
     return max(0.0, (now if now is not None else time.time()) - entered)
 
 
-async def hub_status(api: ManagementApi, prefix: str = "exchange", vhost: str = "/", *,
-                     peek: bool = True) -> HubStatus:
+async def hub_status(api: ManagementApi, prefix: str = "exchange", vhost: str = "/", *, peek: bool = True) -> HubStatus:
     """Every link whose queue lives on this hub (``{prefix}.link.*``), with its shovel's state."""
     n = HubNames(prefix)
     v = api.vh(vhost)
@@ -81,26 +83,35 @@ async def hub_status(api: ManagementApi, prefix: str = "exchange", vhost: str = 
     link_prefix = n.link_queue("")
     links: list[LinkStatus] = []
     unrouted = 0
-    params = {p.get("name"): p.get("value") or {} for p in
-              (await api.request("GET", f"/parameters/shovel/{v}", ok_missing=True) or [])}
+    params = {
+        p.get("name"): p.get("value") or {}
+        for p in (await api.request("GET", f"/parameters/shovel/{v}", ok_missing=True) or [])
+    }
     for q in sorted(queues or [], key=lambda q: q.get("name", "")):
         name = q.get("name", "")
         if name == n.unrouted:
             unrouted = int(q.get("messages") or 0)
         if not name.startswith(link_prefix):
             continue
-        link = name[len(link_prefix):]
+        link = name[len(link_prefix) :]
         shovel = shovels.get(n.shovel(link))
         state = str(shovel.get("state")) if shovel else ("missing" if n.shovel(link) not in params else "starting")
         reason = str(shovel.get("reason") or "") if shovel else ""
         ready = int(q.get("messages_ready") or 0)
         oldest = await oldest_age(api, vhost, name) if (peek and ready) else (0.0 if not ready else None)
         value = params.get(n.shovel(link), {})
-        links.append(LinkStatus(
-            link=link, queue=name, state=state, reason=reason[:300], backlog=int(q.get("messages") or 0),
-            unacked=int(q.get("messages_unacknowledged") or 0), oldest_seconds=oldest,
-            destination=_redact(str((shovel or {}).get("dest_uri") or value.get("dest-uri") or "")),
-        ))
+        links.append(
+            LinkStatus(
+                link=link,
+                queue=name,
+                state=state,
+                reason=reason[:300],
+                backlog=int(q.get("messages") or 0),
+                unacked=int(q.get("messages_unacknowledged") or 0),
+                oldest_seconds=oldest,
+                destination=_redact(str((shovel or {}).get("dest_uri") or value.get("dest-uri") or "")),
+            )
+        )
     return HubStatus(api.display, tuple(links), unrouted)
 
 

@@ -39,27 +39,47 @@ TOKEN_PREFIX = "exg_"
 
 #: A key is secret if, lower-cased with '-' as '_', it contains one of these.
 SECRET_WORDS = (
-    "token", "secret", "password", "passwd", "authorization", "api_key", "apikey", "hmac",
-    "private_key", "cookie", "credential",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "api_key",
+    "apikey",
+    "hmac",
+    "private_key",
+    "cookie",
+    "credential",
 )
 #: Keys whose values are document contents: removed wherever they appear.
-CONTENT_KEYS = frozenset({
-    "subject", "content", "contents", "body", "attachment", "attachments", "attachment_data",
-    "attachments_data", "data_base64",
-})
+CONTENT_KEYS = frozenset(
+    {
+        "subject",
+        "content",
+        "contents",
+        "body",
+        "attachment",
+        "attachments",
+        "attachment_data",
+        "attachments_data",
+        "data_base64",
+    }
+)
 #: Keys structlog itself owns: never dropped or redacted by name.
 _RESERVED = frozenset({"event", "level", "timestamp", "logger", "exception"})
 
 _TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # An API token by its shape, anywhere (also cut short, as aiohttp quotes only a line's first bytes).
     (re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]*"), REDACTED),
-    (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
-     REDACTED),
+    (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S), REDACTED),
     # token=..., "password": "...", api-key: ..., Authorization: Bearer ..., Cookie: ...
-    (re.compile(
-        r"(?i)((?:token|secret|passw(?:or)?d|authorization|api[_-]?key|hmac|private[_-]?key|cookie|credential)"
-        r"[a-z0-9_-]*[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])(?:(?:bearer|basic)\s+)?[^\s\"',;&}\]]+"),
-     rf"\1{REDACTED}"),
+    (
+        re.compile(
+            r"(?i)((?:token|secret|passw(?:or)?d|authorization|api[_-]?key|hmac|private[_-]?key|cookie|credential)"
+            r"[a-z0-9_-]*[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])(?:(?:bearer|basic)\s+)?[^\s\"',;&}\]]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
     # HTTP credentials elsewhere: "Bearer <token>", "Basic <base64>" (a plain word after "basic" survives)
     (re.compile(r"(?i)\b(bearer)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {REDACTED}"),
     (re.compile(r"\b((?i:basic))\s+(?![A-Z]?[a-z]+\b)[A-Za-z0-9+/]{6,}={0,2}"), rf"\1 {REDACTED}"),
@@ -155,8 +175,7 @@ def configure_logging(level: str | int = "INFO", json: bool = True, stream: Text
 
     shared = _shared_processors()
     renderer: Processor = (
-        structlog.processors.JSONRenderer(ensure_ascii=False) if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(ensure_ascii=False) if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
@@ -201,7 +220,10 @@ def configure_logging(level: str | int = "INFO", json: bool = True, stream: Text
 
 @contextlib.contextmanager
 def bind_message(
-    message_id: str, sender: str | None = None, recipient: str | None = None, correlation_id: str | None = None,
+    message_id: str,
+    sender: str | None = None,
+    recipient: str | None = None,
+    correlation_id: str | None = None,
 ) -> Iterator[None]:
     """Bind a message's ids to every log line inside the block (restored on exit, task-local)."""
     fields = {"message_id": message_id, "sender": sender, "recipient": recipient, "correlation_id": correlation_id}

@@ -36,10 +36,22 @@ PREFIX = "exchange"
 disable_created_metrics()
 
 #: Label names that must never appear: unbounded identifiers.
-FORBIDDEN_LABELS = frozenset({
-    "message_id", "msg_id", "id", "correlation_id", "trace_id", "span_id", "document_id",
-    "subject", "token", "user", "url", "path",
-})
+FORBIDDEN_LABELS = frozenset(
+    {
+        "message_id",
+        "msg_id",
+        "id",
+        "correlation_id",
+        "trace_id",
+        "span_id",
+        "document_id",
+        "subject",
+        "token",
+        "user",
+        "url",
+        "path",
+    }
+)
 
 # Submit -> delivered receipt at the sender: usually under a second on a healthy bus, seconds
 # when signing and an adapter hop add up, minutes when retries back off (1 s … 600 s).
@@ -64,83 +76,119 @@ class Metrics:
         # -- flow counters -----------------------------------------------------------
         #: exchange_documents_submitted_total{agency,kind}: envelopes accepted from a sending agency.
         self.documents_submitted = Counter(
-            f"{PREFIX}_documents_submitted_total", "Envelopes accepted for sending, by sending agency and kind.",
-            ["agency", "kind"], registry=r)
+            f"{PREFIX}_documents_submitted_total",
+            "Envelopes accepted for sending, by sending agency and kind.",
+            ["agency", "kind"],
+            registry=r,
+        )
         #: exchange_deliveries_total{agency,outcome}: receipts received back, by recipient agency.
         self.deliveries = Counter(
             f"{PREFIX}_deliveries_total",
             "Delivery receipts received by the sender, by recipient agency and outcome (delivered, failed).",
-            ["agency", "outcome"], registry=r)
+            ["agency", "outcome"],
+            registry=r,
+        )
         #: exchange_dead_letters_total{agency,reason}: messages given up on at a recipient.
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters_total",
             "Messages dead-lettered at the recipient (permanent failure or retries exhausted), by reason code.",
-            ["agency", "reason"], registry=r)
+            ["agency", "reason"],
+            registry=r,
+        )
         #: exchange_duplicates_suppressed_total{agency}: redeliveries absorbed by the dedupe.
         self.duplicates_suppressed = Counter(
             f"{PREFIX}_duplicates_suppressed_total",
             "Envelopes received again and not handed to the E-Office a second time, by recipient agency.",
-            ["agency"], registry=r)
+            ["agency"],
+            registry=r,
+        )
         #: exchange_retries_total{reason}: transient handover failures scheduled for another try.
         self.retries = Counter(
-            f"{PREFIX}_retries_total", "Transient delivery failures sent to a retry queue, by reason code.",
-            ["reason"], registry=r)
+            f"{PREFIX}_retries_total",
+            "Transient delivery failures sent to a retry queue, by reason code.",
+            ["reason"],
+            registry=r,
+        )
         #: exchange_rejections_total{stage,reason}: inbound frames refused before any delivery.
         self.rejections = Counter(
             f"{PREFIX}_rejections_total",
             "Envelopes refused on receipt, by stage (signature, schema, xml, envelope) and reason code.",
-            ["stage", "reason"], registry=r)
+            ["stage", "reason"],
+            registry=r,
+        )
 
         # -- latencies -------------------------------------------------------------
         #: exchange_delivery_latency_seconds{agency}: submit -> delivered receipt at the sender.
         self.delivery_latency = Histogram(
             f"{PREFIX}_delivery_latency_seconds",
             "Time from an envelope's creation to its delivery receipt reaching the sender, by recipient agency.",
-            ["agency"], buckets=DELIVERY_BUCKETS, registry=r)
+            ["agency"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
         #: exchange_receipt_latency_seconds{agency}: handover at the recipient -> receipt at the sender.
         self.receipt_latency = Histogram(
             f"{PREFIX}_receipt_latency_seconds",
             "Time from the recipient's receipt being created to it reaching the sender, by recipient agency.",
-            ["agency"], buckets=RECEIPT_BUCKETS, registry=r)
+            ["agency"],
+            buckets=RECEIPT_BUCKETS,
+            registry=r,
+        )
         #: exchange_publish_confirm_seconds: one publish until the broker's confirm.
         self.publish_confirm_seconds = Histogram(
-            f"{PREFIX}_publish_confirm_seconds", "Time from publishing to the broker's publisher confirm.",
-            buckets=CONFIRM_BUCKETS, registry=r)
+            f"{PREFIX}_publish_confirm_seconds",
+            "Time from publishing to the broker's publisher confirm.",
+            buckets=CONFIRM_BUCKETS,
+            registry=r,
+        )
 
         # -- state gauges (refreshed every few seconds by the node) ------------------
         #: exchange_queue_depth{lane}: messages ready in the node's lane queue (all hosted agencies).
         self.queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Messages ready in the node's inbound lane queue (every hosted agency).",
-            ["lane"], registry=r)
+            f"{PREFIX}_queue_depth",
+            "Messages ready in the node's inbound lane queue (every hosted agency).",
+            ["lane"],
+            registry=r,
+        )
         #: exchange_lane_oldest_message_age_seconds{lane}: how long the lane has had a backlog nobody took from.
         self.lane_oldest_message_age_seconds = Gauge(
             f"{PREFIX}_lane_oldest_message_age_seconds",
             "Approximate age of the oldest message waiting in the node's lane queue (0 when empty).",
-            ["lane"], registry=r)
+            ["lane"],
+            registry=r,
+        )
         #: exchange_deliveries_pending{agency}: deliveries this node sent to the agency, no receipt yet.
         self.deliveries_pending = Gauge(
             f"{PREFIX}_deliveries_pending",
             "Deliveries to a recipient agency not yet closed by its receipt (from the store; only agencies "
-            "with some waiting).", ["agency"], registry=r)
+            "with some waiting).",
+            ["agency"],
+            registry=r,
+        )
         #: exchange_queue_oldest_message_age_seconds{agency}: how long the oldest of those has waited.
         self.queue_oldest_message_age_seconds = Gauge(
             f"{PREFIX}_queue_oldest_message_age_seconds",
             "Seconds the oldest delivery to a recipient agency has waited for its receipt (from the store).",
-            ["agency"], registry=r)
+            ["agency"],
+            registry=r,
+        )
         #: exchange_retry_backlog: messages parked in retry (delay) queues.
-        self.retry_backlog = Gauge(
-            f"{PREFIX}_retry_backlog", "Messages waiting in retry delay queues.", registry=r)
+        self.retry_backlog = Gauge(f"{PREFIX}_retry_backlog", "Messages waiting in retry delay queues.", registry=r)
         #: exchange_certificate_expiry_seconds{agency}: seconds until the signing certificate expires.
         self.certificate_expiry_seconds = Gauge(
             f"{PREFIX}_certificate_expiry_seconds",
             "Seconds until the agency's signing certificate expires (negative once expired).",
-            ["agency"], registry=r)
+            ["agency"],
+            registry=r,
+        )
         #: exchange_outbox_size: envelopes stored but not yet confirmed by the broker.
         self.outbox_size = Gauge(
-            f"{PREFIX}_outbox_size", "Messages in the outbox not yet confirmed by RabbitMQ.", registry=r)
+            f"{PREFIX}_outbox_size", "Messages in the outbox not yet confirmed by RabbitMQ.", registry=r
+        )
         #: exchange_outbox_oldest_age_seconds: age of the oldest unpublished outbox entry.
         self.outbox_oldest_age_seconds = Gauge(
-            f"{PREFIX}_outbox_oldest_age_seconds", "Age of the oldest outbox entry (0 when empty).", registry=r)
+            f"{PREFIX}_outbox_oldest_age_seconds", "Age of the oldest outbox entry (0 when empty).", registry=r
+        )
         #: exchange_broker_up: 1 while the node holds a working RabbitMQ connection.
         self.broker_up = Gauge(f"{PREFIX}_broker_up", "1 if RabbitMQ is connected, else 0.", registry=r)
         #: exchange_store_up: 1 while the store answers.
@@ -151,21 +199,28 @@ class Metrics:
         self.unreceipted_oldest_age_seconds = Gauge(
             f"{PREFIX}_unreceipted_oldest_age_seconds",
             "Age of the oldest document published (confirmed by RabbitMQ) that has no receipt yet (0 when none).",
-            registry=r)
+            registry=r,
+        )
         #: exchange_unreceipted_oldest_age_by_agency_seconds{agency}: the same, per recipient agency.
         self.unreceipted_oldest_age_by_agency_seconds = Gauge(
             f"{PREFIX}_unreceipted_oldest_age_by_agency_seconds",
             "Age of the oldest document published to a recipient agency without its receipt (0 when none).",
-            ["agency"], registry=r)
+            ["agency"],
+            registry=r,
+        )
         #: exchange_dead_letters_waiting: messages in the node's dead-letter queue, waiting for an operator.
         self.dead_letters_waiting = Gauge(
             f"{PREFIX}_dead_letters_waiting",
-            "Dead letters waiting in the dead-letter queue for a replay or discard.", registry=r)
+            "Dead letters waiting in the dead-letter queue for a replay or discard.",
+            registry=r,
+        )
         #: exchange_deliveries_by_state{state}: the store's (message, recipient) deliveries per state.
         self.deliveries_by_state = Gauge(
             f"{PREFIX}_deliveries_by_state",
             "Deliveries recorded by the store, by state (submitted, queued, delivered, failed).",
-            ["state"], registry=r)
+            ["state"],
+            registry=r,
+        )
 
         #: exchange_build_info{version,python}: constant 1, for joins and dashboards.
         self.build = Info(f"{PREFIX}_build", "Version of the exchange node.", registry=r)

@@ -60,12 +60,13 @@ class Directory:
             for alias in e.aliases:
                 if alias in self._by_code or self._by_alias.get(alias, e.code) != e.code:
                     other = alias if alias in self._by_code else self._by_alias[alias]
-                    raise ConfigError(f"alias {alias!r} of agency {e.code} already names agency {other}; "
-                                      "an alias names one agency")
+                    raise ConfigError(
+                        f"alias {alias!r} of agency {e.code} already names agency {other}; an alias names one agency"
+                    )
                 self._by_alias[alias] = e.code
 
     @classmethod
-    def load(cls, path: str | Path) -> "Directory":
+    def load(cls, path: str | Path) -> Directory:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -77,18 +78,23 @@ class Directory:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"agency directory {path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict) or not isinstance(raw.get("agency", []), list):
-            raise ConfigError(f"agency directory {path} must hold a list of agencies under \"agency\"")
+            raise ConfigError(f'agency directory {path} must hold a list of agencies under "agency"')
         entries = []
         for i, a in enumerate(raw.get("agency", [])):
             try:
                 cert = a.get("cert")
-                entries.append(AgencyEntry(
-                    code=check_agency_code(a["code"]), name=a.get("name", a["code"]), node=a["node"],
-                    cert=(path.parent / cert) if cert else None,
-                    retired=bool(a.get("retired", False)), successor=a.get("successor"),
-                    aliases=_aliases(a.get("aliases", [])),
-                    hub=_hub(a.get("hub")),
-                ))
+                entries.append(
+                    AgencyEntry(
+                        code=check_agency_code(a["code"]),
+                        name=a.get("name", a["code"]),
+                        node=a["node"],
+                        cert=(path.parent / cert) if cert else None,
+                        retired=bool(a.get("retired", False)),
+                        successor=a.get("successor"),
+                        aliases=_aliases(a.get("aliases", [])),
+                        hub=_hub(a.get("hub")),
+                    )
+                )
             except KeyError as exc:
                 raise ConfigError(f"{path}: [[agency]] #{i + 1} lacks {exc.args[0]!r}") from None
             except ExchangeError as exc:
@@ -159,5 +165,5 @@ def _hub(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or value.strip() != value:
-        raise ConfigError("hub must be the non-empty name of a hub, e.g. \"h41\"")
+        raise ConfigError('hub must be the non-empty name of a hub, e.g. "h41"')
     return value

@@ -51,7 +51,7 @@ def decode(body: bytes, *, max_bytes: int) -> tuple[bytes, dict[str, bytes]]:
             raise FrameError(f"frame declares {count} parts")
         for _ in range(count):
             (n,) = struct.unpack_from(">H", view, pos)
-            pid = bytes(view[pos + 2:pos + 2 + n]).decode()
+            pid = bytes(view[pos + 2 : pos + 2 + n]).decode()
             pos += 2 + n
             (size,) = struct.unpack_from(">Q", view, pos)
             pos += 8
@@ -59,7 +59,7 @@ def decode(body: bytes, *, max_bytes: int) -> tuple[bytes, dict[str, bytes]]:
                 raise FrameError("frame is truncated")
             if pid in parts:
                 raise FrameError(f"frame repeats part {pid!r}")
-            parts[pid] = bytes(view[pos:pos + size])
+            parts[pid] = bytes(view[pos : pos + size])
             pos += size
     except (struct.error, UnicodeDecodeError) as exc:
         raise FrameError(f"frame is garbled: {exc}") from None

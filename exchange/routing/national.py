@@ -25,24 +25,49 @@ COMMUNES = 3321
 
 #: The 34 provincial-level units since 1 July 2025 (Resolution 202/2025/QH15), with generated codes.
 PROVINCES: tuple[tuple[str, str], ...] = (
-    ("H01", "Thành phố Hà Nội"), ("H29", "Thành phố Hồ Chí Minh"), ("H31", "Thành phố Hải Phòng"),
-    ("H43", "Thành phố Đà Nẵng"), ("H46", "Thành phố Huế"), ("H65", "Thành phố Cần Thơ"),
-    ("H02", "Tỉnh Tuyên Quang"), ("H04", "Tỉnh Cao Bằng"), ("H07", "Tỉnh Lai Châu"),
-    ("H08", "Tỉnh Lào Cai"), ("H10", "Tỉnh Thái Nguyên"), ("H11", "Tỉnh Điện Biên"),
-    ("H12", "Tỉnh Lạng Sơn"), ("H14", "Tỉnh Sơn La"), ("H15", "Tỉnh Phú Thọ"),
-    ("H17", "Tỉnh Bắc Ninh"), ("H22", "Tỉnh Quảng Ninh"), ("H33", "Tỉnh Hưng Yên"),
-    ("H37", "Tỉnh Ninh Bình"), ("H38", "Tỉnh Thanh Hóa"), ("H41", "Tỉnh Nghệ An"),
-    ("H42", "Tỉnh Hà Tĩnh"), ("H45", "Tỉnh Quảng Trị"), ("H51", "Tỉnh Quảng Ngãi"),
-    ("H52", "Tỉnh Gia Lai"), ("H56", "Tỉnh Khánh Hòa"), ("H66", "Tỉnh Đắk Lắk"),
-    ("H68", "Tỉnh Lâm Đồng"), ("H75", "Tỉnh Đồng Nai"), ("H72", "Tỉnh Tây Ninh"),
-    ("H86", "Tỉnh Vĩnh Long"), ("H87", "Tỉnh Đồng Tháp"), ("H89", "Tỉnh An Giang"),
+    ("H01", "Thành phố Hà Nội"),
+    ("H29", "Thành phố Hồ Chí Minh"),
+    ("H31", "Thành phố Hải Phòng"),
+    ("H43", "Thành phố Đà Nẵng"),
+    ("H46", "Thành phố Huế"),
+    ("H65", "Thành phố Cần Thơ"),
+    ("H02", "Tỉnh Tuyên Quang"),
+    ("H04", "Tỉnh Cao Bằng"),
+    ("H07", "Tỉnh Lai Châu"),
+    ("H08", "Tỉnh Lào Cai"),
+    ("H10", "Tỉnh Thái Nguyên"),
+    ("H11", "Tỉnh Điện Biên"),
+    ("H12", "Tỉnh Lạng Sơn"),
+    ("H14", "Tỉnh Sơn La"),
+    ("H15", "Tỉnh Phú Thọ"),
+    ("H17", "Tỉnh Bắc Ninh"),
+    ("H22", "Tỉnh Quảng Ninh"),
+    ("H33", "Tỉnh Hưng Yên"),
+    ("H37", "Tỉnh Ninh Bình"),
+    ("H38", "Tỉnh Thanh Hóa"),
+    ("H41", "Tỉnh Nghệ An"),
+    ("H42", "Tỉnh Hà Tĩnh"),
+    ("H45", "Tỉnh Quảng Trị"),
+    ("H51", "Tỉnh Quảng Ngãi"),
+    ("H52", "Tỉnh Gia Lai"),
+    ("H56", "Tỉnh Khánh Hòa"),
+    ("H66", "Tỉnh Đắk Lắk"),
+    ("H68", "Tỉnh Lâm Đồng"),
+    ("H75", "Tỉnh Đồng Nai"),
+    ("H72", "Tỉnh Tây Ninh"),
+    ("H86", "Tỉnh Vĩnh Long"),
+    ("H87", "Tỉnh Đồng Tháp"),
+    ("H89", "Tỉnh An Giang"),
     ("H96", "Tỉnh Cà Mau"),
 )
 
 #: A few ministries (level-1 G codes), besides the Government Office.
 MINISTRIES: tuple[tuple[str, str], ...] = (
-    ("000.00.00.G03", "Bộ Nội vụ"), ("000.00.00.G06", "Bộ Tài chính"), ("000.00.00.G09", "Bộ Tư pháp"),
-    ("000.00.00.G12", "Bộ Khoa học và Công nghệ"), ("000.00.00.G15", "Bộ Công an"),
+    ("000.00.00.G03", "Bộ Nội vụ"),
+    ("000.00.00.G06", "Bộ Tài chính"),
+    ("000.00.00.G09", "Bộ Tư pháp"),
+    ("000.00.00.G12", "Bộ Khoa học và Công nghệ"),
+    ("000.00.00.G15", "Bộ Công an"),
 )
 
 
@@ -65,8 +90,10 @@ def commune_counts(total: int = COMMUNES, provinces: int = len(PROVINCES)) -> li
     base, extra = divmod(total, provinces)
     counts = [base + (1 if i < extra else 0) for i in range(provinces)]
     if max(counts) > 99:
-        raise ValueError(f"{total} communes over {provinces} provinces needs more than 99 per province, "
-                         "which a level-2 QCVN code cannot number")
+        raise ValueError(
+            f"{total} communes over {provinces} provinces needs more than 99 per province, "
+            "which a level-2 QCVN code cannot number"
+        )
     return counts
 
 

@@ -66,7 +66,9 @@ def _read(path: str | os.PathLike[str], what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise KeyMaterialError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path and permissions") from exc
+        raise KeyMaterialError(
+            f"cannot read {what} {path}: {exc.strerror or exc}; check the path and permissions"
+        ) from exc
 
 
 def load_private_key(path: str | os.PathLike[str], password: bytes | None = None) -> PrivateKey:
@@ -94,7 +96,12 @@ def save_private_key(key: PrivateKey, path: str | os.PathLike[str], password: by
 #: What cryptography raises for a certificate it cannot read: bad DER or PEM, an invalid version, a duplicated
 #: extension, an unknown key or signature algorithm, an unsupported name type (measured by fuzzing DER bytes).
 CERTIFICATE_PARSE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, TypeError, UnsupportedAlgorithm, InternalError, x509.DuplicateExtension, x509.InvalidVersion,
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    InternalError,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
     x509.UnsupportedGeneralNameType,
 )
 
@@ -118,8 +125,9 @@ def check_readable(cert: x509.Certificate) -> x509.Certificate:
             extension.value  # noqa: B018
         cert.public_key()
     except CERTIFICATE_PARSE_ERRORS as exc:
-        raise CertificateMalformedError(f"a certificate cannot be read ({_reason(exc)}); the sender's certificate is "
-                                        "malformed: it must be reissued") from exc
+        raise CertificateMalformedError(
+            f"a certificate cannot be read ({_reason(exc)}); the sender's certificate is malformed: it must be reissued"
+        ) from exc
     return cert
 
 
@@ -128,8 +136,10 @@ def certificate_from_der(der: bytes) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
     except CERTIFICATE_PARSE_ERRORS as exc:
-        raise CertificateMalformedError(f"an X509Certificate is not a readable DER certificate ({_reason(exc)}); "
-                                        "the signature or the sender's certificate is damaged") from exc
+        raise CertificateMalformedError(
+            f"an X509Certificate is not a readable DER certificate ({_reason(exc)}); "
+            "the signature or the sender's certificate is damaged"
+        ) from exc
     return check_readable(cert)
 
 
@@ -144,8 +154,9 @@ def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except CERTIFICATE_PARSE_ERRORS as exc:
-        raise KeyMaterialError(f"{path} holds no readable PEM certificate ({_reason(exc)}); give a .pem certificate") \
-            from exc
+        raise KeyMaterialError(
+            f"{path} holds no readable PEM certificate ({_reason(exc)}); give a .pem certificate"
+        ) from exc
     try:
         return [check_readable(c) for c in certs]
     except CertificateMalformedError as exc:
@@ -198,7 +209,7 @@ def agency_codes_of(cert: x509.Certificate) -> tuple[frozenset[str], frozenset[s
     else:
         for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
             if uri.lower().startswith(AGENCY_URI_PREFIX):
-                san_codes.add(uri[len(AGENCY_URI_PREFIX):])
+                san_codes.add(uri[len(AGENCY_URI_PREFIX) :])
     org_codes = {str(a.value) for a in cert.subject.get_attributes_for_oid(ORGANIZATION_IDENTIFIER)}
     return frozenset(san_codes), frozenset(org_codes)
 
@@ -246,16 +257,23 @@ class AgencyIdentity:
     chain: tuple[x509.Certificate, ...] = ()
 
     @classmethod
-    def from_files(cls, key_path: str | os.PathLike[str], cert_path: str | os.PathLike[str],
-                   *, password: bytes | None = None) -> "AgencyIdentity":
+    def from_files(
+        cls, key_path: str | os.PathLike[str], cert_path: str | os.PathLike[str], *, password: bytes | None = None
+    ) -> AgencyIdentity:
         """Load a key and a certificate file (leaf first, then intermediates) and check they belong together."""
         key = load_private_key(key_path, password)
         certs = load_certificates(cert_path)
         return cls.of(key, certs[0], certs[1:], source=str(cert_path))
 
     @classmethod
-    def of(cls, key: PrivateKey, certificate: x509.Certificate, chain: Iterable[x509.Certificate] = (),
-           *, source: str = "the certificate") -> "AgencyIdentity":
+    def of(
+        cls,
+        key: PrivateKey,
+        certificate: x509.Certificate,
+        chain: Iterable[x509.Certificate] = (),
+        *,
+        source: str = "the certificate",
+    ) -> AgencyIdentity:
         """Build an identity from objects; refuses a key that the certificate does not certify."""
         check_signing_key(key)
         if not public_keys_match(key, certificate):
@@ -266,5 +284,4 @@ class AgencyIdentity:
                 f"{source} names no single agency (subjectAltName {AGENCY_URI_PREFIX}<code> or "
                 "organizationIdentifier); issue it with `exchange pki issue --code ...`"
             )
-        return cls(code=code, name=subject_name(certificate), key=key, certificate=certificate,
-                   chain=tuple(chain))
+        return cls(code=code, name=subject_name(certificate), key=key, certificate=certificate, chain=tuple(chain))

@@ -120,11 +120,19 @@ class _Pending:
     cursors: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-
 def _inbox_entry(r: Any) -> InboxEntry:
-    return InboxEntry(agency=r.agency, message_id=r.message_id, kind=r.kind, sender=r.sender,
-                      state=InboxState(r.state), received_at=r.received_at, subject=r.subject,
-                      priority=r.priority, acked_at=r.acked_at, seq=r.seq)
+    return InboxEntry(
+        agency=r.agency,
+        message_id=r.message_id,
+        kind=r.kind,
+        sender=r.sender,
+        state=InboxState(r.state),
+        received_at=r.received_at,
+        subject=r.subject,
+        priority=r.priority,
+        acked_at=r.acked_at,
+        seq=r.seq,
+    )
 
 
 class SqlStore(Store):
@@ -186,7 +194,7 @@ class SqlStore(Store):
                 return rb.value  # type: ignore[return-value]
             except DBAPIError as exc:
                 if attempt < _MAX_ATTEMPTS and self._retryable(exc):
-                    await asyncio.sleep(0.01 * 2 ** attempt)
+                    await asyncio.sleep(0.01 * 2**attempt)
                     continue
                 raise self._store_error(exc) from exc
             except SQLAlchemyError as exc:
@@ -229,8 +237,7 @@ class SqlStore(Store):
             row = conn.execute(_JOURNAL_HEAD).first()
             head = (row.seq, row.hash) if row else (0, GENESIS)
         entries = chain(pending.events, head_seq=head[0], head_hash=head[1], at=_now())
-        rows = [{"seq": e.seq, "at": e.at, "event": e.event, "prev_hash": e.prev_hash, "hash": e.hash}
-                for e in entries]
+        rows = [{"seq": e.seq, "at": e.at, "event": e.event, "prev_hash": e.prev_hash, "hash": e.hash} for e in entries]
         conn.execute(_INSERT_JOURNAL, rows[0] if len(rows) == 1 else rows)
         if cache is not None:
             cache["journal_head"] = (entries[-1].seq, entries[-1].hash)
@@ -254,8 +261,7 @@ class SqlStore(Store):
             if self.is_postgres:
                 self._engine = _PostgresEngine(self._url, self._pool_size)
             else:
-                self._engine = _SqliteEngine(self._url, synchronous=self._synchronous,
-                                             busy_timeout=self._busy_timeout)
+                self._engine = _SqliteEngine(self._url, synchronous=self._synchronous, busy_timeout=self._busy_timeout)
         except OSError as exc:
             raise StoreError(f"cannot open the store at {_safe(self.url)}: {exc}") from exc
 
@@ -308,19 +314,27 @@ class SqlStore(Store):
     ) -> tuple[str, bool]:
         def tx(conn: Connection, pending: _Pending) -> tuple[str, bool]:
             if idempotency_key is not None:
-                taken = conn.execute(_INSERT_IDEMPOTENCY, {
-                    "sender": message.sender, "key": idempotency_key, "message_id": message.message_id,
-                    "created_at": _now(),
-                }).first()
+                taken = conn.execute(
+                    _INSERT_IDEMPOTENCY,
+                    {
+                        "sender": message.sender,
+                        "key": idempotency_key,
+                        "message_id": message.message_id,
+                        "created_at": _now(),
+                    },
+                ).first()
                 if taken is None:  # used before (PostgreSQL: waits for a racing first use to commit)
                     earlier = conn.execute(
-                        select(idempotency.c.message_id)
-                        .where(idempotency.c.sender == message.sender, idempotency.c.key == idempotency_key)
+                        select(idempotency.c.message_id).where(
+                            idempotency.c.sender == message.sender, idempotency.c.key == idempotency_key
+                        )
                     ).scalar_one()
                     raise _Rollback((earlier, False))
                 if idempotency_fingerprint is not None:
-                    conn.execute(idempotency_requests.insert(), {
-                        "sender": message.sender, "key": idempotency_key, "fingerprint": idempotency_fingerprint})
+                    conn.execute(
+                        idempotency_requests.insert(),
+                        {"sender": message.sender, "key": idempotency_key, "fingerprint": idempotency_fingerprint},
+                    )
             if not self._store_outgoing(conn, pending, message, outbox, attachments, track):
                 raise _Rollback((message.message_id, False))
             return message.message_id, True
@@ -345,42 +359,99 @@ class SqlStore(Store):
         shas = self._store_attachments(conn, attachment_data, now)
         recipients = list(dict.fromkeys(message.recipients))
         if track and recipients:
-            conn.execute(_INSERT_DELIVERY, [
-                {"message_id": message.message_id, "recipient": r, "state": DeliveryState.SUBMITTED.value,
-                 "status_code": None, "reason": "", "updated_at": now} for r in recipients
-            ])
-            conn.execute(_INSERT_TIMELINE, [
-                {"message_id": message.message_id, "recipient": r, "event": DeliveryState.SUBMITTED.value,
-                 "at": now, "status_code": None, "detail": ""} for r in recipients
-            ])
+            conn.execute(
+                _INSERT_DELIVERY,
+                [
+                    {
+                        "message_id": message.message_id,
+                        "recipient": r,
+                        "state": DeliveryState.SUBMITTED.value,
+                        "status_code": None,
+                        "reason": "",
+                        "updated_at": now,
+                    }
+                    for r in recipients
+                ],
+            )
+            conn.execute(
+                _INSERT_TIMELINE,
+                [
+                    {
+                        "message_id": message.message_id,
+                        "recipient": r,
+                        "event": DeliveryState.SUBMITTED.value,
+                        "at": now,
+                        "status_code": None,
+                        "detail": "",
+                    }
+                    for r in recipients
+                ],
+            )
         if items:
             if any(i.message_id != message.message_id or i.body != items[0].body for i in items):
                 raise ValueError("outbox items of one message carry that message's id and the same frame")
             conn.execute(_INSERT_FRAME, {"message_id": message.message_id, "body": items[0].body})
-            conn.execute(_INSERT_OUTBOX, [
-                {"message_id": i.message_id, "recipient": i.recipient, "routing_key": i.routing_key,
-                 "headers": json.dumps(dict(i.headers), separators=(",", ":")),
-                 "priority": i.priority, "created_at": now, "lease_until": None, "attempts": 0}
-                for i in items
-            ])
-        pending.events.append(JournalEvent("accept_outgoing", message.message_id, None, {
-            "kind": message.kind, "operation": message.operation, "sender": message.sender,
-            "recipients": list(message.recipients), "digest": message.digest,
-            "relates_to": message.relates_to, "attachments": shas, "tracked": track,
-            "outbox": [i.recipient for i in items],
-        }))
+            conn.execute(
+                _INSERT_OUTBOX,
+                [
+                    {
+                        "message_id": i.message_id,
+                        "recipient": i.recipient,
+                        "routing_key": i.routing_key,
+                        "headers": json.dumps(dict(i.headers), separators=(",", ":")),
+                        "priority": i.priority,
+                        "created_at": now,
+                        "lease_until": None,
+                        "attempts": 0,
+                    }
+                    for i in items
+                ],
+            )
+        pending.events.append(
+            JournalEvent(
+                "accept_outgoing",
+                message.message_id,
+                None,
+                {
+                    "kind": message.kind,
+                    "operation": message.operation,
+                    "sender": message.sender,
+                    "recipients": list(message.recipients),
+                    "digest": message.digest,
+                    "relates_to": message.relates_to,
+                    "attachments": shas,
+                    "tracked": track,
+                    "outbox": [i.recipient for i in items],
+                },
+            )
+        )
         return True
 
     @staticmethod
     def _insert_message(conn: Connection, m: MessageRecord, now: datetime) -> bool:
-        return conn.execute(_INSERT_MESSAGE, {
-            "message_id": m.message_id, "direction": m.direction.value, "kind": m.kind,
-            "operation": m.operation, "sender": m.sender,
-            "recipients": json.dumps(list(m.recipients), separators=(",", ":")),
-            "created_at": m.created_at, "stored_at": now, "envelope_xml": m.envelope_xml, "digest": m.digest,
-            "priority": m.priority, "subject": m.subject, "relates_to": m.relates_to,
-            "correlation_id": m.correlation_id, "document_id": m.document_id,
-        }).first() is not None
+        return (
+            conn.execute(
+                _INSERT_MESSAGE,
+                {
+                    "message_id": m.message_id,
+                    "direction": m.direction.value,
+                    "kind": m.kind,
+                    "operation": m.operation,
+                    "sender": m.sender,
+                    "recipients": json.dumps(list(m.recipients), separators=(",", ":")),
+                    "created_at": m.created_at,
+                    "stored_at": now,
+                    "envelope_xml": m.envelope_xml,
+                    "digest": m.digest,
+                    "priority": m.priority,
+                    "subject": m.subject,
+                    "relates_to": m.relates_to,
+                    "correlation_id": m.correlation_id,
+                    "document_id": m.document_id,
+                },
+            ).first()
+            is not None
+        )
 
     @staticmethod
     def _store_attachments(conn: Connection, data: Mapping[str, bytes] | None, now: datetime) -> list[str]:
@@ -391,9 +462,10 @@ class SqlStore(Store):
         present = set(conn.execute(_PRESENT_ATTACHMENTS, {"shas": shas}).scalars())
         missing = [s for s in shas if s not in present]
         if missing:
-            conn.execute(_INSERT_ATTACHMENT, [
-                {"sha256": s, "size": len(data[s]), "data": data[s], "stored_at": now} for s in missing
-            ])
+            conn.execute(
+                _INSERT_ATTACHMENT,
+                [{"sha256": s, "size": len(data[s]), "data": data[s], "stored_at": now} for s in missing],
+            )
         return shas
 
     async def claim_outbox(self, limit: int, *, lease_seconds: float = 30.0) -> list[OutboxItem]:
@@ -414,18 +486,32 @@ class SqlStore(Store):
                 candidates = candidates.with_for_update(skip_locked=True)
             chosen = candidates.cte("chosen")
             rows = conn.execute(
-                update(outbox).where(outbox.c.id.in_(select(chosen.c.id)))
+                update(outbox)
+                .where(outbox.c.id.in_(select(chosen.c.id)))
                 .values(lease_until=now + lease_seconds)
                 .returning(*outbox.c)
             ).all()
             rows = sorted(rows, key=lambda r: (-r.priority, r.id))
-            frames = {f.message_id: bytes(f.body) for f in conn.execute(
-                select(outbox_frames).where(outbox_frames.c.message_id.in_({r.message_id for r in rows})))}
-            return [OutboxItem(
-                message_id=r.message_id, recipient=r.recipient, routing_key=r.routing_key, body=frames[r.message_id],
-                headers=json.loads(r.headers), priority=r.priority, id=r.id, created_at=r.created_at,
-                attempts=r.attempts,
-            ) for r in rows]
+            frames = {
+                f.message_id: bytes(f.body)
+                for f in conn.execute(
+                    select(outbox_frames).where(outbox_frames.c.message_id.in_({r.message_id for r in rows}))
+                )
+            }
+            return [
+                OutboxItem(
+                    message_id=r.message_id,
+                    recipient=r.recipient,
+                    routing_key=r.routing_key,
+                    body=frames[r.message_id],
+                    headers=json.loads(r.headers),
+                    priority=r.priority,
+                    id=r.id,
+                    created_at=r.created_at,
+                    attempts=r.attempts,
+                )
+                for r in rows
+            ]
 
         return await self._write(tx)
 
@@ -436,35 +522,52 @@ class SqlStore(Store):
 
         def tx(conn: Connection, pending: _Pending) -> None:
             gone = conn.execute(
-                delete(outbox).where(outbox.c.id.in_(list(ids)))
+                delete(outbox)
+                .where(outbox.c.id.in_(list(ids)))
                 .returning(outbox.c.id, outbox.c.message_id, outbox.c.recipient)
             ).all()
             if not gone:
                 return
             gone = sorted(gone, key=lambda r: r.id)
-            conn.execute(delete(outbox_frames).where(
-                outbox_frames.c.message_id.in_({r.message_id for r in gone}),
-                ~select(outbox.c.id).where(outbox.c.message_id == outbox_frames.c.message_id).exists()))
+            conn.execute(
+                delete(outbox_frames).where(
+                    outbox_frames.c.message_id.in_({r.message_id for r in gone}),
+                    ~select(outbox.c.id).where(outbox.c.message_id == outbox_frames.c.message_id).exists(),
+                )
+            )
             pairs = list(dict.fromkeys((r.message_id, r.recipient) for r in gone))
             now = _now()
             key = tuple_(deliveries.c.message_id, deliveries.c.recipient)
-            moved = {(r.message_id, r.recipient) for r in conn.execute(
-                update(deliveries)
-                .where(key.in_(pairs), deliveries.c.state == DeliveryState.SUBMITTED.value)
-                .values(state=DeliveryState.QUEUED.value, updated_at=now)
-                .returning(deliveries.c.message_id, deliveries.c.recipient)
-            )}
+            moved = {
+                (r.message_id, r.recipient)
+                for r in conn.execute(
+                    update(deliveries)
+                    .where(key.in_(pairs), deliveries.c.state == DeliveryState.SUBMITTED.value)
+                    .values(state=DeliveryState.QUEUED.value, updated_at=now)
+                    .returning(deliveries.c.message_id, deliveries.c.recipient)
+                )
+            }
             # Timeline rows for tracked deliveries only, whatever their state (a receipt may have won the race).
-            conn.execute(timeline.insert().from_select(
-                ["message_id", "recipient", "event", "at", "status_code", "detail"],
-                select(deliveries.c.message_id, deliveries.c.recipient,
-                       literal(DeliveryState.QUEUED.value, String()), literal(now, UtcDateTime()),
-                       literal(None, String()), literal("", Text()))
-                .where(key.in_(pairs)),
-            ))
+            conn.execute(
+                timeline.insert().from_select(
+                    ["message_id", "recipient", "event", "at", "status_code", "detail"],
+                    select(
+                        deliveries.c.message_id,
+                        deliveries.c.recipient,
+                        literal(DeliveryState.QUEUED.value, String()),
+                        literal(now, UtcDateTime()),
+                        literal(None, String()),
+                        literal("", Text()),
+                    ).where(key.in_(pairs)),
+                )
+            )
             pending.events.extend(
-                JournalEvent("published", r.message_id, r.recipient,
-                             {"state": DeliveryState.QUEUED.value} if (r.message_id, r.recipient) in moved else {})
+                JournalEvent(
+                    "published",
+                    r.message_id,
+                    r.recipient,
+                    {"state": DeliveryState.QUEUED.value} if (r.message_id, r.recipient) in moved else {},
+                )
                 for r in gone
             )
 
@@ -476,7 +579,8 @@ class SqlStore(Store):
 
         def tx(conn: Connection, pending: _Pending) -> None:
             rows = conn.execute(
-                update(outbox).where(outbox.c.id.in_(list(ids)))
+                update(outbox)
+                .where(outbox.c.id.in_(list(ids)))
                 .values(lease_until=None, attempts=outbox.c.attempts + 1)
                 .returning(outbox.c.id, outbox.c.message_id, outbox.c.recipient, outbox.c.attempts)
             ).all()
@@ -488,8 +592,7 @@ class SqlStore(Store):
         await self._write(tx)
 
     async def outbox_stats(self) -> tuple[int, float | None]:
-        row = await self._read(lambda conn: conn.execute(
-            select(func.count(), func.min(outbox.c.created_at))).one())
+        row = await self._read(lambda conn: conn.execute(select(func.count(), func.min(outbox.c.created_at))).one())
         count, oldest = row[0], row[1]
         if oldest is None:
             return int(count), None
@@ -507,27 +610,50 @@ class SqlStore(Store):
 
         def tx(conn: Connection, pending: _Pending) -> bool:
             now = _now()
-            taken = conn.execute(_INSERT_INBOX, {
-                "agency": recipient, "message_id": message.message_id, "seq": None,
-                "state": InboxState.RECEIVED.value, "kind": message.kind, "sender": message.sender,
-                "subject": message.subject, "priority": message.priority, "received_at": now,
-                "handed_at": None, "acked_at": None, "reason": "",
-            }).first()
+            taken = conn.execute(
+                _INSERT_INBOX,
+                {
+                    "agency": recipient,
+                    "message_id": message.message_id,
+                    "seq": None,
+                    "state": InboxState.RECEIVED.value,
+                    "kind": message.kind,
+                    "sender": message.sender,
+                    "subject": message.subject,
+                    "priority": message.priority,
+                    "received_at": now,
+                    "handed_at": None,
+                    "acked_at": None,
+                    "reason": "",
+                },
+            ).first()
             if taken is None:
                 raise _Rollback(False)  # the dedupe key: seen before, write nothing
             self._insert_message(conn, message, now)  # one row shared by all hosted recipients
             shas = self._store_attachments(conn, attachments, now)
-            pending.events.append(JournalEvent("accept_incoming", message.message_id, recipient, {
-                "kind": message.kind, "operation": message.operation, "sender": message.sender,
-                "digest": message.digest, "relates_to": message.relates_to, "attachments": shas,
-            }))
+            pending.events.append(
+                JournalEvent(
+                    "accept_incoming",
+                    message.message_id,
+                    recipient,
+                    {
+                        "kind": message.kind,
+                        "operation": message.operation,
+                        "sender": message.sender,
+                        "digest": message.digest,
+                        "relates_to": message.relates_to,
+                        "attachments": shas,
+                    },
+                )
+            )
             return True
 
         return await self._write(tx)
 
     async def incoming_state(self, message_id: str, recipient: str) -> InboxState | None:
-        state = await self._read(lambda conn: conn.execute(
-            _INBOX_STATE, {"a": recipient, "m": message_id}).scalar_one_or_none())
+        state = await self._read(
+            lambda conn: conn.execute(_INBOX_STATE, {"a": recipient, "m": message_id}).scalar_one_or_none()
+        )
         return InboxState(state) if state is not None else None
 
     async def complete_incoming(
@@ -572,8 +698,14 @@ class SqlStore(Store):
             row = conn.execute(_REOPEN_INBOX, {"a": recipient, "m": message_id, "reason": reason[:500]}).first()
             if row is None:
                 raise _Rollback(False)
-            pending.events.append(JournalEvent("reopen_incoming", message_id, recipient, {
-                "state": InboxState.RECEIVED.value, "reason": reason[:500]}))
+            pending.events.append(
+                JournalEvent(
+                    "reopen_incoming",
+                    message_id,
+                    recipient,
+                    {"state": InboxState.RECEIVED.value, "reason": reason[:500]},
+                )
+            )
             return True
 
         return await self._write(tx)
@@ -600,6 +732,7 @@ class SqlStore(Store):
         E-Office refused, after hand-over, what its channel took in. ``replay``: only a FAILED
         delivery, moved to ``state`` (a replayed dead letter).
         """
+
         def tx(conn: Connection, pending: _Pending) -> bool:
             where = (deliveries.c.message_id == message_id, deliveries.c.recipient == recipient)
             key = {"m": message_id, "r": recipient}
@@ -608,12 +741,20 @@ class SqlStore(Store):
             current = conn.execute(query, key).scalar_one_or_none()
             reopening = reopen and state is DeliveryState.FAILED
             closed = _CLOSED - {DeliveryState.DELIVERED.value} if reopening else _CLOSED
-            if current is None or only_if_open and current in closed \
-                    or replay and current != DeliveryState.FAILED.value:
+            if (
+                current is None
+                or (only_if_open
+                and current in closed)
+                or (replay
+                and current != DeliveryState.FAILED.value)
+            ):
                 raise _Rollback(False)
             values: dict[str, Any] = {}
-            allowed = _ENTER_FROM[state] | {DeliveryState.DELIVERED} if reopening else (
-                _ENTER_FROM[state] if state is not None else frozenset())
+            allowed = (
+                _ENTER_FROM[state] | {DeliveryState.DELIVERED}
+                if reopening
+                else (_ENTER_FROM[state] if state is not None else frozenset())
+            )
             moved = state is not None and (replay or DeliveryState(current) in allowed)
             if moved:
                 assert state is not None
@@ -630,8 +771,17 @@ class SqlStore(Store):
                     values.update(status_code=status_code, updated_at=at)
             if values:
                 conn.execute(update(deliveries).where(*where).values(**values))
-            conn.execute(_INSERT_TIMELINE, {"message_id": message_id, "recipient": recipient, "event": event,
-                                            "at": at, "status_code": status_code, "detail": detail})
+            conn.execute(
+                _INSERT_TIMELINE,
+                {
+                    "message_id": message_id,
+                    "recipient": recipient,
+                    "event": event,
+                    "at": at,
+                    "status_code": status_code,
+                    "detail": detail,
+                },
+            )
             data: dict[str, Any] = {"event": event, "event_at": at.astimezone(UTC).isoformat()}
             if moved:
                 assert state is not None
@@ -645,16 +795,36 @@ class SqlStore(Store):
 
     async def deliveries(self, message_id: str) -> list[Delivery]:
         rows = await self._read(lambda conn: conn.execute(_DELIVERIES_OF, {"m": message_id}).all())
-        return [Delivery(message_id=r.message_id, recipient=r.recipient, state=DeliveryState(r.state),
-                         updated_at=r.updated_at, status_code=r.status_code, reason=r.reason) for r in rows]
+        return [
+            Delivery(
+                message_id=r.message_id,
+                recipient=r.recipient,
+                state=DeliveryState(r.state),
+                updated_at=r.updated_at,
+                status_code=r.status_code,
+                reason=r.reason,
+            )
+            for r in rows
+        ]
 
     async def timeline(self, message_id: str) -> list[TimelineEntry]:
         """Oldest first (by event time, then by recording order)."""
-        rows = await self._read(lambda conn: conn.execute(
-            select(timeline).where(timeline.c.message_id == message_id).order_by(timeline.c.at, timeline.c.id)
-        ).all())
-        return [TimelineEntry(message_id=r.message_id, recipient=r.recipient, event=r.event, at=r.at,
-                              status_code=r.status_code, detail=r.detail) for r in rows]
+        rows = await self._read(
+            lambda conn: conn.execute(
+                select(timeline).where(timeline.c.message_id == message_id).order_by(timeline.c.at, timeline.c.id)
+            ).all()
+        )
+        return [
+            TimelineEntry(
+                message_id=r.message_id,
+                recipient=r.recipient,
+                event=r.event,
+                at=r.at,
+                status_code=r.status_code,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
 
     async def get_message(self, message_id: str, direction: Direction | None = None) -> MessageRecord | None:
         """With ``direction`` None, the outgoing copy wins when a node both sent and received it."""
@@ -670,10 +840,17 @@ class SqlStore(Store):
     async def find_document(self, document_id: str, direction: Direction, agency: str) -> MessageRecord | None:
         if not document_id:
             return None
-        rows = await self._read(lambda conn: conn.execute(
-            select(messages).where(messages.c.document_id == document_id, messages.c.direction == direction.value,
-                                   messages.c.kind == "document").order_by(messages.c.created_at.desc())
-        ).all())
+        rows = await self._read(
+            lambda conn: conn.execute(
+                select(messages)
+                .where(
+                    messages.c.document_id == document_id,
+                    messages.c.direction == direction.value,
+                    messages.c.kind == "document",
+                )
+                .order_by(messages.c.created_at.desc())
+            ).all()
+        )
         for r in rows:
             record = _message(r)
             if (record.sender == agency) if direction is Direction.OUT else (agency in record.recipients):
@@ -690,9 +867,11 @@ class SqlStore(Store):
         return [_message(r) for r in rows]
 
     async def get_attachment(self, sha256: str) -> bytes | None:
-        data = await self._read(lambda conn: conn.execute(
-            select(attachments.c.data).where(attachments.c.sha256 == sha256)
-        ).scalar_one_or_none())
+        data = await self._read(
+            lambda conn: conn.execute(
+                select(attachments.c.data).where(attachments.c.sha256 == sha256)
+            ).scalar_one_or_none()
+        )
         return bytes(data) if data is not None else None
 
     # -- inbox (pull) ---------------------------------------------------------------------------
@@ -705,29 +884,32 @@ class SqlStore(Store):
         query = (
             select(inbox)
             .where(inbox.c.agency == agency, inbox.c.seq > after_seq, inbox.c.state.in_(states))
-            .order_by(inbox.c.seq).limit(limit)
+            .order_by(inbox.c.seq)
+            .limit(limit)
         )
         rows = await self._read(lambda conn: conn.execute(query).all())
         return [_inbox_entry(r) for r in rows]
 
     async def inbox_entry(self, agency: str, message_id: str) -> InboxEntry | None:
-        query = select(inbox).where(inbox.c.agency == agency, inbox.c.message_id == message_id,
-                                    inbox.c.state.in_(_VISIBLE))
+        query = select(inbox).where(
+            inbox.c.agency == agency, inbox.c.message_id == message_id, inbox.c.state.in_(_VISIBLE)
+        )
         row = await self._read(lambda conn: conn.execute(query).first())
         return _inbox_entry(row) if row is not None else None
 
     async def ack_inbox(self, agency: str, message_id: str) -> bool:
         """True also when it was already acknowledged (idempotent)."""
+
         def tx(conn: Connection, pending: _Pending) -> bool:
             where = (inbox.c.agency == agency, inbox.c.message_id == message_id)
             row = conn.execute(
-                update(inbox).where(*where, inbox.c.state == InboxState.HANDED_OVER.value)
-                .values(state=InboxState.ACKED.value, acked_at=_now()).returning(inbox.c.message_id)
+                update(inbox)
+                .where(*where, inbox.c.state == InboxState.HANDED_OVER.value)
+                .values(state=InboxState.ACKED.value, acked_at=_now())
+                .returning(inbox.c.message_id)
             ).first()
             if row is None:
-                state = conn.execute(
-                    select(inbox.c.state).where(*where, inbox.c.seq.is_not(None))
-                ).scalar_one_or_none()
+                state = conn.execute(select(inbox.c.state).where(*where, inbox.c.seq.is_not(None))).scalar_one_or_none()
                 raise _Rollback(state == InboxState.ACKED.value)
             pending.events.append(JournalEvent("ack_inbox", message_id, agency, {"state": InboxState.ACKED.value}))
             return True
@@ -738,6 +920,7 @@ class SqlStore(Store):
 
     async def verify_journal(self, *, page: int = 5000) -> JournalReport:
         """Recompute the chain end to end, ``page`` entries per query (memory stays flat)."""
+
         def verify(conn: Connection) -> JournalReport:
             verifier = ChainVerifier()
             last = 0
@@ -757,86 +940,134 @@ class SqlStore(Store):
         low = await first_seq()
         if low is not None and low < 1:
             # An entry numbered below 1 was inserted: the walk from seq > 0 would never see it.
-            return JournalReport(entries=0, ok=False, first_bad_seq=low,
-                                 problem=f"entry {low} is out of sequence (expected 1): inserted into the journal")
+            return JournalReport(
+                entries=0,
+                ok=False,
+                first_bad_seq=low,
+                problem=f"entry {low} is out of sequence (expected 1): inserted into the journal",
+            )
         return await self._read(verify)
 
     # -- credentials ----------------------------------------------------------------------------
 
     async def put_token(self, agency: str, token_hash: str, label: str = "") -> None:
         """Store (or re-assign) a token by its hash; the journal records the agency and label only."""
+
         def tx(conn: Connection, pending: _Pending) -> None:
             updated = conn.execute(
-                update(api_tokens).where(api_tokens.c.token_hash == token_hash)
-                .values(agency=agency, label=label).returning(api_tokens.c.token_hash)
+                update(api_tokens)
+                .where(api_tokens.c.token_hash == token_hash)
+                .values(agency=agency, label=label)
+                .returning(api_tokens.c.token_hash)
             ).first()
             if updated is None:
-                conn.execute(api_tokens.insert().values(token_hash=token_hash, agency=agency, label=label,
-                                                        created_at=_now()))
+                conn.execute(
+                    api_tokens.insert().values(token_hash=token_hash, agency=agency, label=label, created_at=_now())
+                )
             pending.events.append(JournalEvent("put_token", None, agency, {"label": label}))
 
         await self._write(tx)
 
     async def idempotency_entry(self, sender: str, key: str) -> IdempotencyEntry | None:
-        return await self._read(lambda conn: _idempotency_entry(conn.execute(
-            select(idempotency.c.message_id, idempotency_requests.c.fingerprint)
-            .select_from(idempotency.outerjoin(idempotency_requests, and_(
-                idempotency_requests.c.sender == idempotency.c.sender,
-                idempotency_requests.c.key == idempotency.c.key)))
-            .where(idempotency.c.sender == sender, idempotency.c.key == key)
-        ).first()))
+        return await self._read(
+            lambda conn: _idempotency_entry(
+                conn.execute(
+                    select(idempotency.c.message_id, idempotency_requests.c.fingerprint)
+                    .select_from(
+                        idempotency.outerjoin(
+                            idempotency_requests,
+                            and_(
+                                idempotency_requests.c.sender == idempotency.c.sender,
+                                idempotency_requests.c.key == idempotency.c.key,
+                            ),
+                        )
+                    )
+                    .where(idempotency.c.sender == sender, idempotency.c.key == key)
+                ).first()
+            )
+        )
 
     async def agency_for_token(self, token_hash: str) -> str | None:
-        return await self._read(lambda conn: conn.execute(
-            select(api_tokens.c.agency).where(api_tokens.c.token_hash == token_hash)
-        ).scalar_one_or_none())
+        return await self._read(
+            lambda conn: conn.execute(
+                select(api_tokens.c.agency).where(api_tokens.c.token_hash == token_hash)
+            ).scalar_one_or_none()
+        )
 
     # -- national hub protocol (exchange.gateway.vxp) ----------------------------------------------
 
     async def put_vxp_system(self, system: VxpSystem, *, rotate: bool = False) -> None:
         """Create, or with ``rotate`` re-seal, a system's secret; the journal records ids and key id only."""
+
         def tx(conn: Connection, pending: _Pending) -> None:
             current = conn.execute(
                 select(vxp_systems.c.agency).where(vxp_systems.c.system_id == system.system_id)
             ).scalar_one_or_none()
             if rotate:
                 if current is None:
-                    raise NotFoundError(f"no hub system {system.system_id} exists; create it with "
-                                        "`exchange vxp secret create --system ID --agency CODE`")
+                    raise NotFoundError(
+                        f"no hub system {system.system_id} exists; create it with "
+                        "`exchange vxp secret create --system ID --agency CODE`"
+                    )
                 if current != system.agency:
-                    raise ConflictError(f"hub system {system.system_id} belongs to agency {current}, not "
-                                        f"{system.agency}; rotate it with --agency {current}")
-                conn.execute(update(vxp_systems).where(vxp_systems.c.system_id == system.system_id)
-                             .values(sealed=system.sealed, key_id=system.key_id, rotated_at=_now()))
+                    raise ConflictError(
+                        f"hub system {system.system_id} belongs to agency {current}, not "
+                        f"{system.agency}; rotate it with --agency {current}"
+                    )
+                conn.execute(
+                    update(vxp_systems)
+                    .where(vxp_systems.c.system_id == system.system_id)
+                    .values(sealed=system.sealed, key_id=system.key_id, rotated_at=_now())
+                )
             else:
                 if current is not None:
-                    raise ConflictError(f"hub system {system.system_id} already exists (agency {current}); "
-                                        "give it a new secret with `exchange vxp secret rotate`")
-                conn.execute(vxp_systems.insert().values(
-                    system_id=system.system_id, agency=system.agency, sealed=system.sealed,
-                    key_id=system.key_id, created_at=system.created_at, rotated_at=None))
-            pending.events.append(JournalEvent("vxp_rotate" if rotate else "vxp_create", None, system.agency,
-                                               {"system_id": system.system_id, "key_id": system.key_id}))
+                    raise ConflictError(
+                        f"hub system {system.system_id} already exists (agency {current}); "
+                        "give it a new secret with `exchange vxp secret rotate`"
+                    )
+                conn.execute(
+                    vxp_systems.insert().values(
+                        system_id=system.system_id,
+                        agency=system.agency,
+                        sealed=system.sealed,
+                        key_id=system.key_id,
+                        created_at=system.created_at,
+                        rotated_at=None,
+                    )
+                )
+            pending.events.append(
+                JournalEvent(
+                    "vxp_rotate" if rotate else "vxp_create",
+                    None,
+                    system.agency,
+                    {"system_id": system.system_id, "key_id": system.key_id},
+                )
+            )
 
         await self._write(tx)
 
     async def get_vxp_system(self, system_id: str) -> VxpSystem | None:
-        row = await self._read(lambda conn: conn.execute(
-            select(vxp_systems).where(vxp_systems.c.system_id == system_id)).first())
+        row = await self._read(
+            lambda conn: conn.execute(select(vxp_systems).where(vxp_systems.c.system_id == system_id)).first()
+        )
         return _vxp_system(row) if row is not None else None
 
     async def list_vxp_systems(self) -> list[VxpSystem]:
-        rows = await self._read(lambda conn: conn.execute(
-            select(vxp_systems).order_by(vxp_systems.c.agency, vxp_systems.c.system_id)).all())
+        rows = await self._read(
+            lambda conn: conn.execute(select(vxp_systems).order_by(vxp_systems.c.agency, vxp_systems.c.system_id)).all()
+        )
         return [_vxp_system(r) for r in rows]
 
-    async def remember_vxp_signature(self, system_id: str, signature: str, *, expires_at: datetime,
-                                     now: datetime) -> bool:
+    async def remember_vxp_signature(
+        self, system_id: str, signature: str, *, expires_at: datetime, now: datetime
+    ) -> bool:
         """One transaction: purge expired signatures, then insert this one unless present (not journaled)."""
+
         def tx(conn: Connection, _pending: _Pending) -> bool:
             conn.execute(delete(vxp_replay).where(vxp_replay.c.expires_at < now))
-            row = conn.execute(_INSERT_VXP_REPLAY, {"system_id": system_id, "signature": signature,
-                                                    "expires_at": expires_at}).first()
+            row = conn.execute(
+                _INSERT_VXP_REPLAY, {"system_id": system_id, "signature": signature, "expires_at": expires_at}
+            ).first()
             return row is not None
 
         return await self._write(tx)
@@ -844,19 +1075,22 @@ class SqlStore(Store):
     # -- operator figures -----------------------------------------------------------------------
 
     async def delivery_counts(self) -> dict[str, int]:
-        rows = await self._read(lambda conn: conn.execute(
-            select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
-        ).all())
+        rows = await self._read(
+            lambda conn: conn.execute(select(deliveries.c.state, func.count()).group_by(deliveries.c.state)).all()
+        )
         counts = {s.value: 0 for s in DeliveryState}
         counts.update({state: int(n) for state, n in rows})
         return counts
 
     async def waiting_deliveries(self) -> dict[str, tuple[int, float]]:
         open_states = (DeliveryState.SUBMITTED.value, DeliveryState.QUEUED.value)
-        rows = await self._read(lambda conn: conn.execute(
-            select(deliveries.c.recipient, func.count(), func.min(deliveries.c.updated_at))
-            .where(deliveries.c.state.in_(open_states)).group_by(deliveries.c.recipient)
-        ).all())
+        rows = await self._read(
+            lambda conn: conn.execute(
+                select(deliveries.c.recipient, func.count(), func.min(deliveries.c.updated_at))
+                .where(deliveries.c.state.in_(open_states))
+                .group_by(deliveries.c.recipient)
+            ).all()
+        )
         now, out = _now(), {}
         for recipient, count, oldest in rows:
             if isinstance(oldest, str):  # SQLite may hand back the aggregate as raw text
@@ -870,14 +1104,30 @@ def _idempotency_entry(r: Any) -> IdempotencyEntry | None:
 
 
 def _vxp_system(r: Any) -> VxpSystem:
-    return VxpSystem(system_id=r.system_id, agency=r.agency, sealed=r.sealed, key_id=r.key_id,
-                     created_at=r.created_at, rotated_at=r.rotated_at)
+    return VxpSystem(
+        system_id=r.system_id,
+        agency=r.agency,
+        sealed=r.sealed,
+        key_id=r.key_id,
+        created_at=r.created_at,
+        rotated_at=r.rotated_at,
+    )
 
 
 def _message(r: Any) -> MessageRecord:
     return MessageRecord(
-        message_id=r.message_id, kind=r.kind, operation=r.operation, sender=r.sender,
-        recipients=tuple(json.loads(r.recipients)), direction=Direction(r.direction), created_at=r.created_at,
-        envelope_xml=bytes(r.envelope_xml), digest=r.digest, priority=r.priority, subject=r.subject,
-        relates_to=r.relates_to, correlation_id=r.correlation_id, document_id=r.document_id,
+        message_id=r.message_id,
+        kind=r.kind,
+        operation=r.operation,
+        sender=r.sender,
+        recipients=tuple(json.loads(r.recipients)),
+        direction=Direction(r.direction),
+        created_at=r.created_at,
+        envelope_xml=bytes(r.envelope_xml),
+        digest=r.digest,
+        priority=r.priority,
+        subject=r.subject,
+        relates_to=r.relates_to,
+        correlation_id=r.correlation_id,
+        document_id=r.document_id,
     )

@@ -59,8 +59,10 @@ def insert_ignore(table: Table, conflict: Sequence[str], returning: str | None =
     cols = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
     names = ", ".join(f'"{c.name}"' for c in cols)
     values = ", ".join(f":{c.name}" for c in cols)
-    sql = (f'INSERT INTO "{table.name}" ({names}) VALUES ({values}) '
-           f'ON CONFLICT ({", ".join(chr(34) + c + chr(34) for c in conflict)}) DO NOTHING')
+    sql = (
+        f'INSERT INTO "{table.name}" ({names}) VALUES ({values}) '
+        f"ON CONFLICT ({', '.join(chr(34) + c + chr(34) for c in conflict)}) DO NOTHING"
+    )
     clause = text(sql + (f' RETURNING "{returning}"' if returning else ""))
     clause = clause.bindparams(*(bindparam(c.name, type_=c.type) for c in cols))
     return clause.columns(table.c[returning]) if returning else clause  # type: ignore[return-value]
@@ -88,9 +90,17 @@ _INBOX_STATE = select(inbox.c.state).where(inbox.c.agency == _P("a"), inbox.c.me
 _COMPLETE_INBOX = {
     state: update(inbox)
     .where(inbox.c.agency == _P("a"), inbox.c.message_id == _P("m"), inbox.c.state.in_(_INBOX_ENTER_FROM[state]))
-    .values(state=state.value, reason=_P("reason"),
-            **({"handed_at": _P("now")} if state is InboxState.HANDED_OVER else
-               {"acked_at": _P("now")} if state is InboxState.ACKED else {}))
+    .values(
+        state=state.value,
+        reason=_P("reason"),
+        **(
+            {"handed_at": _P("now")}
+            if state is InboxState.HANDED_OVER
+            else {"acked_at": _P("now")}
+            if state is InboxState.ACKED
+            else {}
+        ),
+    )
     .returning(inbox.c.message_id)
     for state in _INBOX_ENTER_FROM
 }
@@ -104,7 +114,8 @@ _DELIVERY_KEY = (deliveries.c.message_id == _P("m"), deliveries.c.recipient == _
 _DELIVERY_STATE = select(deliveries.c.state).where(*_DELIVERY_KEY)
 _DELIVERY_STATE_FOR_UPDATE = _DELIVERY_STATE.with_for_update()
 _LATEST_STATUS_AT = select(func.max(timeline.c.at)).where(
-    timeline.c.message_id == _P("m"), timeline.c.recipient == _P("r"), timeline.c.status_code.is_not(None))
+    timeline.c.message_id == _P("m"), timeline.c.recipient == _P("r"), timeline.c.status_code.is_not(None)
+)
 _DELIVERIES_OF = select(deliveries).where(deliveries.c.message_id == _P("m")).order_by(deliveries.c.recipient)
 _MESSAGE_BY_ID = select(messages).where(messages.c.message_id == _P("m"))
 _MESSAGE_BY_ID_DIR = select(messages).where(messages.c.message_id == _P("m"), messages.c.direction == _P("d"))

@@ -56,7 +56,8 @@ _AutoId = BigInteger().with_variant(Integer(), "sqlite")
 metadata = MetaData()
 
 messages = Table(
-    "messages", metadata,
+    "messages",
+    metadata,
     Column("message_id", String(64), nullable=False),
     Column("direction", String(3), nullable=False),
     Column("kind", String(16), nullable=False),
@@ -78,7 +79,8 @@ messages = Table(
 )
 
 attachments = Table(
-    "attachments", metadata,
+    "attachments",
+    metadata,
     Column("sha256", String(64), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("data", LargeBinary, nullable=False),
@@ -86,7 +88,8 @@ attachments = Table(
 )
 
 deliveries = Table(
-    "deliveries", metadata,
+    "deliveries",
+    metadata,
     Column("message_id", String(64), nullable=False),
     Column("recipient", String(32), nullable=False),
     Column("state", String(16), nullable=False),
@@ -98,7 +101,8 @@ deliveries = Table(
 )
 
 timeline = Table(
-    "timeline", metadata,
+    "timeline",
+    metadata,
     Column("id", _AutoId, primary_key=True, autoincrement=True),
     Column("message_id", String(64), nullable=False),
     Column("recipient", String(32), nullable=False),
@@ -106,13 +110,15 @@ timeline = Table(
     Column("at", UtcDateTime, nullable=False),
     Column("status_code", String(4)),
     Column("detail", Text, nullable=False, default=""),
-    ForeignKeyConstraint(["message_id", "recipient"], ["deliveries.message_id", "deliveries.recipient"],
-                         name="fk_timeline_delivery"),
+    ForeignKeyConstraint(
+        ["message_id", "recipient"], ["deliveries.message_id", "deliveries.recipient"], name="fk_timeline_delivery"
+    ),
     Index("ix_timeline_message", "message_id", "at"),
 )
 
 outbox = Table(
-    "outbox", metadata,
+    "outbox",
+    metadata,
     Column("id", _AutoId, primary_key=True, autoincrement=True),
     Column("message_id", String(64), nullable=False),
     Column("recipient", String(32), nullable=False),
@@ -131,13 +137,15 @@ outbox = Table(
 # on UPDATE, and a frame is the size of the document (measured: leasing 100 rows of 70 KB with
 # the frame inline wrote 7 MB to the WAL).
 outbox_frames = Table(
-    "outbox_frames", metadata,
+    "outbox_frames",
+    metadata,
     Column("message_id", String(64), primary_key=True),
     Column("body", LargeBinary, nullable=False),
 )
 
 inbox = Table(
-    "inbox", metadata,
+    "inbox",
+    metadata,
     Column("agency", String(32), nullable=False),
     Column("message_id", String(64), nullable=False),
     # Paging cursor, assigned at hand-over (= that journal entry's seq): the order in which
@@ -157,7 +165,8 @@ inbox = Table(
 )
 
 idempotency = Table(
-    "idempotency", metadata,
+    "idempotency",
+    metadata,
     Column("sender", String(32), nullable=False),
     Column("key", String(200), nullable=False),
     Column("message_id", String(64), nullable=False),
@@ -170,7 +179,8 @@ idempotency = Table(
 #: ``idempotency`` row. A table of its own, not a column: keys used before it have no fingerprint and
 #: replay without the check (revision 0003).
 idempotency_requests = Table(
-    "idempotency_requests", metadata,
+    "idempotency_requests",
+    metadata,
     Column("sender", String(32), nullable=False),
     Column("key", String(200), nullable=False),
     Column("fingerprint", String(64), nullable=False),
@@ -178,7 +188,8 @@ idempotency_requests = Table(
 )
 
 api_tokens = Table(
-    "api_tokens", metadata,
+    "api_tokens",
+    metadata,
     Column("token_hash", String(128), primary_key=True),
     Column("agency", String(32), nullable=False),
     Column("label", String(200), nullable=False, default=""),
@@ -189,7 +200,8 @@ api_tokens = Table(
 # sealed (AES-GCM) so that the database never holds it in clear, and the signatures of recent requests
 # (replay refusal), each kept until its timestamp leaves the window.
 vxp_systems = Table(
-    "vxp_systems", metadata,
+    "vxp_systems",
+    metadata,
     Column("system_id", String(64), primary_key=True),
     Column("agency", String(32), nullable=False),
     Column("sealed", Text, nullable=False),
@@ -199,7 +211,8 @@ vxp_systems = Table(
 )
 
 vxp_replay = Table(
-    "vxp_replay", metadata,
+    "vxp_replay",
+    metadata,
     Column("system_id", String(64), nullable=False),
     Column("signature", String(64), nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
@@ -208,7 +221,8 @@ vxp_replay = Table(
 )
 
 journal = Table(
-    "journal", metadata,
+    "journal",
+    metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("at", String(32), nullable=False),
     Column("event", Text, nullable=False),  # canonical JSON, hashed as stored
@@ -220,7 +234,8 @@ journal = Table(
 # server-side sessions (revision 0004). A password is kept only as its scrypt hash; a session row is
 # keyed by the SHA-256 of its random id, so a copy of the table opens no session.
 operators = Table(
-    "operators", metadata,
+    "operators",
+    metadata,
     Column("name", String(64), primary_key=True),
     Column("role", String(16), nullable=False),  # viewer | operator
     Column("password_hash", String(256), nullable=False),  # scrypt$n$r$p$salt$hash
@@ -229,7 +244,8 @@ operators = Table(
 )
 
 operator_sessions = Table(
-    "operator_sessions", metadata,
+    "operator_sessions",
+    metadata,
     Column("id_hash", String(64), primary_key=True),
     Column("operator", String(64), nullable=False),
     Column("csrf", String(64), nullable=False),

@@ -62,8 +62,10 @@ def describe(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]
         "recipient": str(h.get("x-recipient", "")),
         "kind": str(h.get("x-kind", "")),
         "reason_code": str(h.get("x-exchange-dead-code") or h.get("x-first-death-reason") or ""),
-        "reason": str(h.get("x-exchange-dead-reason") or (f"broker: {first.get('reason')} in {first.get('queue')}"
-                                                           if isinstance(first, dict) and first else "")),
+        "reason": str(
+            h.get("x-exchange-dead-reason")
+            or (f"broker: {first.get('reason')} in {first.get('queue')}" if isinstance(first, dict) and first else "")
+        ),
         "dead_at": str(h.get("x-exchange-dead-at", "")),
         "attempts": int(h.get("x-attempt", 1) or 1),
         "routing_key": str(routing or ""),
@@ -81,12 +83,13 @@ async def connect(cfg: Any, ssl_context: ssl.SSLContext | None = None) -> aio_pi
     try:
         # The bound covers a broker that accepts TCP but never speaks AMQP, too.
         return await asyncio.wait_for(
-            aio_pika.connect(amqp.url, ssl_context=ssl_context, timeout=CONNECT_TIMEOUT),
-            CONNECT_TIMEOUT + 1)
+            aio_pika.connect(amqp.url, ssl_context=ssl_context, timeout=CONNECT_TIMEOUT), CONNECT_TIMEOUT + 1
+        )
     except Exception as exc:  # noqa: BLE001 - refused, unreachable, TLS, authentication, silence
         raise BrokerUnavailableError(
             f"cannot reach RabbitMQ at {where} ({type(exc).__name__}); check that it runs "
-            "(`rabbitmqctl status`) and that [amqp] url (or EXCHANGE__AMQP__URL) points at it") from None
+            "(`rabbitmqctl status`) and that [amqp] url (or EXCHANGE__AMQP__URL) points at it"
+        ) from None
 
 
 class DeadLetters:
@@ -107,7 +110,8 @@ class DeadLetters:
             except aio_pika.exceptions.ChannelClosed:
                 raise NotFoundError(
                     f"there is no dead-letter queue {self.name} on this broker; check [amqp] prefix (a node with "
-                    "this prefix declares it when it starts)") from None
+                    "this prefix declares it when it starts)"
+                ) from None
             taken: list[aio_pika.abc.AbstractIncomingMessage] = []
             while len(taken) < limit:
                 message = await queue.get(no_ack=False, fail=False, timeout=10)
@@ -162,16 +166,24 @@ class DeadLetters:
                 if not info["routing_key"]:
                     out.append(Outcome(info, False, "no original routing key recorded"))
                     continue
-                headers = {k: v for k, v in (m.headers or {}).items()
-                           if not k.startswith("x-exchange-dead") and k not in _DEATH_HEADERS}
+                headers = {
+                    k: v
+                    for k, v in (m.headers or {}).items()
+                    if not k.startswith("x-exchange-dead") and k not in _DEATH_HEADERS
+                }
                 replays = int(info["replays"]) + 1  # type: ignore[call-overload]
                 headers.update({"x-attempt": 1, REPLAYS_HEADER: replays, REPLAY_REASON_HEADER: reason})
-                copy = aio_pika.Message(m.body, content_type=m.content_type, headers=headers,
-                                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                        message_id=f"{info['message_id']}/{info['recipient']}/replay{replays}",
-                                        correlation_id=m.correlation_id)
-                await publish_confirmed(route, copy, routing_key=str(info["routing_key"]),
-                                        timeout=self.amqp.confirm_timeout)
+                copy = aio_pika.Message(
+                    m.body,
+                    content_type=m.content_type,
+                    headers=headers,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=f"{info['message_id']}/{info['recipient']}/replay{replays}",
+                    correlation_id=m.correlation_id,
+                )
+                await publish_confirmed(
+                    route, copy, routing_key=str(info["routing_key"]), timeout=self.amqp.confirm_timeout
+                )
                 await asyncio.wait_for(m.ack(), self.amqp.confirm_timeout)
                 out.append(Outcome(info, True))
         finally:

@@ -162,8 +162,9 @@ async def _exists(connection: AbstractConnection, *, queue: str | None = None, e
             await channel.close()
 
 
-async def _on_channels(connection: AbstractConnection, jobs: Sequence[tuple[str, str, str]], *, bind: bool,
-                       channels: int = BIND_CHANNELS) -> None:
+async def _on_channels(
+    connection: AbstractConnection, jobs: Sequence[tuple[str, str, str]], *, bind: bool, channels: int = BIND_CHANNELS
+) -> None:
     """(Un)bind ``(queue, exchange, key)`` triples over up to ``channels`` channels side by side."""
     if not jobs:
         return
@@ -266,18 +267,20 @@ async def declare(
     await dlq.bind(dlx, routing_key="")
     for delay in retry_delays:
         q = await channel.declare_queue(
-            names.retry_queue(delay), durable=True,
+            names.retry_queue(delay),
+            durable=True,
             arguments={"x-message-ttl": delay * 1000, "x-dead-letter-exchange": names.route},
         )
         await q.bind(retry, routing_key="", arguments={"x-match": "all", RETRY_HEADER: str(delay)})
     lanes_existed = connection is not None and all(
-        [await _exists(connection, queue=names.node_queue(node, lane)) for lane in Lane])
+        [await _exists(connection, queue=names.node_queue(node, lane)) for lane in Lane]
+    )
     args = lane_queue_arguments(names, delivery_limit)
-    queues = {lane: await channel.declare_queue(names.node_queue(node, lane), durable=True, arguments=args)
-              for lane in Lane}
+    queues = {
+        lane: await channel.declare_queue(names.node_queue(node, lane), durable=True, arguments=args) for lane in Lane
+    }
     known = set(bound or ()) if lanes_existed else set()
-    bindings = [(queues[lane].name, names.route, routing_key(a, lane))
-                for a in sorted(hosted - known) for lane in Lane]
+    bindings = [(queues[lane].name, names.route, routing_key(a, lane)) for a in sorted(hosted - known) for lane in Lane]
     gone = sorted(set(stale) - hosted)
     unbindings = [(queues[lane].name, names.route, routing_key(a, lane)) for a in gone for lane in Lane]
     started = time.perf_counter()
@@ -290,25 +293,55 @@ async def declare(
             await raw.queue_bind(q, x, routing_key=k)
         for q, x, k in unbindings:
             await raw.queue_unbind(q, x, routing_key=k)
-    log.info("topology.declared", node=node, agencies=len(hosted), bindings=len(bindings),
-             unbound=len(gone), seconds=round(time.perf_counter() - started, 3))
-    return Topology(names, node, route, retry, dlx, dlq, queues, hosted, tuple(retry_delays),
-                    prefix_existed=prefix_existed, unbound=tuple(gone))
+    log.info(
+        "topology.declared",
+        node=node,
+        agencies=len(hosted),
+        bindings=len(bindings),
+        unbound=len(gone),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return Topology(
+        names,
+        node,
+        route,
+        retry,
+        dlx,
+        dlq,
+        queues,
+        hosted,
+        tuple(retry_delays),
+        prefix_existed=prefix_existed,
+        unbound=tuple(gone),
+    )
 
 
 def _copy(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:
     """The message as it was published, for its new queue (the broker's own bookkeeping dropped)."""
     headers = {k: v for k, v in (message.headers or {}).items() if k != "x-delivery-count"}
     return aio_pika.Message(
-        message.body, headers=headers, content_type=message.content_type,
-        content_encoding=message.content_encoding, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id, correlation_id=message.correlation_id, timestamp=message.timestamp,
-        type=message.type, app_id=message.app_id,
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
     )
 
 
-async def _drain_legacy(connection: AbstractConnection, route: AbstractExchange, names: Names, agency: str,
-                        lane: Lane, *, confirm_timeout: float) -> tuple[int, bool]:
+async def _drain_legacy(
+    connection: AbstractConnection,
+    route: AbstractExchange,
+    names: Names,
+    agency: str,
+    lane: Lane,
+    *,
+    confirm_timeout: float,
+) -> tuple[int, bool]:
     """Move every message of one legacy queue to the route exchange under its own key, then delete the queue.
 
     The legacy queue is unbound first, so nothing new arrives in it while it drains; each
@@ -342,16 +375,24 @@ async def _drain_legacy(connection: AbstractConnection, route: AbstractExchange,
             if not state.message_count and not state.consumer_count:
                 break
             if state.consumer_count:
-                log.warning("topology.legacy_queue_kept", queue=name, messages=state.message_count,
-                            consumers=state.consumer_count,
-                            hint="a node of the old version still consumes it; the next start retries")
+                log.warning(
+                    "topology.legacy_queue_kept",
+                    queue=name,
+                    messages=state.message_count,
+                    consumers=state.consumer_count,
+                    hint="a node of the old version still consumes it; the next start retries",
+                )
                 return moved, False
             # A quorum queue counts a message until the ack, which it applies asynchronously,
             # has gone through its log: look again shortly (and move anything that came back).
             await asyncio.sleep(0.25)
         else:
-            log.warning("topology.legacy_queue_kept", queue=name, messages=state.message_count,
-                        hint="it still reports messages after draining; the next start retries")
+            log.warning(
+                "topology.legacy_queue_kept",
+                queue=name,
+                messages=state.message_count,
+                hint="it still reports messages after draining; the next start retries",
+            )
             return moved, False
         await channel.queue_delete(name)
     finally:
@@ -361,8 +402,9 @@ async def _drain_legacy(connection: AbstractConnection, route: AbstractExchange,
     return moved, True
 
 
-async def migrate_legacy(connection: AbstractConnection, topology: Topology, *, confirm_timeout: float = 10.0,
-                         concurrency: int = 8) -> int:
+async def migrate_legacy(
+    connection: AbstractConnection, topology: Topology, *, confirm_timeout: float = 10.0, concurrency: int = 8
+) -> int:
     """Empty and delete the legacy per-agency queues of the agencies this node hosts; returns messages moved.
 
     Runs once per node and prefix: when every legacy queue is gone it declares the node's
@@ -389,8 +431,7 @@ async def migrate_legacy(connection: AbstractConnection, topology: Topology, *, 
 
     async def drain(agency: str, lane: Lane) -> tuple[int, bool]:
         async with limit:
-            return await _drain_legacy(connection, topology.route, names, agency, lane,
-                                       confirm_timeout=confirm_timeout)
+            return await _drain_legacy(connection, topology.route, names, agency, lane, confirm_timeout=confirm_timeout)
 
     results = await asyncio.gather(*(drain(a, lane) for a, lane in found))
     moved = sum(n for n, _ in results)
