@@ -8,7 +8,9 @@ The world is the national directory (exchange/routing/national.py): 34 provinces
 
 The sending node runs in this process. For each layout it prints the world build, the
 receiving nodes' start (process spawn until the topology is declared and the consumer
-attached), the time from submit to the last signed receipt, the bytes through the
+attached; on the first start every agency is bound, then again as a restart, with the
+topology already there), how many AMQP messages carried the directive (one bundle per
+node and outbox claim, transport/relay.py), the time from submit to the last signed receipt, the bytes through the
 broker (our vhost's connections, both directions), the broker queue count, the broker's
 memory and each receiving node's peak RSS, beside a baseline measured in the same run:
 a raw aio-pika publish of the same frame to N bindings of a direct exchange on three
@@ -214,6 +216,7 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
     wanted = set(recipients)
     assert sender.relay is not None
     sender.relay.on_published = on_published
+    copies_before = sender.relay.copies
     sampler = MemorySampler()
     sampling = asyncio.create_task(sampler.run())
     bytes_before = await asyncio.to_thread(vhost_bytes, vhost)
@@ -233,6 +236,7 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
                 break
             await asyncio.sleep(0.5)
         last_receipt = time.perf_counter() - t1
+        amqp_copies = sender.relay.copies - copies_before  # AMQP messages (bundles) for the directive
         moved = await asyncio.to_thread(vhost_bytes, vhost) - bytes_before
         queues = await asyncio.to_thread(queue_count, vhost)
         fds = await asyncio.to_thread(broker_fds)
@@ -241,13 +245,14 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
         sampler.stop()
         await sampling
         await sender.stop()
-        for p, _ in procs.values():
-            p.terminate()
-        for p, _ in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
+    # A restart of the receiving node(s): the topology is there, nothing is bound again.
+    restarts: dict[str, float] = {}
+    procs = {name: await spawn(configs[name], root / f"{name}.restart.log") for name in receivers}
+    try:
+        restarts = {name: await wait_started(p, t, root / f"{name}.restart.log") for name, (p, t) in procs.items()}
+    finally:
+        stop_all(procs)
     return {
         "layout": how, "recipients": len(recipients), "nodes": len(receivers), "build": build,
         "start_max": max(starts.values()), "start_min": min(starts.values()), "submit": submitted,
@@ -255,8 +260,19 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
         "failed": counts.get(DeliveryState.FAILED, 0), "bytes": moved, "queues": queues,
         "memory_before": memory_before, "memory_peak": max(sampler.peak, memory_before), "fds": fds,
         "rss": rss, "sender_rss": peak_rss_mb(os.getpid()), "frame": max(frames, default=0),
-        "frame_objects": len(frame_ids), "copies": copies,
+        "frame_objects": len(frame_ids), "copies": copies, "amqp_copies": amqp_copies,
+        "restart_max": max(restarts.values()),
     }
+
+
+def stop_all(procs: dict[str, tuple[subprocess.Popen[bytes], float]]) -> None:
+    for p, _ in procs.values():
+        p.terminate()
+    for p, _ in procs.values():
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def report(r: dict[str, object], base: tuple[float, int]) -> None:
@@ -268,17 +284,21 @@ def report(r: dict[str, object], base: tuple[float, int]) -> None:
     print(f"\n== layout {r['layout']}: {r['recipients']} recipients on {r['nodes']} receiving node(s)")
     print(f"  world build (PKI, directory, node configs)  {r['build']:.1f} s")
     if r["nodes"] == 1:
-        print(f"  receiving node start                        {r['start_max']:.1f} s")
+        print(f"  receiving node start                        {r['start_max']:.1f} s first start (binds every "
+              f"agency), {r['restart_max']:.1f} s restart")
     else:
-        print(f"  receiving nodes start (all spawned at once) {r['start_min']:.1f} s first, {r['start_max']:.1f} s last")
+        print(f"  receiving nodes start (all spawned at once) {r['start_min']:.1f} s first, {r['start_max']:.1f} s last;"
+              f" restart {r['restart_max']:.1f} s last")
     print(f"  submit (sign once, {r['recipients']} outbox rows)          {r['submit']:.2f} s")
     print(f"  submit -> last receipt                      {r['last_receipt']:.1f} s   "
           f"(delivered {r['delivered']}, failed {r['failed']})")
-    print(f"  directive frame                             {int(r['frame']) / 1024:.1f} KiB, published "
-          f"{r['copies']} times from {r['frame_objects']} bytes object(s) (one per outbox claim)")
+    print(f"  directive frame                             {int(r['frame']) / 1024:.1f} KiB, {r['copies']} "
+          f"recipients served by {r['amqp_copies']} AMQP message(s) (bundles of up to 500 per node), "
+          f"from {r['frame_objects']} bytes object(s)")
     print(f"  bytes through the broker (in + out, all)    {int(r['bytes']) / 1e6:.0f} MB   "
           f"baseline, the directive's copies alone: {base[1] / 1e6:.0f} MB")
-    print(f"  baseline: raw publish+confirm+consume       {base[0]:.1f} s for {r['recipients']} copies")
+    print(f"  baseline: raw publish+confirm+consume       {base[0]:.1f} s for {r['recipients']} copies "
+          "(a copy per recipient: the floor of the design before bundles)")
     print(f"  broker queues in the vhost                  {r['queues']}")
     fds = r["fds"]
     assert isinstance(fds, tuple)
