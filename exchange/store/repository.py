@@ -743,10 +743,8 @@ class SqlStore(Store):
             closed = _CLOSED - {DeliveryState.DELIVERED.value} if reopening else _CLOSED
             if (
                 current is None
-                or (only_if_open
-                and current in closed)
-                or (replay
-                and current != DeliveryState.FAILED.value)
+                or (only_if_open and current in closed)
+                or (replay and current != DeliveryState.FAILED.value)
             ):
                 raise _Rollback(False)
             values: dict[str, Any] = {}

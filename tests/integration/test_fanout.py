@@ -32,8 +32,14 @@ def doc(subject: str = "Chỉ thị về chuyển đổi số", priority: Priori
 
 
 def rec(tmp: Path, code: str, node: str) -> AgencySpec:
-    return AgencySpec(code, f"agency {code}", node=node, adapter="recording",
-                      options={"path": str(tmp / "eoffice" / f"{code}.jsonl")}, ec=True)
+    return AgencySpec(
+        code,
+        f"agency {code}",
+        node=node,
+        adapter="recording",
+        options={"path": str(tmp / "eoffice" / f"{code}.jsonl")},
+        ec=True,
+    )
 
 
 def broker_queues(vhost: str, prefix: str) -> list[str]:
@@ -59,7 +65,8 @@ async def queue_exists(amqp_url: str, name: str) -> bool:
 
 
 async def test_a_directive_to_500_agencies_reaches_each_once_on_three_queues_and_every_receipt_returns(
-        tmp_path, amqp_url, amqp_prefix, amqp_vhost) -> None:
+    tmp_path, amqp_url, amqp_prefix, amqp_vhost
+) -> None:
     from exchange.config import load_config
     from exchange.node import Node
 
@@ -68,8 +75,11 @@ async def test_a_directive_to_500_agencies_reaches_each_once_on_three_queues_and
     assert len(recipients) == 500
     # Both nodes share this process (and a broker other work may be loading): confirms of a
     # 500-copy burst may take longer than the default 10 s, and a timed-out copy is published again.
-    configs = build_world(tmp_path, specs, [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0,
-                                                     confirm_timeout=30.0) for n in nodes])
+    configs = build_world(
+        tmp_path,
+        specs,
+        [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0, confirm_timeout=30.0) for n in nodes],
+    )
     started: list[Node] = []
     try:
         for name in ("recipients", "national"):
@@ -80,7 +90,8 @@ async def test_a_directive_to_500_agencies_reaches_each_once_on_three_queues_and
         national = started[1].service
         attachment = os.urandom(64 * 1024)
         result = await national.submit_document(
-            GOVERNMENT_OFFICE, recipients, doc(), [OutgoingFile("chi-thi.pdf", attachment, "application/pdf")])
+            GOVERNMENT_OFFICE, recipients, doc(), [OutgoingFile("chi-thi.pdf", attachment, "application/pdf")]
+        )
 
         async def all_receipts() -> bool:
             s = await states(national, result.message_id)
@@ -125,17 +136,23 @@ async def _declare_legacy_topology(amqp_url: str, prefix: str, agencies: list[st
         await dlq.bind(dlx, routing_key="")
         for agency in agencies:
             for lane in Lane:
-                q = await channel.declare_queue(names.agency_queue(agency, lane), durable=True,
-                                                arguments=agency_queue_arguments(names, delivery_limit))
+                q = await channel.declare_queue(
+                    names.agency_queue(agency, lane),
+                    durable=True,
+                    arguments=agency_queue_arguments(names, delivery_limit),
+                )
                 await q.bind(route, routing_key=routing_key(agency, lane))
     finally:
         await connection.close()
 
 
 async def test_messages_left_in_legacy_per_agency_queues_are_moved_delivered_once_and_the_queues_deleted(
-        make_world, tmp_path, amqp_url, amqp_prefix, amqp_vhost) -> None:
-    world = make_world([rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "local"),
-                        rec(tmp_path, D, "local")], ["central", "local"])
+    make_world, tmp_path, amqp_url, amqp_prefix, amqp_vhost
+) -> None:
+    world = make_world(
+        [rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "local"), rec(tmp_path, D, "local")],
+        ["central", "local"],
+    )
     await _declare_legacy_topology(amqp_url, amqp_prefix, [B, C, D], world.config("local").amqp.delivery_limit)
     central = await world.start("central")
     svc = central.service
@@ -176,14 +193,21 @@ async def test_messages_left_in_legacy_per_agency_queues_are_moved_delivered_onc
 
 
 async def test_bindings_of_an_agency_the_node_no_longer_hosts_are_removed_at_start(
-        tmp_path, amqp_url, amqp_prefix) -> None:
+    tmp_path, amqp_url, amqp_prefix
+) -> None:
     from exchange.config import load_config
     from exchange.node import Node
 
     def world(d_node: str) -> dict[str, Path]:
         specs = [rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, D, d_node)]
-        return build_world(tmp_path, specs, [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0)
-                                             for n in ("central", "local", "elsewhere")])
+        return build_world(
+            tmp_path,
+            specs,
+            [
+                NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0)
+                for n in ("central", "local", "elsewhere")
+            ],
+        )
 
     async def routable(code: str) -> bool:
         connection = await aio_pika.connect(amqp_url)
@@ -191,8 +215,12 @@ async def test_bindings_of_an_agency_the_node_no_longer_hosts_are_removed_at_sta
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             exchange = await channel.get_exchange(Names(amqp_prefix).route)
             try:
-                await exchange.publish(aio_pika.Message(b"probe", message_id=os.urandom(4).hex()),
-                                       routing_key=routing_key(code, Lane.NORMAL), mandatory=True, timeout=10)
+                await exchange.publish(
+                    aio_pika.Message(b"probe", message_id=os.urandom(4).hex()),
+                    routing_key=routing_key(code, Lane.NORMAL),
+                    mandatory=True,
+                    timeout=10,
+                )
                 return True
             except aio_pika.exceptions.DeliveryError:
                 return False
@@ -224,23 +252,41 @@ async def test_the_recipient_is_the_routing_key_not_a_header(make_world, tmp_pat
     from exchange.envelope.model import AgencyRef, Envelope, Header, Kind, new_message_id, utcnow
     from exchange.routing import frame
 
-    world = make_world([rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "local")],
-                       ["central", "local"])
+    world = make_world(
+        [rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "local")], ["central", "local"]
+    )
     await world.start("local")
     central = await world.start("central")
     svc = central.service
-    envelope = Envelope(Header(message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(A),
-                               recipients=(AgencyRef(C),), created_at=utcnow(), document=doc()))
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(A),
+            recipients=(AgencyRef(C),),
+            created_at=utcnow(),
+            document=doc(),
+        )
+    )
     body = frame.encode(svc._sign(envelope, {}).xml, {})
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(Names(amqp_prefix).route)
         # Routed to B, headers claiming C (to whom the envelope is really addressed).
-        await exchange.publish(aio_pika.Message(body, message_id=f"{envelope.message_id}/x/1",
-                                                headers={"x-recipient": C, "x-routing-key": routing_key(C, Lane.NORMAL),
-                                                         "x-message-id": envelope.message_id}),
-                               routing_key=routing_key(B, Lane.NORMAL), timeout=10)
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                message_id=f"{envelope.message_id}/x/1",
+                headers={
+                    "x-recipient": C,
+                    "x-routing-key": routing_key(C, Lane.NORMAL),
+                    "x-message-id": envelope.message_id,
+                },
+            ),
+            routing_key=routing_key(B, Lane.NORMAL),
+            timeout=10,
+        )
     finally:
         await connection.close()
     from tests.integration.test_routing import dead_letters
