@@ -92,7 +92,9 @@ class Consumer:
         self.workers = workers
         self.confirm_timeout = confirm_timeout
         self.metrics = metrics
-        self._queue: asyncio.PriorityQueue[tuple[int, int, AbstractIncomingMessage, str, Lane]] = asyncio.PriorityQueue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, AbstractIncomingMessage, str, Lane]] = (
+            asyncio.PriorityQueue()
+        )
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -105,8 +107,10 @@ class Consumer:
         for _ in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work()))
         for lane, queue in queues.items():
+
             async def on_message(message: AbstractIncomingMessage, lane: Lane = lane) -> None:
                 await self._queue.put((lane.rank, next(self._seq), message, self.recipient_of(message), lane))
+
             tag = await queue.consume(on_message, no_ack=False)
             self._consumers.append((queue, tag))
 
@@ -157,7 +161,9 @@ class Consumer:
         message_id = str(headers.get("x-message-id") or "")
         self.last_taken[lane] = time.time()
         structlog.contextvars.bind_contextvars(
-            message_id=message_id, sender=str(headers.get("x-sender", "")), recipient=recipient,
+            message_id=message_id,
+            sender=str(headers.get("x-sender", "")),
+            recipient=recipient,
             correlation_id=str(headers.get("x-correlation-id") or message.correlation_id or ""),
         )
         try:
@@ -178,8 +184,14 @@ class Consumer:
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "sender", "recipient", "correlation_id")
 
-    async def _receive_holding(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                               recipient: str, attempt: int, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
+    async def _receive_holding(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, object],
+        recipient: str,
+        attempt: int,
+        hops: tuple[Hop, ...] = (),
+    ) -> ReceiveResult:
         """Unpack the frame and run the receive path; hold the message through store outages."""
         limits = self.service.limits
         try:
@@ -218,32 +230,46 @@ class Consumer:
         """
         await asyncio.wait_for(settle, self.confirm_timeout)
 
-    async def _republish_retry(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                               attempt: int, result: ReceiveResult) -> None:
+    async def _republish_retry(
+        self, message: AbstractIncomingMessage, headers: dict[str, object], attempt: int, result: ReceiveResult
+    ) -> None:
         delay = self.topology.retry_delay(attempt)
         # The key the message was routed with, not a header a publisher could have set.
         routing = str(message.routing_key or headers.get("x-routing-key"))
         copy = aio_pika.Message(
-            message.body, content_type=message.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=f"{headers.get('x-message-id')}/{headers.get('x-recipient')}/{attempt + 1}",
             correlation_id=message.correlation_id,
-            headers={**headers, "x-attempt": attempt + 1, RETRY_HEADER: str(delay),
-                     "x-last-error": f"{result.reason_code}: {result.reason}"[:500]},
+            headers={
+                **headers,
+                "x-attempt": attempt + 1,
+                RETRY_HEADER: str(delay),
+                "x-last-error": f"{result.reason_code}: {result.reason}"[:500],
+            },
         )
         await publish_confirmed(self.retry_exchange, copy, routing_key=routing, timeout=self.confirm_timeout)
         gauge = getattr(self.metrics, "retries", None)
         if gauge is not None:
             gauge.labels(result.reason_code or "unknown").inc()
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                           result: ReceiveResult) -> None:
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, headers: dict[str, object], result: ReceiveResult
+    ) -> None:
         copy = aio_pika.Message(
-            message.body, content_type=message.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id, correlation_id=message.correlation_id,
-            headers={**headers, "x-exchange-dead-code": result.reason_code,
-                     "x-exchange-dead-reason": result.reason[:1000],
-                     "x-exchange-dead-at": datetime.now(timezone.utc).isoformat(),
-                     "x-routing-key": str(headers.get("x-routing-key") or message.routing_key)},
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            headers={
+                **headers,
+                "x-exchange-dead-code": result.reason_code,
+                "x-exchange-dead-reason": result.reason[:1000],
+                "x-exchange-dead-at": datetime.now(timezone.utc).isoformat(),
+                "x-routing-key": str(headers.get("x-routing-key") or message.routing_key),
+            },
         )
         await publish_confirmed(self.dlx, copy, routing_key="", timeout=self.confirm_timeout)
         counter = getattr(self.metrics, "dead_letters", None)

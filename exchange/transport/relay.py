@@ -34,8 +34,9 @@ from exchange.store.base import OutboxItem, Store
 log = structlog.get_logger("exchange.relay")
 
 
-async def publish_confirmed(exchange: AbstractExchange, message: aio_pika.Message, *, routing_key: str,
-                            timeout: float, mandatory: bool = True) -> None:
+async def publish_confirmed(
+    exchange: AbstractExchange, message: aio_pika.Message, *, routing_key: str, timeout: float, mandatory: bool = True
+) -> None:
     """Publish and wait for the broker's confirm, for at most ``timeout`` seconds, whatever happens.
 
     aio-pika's own ``timeout=`` does not bound every wait: aiormq 6.9 awaits the frame's
@@ -61,8 +62,14 @@ def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: dict[str, object]
     not share one. The bus's own message id travels in ``x-message-id``.
     """
     headers: dict[str, object] = {k: v for k, v in item.headers.items() if v}
-    headers.update({"x-message-id": item.message_id, "x-recipient": item.recipient, "x-attempt": attempt,
-                    "x-routing-key": item.routing_key})
+    headers.update(
+        {
+            "x-message-id": item.message_id,
+            "x-recipient": item.recipient,
+            "x-attempt": attempt,
+            "x-routing-key": item.routing_key,
+        }
+    )
     if extra:
         headers.update(extra)
     return aio_pika.Message(
@@ -148,17 +155,28 @@ class OutboxRelay:
         async with self.in_flight, self.bytes_in_flight.hold(len(item.body)):
             started = time.perf_counter()
             try:
-                await publish_confirmed(exchange, amqp_message(item), routing_key=item.routing_key,
-                                        timeout=self.confirm_timeout)
+                await publish_confirmed(
+                    exchange, amqp_message(item), routing_key=item.routing_key, timeout=self.confirm_timeout
+                )
             except asyncio.CancelledError as exc:
                 if _being_cancelled():
                     raise
-                log.warning("publish.failed", message_id=item.message_id, recipient=item.recipient,
-                            error="ChannelClosed", detail=str(exc)[:200] or "confirm cancelled by the client")
+                log.warning(
+                    "publish.failed",
+                    message_id=item.message_id,
+                    recipient=item.recipient,
+                    error="ChannelClosed",
+                    detail=str(exc)[:200] or "confirm cancelled by the client",
+                )
                 return False
             except Exception as exc:  # returned, nacked, timed out, connection lost: retry later
-                log.warning("publish.failed", message_id=item.message_id, recipient=item.recipient,
-                            error=type(exc).__name__, detail=str(exc)[:200])
+                log.warning(
+                    "publish.failed",
+                    message_id=item.message_id,
+                    recipient=item.recipient,
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                )
                 return False
             hist = getattr(self.metrics, "publish_confirm_seconds", None)
             if hist is not None:
