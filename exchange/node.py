@@ -357,7 +357,7 @@ class Node:
                     self.connection = await self._connect()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, auth: logged, retried with backoff
                     self._set_gauge("broker_up", 0)
                     log.warning(
                         "broker.unreachable",
@@ -373,7 +373,7 @@ class Node:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the broker's words are logged; the node keeps trying
                 self._set_gauge("broker_up", 0)
                 log.error(
                     "broker.setup_failed",
@@ -540,7 +540,7 @@ class Node:
         store_ok = True
         try:
             await self.service.store.ping()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to answer is "store not ready"
             store_ok = False
         now = datetime.now(UTC)
         signers = self.service.signers
@@ -577,7 +577,7 @@ class Node:
                     await self._queue_gauges()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the gauge loop must outlive a store or broker hiccup
                 log.debug("gauges.error", error=type(exc).__name__)
             await asyncio.sleep(interval)
 
@@ -669,7 +669,7 @@ class Node:
                 await asyncio.wait_for(awaitable, step_timeout)
             except TimeoutError:
                 log.warning("node.stop_step_timeout", node=self.config.name, step=step, timeout=step_timeout)
-            except Exception as exc:  # closing something already broken
+            except Exception as exc:  # noqa: BLE001 - closing something already broken; the other steps still run
                 log.info("node.stop_step_failed", node=self.config.name, step=step, error=type(exc).__name__)
 
         if self.consumer is not None:

@@ -388,7 +388,7 @@ class ExchangeService:
             ),
             attachments,
         )
-        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files)})
+        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files, strict=True)})
         result = await self._accept(
             signed, idempotency_key=idempotency_key, track=True, idempotency_fingerprint=idempotency_fingerprint
         )
@@ -736,7 +736,7 @@ class ExchangeService:
         else:
             try:
                 result = await adapter.deliver(Incoming(recipient, env, signed.xml, signed.attachment_data, attempt))
-            except Exception as exc:  # an adapter bug or outage is transient: the bus retries
+            except Exception as exc:  # noqa: BLE001 - an adapter bug or outage is transient: the bus retries
                 # The exception's text is this node's business: the sender's receipt gets a fixed text.
                 log.warning(
                     "adapter.error", **base, recipient=recipient, error=type(exc).__name__, detail=str(exc)[:300]
@@ -897,7 +897,7 @@ class ExchangeService:
             from exchange.envelope.parse import parse_envelope
 
             _, claimed = parse_envelope(xml)
-        except Exception as again:
+        except Exception as again:  # noqa: BLE001 - already failing: answer without a receipt, never loop
             return ReceiveResult(
                 Received.PERMANENT,
                 RECEIVE_ERROR,
@@ -982,7 +982,7 @@ class ExchangeService:
         record = await self.store.get_message(message_id, Direction.IN)
         if state is None or record is None or state not in (InboxState.HANDED_OVER, InboxState.ACKED):
             raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
-        root, env = parse_envelope(record.envelope_xml)
+        _, env = parse_envelope(record.envelope_xml)
         attachments = {}
         for a in env.attachments:
             data = await self.store.get_attachment(a.sha256)

@@ -186,7 +186,7 @@ def create_app(
             try:
                 await service.store.ping()
                 checks = {"store": True}
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure to answer is "store not ready", never a 500
                 checks = {"store": False}
         failed = sorted(k for k, ok in checks.items() if not ok)
         if failed:

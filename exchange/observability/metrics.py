@@ -273,11 +273,11 @@ def make_metrics_handler(registry: CollectorRegistry) -> Callable[[Any], Any]:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("exchange")
-    except Exception:
+    except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 

@@ -28,7 +28,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aio_pika
 import structlog
@@ -177,7 +177,7 @@ class Consumer:
                 await self._dead_letter(message, headers, result)
             await self._bounded(message.ack())
             self.handled += 1
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the broker redelivers the unacked original
             # Publishing the retry/dead copy or the ack failed (connection lost): the broker
             # redelivers the unacked original and the store's dedupe absorbs the repeat.
             log.warning("consumer.settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
@@ -267,7 +267,7 @@ class Consumer:
                 **headers,
                 "x-exchange-dead-code": result.reason_code,
                 "x-exchange-dead-reason": result.reason[:1000],
-                "x-exchange-dead-at": datetime.now(timezone.utc).isoformat(),
+                "x-exchange-dead-at": datetime.now(UTC).isoformat(),
                 "x-routing-key": str(headers.get("x-routing-key") or message.routing_key),
             },
         )

@@ -169,7 +169,7 @@ class OutboxRelay:
                     detail=str(exc)[:200] or "confirm cancelled by the client",
                 )
                 return False
-            except Exception as exc:  # returned, nacked, timed out, connection lost: retry later
+            except Exception as exc:  # noqa: BLE001 - returned, nacked, timed out, connection lost: retry later
                 log.warning(
                     "publish.failed",
                     message_id=item.message_id,
@@ -200,8 +200,9 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release_outbox([i.id for i in items if i.id is not None]))
             raise
-        ok = [i for i, r in zip(items, results) if r is True]
-        bad = [i for i, r in zip(items, results) if r is not True]  # an unexpected exception is a failure too
+        ok = [i for i, r in zip(items, results, strict=True) if r is True]
+        # an unexpected exception is a failure too
+        bad = [i for i, r in zip(items, results, strict=True) if r is not True]
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, Exception):
                 raise r  # our own cancellation, seen by a child first
@@ -224,17 +225,17 @@ class OutboxRelay:
             # Clear before claiming: an item added while we publish sets it again.
             self.event.clear()
             try:
-                published, failed = await self.drain_once()
+                _, failed = await self.drain_once()
             except asyncio.CancelledError as exc:
                 if _being_cancelled():
                     raise
                 # A CancelledError nobody sent to this task (a library's rejected future): before,
                 # it ended the relay without a word while its outbox kept filling.
                 log.warning("relay.error", error="CancelledError", detail=str(exc)[:200])
-                published, failed = 0, 1
-            except Exception as exc:  # store or broker hiccup: back off, never die
+                failed = 1
+            except Exception as exc:  # noqa: BLE001 - store or broker hiccup: back off, never die
                 log.warning("relay.error", error=type(exc).__name__, detail=str(exc)[:200])
-                published, failed = 0, 1
+                failed = 1
             if failed:
                 failures += 1
                 await asyncio.sleep(min(0.2 * 2 ** min(failures, 6), 10.0))
@@ -242,7 +243,5 @@ class OutboxRelay:
             failures = 0
             if self._more:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.event.wait(), timeout=self.poll_interval)
-            except TimeoutError:
-                pass
