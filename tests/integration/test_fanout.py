@@ -18,7 +18,6 @@ from exchange.routing.lanes import Lane, routing_key
 from exchange.routing.national import GOVERNMENT_OFFICE
 from exchange.store.base import DeliveryState
 from exchange.transport.topology import Names, agency_queue_arguments
-
 from tests.conftest import rabbitmqctl
 from tests.integration.conftest import wait_for
 

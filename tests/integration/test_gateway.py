@@ -24,10 +24,9 @@ import pytest
 
 from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
-from exchange.tokens import hash_token, new_token
-from exchange.observability.metrics import Metrics
 from exchange.node import Node
-
+from exchange.observability.metrics import Metrics
+from exchange.tokens import hash_token, new_token
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.broker]
@@ -758,37 +757,40 @@ async def test_responses_conform_to_the_openapi_document(gw, mode: str) -> None:
     tried: dict[str, int] = {}
     calls = [0]
 
+    def exercise(operation, session) -> None:
+        # One function per operation, so the examples close over this operation's label, not the loop's.
+        label = f"{operation.method.upper()} {operation.path}"
+        known = {"message_id": received} if "{message_id}" in operation.path else None
+
+        @given(case=operation.as_strategy(generation_mode=MODE))
+        @settings(
+            max_examples=int(os.environ.get("GW_EXAMPLES", "25")),
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        def examples(case) -> None:
+            calls[0] += 1
+            if known and calls[0] % 2:
+                case.path_parameters = {**(case.path_parameters or {}), **known}  # half the time, one that exists
+            case.headers = {**(case.headers or {}), **auth}
+            response = case.call(base_url=base_url, session=session, timeout=30)
+            case.validate_response(response, checks=checks)
+            tried[label] = tried.get(label, 0) + 1
+
+        try:
+            examples()
+        except Unsatisfiable:
+            if MODE is GenerationMode.POSITIVE:
+                raise  # negative mode has nothing to break in an operation without inputs
+
     def run() -> None:
         import requests
 
         session = requests.Session()
         for result in schema.get_all_operations():
-            operation = result.ok()
-            label = f"{operation.method.upper()} {operation.path}"
-            known = {"message_id": received} if "{message_id}" in operation.path else None
-
-            @given(case=operation.as_strategy(generation_mode=MODE))
-            @settings(
-                max_examples=int(os.environ.get("GW_EXAMPLES", "25")),
-                deadline=None,
-                database=None,
-                derandomize=True,
-                suppress_health_check=list(HealthCheck),
-            )
-            def examples(case) -> None:
-                calls[0] += 1
-                if known and calls[0] % 2:
-                    case.path_parameters = {**(case.path_parameters or {}), **known}  # half the time, one that exists
-                case.headers = {**(case.headers or {}), **auth}
-                response = case.call(base_url=base_url, session=session, timeout=30)
-                case.validate_response(response, checks=checks)
-                tried[label] = tried.get(label, 0) + 1
-
-            try:
-                examples()
-            except Unsatisfiable:
-                if MODE is GenerationMode.POSITIVE:
-                    raise  # negative mode has nothing to break in an operation without inputs
+            exercise(result.ok(), session)
 
     await asyncio.to_thread(run)
     if MODE is GenerationMode.POSITIVE:
@@ -831,7 +833,7 @@ def _tls_material(gw: Gateway, tmp: Path) -> dict[str, Path]:
         out[f"{code}.key"], out[f"{code}.pem"] = write(code, key, cert)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -32,10 +31,9 @@ from exchange.envelope.model import (
 )
 from exchange.routing import frame
 from exchange.routing.lanes import Lane, routing_key
-from exchange.transport.topology import Names
 from exchange.service import record_of
 from exchange.store.base import DeliveryState, Direction
-
+from exchange.transport.topology import Names
 from tests.conftest import rabbitmqctl, wait_for_broker
 from tests.integration.conftest import wait_for, wait_until
 
@@ -394,34 +392,33 @@ async def test_sigkill_of_the_receiving_node_loses_nothing_and_delivers_nothing_
     central = await world.start("central")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(world.configs["local"])]
-    log = open(tmp_path / "local.log", "ab")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-    try:
-        svc = central.service
-        ids = []
-        for i in range(0, total, 50):
-            ids.extend(
-                r.message_id
-                for r in await asyncio.gather(
-                    *(svc.submit_document(A, [B], doc(f"văn bản {i + j}")) for j in range(50))
-                )
-            )
-
-        async def some_delivered(n: int) -> bool:
-            return (await svc.store.delivery_counts()).get("delivered", 0) >= n
-
-        await wait_for(lambda: some_delivered(100), timeout=120, what="deliveries under way")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    with open(tmp_path / "local.log", "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-        await wait_for(lambda: some_delivered(total), timeout=240, what=f"all {total} receipts after restart")
-    finally:
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            svc = central.service
+            ids = []
+            for i in range(0, total, 50):
+                ids.extend(
+                    r.message_id
+                    for r in await asyncio.gather(
+                        *(svc.submit_document(A, [B], doc(f"văn bản {i + j}")) for j in range(50))
+                    )
+                )
+
+            async def some_delivered(n: int) -> bool:
+                return (await svc.store.delivery_counts()).get("delivered", 0) >= n
+
+            await wait_for(lambda: some_delivered(100), timeout=120, what="deliveries under way")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+            await wait_for(lambda: some_delivered(total), timeout=240, what=f"all {total} receipts after restart")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     from exchange.store import open_store
 

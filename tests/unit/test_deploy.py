@@ -248,7 +248,7 @@ REQUIRED_ALERTS = {
 def test_alerts_are_complete_labelled_and_have_runbooks() -> None:
     rules = alert_rules()
     names = [r["alert"] for r in rules]
-    assert REQUIRED_ALERTS <= set(names) and len(names) == len(set(names))
+    assert set(names) >= REQUIRED_ALERTS and len(names) == len(set(names))
     ops = OPERATIONS.read_text(encoding="utf-8")
     anchors = {
         re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+\s+(.*)$", ops, re.M)

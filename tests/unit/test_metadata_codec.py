@@ -18,7 +18,7 @@ from exchange.adapters.jsonform import (
     status_code_from_json,
 )
 from exchange.cli.sign import envelope_from_metadata, load_metadata
-from exchange.envelope.model import DocumentCode, DocumentInfo, DocumentType, Priority, SteeringType, StatusCode
+from exchange.envelope.model import DocumentCode, DocumentInfo, DocumentType, Priority, StatusCode, SteeringType
 from exchange.errors import BadRequestError, ExchangeError
 from exchange.metadata import (
     JsonLimitError,

@@ -151,7 +151,7 @@ def test_the_binding_ledger_remembers_per_broker_and_prefix(tmp_path: Path) -> N
 
 
 def test_a_node_hosting_thousands_loads_keys_on_first_use_and_certificates_alone_for_probes(tmp_path: Path) -> None:
-    from exchange.devworld import issue_identities, AgencySpec
+    from exchange.devworld import AgencySpec, issue_identities
     from exchange.node import LazySigners
 
     specs = [AgencySpec(f"000.00.{i:02d}.H41", f"xã {i}", ec=True) for i in range(1, 6)]
