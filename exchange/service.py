@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -70,6 +71,10 @@ from exchange.store.base import (
     Store,
     TimelineEntry,
 )
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
+    from exchange.signing.base import EnvelopeSigner, EnvelopeVerifier
 
 log = structlog.get_logger("exchange.service")
 
@@ -228,20 +233,20 @@ class ExchangeService:
         node: str,
         directory: Directory,
         store: Store,
-        signers: Mapping[str, object],
-        verifier: object,
+        signers: Mapping[str, EnvelopeSigner],
+        verifier: EnvelopeVerifier,
         limits: LimitsConfig = LimitsConfig(),
         max_attempts: int = 6,
         retry_delays: Sequence[int] = (1, 5, 30, 120, 600),
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.node = node
         self.directory = directory
         self.store = store
-        # agency code -> exchange.signing.sign.Signer; a node's lazy mapping (node.LazySigners) stays lazy
+        # agency code -> its signer; a node's lazy mapping (node.LazySigners) stays lazy
         self.signers = dict(signers) if isinstance(signers, dict) else signers
-        self.verifier = verifier  # exchange.signing.verify.Verifier
+        self.verifier = verifier
         self.limits = limits
         self.max_attempts = max_attempts
         self.retry_delays = tuple(retry_delays)
@@ -257,7 +262,7 @@ class ExchangeService:
     def hosted(self) -> frozenset[str]:
         return frozenset(self.signers)
 
-    def _signer(self, agency: str):
+    def _signer(self, agency: str) -> EnvelopeSigner:
         signer = self.signers.get(agency)
         if signer is None:
             raise NotHostedError(
@@ -291,12 +296,6 @@ class ExchangeService:
             )
             for r in h.recipients
         ]
-
-    def _metric(self, name: str, *labels: str, value: float = 1.0) -> None:
-        m = getattr(self.metrics, name, None) if self.metrics is not None else None
-        if m is None:
-            return
-        (m.labels(*labels) if labels else m).inc(value)
 
     def _check_files(self, files: Sequence[OutgoingFile]) -> None:
         total = 0
@@ -334,7 +333,8 @@ class ExchangeService:
         )
         if created:
             self.outbox_event.set()
-            self._metric("documents_submitted", h.sender.code, h.kind.value)
+            if self.metrics is not None:
+                self.metrics.documents_submitted.labels(h.sender.code, h.kind.value).inc()
         return SubmitResult(mid, created, tuple(r.code for r in h.recipients), h.created_at)
 
     # -- sending --------------------------------------------------------------------
@@ -668,7 +668,8 @@ class ExchangeService:
                     log.info("replay.reopened", **base, recipient=recipient, replay=replay.count, reason=replay.reason)
                     return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
                 state = None  # another copy of the replay reopened it first and is handing it over
-            self._metric("duplicates_suppressed", recipient)
+            if self.metrics is not None:
+                self.metrics.duplicates_suppressed.labels(recipient).inc()
             if state in (InboxState.HANDED_OVER, InboxState.ACKED):
                 if h.kind is not Kind.RECEIPT:
                     await self._send_receipt(
@@ -840,7 +841,8 @@ class ExchangeService:
                     at=self.clock(),
                     detail=receipt.envelope_digest,
                 )
-            self._metric("deliveries", sender, receipt.outcome.value)
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(sender, receipt.outcome.value).inc()
             if original is not None and self.metrics is not None:
                 latency = (env.header.created_at - original.created_at).total_seconds()
                 self.metrics.delivery_latency.labels(sender).observe(max(latency, 0.0))
@@ -872,7 +874,8 @@ class ExchangeService:
 
     async def _refuse_unverified(self, recipient: str, xml: bytes, exc: ExchangeError) -> ReceiveResult:
         """An envelope that fails verification is never delivered; tell the claimed sender if we can."""
-        self._metric("rejections", rejection_stage(exc), exc.code)
+        if self.metrics is not None:
+            self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
         try:
             from exchange.envelope.parse import parse_envelope
 
@@ -1060,14 +1063,26 @@ class AgencyHandle:
         return self._service.directory
 
     async def submit_document(
-        self, recipients, document, files=(), *, operation=Operation.NEW, idempotency_key=None
+        self,
+        recipients: Sequence[str],
+        document: DocumentInfo,
+        files: Sequence[OutgoingFile] = (),
+        *,
+        operation: Operation = Operation.NEW,
+        idempotency_key: str | None = None,
     ) -> SubmitResult:
         return await self._service.submit_document(
             self._agency, recipients, document, files, operation=operation, idempotency_key=idempotency_key
         )
 
     async def submit_status(
-        self, document_message_id, code, *, description="", staff=None, idempotency_key=None
+        self,
+        document_message_id: str,
+        code: StatusCode,
+        *,
+        description: str = "",
+        staff: StaffInfo | None = None,
+        idempotency_key: str | None = None,
     ) -> SubmitResult:
         return await self._service.submit_status(
             self._agency,

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -24,6 +24,9 @@ from exchange.gateway.errors import InternalError, MethodNotAllowedError, NotRea
 from exchange.gateway.keys import AUTH, CORRELATION_ID, HTTP, PRINCIPAL, SERVICE
 from exchange.observability.tracing import correlation_id, new_trace_id
 from exchange.service import ExchangeService
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import Metrics
 
 log = structlog.get_logger("exchange.gateway")
 
@@ -164,7 +167,7 @@ def create_app(
     service: ExchangeService,
     *,
     http: HttpConfig = HttpConfig(),
-    metrics: Any | None = None,
+    metrics: Metrics | None = None,
     readiness: Readiness | None = None,
 ) -> web.Application:
     """The gateway application for one node's ``service``."""
@@ -203,7 +206,7 @@ def create_app(
     async def openapi_json(_: web.Request) -> web.Response:
         return web.json_response(openapi)
 
-    if metrics is not None and hasattr(metrics, "aiohttp_handler"):
+    if metrics is not None:
         metrics_handler = metrics.aiohttp_handler()
     else:
         from exchange.observability.metrics import REGISTRY, make_metrics_handler

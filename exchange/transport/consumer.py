@@ -29,6 +29,7 @@ import itertools
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
@@ -50,6 +51,9 @@ from exchange.service import (
 )
 from exchange.transport.relay import publish_confirmed
 from exchange.transport.topology import RETRY_HEADER, Topology
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
 
 log = structlog.get_logger("exchange.consumer")
 
@@ -83,7 +87,7 @@ class Consumer:
         *,
         workers: int = 16,
         confirm_timeout: float = 10.0,
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self.service = service
         self.topology = topology
@@ -197,9 +201,8 @@ class Consumer:
         try:
             xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
         except EnvelopeError as exc:  # not a frame, or too big to look at: nobody to answer
-            counter = getattr(self.metrics, "rejections", None)
-            if counter is not None:
-                counter.labels(rejection_stage(exc), exc.code).inc()
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
             return ReceiveResult(Received.PERMANENT, exc.code, exc.message)
         replay = replay_request(headers)
         backoff = 0.5
@@ -250,9 +253,8 @@ class Consumer:
             },
         )
         await publish_confirmed(self.retry_exchange, copy, routing_key=routing, timeout=self.confirm_timeout)
-        gauge = getattr(self.metrics, "retries", None)
-        if gauge is not None:
-            gauge.labels(result.reason_code or "unknown").inc()
+        if self.metrics is not None:
+            self.metrics.retries.labels(result.reason_code or "unknown").inc()
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, headers: dict[str, object], result: ReceiveResult
@@ -272,7 +274,6 @@ class Consumer:
             },
         )
         await publish_confirmed(self.dlx, copy, routing_key="", timeout=self.confirm_timeout)
-        counter = getattr(self.metrics, "dead_letters", None)
-        if counter is not None:
-            counter.labels(str(headers.get("x-recipient", "")), result.reason_code or "unknown").inc()
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(str(headers.get("x-recipient", "")), result.reason_code or "unknown").inc()
         log.warning("dead_lettered", reason_code=result.reason_code, reason=result.reason[:300])

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
@@ -30,6 +31,9 @@ from aio_pika.abc import AbstractExchange
 
 from exchange.routing.frame import CONTENT_TYPE
 from exchange.store.base import OutboxItem, Store
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
 
 log = structlog.get_logger("exchange.relay")
 
@@ -123,7 +127,7 @@ class OutboxRelay:
         bytes_in_flight: int = 8 * 1024 * 1024,
         confirm_timeout: float = 10.0,
         poll_interval: float = 1.0,
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
         on_published: Callable[[list[OutboxItem]], None] | None = None,
     ) -> None:
         self.store = store
@@ -178,9 +182,8 @@ class OutboxRelay:
                     detail=str(exc)[:200],
                 )
                 return False
-            hist = getattr(self.metrics, "publish_confirm_seconds", None)
-            if hist is not None:
-                hist.observe(time.perf_counter() - started)
+            if self.metrics is not None:
+                self.metrics.publish_confirm_seconds.observe(time.perf_counter() - started)
             return True
 
     async def drain_once(self) -> tuple[int, int]:
