@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue, HeadersType
 
 from exchange.envelope.model import Hop
 from exchange.errors import EnvelopeError
@@ -62,7 +62,7 @@ REPLAYS_HEADER = "x-replays"
 REPLAY_REASON_HEADER = "x-replay-reason"
 
 
-def replay_request(headers: dict[str, object]) -> Replay | None:
+def replay_request(headers: Mapping[str, object]) -> Replay | None:
     """The operator's replay a message carries, if any (``exchange dlq replay`` sets the headers)."""
     try:
         count = int(headers.get(REPLAYS_HEADER, 0) or 0)  # type: ignore[call-overload]
@@ -161,7 +161,8 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage, recipient: str, lane: Lane) -> None:
         headers = dict(message.headers or {})
-        attempt = int(headers.get("x-attempt", 1) or 1)
+        raw_attempt = headers.get("x-attempt", 1) or 1  # an int from our publishers; anything else counts as 1
+        attempt = int(raw_attempt) if isinstance(raw_attempt, int | str) else 1
         message_id = str(headers.get("x-message-id") or "")
         self.last_taken[lane] = time.time()
         structlog.contextvars.bind_contextvars(
@@ -191,7 +192,7 @@ class Consumer:
     async def _receive_holding(
         self,
         message: AbstractIncomingMessage,
-        headers: dict[str, object],
+        headers: HeadersType,
         recipient: str,
         attempt: int,
         hops: tuple[Hop, ...] = (),
@@ -234,7 +235,7 @@ class Consumer:
         await asyncio.wait_for(settle, self.confirm_timeout)
 
     async def _republish_retry(
-        self, message: AbstractIncomingMessage, headers: dict[str, object], attempt: int, result: ReceiveResult
+        self, message: AbstractIncomingMessage, headers: HeadersType, attempt: int, result: ReceiveResult
     ) -> None:
         delay = self.topology.retry_delay(attempt)
         # The key the message was routed with, not a header a publisher could have set.
@@ -243,7 +244,7 @@ class Consumer:
             message.body,
             content_type=message.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{headers.get('x-message-id')}/{headers.get('x-recipient')}/{attempt + 1}",
+            message_id=f"{headers.get('x-message-id')!s}/{headers.get('x-recipient')!s}/{attempt + 1}",
             correlation_id=message.correlation_id,
             headers={
                 **headers,
@@ -256,9 +257,7 @@ class Consumer:
         if self.metrics is not None:
             self.metrics.retries.labels(result.reason_code or "unknown").inc()
 
-    async def _dead_letter(
-        self, message: AbstractIncomingMessage, headers: dict[str, object], result: ReceiveResult
-    ) -> None:
+    async def _dead_letter(self, message: AbstractIncomingMessage, headers: HeadersType, result: ReceiveResult) -> None:
         copy = aio_pika.Message(
             message.body,
             content_type=message.content_type,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractExchange, HeadersType
 
 from exchange.routing.frame import CONTENT_TYPE
 from exchange.store.base import OutboxItem, Store
@@ -58,14 +58,14 @@ async def publish_confirmed(
     )
 
 
-def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: dict[str, object] | None = None) -> aio_pika.Message:
+def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: HeadersType | None = None) -> aio_pika.Message:
     """The AMQP message for one outbox item.
 
     The AMQP ``message_id`` is unique per publish (message/recipient/attempt):
     aiormq matches returned messages to confirms by it, so fan-out copies must
     not share one. The bus's own message id travels in ``x-message-id``.
     """
-    headers: dict[str, object] = {k: v for k, v in item.headers.items() if v}
+    headers: HeadersType = {k: v for k, v in item.headers.items() if v}
     headers.update(
         {
             "x-message-id": item.message_id,
