@@ -15,9 +15,14 @@ import asyncio
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import command_help, run, table
 from exchange.errors import ConfigError
+
+if TYPE_CHECKING:
+    from exchange.hub.links import Applied, LinkSpec
+    from exchange.hub.status import HubStatus
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -176,7 +181,7 @@ def _link(args: argparse.Namespace) -> int:
         password=password,
     )
 
-    async def go():
+    async def go() -> tuple[Applied, str]:
         async with ManagementApi(args.upstream_api) as up:
             if args.downstream_api:
                 async with ManagementApi(args.downstream_api) as down:
@@ -191,7 +196,7 @@ def _link(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_applied(applied, spec) -> None:
+def _print_applied(applied: Applied, spec: LinkSpec) -> None:
     from exchange.hub.links import downstream_permissions
 
     print(
@@ -212,7 +217,7 @@ def _home(args: argparse.Namespace) -> int:
     if not args.api:
         raise ConfigError("--api (or $EXCHANGE_HUB_API) is required")
 
-    async def go():
+    async def go() -> None:
         async with ManagementApi(args.api) as api:
             await declare_hub(api, args.prefix, args.vhost, home=tuple(args.pattern))
 
@@ -231,7 +236,7 @@ def _apply(args: argparse.Namespace) -> int:
     if hub is None:
         raise ConfigError(f"{args.config} has no [hub] section; see docs/FEDERATION.md")
 
-    async def go():
+    async def go() -> list[tuple[tuple[Applied, str], LinkSpec]]:
         out = []
         async with ManagementApi(hub.api) as api:
             await declare_hub(api, hub.prefix, hub.vhost, home=hub.home)
@@ -257,7 +262,7 @@ def _status(args: argparse.Namespace) -> int:
 
     api_url, prefix, vhost = _target(args)
 
-    async def go():
+    async def go() -> HubStatus:
         async with ManagementApi(api_url) as api:
             return await hub_status(api, prefix, vhost, peek=not args.no_peek)
 

@@ -12,9 +12,14 @@ import getpass
 import re
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 from exchange.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from exchange.config import NodeConfig
+    from exchange.console.data import ConsoleData, Operator
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
@@ -90,7 +95,7 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def _data(cfg):
+def _data(cfg: NodeConfig) -> ConsoleData:
     from exchange.console.data import ConsoleData
     from exchange.store import open_store
 
@@ -121,7 +126,7 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
 
-    async def go():
+    async def go() -> list[Operator]:
         data = _data(cfg)
         await data.store.open()
         try:

@@ -62,8 +62,8 @@ def _from_http_exception(exc: web.HTTPException) -> ExchangeError:
     if exc.status == 413:
         return PayloadTooLargeError("the request body is over the gateway's limit ([http] max_body_bytes)")
     err = ExchangeError(exc.reason or "request refused")
-    err.http_status = exc.status  # type: ignore[misc]
-    err.code = exc.reason.lower().replace(" ", "-") if exc.reason else "http-error"  # type: ignore[misc]
+    err.http_status = exc.status
+    err.code = exc.reason.lower().replace(" ", "-") if exc.reason else "http-error"
     return err
 
 
@@ -148,7 +148,7 @@ def load_openapi() -> dict[str, Any]:
 
     from exchange.metadata.schema import openapi_components
 
-    spec = yaml.safe_load(load_openapi_text())
+    spec: dict[str, Any] = yaml.safe_load(load_openapi_text())
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     clash = sorted(set(schemas) & set(openapi_components()))
     if clash:  # a schema described twice would drift: the JSON Schema file is the only source

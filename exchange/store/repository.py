@@ -748,11 +748,12 @@ class SqlStore(Store):
             ):
                 raise _Rollback(False)
             values: dict[str, Any] = {}
-            allowed = (
-                _ENTER_FROM[state] | {DeliveryState.DELIVERED}
-                if reopening
-                else (_ENTER_FROM[state] if state is not None else frozenset())
-            )
+            if state is None:
+                allowed: frozenset[DeliveryState] = frozenset()
+            elif reopening:  # state is FAILED
+                allowed = _ENTER_FROM[state] | {DeliveryState.DELIVERED}
+            else:
+                allowed = _ENTER_FROM[state]
             moved = state is not None and (replay or DeliveryState(current) in allowed)
             if moved:
                 assert state is not None
