@@ -37,6 +37,9 @@ class AmqpConfig:
     max_attempts: int = 6
     #: Broker-side guard against a message that crashes the consumer every time.
     delivery_limit: int = 20
+    #: Recipients of one node that a single published copy of a fan-out serves (up to 500);
+    #: 1 publishes a copy per recipient, for receiving nodes older than bundles (docs/ARCHITECTURE.md).
+    bundle_max: int = 500
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -222,6 +225,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError(f"{path}: [pki] ca_files is empty: the node needs a trust store to verify envelopes")
     if cfg.amqp.max_attempts < 1 or not cfg.amqp.retry_delays:
         raise ConfigError(f"{path}: [amqp] max_attempts must be >= 1 and retry_delays non-empty")
+    if not 1 <= cfg.amqp.bundle_max <= 500:
+        raise ConfigError(f"{path}: [amqp] bundle_max must be between 1 and 500 (got {cfg.amqp.bundle_max})")
     _check_replay_window(path, cfg)
     return cfg
 

@@ -263,6 +263,7 @@ class Node:
                 service.store,
                 service.outbox_event,
                 confirm_timeout=self.config.amqp.confirm_timeout,
+                bundle_max=self.config.amqp.bundle_max,
                 metrics=self.metrics,
             )
             self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))

@@ -100,6 +100,9 @@ REPLAYED = "replayed"
 #: How a failed receipt that answers a replay starts its reason: ``after replay (<why>): <reason>``.
 AFTER_REPLAY = "after replay ("
 
+#: The outbox header naming the node that hosts an item's recipient (the relay bundles by it).
+NODE_HEADER = "x-node"
+
 _INFRA_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
 try:  # the store's driver errors are infrastructure trouble, not poison
     from sqlalchemy.exc import DBAPIError, OperationalError
@@ -291,11 +294,17 @@ class ExchangeService:
                 recipient=r.code,
                 routing_key=routing_key(r.code, lane),
                 body=body,
-                headers={**headers, "x-recipient": r.code},
+                # x-node: the node the directory places the recipient on, so the relay can publish
+                # one copy per node for a fan-out (transport.relay, bundles), not one per recipient.
+                headers={**headers, "x-recipient": r.code, NODE_HEADER: self._node_of(r.code)},
                 priority=int(h.priority),
             )
             for r in h.recipients
         ]
+
+    def _node_of(self, code: str) -> str:
+        entry = self.directory.get(code)
+        return entry.node if entry is not None else ""
 
     def _check_files(self, files: Sequence[OutgoingFile]) -> None:
         total = 0
@@ -611,6 +620,86 @@ class ExchangeService:
                 raise
             return await self._refuse_after_error(recipient, xml, exc)
 
+    async def receive_many(
+        self,
+        recipients: Sequence[str],
+        xml: bytes,
+        attachments: Mapping[str, bytes],
+        *,
+        attempt: int = 1,
+        replay: Replay | None = None,
+        hops: tuple[Hop, ...] = (),
+        concurrency: int = 8,
+    ) -> dict[str, ReceiveResult]:
+        """One frame for several hosted agencies (a fan-out bundle): verified once, then each recipient.
+
+        Every recipient gets exactly what :meth:`receive` would have answered for it alone
+        (its own dedupe, hand-over, receipt and outcome), with up to ``concurrency`` of them
+        handed over at once. The signed envelope's To list stays the final word: a recipient
+        it does not name is refused (``recipient-mismatch``) whatever the bundle listed.
+        A store or network failure raises, as in :meth:`receive`: the transport holds the
+        whole bundle and tries again, and the recipients already done answer as duplicates.
+        """
+        results: dict[str, ReceiveResult] = {}
+        try:
+            signed = await self._verified(xml, attachments, hops)
+        except (SignatureError, EnvelopeError) as exc:
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
+            for r in recipients:
+                results[r] = (
+                    self._not_hosted(r)
+                    if r not in self.hosted
+                    else await self._refuse_unverified(r, xml, exc, count=False)
+                )
+            return results
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            for r in recipients:
+                results[r] = await self._refuse_after_error(r, xml, exc)
+            return results
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(recipient: str) -> ReceiveResult:
+            async with gate:
+                if recipient not in self.hosted:
+                    return self._not_hosted(recipient)
+                try:
+                    return await self._receive_verified(recipient, signed, attempt, replay, hops)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if is_infrastructure_error(exc):
+                        raise
+                    return await self._refuse_after_error(recipient, xml, exc)
+
+        unique = list(dict.fromkeys(recipients))
+        answers = await asyncio.gather(*(one(r) for r in unique), return_exceptions=True)
+        for recipient, answer in zip(unique, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise answer  # infrastructure (or cancellation): the transport holds the bundle
+            results[recipient] = answer
+        return results
+
+    def _not_hosted(self, recipient: str) -> ReceiveResult:
+        return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+
+    async def _verified(self, xml: bytes, attachments: Mapping[str, bytes], hops: tuple[Hop, ...]) -> SignedEnvelope:
+        """The verified envelope (raises SignatureError or EnvelopeError), with hub ``hops`` in its Trace."""
+        if len(xml) + sum(len(d) for d in attachments.values()) <= INLINE_VERIFY_BYTES:
+            verified = self.verifier.verify(xml, attachments)
+        else:
+            verified = await asyncio.to_thread(self.verifier.verify, xml, attachments)
+        signed: SignedEnvelope = verified.signed
+        if hops and signed.envelope.header.kind is not Kind.RECEIPT:
+            # Hub hops join the (unsigned, informational) trace and go back in the receipt. A
+            # receipt's own trace already holds the hops of what it answers: its hops are passed on.
+            signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
+        return signed
+
     async def _receive(
         self,
         recipient: str,
@@ -621,19 +710,22 @@ class ExchangeService:
         hops: tuple[Hop, ...] = (),
     ) -> ReceiveResult:
         if recipient not in self.hosted:
-            return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+            return self._not_hosted(recipient)
         try:
-            if len(xml) + sum(len(d) for d in attachments.values()) <= INLINE_VERIFY_BYTES:
-                verified = self.verifier.verify(xml, attachments)
-            else:
-                verified = await asyncio.to_thread(self.verifier.verify, xml, attachments)
+            signed = await self._verified(xml, attachments, hops)
         except (SignatureError, EnvelopeError) as exc:
             return await self._refuse_unverified(recipient, xml, exc)
-        signed: SignedEnvelope = verified.signed
-        if hops and signed.envelope.header.kind is not Kind.RECEIPT:
-            # Hub hops join the (unsigned, informational) trace and go back in the receipt. A
-            # receipt's own trace already holds the hops of what it answers: its hops are passed on.
-            signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
+        return await self._receive_verified(recipient, signed, attempt, replay, hops)
+
+    async def _receive_verified(
+        self,
+        recipient: str,
+        signed: SignedEnvelope,
+        attempt: int,
+        replay: Replay | None,
+        hops: tuple[Hop, ...] = (),
+    ) -> ReceiveResult:
+        """What becomes of a verified envelope for hosted agency ``recipient``: dedupe, hand-over, receipt."""
         env = signed.envelope
         h = env.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
@@ -872,9 +964,11 @@ class ExchangeService:
                     message_id, recipient, "hop", at=hop.at, detail=f"{way} via {hop.node}"[:500]
                 )
 
-    async def _refuse_unverified(self, recipient: str, xml: bytes, exc: ExchangeError) -> ReceiveResult:
+    async def _refuse_unverified(
+        self, recipient: str, xml: bytes, exc: ExchangeError, *, count: bool = True
+    ) -> ReceiveResult:
         """An envelope that fails verification is never delivered; tell the claimed sender if we can."""
-        if self.metrics is not None:
+        if count and self.metrics is not None:  # a bundle counts its one refused frame once
             self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
         try:
             from exchange.envelope.parse import parse_envelope

@@ -8,6 +8,15 @@ The recipient of a message is the agency its routing key names (``message.routin
 set by the broker from the publish that routed it, never from a header), if the node
 hosts it; the service then checks it against the signed envelope's To list.
 
+A bundle (transport.relay: one copy of a fan-out for several agencies of this node) names
+its recipients in ``x-recipients``. It is routed by one of them, and it is served only if
+that one is listed and hosted; the frame is verified once and each listed agency gets what
+a copy of its own would have got. A header can only narrow a bundle, never widen it: an
+agency the signed To list does not name is refused by the service (``recipient-mismatch``),
+and one this node does not host is refused here (``agency-not-hosted``). What needs
+another attempt or a dead letter leaves as that recipient's own copy (its own routing key,
+attempt count and reason), so retries, dead letters and ``dlq replay`` work per recipient.
+
 The transport unpacks the frame and reads its own headers (attempt, replay);
 the service answers what became of the envelope (:class:`~exchange.service.Received`)
 and this module alone maps that to AMQP: delivered or duplicate → ack,
@@ -39,7 +48,7 @@ from exchange.envelope.model import Hop
 from exchange.errors import EnvelopeError
 from exchange.hub.trace import shovel_hops
 from exchange.routing import frame
-from exchange.routing.lanes import Lane
+from exchange.routing.lanes import Lane, routing_key
 from exchange.service import (
     RECEIVE_ERROR,
     ExchangeService,
@@ -49,7 +58,7 @@ from exchange.service import (
     is_infrastructure_error,
     rejection_stage,
 )
-from exchange.transport.relay import publish_confirmed
+from exchange.transport.relay import BUNDLE_HEADER, BUNDLE_MAX, publish_confirmed
 from exchange.transport.topology import RETRY_HEADER, Topology
 
 if TYPE_CHECKING:
@@ -73,6 +82,23 @@ def replay_request(headers: Mapping[str, object]) -> Replay | None:
     reason = headers.get(REPLAY_REASON_HEADER, "")
     reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason or "")
     return Replay(count, reason[:500] or "replayed by the operator")
+
+
+def bundle_recipients(headers: Mapping[str, object]) -> list[str] | None:
+    """The recipients a bundle names (``x-recipients``), in order and once each; None for a single copy."""
+    raw = headers.get(BUNDLE_HEADER)
+    if not raw:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    codes = list(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    return codes[:BUNDLE_MAX]
+
+
+def member_headers(headers: HeadersType, recipient: str, lane: Lane) -> HeadersType:
+    """The headers of one recipient's own copy of a bundle (for its retry or its dead letter)."""
+    own = {k: v for k, v in headers.items() if k != BUNDLE_HEADER}
+    own.update({"x-recipient": recipient, "x-routing-key": routing_key(recipient, lane)})
+    return own
 
 
 class Consumer:
@@ -174,12 +200,16 @@ class Consumer:
         try:
             # Hub hops (docs/FEDERATION.md): the shovels' forward headers, for the unsigned Trace.
             hops = shovel_hops(headers)
-            result = await self._receive_holding(message, headers, recipient, attempt, hops)
-            # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
-            if result.outcome is Received.TRANSIENT:
-                await self._republish_retry(message, headers, attempt, result)
-            elif result.outcome is Received.PERMANENT:
-                await self._dead_letter(message, headers, result)
+            members = bundle_recipients(headers) if recipient else None
+            if members is not None:
+                await self._settle_bundle(message, headers, recipient, members, attempt, lane, hops)
+            else:
+                result = await self._receive_holding(message, headers, recipient, attempt, hops)
+                # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
+                if result.outcome is Received.TRANSIENT:
+                    await self._republish_retry(message, headers, attempt, result)
+                elif result.outcome is Received.PERMANENT:
+                    await self._dead_letter(message, headers, result)
             await self._bounded(message.ack())
             self.handled += 1
         except Exception as exc:  # noqa: BLE001 - the broker redelivers the unacked original
@@ -223,6 +253,76 @@ class Consumer:
                 log.exception("consumer.poison", error=type(exc).__name__)
                 return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, f"{type(exc).__name__}: {exc}"[:500])
 
+    async def _settle_bundle(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        routed: str,
+        members: list[str],
+        attempt: int,
+        lane: Lane,
+        hops: tuple[Hop, ...],
+    ) -> None:
+        """Receive a bundle for each of its recipients, then send each one's retry or dead letter on its own.
+
+        Returns once every copy that had to leave was confirmed (the caller acks the bundle then);
+        raises if one could not be published, so the broker redelivers the bundle and the store's
+        dedupe answers the recipients already done as duplicates.
+        """
+        if routed not in members:
+            # Routed by an agency the bundle does not name: no publisher of ours does that.
+            result = ReceiveResult(
+                Received.PERMANENT, "bundle-invalid", f"bundle routed to {routed} does not list it in {BUNDLE_HEADER}"
+            )
+            await self._dead_letter(message, member_headers(headers, routed, lane), result)
+            return
+        results = await self._receive_bundle_holding(message, headers, members, attempt, hops)
+        for member, result in results.items():
+            if result.outcome is Received.TRANSIENT:
+                await self._republish_retry(
+                    message, member_headers(headers, member, lane), attempt, result, routing=routing_key(member, lane)
+                )
+            elif result.outcome is Received.PERMANENT:
+                await self._dead_letter(
+                    message,
+                    member_headers(headers, member, lane),
+                    result,
+                    message_id=f"{headers.get('x-message-id')!s}/{member}/{attempt}",
+                )
+
+    async def _receive_bundle_holding(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        members: list[str],
+        attempt: int,
+        hops: tuple[Hop, ...],
+    ) -> dict[str, ReceiveResult]:
+        """:meth:`_receive_holding` for a bundle: one answer per recipient."""
+        limits = self.service.limits
+        try:
+            xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
+        except EnvelopeError as exc:
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
+            return {m: ReceiveResult(Received.PERMANENT, exc.code, exc.message) for m in members}
+        replay = replay_request(headers)
+        backoff = 0.5
+        while True:
+            try:
+                return await self.service.receive_many(members, xml, parts, attempt=attempt, replay=replay, hops=hops)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    log.warning("consumer.store_unavailable", error=type(exc).__name__, retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+                log.exception("consumer.poison", error=type(exc).__name__)
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                return {m: ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, detail) for m in members}
+
     async def _bounded(self, settle: Awaitable[None]) -> None:
         """An ack or nack, given up after ``confirm_timeout`` (raises TimeoutError).
 
@@ -235,11 +335,18 @@ class Consumer:
         await asyncio.wait_for(settle, self.confirm_timeout)
 
     async def _republish_retry(
-        self, message: AbstractIncomingMessage, headers: HeadersType, attempt: int, result: ReceiveResult
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        attempt: int,
+        result: ReceiveResult,
+        *,
+        routing: str | None = None,
     ) -> None:
         delay = self.topology.retry_delay(attempt)
-        # The key the message was routed with, not a header a publisher could have set.
-        routing = str(message.routing_key or headers.get("x-routing-key"))
+        # The key the message was routed with, not a header a publisher could have set (for a
+        # bundle's recipient: its own key, in the lane the bundle was routed in).
+        routing = routing or str(message.routing_key or headers.get("x-routing-key"))
         copy = aio_pika.Message(
             message.body,
             content_type=message.content_type,
@@ -257,12 +364,19 @@ class Consumer:
         if self.metrics is not None:
             self.metrics.retries.labels(result.reason_code or "unknown").inc()
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, headers: HeadersType, result: ReceiveResult) -> None:
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        result: ReceiveResult,
+        *,
+        message_id: str | None = None,
+    ) -> None:
         copy = aio_pika.Message(
             message.body,
             content_type=message.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
+            message_id=message_id or message.message_id,
             correlation_id=message.correlation_id,
             headers={
                 **headers,

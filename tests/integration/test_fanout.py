@@ -97,6 +97,8 @@ async def test_a_directive_to_500_agencies_reaches_each_once_on_three_queues_and
             return len(s) == 500 and all(v is DeliveryState.DELIVERED for v in s.values())
 
         await wait_for(all_receipts, timeout=120, what="500 delivered receipts")
+        relay = started[1].relay
+        assert relay is not None and (relay.published, relay.copies) == (500, 1)  # one copy for the node
         handed = Counter()
         for code in recipients:
             for r in read_records(tmp_path / "eoffice" / f"{code}.jsonl"):
@@ -154,6 +156,8 @@ async def test_messages_left_in_legacy_per_agency_queues_are_moved_delivered_onc
     )
     await _declare_legacy_topology(amqp_url, amqp_prefix, [B, C, D], world.config("local").amqp.delivery_limit)
     central = await world.start("central")
+    assert central.relay is not None
+    central.relay.bundle_max = 1  # as the per-agency release published: a copy per recipient
     svc = central.service
     # Documents for B and C (normal and express lanes) published while only the legacy queues exist.
     sent = [await svc.submit_document(A, [B, C], doc(f"văn bản {i}")) for i in range(4)]
@@ -297,4 +301,120 @@ async def test_the_recipient_is_the_routing_key_not_a_header(make_world, tmp_pat
     (entry,) = [d for d in await dead_letters(amqp_url, amqp_prefix) if d["message_id"] == envelope.message_id]
     assert entry["reason_code"] == "recipient-mismatch"
     assert read_records(tmp_path / "eoffice" / f"{B}.jsonl") == []
+    assert read_records(tmp_path / "eoffice" / f"{C}.jsonl") == []
+
+
+async def test_one_copy_serves_every_agency_of_a_node_and_each_recipient_retries_and_dead_letters_alone(
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
+    """A fan-out to three agencies of one node is one AMQP message; each recipient's outcome is its own."""
+    from tests.integration.test_routing import dead_letters
+
+    flaky = AgencySpec(
+        C,
+        "flaky",
+        node="local",
+        adapter="recording",
+        ec=True,
+        options={"path": str(tmp_path / "eoffice" / f"{C}.jsonl"), "transient_failures": 1},
+    )
+    refusing = AgencySpec(
+        D,
+        "refusing",
+        node="local",
+        adapter="recording",
+        ec=True,
+        options={"path": str(tmp_path / "eoffice" / f"{D}.jsonl"), "refuse": "no such register"},
+    )
+    world = make_world([rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), flaky, refusing], ["central", "local"])
+    await world.start("local")
+    central = await world.start("central")
+    svc = central.service
+    result = await svc.submit_document(A, [B, C, D], doc())
+
+    async def settled() -> bool:
+        s = await states(svc, result.message_id)
+        return (
+            s.get(B) is DeliveryState.DELIVERED
+            and s.get(C) is DeliveryState.DELIVERED
+            and s.get(D) is DeliveryState.FAILED
+        )
+
+    await wait_for(settled, what="B and C delivered, D failed")
+    assert central.relay is not None
+    assert (central.relay.published, central.relay.copies) == (3, 1)  # three recipients, one copy
+    handed = {code: [r["message_id"] for r in read_records(tmp_path / "eoffice" / f"{code}.jsonl")] for code in (B, C)}
+    assert handed == {B: [result.message_id], C: [result.message_id]}  # C on its second attempt
+    assert read_records(tmp_path / "eoffice" / f"{D}.jsonl") == []
+
+    async def dead() -> bool:
+        return any(d["message_id"] == result.message_id for d in await dead_letters(amqp_url, amqp_prefix))
+
+    await wait_for(dead, what="D's dead letter")
+    (entry,) = [d for d in await dead_letters(amqp_url, amqp_prefix) if d["message_id"] == result.message_id]
+    # D's own copy: its recipient and routing key, so `dlq replay` sends it to D alone.
+    assert (entry["recipient"], entry["routing_key"]) == (D, routing_key(D, Lane.NORMAL))
+    timeline = (await svc.track(A, result.message_id)).timeline
+    assert [e.event for e in timeline if e.recipient == C].count("delivered") == 1
+
+
+async def test_a_bundle_header_can_narrow_a_copy_but_never_widen_it(
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
+    """Listing an agency the signed To does not name, or routing by one the bundle does not list, delivers nothing
+    extra: the signed envelope and the routing key keep the last word."""
+    from exchange.envelope.model import AgencyRef, Envelope, Header, Kind, new_message_id, utcnow
+    from exchange.routing import frame
+    from tests.integration.test_routing import dead_letters
+
+    world = make_world(
+        [rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "local")], ["central", "local"]
+    )
+    await world.start("local")
+    central = await world.start("central")
+    svc = central.service
+
+    def signed_to(*codes: str) -> tuple[str, bytes]:
+        envelope = Envelope(
+            Header(
+                message_id=new_message_id(),
+                kind=Kind.DOCUMENT,
+                sender=AgencyRef(A),
+                recipients=tuple(AgencyRef(c) for c in codes),
+                created_at=utcnow(),
+                document=doc(),
+            )
+        )
+        return envelope.message_id, frame.encode(svc._sign(envelope, {}).xml, {})
+
+    widened, body_b = signed_to(B)  # addressed to B only, bundled for B and C
+    unlisted, body_c = signed_to(B, C)  # routed by B, listing only C
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange(Names(amqp_prefix).route)
+        for mid, body, listed in ((widened, body_b, f"{B},{C}"), (unlisted, body_c, C)):
+            await exchange.publish(
+                aio_pika.Message(
+                    body, message_id=f"{mid}/bundle/1", headers={"x-message-id": mid, "x-recipients": listed}
+                ),
+                routing_key=routing_key(B, Lane.NORMAL),
+                timeout=10,
+            )
+    finally:
+        await connection.close()
+
+    async def both_dead() -> bool:
+        ids = [d["message_id"] for d in await dead_letters(amqp_url, amqp_prefix)]
+        return widened in ids and unlisted in ids
+
+    await wait_for(both_dead, what="the refused parts dead-lettered")
+    letters = {
+        (d["message_id"], d["recipient"]): d["reason_code"]
+        for d in await dead_letters(amqp_url, amqp_prefix)
+        if d["message_id"] in (widened, unlisted)
+    }
+    assert letters == {(widened, C): "recipient-mismatch", (unlisted, B): "bundle-invalid"}
+    # B got the document addressed to it; C got nothing (not from the widened bundle, not from the other).
+    assert [r["message_id"] for r in read_records(tmp_path / "eoffice" / f"{B}.jsonl")] == [widened]
     assert read_records(tmp_path / "eoffice" / f"{C}.jsonl") == []

@@ -102,6 +102,50 @@ async def test_the_copies_of_a_fan_out_are_published_from_one_frame_never_reenco
         await store.close()
 
 
+async def test_a_fan_out_leaves_as_one_copy_per_node_and_lane_each_naming_its_recipients(tmp_path: Path) -> None:
+    """1,200 recipients on two nodes: one claim, ceil(n / bundle_max) copies per node, each routed by a
+    recipient it names; an item without a node (written before bundles) still leaves alone."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
+    await store.open()
+    try:
+        frame = b"EXF1" + bytes(64 * 1024)
+        north = [f"000.{i // 99:02d}.{i % 99 + 1:02d}.H41" for i in range(700)]
+        south = [f"000.{i // 99:02d}.{i % 99 + 1:02d}.H29" for i in range(499)]
+        items = [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r, "x-node": "north"}) for r in north]
+        items += [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r, "x-node": "south"}) for r in south]
+        items.append(OutboxItem("m1", "000.00.00.H29", "000.00.00.H29.normal", frame, {}))
+        codes = [i.recipient for i in items]
+        xml = b"<envelope/>"
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(codes),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
+        await store.accept_outgoing(record, items)
+        relay = OutboxRelay(store, asyncio.Event(), batch=2000)
+        exchange = RecordingExchange()
+        relay.exchange = exchange  # type: ignore[assignment]
+        assert await relay.drain_once() == (1200, 0)
+        assert relay.copies == 4  # north: 500 + 200, south: 499, the one without a node
+        served: list[str] = []
+        for key, message in exchange.messages:
+            listed = str((message.headers or {}).get("x-recipients") or "").split(",")
+            listed = listed if listed != [""] else [str((message.headers or {})["x-recipient"])]
+            assert key == f"{listed[0]}.normal" and len(listed) <= 500
+            served += listed
+        assert sorted(served) == sorted(codes)  # each recipient served by exactly one copy
+        assert len({m.message_id for _, m in exchange.messages}) == 4  # confirms are matched by it
+        assert await store.outbox_stats() == (0, None)
+    finally:
+        await store.close()
+
+
 async def test_the_relay_keeps_its_bytes_in_flight_under_the_budget() -> None:
     budget = ByteBudget(100)
     holders = 0
