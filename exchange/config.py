@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.envelope.codes import check_agency_code
 from exchange.errors import ConfigError, InvalidAgencyCodeError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ENV_PREFIX = "EXCHANGE__"
 
@@ -130,9 +133,9 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         section[path[1]] = value  # typed against the section's defaults in _section
 
 
-def _section(raw: Mapping[str, Any], name: str, cls: type, defaults: Any) -> Any:
+def _section(raw: Mapping[str, Any], name: str, cls: type[DataclassInstance], defaults: Any) -> Any:
     table = dict(raw.get(name, {}))
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in fields(cls)}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"[{name}] has unknown keys {sorted(unknown)}; known keys are {sorted(known)}")

@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -70,6 +71,10 @@ from exchange.store.base import (
     Store,
     TimelineEntry,
 )
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
+    from exchange.signing.base import EnvelopeSigner, EnvelopeVerifier
 
 log = structlog.get_logger("exchange.service")
 
@@ -231,20 +236,20 @@ class ExchangeService:
         node: str,
         directory: Directory,
         store: Store,
-        signers: Mapping[str, object],
-        verifier: object,
+        signers: Mapping[str, EnvelopeSigner],
+        verifier: EnvelopeVerifier,
         limits: LimitsConfig = LimitsConfig(),
         max_attempts: int = 6,
         retry_delays: Sequence[int] = (1, 5, 30, 120, 600),
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.node = node
         self.directory = directory
         self.store = store
-        # agency code -> exchange.signing.sign.Signer; a node's lazy mapping (node.LazySigners) stays lazy
+        # agency code -> its signer; a node's lazy mapping (node.LazySigners) stays lazy
         self.signers = dict(signers) if isinstance(signers, dict) else signers
-        self.verifier = verifier  # exchange.signing.verify.Verifier
+        self.verifier = verifier
         self.limits = limits
         self.max_attempts = max_attempts
         self.retry_delays = tuple(retry_delays)
@@ -260,7 +265,7 @@ class ExchangeService:
     def hosted(self) -> frozenset[str]:
         return frozenset(self.signers)
 
-    def _signer(self, agency: str):
+    def _signer(self, agency: str) -> EnvelopeSigner:
         signer = self.signers.get(agency)
         if signer is None:
             raise NotHostedError(
@@ -301,12 +306,6 @@ class ExchangeService:
         entry = self.directory.get(code)
         return entry.node if entry is not None else ""
 
-    def _metric(self, name: str, *labels: str, value: float = 1.0) -> None:
-        m = getattr(self.metrics, name, None) if self.metrics is not None else None
-        if m is None:
-            return
-        (m.labels(*labels) if labels else m).inc(value)
-
     def _check_files(self, files: Sequence[OutgoingFile]) -> None:
         total = 0
         for f in files:
@@ -343,7 +342,8 @@ class ExchangeService:
         )
         if created:
             self.outbox_event.set()
-            self._metric("documents_submitted", h.sender.code, h.kind.value)
+            if self.metrics is not None:
+                self.metrics.documents_submitted.labels(h.sender.code, h.kind.value).inc()
         return SubmitResult(mid, created, tuple(r.code for r in h.recipients), h.created_at)
 
     # -- sending --------------------------------------------------------------------
@@ -397,7 +397,7 @@ class ExchangeService:
             ),
             attachments,
         )
-        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files)})
+        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files, strict=True)})
         result = await self._accept(
             signed, idempotency_key=idempotency_key, track=True, idempotency_fingerprint=idempotency_fingerprint
         )
@@ -644,7 +644,8 @@ class ExchangeService:
         try:
             signed = await self._verified(xml, attachments, hops)
         except (SignatureError, EnvelopeError) as exc:
-            self._metric("rejections", rejection_stage(exc), exc.code)
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
             for r in recipients:
                 results[r] = (
                     self._not_hosted(r)
@@ -774,7 +775,8 @@ class ExchangeService:
                     log.info("replay.reopened", **base, recipient=recipient, replay=replay.count, reason=replay.reason)
                     return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
                 state = None  # another copy of the replay reopened it first and is handing it over
-            self._metric("duplicates_suppressed", recipient)
+            if self.metrics is not None:
+                self.metrics.duplicates_suppressed.labels(recipient).inc()
             if state in (InboxState.HANDED_OVER, InboxState.ACKED):
                 if h.kind is not Kind.RECEIPT:
                     await self._send_receipt(
@@ -842,7 +844,7 @@ class ExchangeService:
         else:
             try:
                 result = await adapter.deliver(Incoming(recipient, env, signed.xml, signed.attachment_data, attempt))
-            except Exception as exc:  # an adapter bug or outage is transient: the bus retries
+            except Exception as exc:  # noqa: BLE001 - an adapter bug or outage is transient: the bus retries
                 # The exception's text is this node's business: the sender's receipt gets a fixed text.
                 log.warning(
                     "adapter.error", **base, recipient=recipient, error=type(exc).__name__, detail=str(exc)[:300]
@@ -946,7 +948,8 @@ class ExchangeService:
                     at=self.clock(),
                     detail=receipt.envelope_digest,
                 )
-            self._metric("deliveries", sender, receipt.outcome.value)
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(sender, receipt.outcome.value).inc()
             if original is not None and self.metrics is not None:
                 latency = (env.header.created_at - original.created_at).total_seconds()
                 self.metrics.delivery_latency.labels(sender).observe(max(latency, 0.0))
@@ -980,8 +983,8 @@ class ExchangeService:
         self, recipient: str, xml: bytes, exc: ExchangeError, *, count: bool = True
     ) -> ReceiveResult:
         """An envelope that fails verification is never delivered; tell the claimed sender if we can."""
-        if count:  # a bundle counts its one refused frame once
-            self._metric("rejections", rejection_stage(exc), exc.code)
+        if count and self.metrics is not None:  # a bundle counts its one refused frame once
+            self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
         try:
             from exchange.envelope.parse import parse_envelope
 
@@ -1006,7 +1009,7 @@ class ExchangeService:
             from exchange.envelope.parse import parse_envelope
 
             _, claimed = parse_envelope(xml)
-        except Exception as again:
+        except Exception as again:  # noqa: BLE001 - already failing: answer without a receipt, never loop
             return ReceiveResult(
                 Received.PERMANENT,
                 RECEIVE_ERROR,
@@ -1091,7 +1094,7 @@ class ExchangeService:
         record = await self.store.get_message(message_id, Direction.IN)
         if state is None or record is None or state not in (InboxState.HANDED_OVER, InboxState.ACKED):
             raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
-        root, env = parse_envelope(record.envelope_xml)
+        _, env = parse_envelope(record.envelope_xml)
         attachments = {}
         for a in env.attachments:
             data = await self.store.get_attachment(a.sha256)
@@ -1169,14 +1172,26 @@ class AgencyHandle:
         return self._service.directory
 
     async def submit_document(
-        self, recipients, document, files=(), *, operation=Operation.NEW, idempotency_key=None
+        self,
+        recipients: Sequence[str],
+        document: DocumentInfo,
+        files: Sequence[OutgoingFile] = (),
+        *,
+        operation: Operation = Operation.NEW,
+        idempotency_key: str | None = None,
     ) -> SubmitResult:
         return await self._service.submit_document(
             self._agency, recipients, document, files, operation=operation, idempotency_key=idempotency_key
         )
 
     async def submit_status(
-        self, document_message_id, code, *, description="", staff=None, idempotency_key=None
+        self,
+        document_message_id: str,
+        code: StatusCode,
+        *,
+        description: str = "",
+        staff: StaffInfo | None = None,
+        idempotency_key: str | None = None,
     ) -> SubmitResult:
         return await self._service.submit_status(
             self._agency,

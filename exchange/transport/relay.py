@@ -35,20 +35,25 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractExchange, HeadersType
 
 from exchange.routing.frame import CONTENT_TYPE
 from exchange.service import NODE_HEADER
 from exchange.store.base import OutboxItem, Store
 
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
+
 log = structlog.get_logger("exchange.relay")
 
 
-async def publish_confirmed(exchange: AbstractExchange, message: aio_pika.Message, *, routing_key: str,
-                            timeout: float, mandatory: bool = True) -> None:
+async def publish_confirmed(
+    exchange: AbstractExchange, message: aio_pika.Message, *, routing_key: str, timeout: float, mandatory: bool = True
+) -> None:
     """Publish and wait for the broker's confirm, for at most ``timeout`` seconds, whatever happens.
 
     aio-pika's own ``timeout=`` does not bound every wait: aiormq 6.9 awaits the frame's
@@ -73,16 +78,22 @@ BUNDLE_HEADER = "x-recipients"
 BUNDLE_MAX = 500
 
 
-def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: dict[str, object] | None = None) -> aio_pika.Message:
+def amqp_message(item: OutboxItem, *, attempt: int = 1, extra: HeadersType | None = None) -> aio_pika.Message:
     """The AMQP message for one outbox item.
 
     The AMQP ``message_id`` is unique per publish (message/recipient/attempt):
     aiormq matches returned messages to confirms by it, so fan-out copies must
     not share one. The bus's own message id travels in ``x-message-id``.
     """
-    headers: dict[str, object] = {k: v for k, v in item.headers.items() if v}
-    headers.update({"x-message-id": item.message_id, "x-recipient": item.recipient, "x-attempt": attempt,
-                    "x-routing-key": item.routing_key})
+    headers: HeadersType = {k: v for k, v in item.headers.items() if v}
+    headers.update(
+        {
+            "x-message-id": item.message_id,
+            "x-recipient": item.recipient,
+            "x-attempt": attempt,
+            "x-routing-key": item.routing_key,
+        }
+    )
     if extra:
         headers.update(extra)
     return aio_pika.Message(
@@ -176,7 +187,7 @@ class OutboxRelay:
         confirm_timeout: float = 10.0,
         poll_interval: float = 1.0,
         bundle_max: int = BUNDLE_MAX,
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
         on_published: Callable[[list[OutboxItem]], None] | None = None,
     ) -> None:
         self.store = store
@@ -213,22 +224,33 @@ class OutboxRelay:
         async with self.in_flight, self.bytes_in_flight.hold(len(first.body)):
             started = time.perf_counter()
             try:
-                await publish_confirmed(exchange, bundle_message(unit), routing_key=first.routing_key,
-                                        timeout=self.confirm_timeout)
+                await publish_confirmed(
+                    exchange, bundle_message(unit), routing_key=first.routing_key, timeout=self.confirm_timeout
+                )
             except asyncio.CancelledError as exc:
                 if _being_cancelled():
                     raise
-                log.warning("publish.failed", message_id=first.message_id, recipient=first.recipient,
-                            recipients=len(unit), error="ChannelClosed",
-                            detail=str(exc)[:200] or "confirm cancelled by the client")
+                log.warning(
+                    "publish.failed",
+                    message_id=first.message_id,
+                    recipient=first.recipient,
+                    recipients=len(unit),
+                    error="ChannelClosed",
+                    detail=str(exc)[:200] or "confirm cancelled by the client",
+                )
                 return False
-            except Exception as exc:  # returned, nacked, timed out, connection lost: retry later
-                log.warning("publish.failed", message_id=first.message_id, recipient=first.recipient,
-                            recipients=len(unit), error=type(exc).__name__, detail=str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - returned, nacked, timed out, connection lost: retry later
+                log.warning(
+                    "publish.failed",
+                    message_id=first.message_id,
+                    recipient=first.recipient,
+                    recipients=len(unit),
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                )
                 return False
-            hist = getattr(self.metrics, "publish_confirm_seconds", None)
-            if hist is not None:
-                hist.observe(time.perf_counter() - started)
+            if self.metrics is not None:
+                self.metrics.publish_confirm_seconds.observe(time.perf_counter() - started)
             return True
 
     async def drain_once(self) -> tuple[int, int]:
@@ -275,17 +297,17 @@ class OutboxRelay:
             # Clear before claiming: an item added while we publish sets it again.
             self.event.clear()
             try:
-                published, failed = await self.drain_once()
+                _, failed = await self.drain_once()
             except asyncio.CancelledError as exc:
                 if _being_cancelled():
                     raise
                 # A CancelledError nobody sent to this task (a library's rejected future): before,
                 # it ended the relay without a word while its outbox kept filling.
                 log.warning("relay.error", error="CancelledError", detail=str(exc)[:200])
-                published, failed = 0, 1
-            except Exception as exc:  # store or broker hiccup: back off, never die
+                failed = 1
+            except Exception as exc:  # noqa: BLE001 - store or broker hiccup: back off, never die
                 log.warning("relay.error", error=type(exc).__name__, detail=str(exc)[:200])
-                published, failed = 0, 1
+                failed = 1
             if failed:
                 failures += 1
                 await asyncio.sleep(min(0.2 * 2 ** min(failures, 6), 10.0))
@@ -293,7 +315,5 @@ class OutboxRelay:
             failures = 0
             if self._more:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.event.wait(), timeout=self.poll_interval)
-            except TimeoutError:
-                pass

@@ -76,11 +76,20 @@ async def test_the_copies_of_a_fan_out_are_published_from_one_frame_never_reenco
         frame = b"EXF1" + bytes(range(256)) * 256  # 64 KiB + the magic
         recipients = [f"000.00.{i:02d}.H41" for i in range(1, 51)]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
-        await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r})
-                                             for r in recipients])
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(recipients),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
+        await store.accept_outgoing(
+            record, [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r}) for r in recipients]
+        )
         relay = OutboxRelay(store, asyncio.Event())
         exchange = RecordingExchange()
         relay.exchange = exchange  # type: ignore[assignment]
@@ -107,9 +116,17 @@ async def test_a_fan_out_leaves_as_one_copy_per_node_and_lane_each_naming_its_re
         items.append(OutboxItem("m1", "000.00.00.H29", "000.00.00.H29.normal", frame, {}))
         codes = [i.recipient for i in items]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(codes), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(codes),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
         await store.accept_outgoing(record, items)
         relay = OutboxRelay(store, asyncio.Event(), batch=2000)
         exchange = RecordingExchange()
@@ -178,7 +195,7 @@ def test_the_binding_ledger_remembers_per_broker_and_prefix(tmp_path: Path) -> N
 
 
 def test_a_node_hosting_thousands_loads_keys_on_first_use_and_certificates_alone_for_probes(tmp_path: Path) -> None:
-    from exchange.devworld import issue_identities, AgencySpec
+    from exchange.devworld import AgencySpec, issue_identities
     from exchange.node import LazySigners
 
     specs = [AgencySpec(f"000.00.{i:02d}.H41", f"xã {i}", ec=True) for i in range(1, 6)]
@@ -218,12 +235,13 @@ def test_issuing_a_world_writes_the_ca_index_once_per_batch(tmp_path: Path, monk
 def _capacity_block() -> str:
     text = (Path(__file__).resolve().parents[2] / "deploy" / "setup.sh").read_text(encoding="utf-8")
     start = text.index("# --- RabbitMQ capacity")
-    return text[start:text.index("# --- test-only services", start)]
+    return text[start : text.index("# --- test-only services", start)]
 
 
 @pytest.mark.parametrize("limit, warned", [(927, True), (65536, False)])
 def test_setup_warns_when_the_brokers_open_files_limit_is_too_low_for_the_directory(
-        tmp_path: Path, limit: int, warned: bool) -> None:
+    tmp_path: Path, limit: int, warned: bool
+) -> None:
     import json
     import os
     import subprocess
@@ -233,12 +251,20 @@ def test_setup_warns_when_the_brokers_open_files_limit_is_too_low_for_the_direct
     fake.write_text("#!/bin/sh\necho '" + json.dumps({"file_descriptors": {"total_limit": limit}}) + "'\n")
     fake.chmod(0o755)
     directory = tmp_path / "directory.toml"  # 400 nodes: 1,206 queues, ~5,000 handles
-    directory.write_text("".join(f'[[agency]]\ncode = "000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}"\n'
-                                 f'node = "n{i}"\n' for i in range(400)), encoding="utf-8")
+    directory.write_text(
+        "".join(
+            f'[[agency]]\ncode = "000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}"\nnode = "n{i}"\n' for i in range(400)
+        ),
+        encoding="utf-8",
+    )
     script = 'say() { echo "[setup] $*"; }\nas_root() { "$@"; }\n' + _capacity_block()
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}",
-                              "EXCHANGE_DIRECTORY": str(directory)})
+    out = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "EXCHANGE_DIRECTORY": str(directory)},
+    )
     assert out.returncode == 0, out.stderr
     assert ("WARNING" in out.stdout) is warned, out.stdout
     if warned:
@@ -265,15 +291,24 @@ class CongestedExchange:
 
 
 async def test_a_relay_facing_a_congested_broker_shrinks_its_batches_instead_of_republishing_them_whole(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
     await store.open()
     try:
         recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(400)]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(recipients),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
         await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
         relay = OutboxRelay(store, asyncio.Event(), batch=200, confirm_timeout=0.05)
         exchange = CongestedExchange(capacity=30)
@@ -315,15 +350,24 @@ class ClosingChannelExchange:
 
 
 async def test_a_relay_whose_channel_closes_under_pending_confirms_keeps_publishing_until_the_outbox_is_empty(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
     await store.open()
     try:
         recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(120)]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="receipt", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        record = MessageRecord(
+            message_id="m1",
+            kind="receipt",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(recipients),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
         await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
         relay = OutboxRelay(store, asyncio.Event(), batch=50, poll_interval=0.01)
         exchange = ClosingChannelExchange(doomed=30)
