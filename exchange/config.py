@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from exchange.envelope.codes import check_agency_code
 from exchange.errors import ConfigError, InvalidAgencyCodeError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+log = structlog.get_logger("exchange.config")
 
 ENV_PREFIX = "EXCHANGE__"
 
@@ -133,8 +138,24 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         section[path[1]] = value  # typed against the section's defaults in _section
 
 
+#: Keys renamed in a release, still read under their old name (with a warning) for a deprecation period.
+RENAMED_KEYS: dict[tuple[str, str], str] = {("limits", "created_window_seconds"): "replay_window_seconds"}
+
+
 def _section(raw: Mapping[str, Any], name: str, cls: type[DataclassInstance], defaults: Any) -> Any:
     table = dict(raw.get(name, {}))
+    for (section, old), new in RENAMED_KEYS.items():
+        if section != name or old not in table:
+            continue
+        if new in table:
+            raise ConfigError(f"[{name}] sets both {old} (its former name) and {new}: keep only {new}")
+        warnings.warn(
+            f"[{name}] {old} is deprecated and will be refused in a later release: rename it to {new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        log.warning("config.deprecated_key", section=name, key=old, use=new)
+        table[new] = table.pop(old)
     known = {f.name for f in fields(cls)}
     unknown = set(table) - known
     if unknown:
