@@ -204,7 +204,7 @@ class Consumer:
             if members is not None:
                 await self._settle_bundle(message, headers, recipient, members, attempt, lane, hops)
             else:
-                result = await self._receive_holding(message, headers, recipient, attempt, hops)
+                (result,) = (await self._receive_holding(message, headers, [recipient], attempt, hops)).values()
                 # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
                 if result.outcome is Received.TRANSIENT:
                     await self._republish_retry(message, headers, attempt, result)
@@ -223,23 +223,35 @@ class Consumer:
         self,
         message: AbstractIncomingMessage,
         headers: HeadersType,
-        recipient: str,
+        recipients: list[str],
         attempt: int,
         hops: tuple[Hop, ...] = (),
-    ) -> ReceiveResult:
-        """Unpack the frame and run the receive path; hold the message through store outages."""
+        *,
+        bundle: bool = False,
+    ) -> dict[str, ReceiveResult]:
+        """Unpack the frame and run the receive path for each recipient (one, or a bundle's); hold the
+        message through store outages."""
         limits = self.service.limits
         try:
             xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
         except EnvelopeError as exc:  # not a frame, or too big to look at: nobody to answer
             if self.metrics is not None:
                 self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
-            return ReceiveResult(Received.PERMANENT, exc.code, exc.message)
+            return {r: ReceiveResult(Received.PERMANENT, exc.code, exc.message) for r in recipients}
         replay = replay_request(headers)
         backoff = 0.5
         while True:
             try:
-                return await self.service.receive(recipient, xml, parts, attempt=attempt, replay=replay, hops=hops)
+                if bundle:
+                    return await self.service.receive_many(
+                        recipients, xml, parts, attempt=attempt, replay=replay, hops=hops
+                    )
+                (recipient,) = recipients
+                return {
+                    recipient: await self.service.receive(
+                        recipient, xml, parts, attempt=attempt, replay=replay, hops=hops
+                    )
+                }
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -251,7 +263,8 @@ class Consumer:
                 # The service answers everything else itself; what still escapes it is dead-lettered
                 # here, once, rather than requeued to the delivery limit.
                 log.exception("consumer.poison", error=type(exc).__name__)
-                return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, f"{type(exc).__name__}: {exc}"[:500])
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                return {r: ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, detail) for r in recipients}
 
     async def _settle_bundle(
         self,
@@ -276,7 +289,7 @@ class Consumer:
             )
             await self._dead_letter(message, member_headers(headers, routed, lane), result)
             return
-        results = await self._receive_bundle_holding(message, headers, members, attempt, hops)
+        results = await self._receive_holding(message, headers, members, attempt, hops, bundle=True)
         for member, result in results.items():
             if result.outcome is Received.TRANSIENT:
                 await self._republish_retry(
@@ -289,39 +302,6 @@ class Consumer:
                     result,
                     message_id=f"{headers.get('x-message-id')!s}/{member}/{attempt}",
                 )
-
-    async def _receive_bundle_holding(
-        self,
-        message: AbstractIncomingMessage,
-        headers: HeadersType,
-        members: list[str],
-        attempt: int,
-        hops: tuple[Hop, ...],
-    ) -> dict[str, ReceiveResult]:
-        """:meth:`_receive_holding` for a bundle: one answer per recipient."""
-        limits = self.service.limits
-        try:
-            xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
-        except EnvelopeError as exc:
-            if self.metrics is not None:
-                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
-            return {m: ReceiveResult(Received.PERMANENT, exc.code, exc.message) for m in members}
-        replay = replay_request(headers)
-        backoff = 0.5
-        while True:
-            try:
-                return await self.service.receive_many(members, xml, parts, attempt=attempt, replay=replay, hops=hops)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_infrastructure_error(exc):
-                    log.warning("consumer.store_unavailable", error=type(exc).__name__, retry_in=backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 15.0)
-                    continue
-                log.exception("consumer.poison", error=type(exc).__name__)
-                detail = f"{type(exc).__name__}: {exc}"[:500]
-                return {m: ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, detail) for m in members}
 
     async def _bounded(self, settle: Awaitable[None]) -> None:
         """An ack or nack, given up after ``confirm_timeout`` (raises TimeoutError).

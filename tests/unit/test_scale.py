@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,24 +70,29 @@ class RecordingExchange:
         self.messages.append((routing_key, message))
 
 
+def outgoing_record(recipients: list[str]) -> MessageRecord:
+    """The sent message ``m1`` of the Government Office to ``recipients``, as the store keeps it."""
+    xml = b"<envelope/>"
+    return MessageRecord(
+        message_id="m1",
+        kind="document",
+        operation="new",
+        sender=GOVERNMENT_OFFICE,
+        recipients=tuple(recipients),
+        direction=Direction.OUT,
+        created_at=datetime.now(UTC),
+        envelope_xml=xml,
+        digest=hashlib.sha256(xml).hexdigest(),
+    )
+
+
 async def test_the_copies_of_a_fan_out_are_published_from_one_frame_never_reencoded(tmp_path: Path) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
     await store.open()
     try:
         frame = b"EXF1" + bytes(range(256)) * 256  # 64 KiB + the magic
         recipients = [f"000.00.{i:02d}.H41" for i in range(1, 51)]
-        xml = b"<envelope/>"
-        record = MessageRecord(
-            message_id="m1",
-            kind="document",
-            operation="new",
-            sender=GOVERNMENT_OFFICE,
-            recipients=tuple(recipients),
-            direction=Direction.OUT,
-            created_at=datetime.now(UTC),
-            envelope_xml=xml,
-            digest=hashlib.sha256(xml).hexdigest(),
-        )
+        record = outgoing_record(recipients)
         await store.accept_outgoing(
             record, [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r}) for r in recipients]
         )
@@ -115,18 +121,7 @@ async def test_a_fan_out_leaves_as_one_copy_per_node_and_lane_each_naming_its_re
         items += [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r, "x-node": "south"}) for r in south]
         items.append(OutboxItem("m1", "000.00.00.H29", "000.00.00.H29.normal", frame, {}))
         codes = [i.recipient for i in items]
-        xml = b"<envelope/>"
-        record = MessageRecord(
-            message_id="m1",
-            kind="document",
-            operation="new",
-            sender=GOVERNMENT_OFFICE,
-            recipients=tuple(codes),
-            direction=Direction.OUT,
-            created_at=datetime.now(UTC),
-            envelope_xml=xml,
-            digest=hashlib.sha256(xml).hexdigest(),
-        )
+        record = outgoing_record(codes)
         await store.accept_outgoing(record, items)
         relay = OutboxRelay(store, asyncio.Event(), batch=2000)
         exchange = RecordingExchange()
@@ -297,18 +292,7 @@ async def test_a_relay_facing_a_congested_broker_shrinks_its_batches_instead_of_
     await store.open()
     try:
         recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(400)]
-        xml = b"<envelope/>"
-        record = MessageRecord(
-            message_id="m1",
-            kind="document",
-            operation="new",
-            sender=GOVERNMENT_OFFICE,
-            recipients=tuple(recipients),
-            direction=Direction.OUT,
-            created_at=datetime.now(UTC),
-            envelope_xml=xml,
-            digest=hashlib.sha256(xml).hexdigest(),
-        )
+        record = outgoing_record(recipients)
         await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
         relay = OutboxRelay(store, asyncio.Event(), batch=200, confirm_timeout=0.05)
         exchange = CongestedExchange(capacity=30)
@@ -356,18 +340,7 @@ async def test_a_relay_whose_channel_closes_under_pending_confirms_keeps_publish
     await store.open()
     try:
         recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(120)]
-        xml = b"<envelope/>"
-        record = MessageRecord(
-            message_id="m1",
-            kind="receipt",
-            operation="new",
-            sender=GOVERNMENT_OFFICE,
-            recipients=tuple(recipients),
-            direction=Direction.OUT,
-            created_at=datetime.now(UTC),
-            envelope_xml=xml,
-            digest=hashlib.sha256(xml).hexdigest(),
-        )
+        record = dataclasses.replace(outgoing_record(recipients), kind="receipt")
         await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
         relay = OutboxRelay(store, asyncio.Event(), batch=50, poll_interval=0.01)
         exchange = ClosingChannelExchange(doomed=30)
