@@ -133,7 +133,7 @@ def _tree_mutation(draw: st.DrawFn, xml: bytes) -> bytes:
         if op == "remove" and parent is not None:
             parent.remove(target)
         elif op == "duplicate" and parent is not None:
-            parent.insert(draw(st.integers(0, len(parent))), etree.fromstring(etree.tostring(target)))
+            parent.insert(draw(st.integers(0, len(parent))), etree.fromstring(etree.tostring(target, with_tail=False)))
         elif op == "move" and parent is not None:
             destination = draw(st.sampled_from(elements))
             if target not in destination.iterancestors() and destination is not target:
