@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from exchange.adapters.base import Adapter, DeliveryResult, Incoming
 from exchange.adapters.pull import PullAdapter
+from exchange.adapters.recording import RecordingAdapter
 from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.envelope.build import envelope_to_element, serialize
@@ -213,10 +214,13 @@ class ServiceWorld:
             cfg = load_config(path)
             service = await build_service(cfg)
             for agency in cfg.agencies:
-                adapter_cls = ScriptedAdapter if agency.adapter == "scripted" else PullAdapter
-                service.adapters[agency.code] = adapter_cls(
-                    agency.code, dict(agency.options), service.handle(agency.code)
+                # Adapters that reach no outside system; any other kind is played by a pull inbox.
+                adapter_cls = {"scripted": ScriptedAdapter, "recording": RecordingAdapter}.get(
+                    agency.adapter, PullAdapter
                 )
+                adapter = adapter_cls(agency.code, dict(agency.options), service.handle(agency.code))
+                await adapter.start()
+                service.adapters[agency.code] = adapter
             world.services[name] = service
         return world
 
@@ -242,4 +246,6 @@ class ServiceWorld:
 
     async def close(self) -> None:
         for service in self.services.values():
+            for adapter in service.adapters.values():
+                await adapter.stop()
             await service.store.close()

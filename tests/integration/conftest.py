@@ -7,10 +7,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exchange.config import NodeConfig, load_config
+from exchange.conformance.probe import EOfficeProbe, ProbeContext
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.node import Node
 
@@ -33,6 +35,13 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what:
         return predicate()
 
     await wait_for(check, timeout, what)
+
+
+async def start_probe(probe: EOfficeProbe, agency: str, tmp_path: Path) -> dict[str, Any]:
+    """Start ``probe`` as ``agency``'s E-Office in its own work dir; the adapter options it answers."""
+    workdir = tmp_path / f"eoffice-{agency}"
+    workdir.mkdir()
+    return dict(await probe.start(ProbeContext(agency=agency, workdir=workdir, service=None)))
 
 
 @dataclass
