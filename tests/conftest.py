@@ -1,4 +1,4 @@
-"""Shared fixtures: a private RabbitMQ vhost per test run, broker restarts that always heal."""
+"""Shared fixtures: a private RabbitMQ vhost per test run, broker restarts that always heal, adapters stopped."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import quote
 
 import pytest
+
+from tests.factories import Adapters
 
 
 def port_open(host: str, port: int) -> bool:
@@ -80,3 +82,13 @@ def amqp_url(amqp_vhost: str) -> str:
 def amqp_prefix() -> str:
     """Unique topology names per test inside the run's vhost."""
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def start_adapter() -> AsyncIterator[Adapters]:
+    """``await start_adapter(adapter)`` starts it and returns it; every adapter so started stops after the test."""
+    adapters = Adapters()
+    try:
+        yield adapters
+    finally:
+        await adapters.stop()

@@ -1,4 +1,8 @@
-"""Shared test factories: worlds of real services (keys, certificates, stores) without a broker.
+"""Shared test factories: envelopes, keys and certificates, adapters, and worlds of real services without a broker.
+
+``envelope`` builds an envelope from its body (a document, status or receipt); ``Pki``
+a dev CA with one signer per agency and a verifier that trusts it; ``incoming`` what
+the bus hands an adapter; ``Adapters`` starts adapters for a test and stops them all.
 
 ``ServiceWorld`` builds the same configuration a deployment has (devworld: a CA,
 one key and certificate per agency, the directory, one TOML per node) and opens
@@ -10,18 +14,42 @@ recipient, so use cases can be tested end to end on SQLite in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from exchange.adapters.base import Adapter, DeliveryResult, Incoming
 from exchange.adapters.pull import PullAdapter
+from exchange.adapters.recording import RecordingAdapter
 from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
-from exchange.envelope.model import DocumentCode, DocumentInfo, Priority, Promulgation
+from exchange.envelope.build import envelope_to_element, serialize
+from exchange.envelope.model import (
+    AgencyRef,
+    Attachment,
+    DocumentCode,
+    DocumentInfo,
+    Envelope,
+    Header,
+    Hop,
+    Kind,
+    Priority,
+    Promulgation,
+    ReceiptInfo,
+    ReceiptOutcome,
+    StatusCode,
+    StatusInfo,
+    new_message_id,
+    utcnow,
+)
 from exchange.node import build_service
 from exchange.routing import frame
 from exchange.service import ExchangeService
+from exchange.signing import pki
+from exchange.signing.sign import Signer
+from exchange.signing.trust import TrustStore
+from exchange.signing.verify import Verifier
 
 GOVERNMENT_OFFICE, NGHE_AN, HCMC, NGHI_LOC = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29", "000.00.31.H41"
 
@@ -48,6 +76,107 @@ def document(
 
         info = replace(info, **fields)  # type: ignore[arg-type]
     return info
+
+
+def status(response_for: str = "", code: StatusCode = StatusCode.ACCEPTED, **fields: object) -> StatusInfo:
+    """A business status about ``response_for`` (default: a fresh message id); keyword fields as in StatusInfo."""
+    return StatusInfo(response_for or new_message_id(), code, **fields)  # type: ignore[arg-type]
+
+
+def receipt(
+    response_for: str = "", outcome: ReceiptOutcome = ReceiptOutcome.DELIVERED, **fields: object
+) -> ReceiptInfo:
+    """A transport receipt for ``response_for`` (default: a fresh message id) over some envelope's digest."""
+    fields.setdefault("envelope_digest", "ab" * 32)
+    return ReceiptInfo(response_for or new_message_id(), outcome, **fields)  # type: ignore[arg-type]
+
+
+def pdf(data: bytes, name: str = "qd.pdf", id: str = "att-1") -> Attachment:
+    """A PDF attachment's manifest entry (the id tests look its bytes up by)."""
+    return Attachment.of(name, data, "application/pdf", id=id)
+
+
+def envelope(
+    sender: str,
+    recipient: str,
+    body: DocumentInfo | StatusInfo | ReceiptInfo | None = None,
+    *,
+    attachments: Sequence[Attachment] = (),
+    sender_name: str = "",
+    recipient_name: str = "",
+    trace: Sequence[Hop] = (),
+) -> Envelope:
+    """A fresh envelope (new id, now) from ``sender`` to ``recipient``; its kind is its body's.
+
+    The default body is a bare document (12/CT-TTg, no promulgation).
+    """
+    body = body if body is not None else document(promulgation=None)
+    kind, block = {
+        DocumentInfo: (Kind.DOCUMENT, "document"),
+        StatusInfo: (Kind.STATUS, "status"),
+        ReceiptInfo: (Kind.RECEIPT, "receipt"),
+    }[type(body)]
+    header = Header(
+        message_id=new_message_id(),
+        kind=kind,
+        sender=AgencyRef(sender, sender_name),
+        recipients=(AgencyRef(recipient, recipient_name),),
+        created_at=utcnow(),
+        **{block: body},  # type: ignore[arg-type]
+    )
+    return Envelope(header, tuple(attachments), tuple(trace))
+
+
+def incoming(
+    message: Envelope, attachments: Mapping[str, bytes] | None = None, *, xml: bytes | None = None, attempt: int = 1
+) -> Incoming:
+    """``message`` as the bus hands it to its first recipient's adapter (xml: the unsigned envelope by default)."""
+    data = dict(attachments or {})
+    return Incoming(
+        message.header.recipients[0].code,
+        message,
+        serialize(envelope_to_element(message)) if xml is None else xml,
+        data,
+        attempt,
+    )
+
+
+@dataclass
+class Pki:
+    """A dev CA, a trust store of it and its CRL, and one signer per agency it issued a certificate to."""
+
+    ca: pki.DevCA
+    trust: TrustStore
+    signers: dict[str, Signer]
+
+    @classmethod
+    def create(cls, root: Path, agencies: Mapping[str, str], *, ec: Collection[str] = (), ec_ca: bool = False) -> Pki:
+        """A CA in ``root`` (ECDSA if ``ec_ca``) issuing each agency (code -> name) a key, ECDSA for codes in ``ec``."""
+        ca = pki.DevCA.create(root, ec=ec_ca)
+        signers = {code: Signer.from_files(*ca.issue(code, name, ec=code in ec)) for code, name in agencies.items()}
+        return cls(ca, TrustStore.from_paths([ca.cert_path], [ca.crl_path]), signers)
+
+    def verifier(self) -> Verifier:
+        return Verifier(self.trust)
+
+
+A = TypeVar("A", bound=Adapter)
+
+
+class Adapters:
+    """Adapters started for one test, all stopped at its end (the ``start_adapter`` fixture)."""
+
+    def __init__(self) -> None:
+        self.started: list[Adapter] = []
+
+    async def __call__(self, adapter: A) -> A:
+        await adapter.start()
+        self.started.append(adapter)
+        return adapter
+
+    async def stop(self) -> None:
+        while self.started:
+            await self.started.pop().stop()
 
 
 class ScriptedAdapter(Adapter):
@@ -85,10 +214,13 @@ class ServiceWorld:
             cfg = load_config(path)
             service = await build_service(cfg)
             for agency in cfg.agencies:
-                adapter_cls = ScriptedAdapter if agency.adapter == "scripted" else PullAdapter
-                service.adapters[agency.code] = adapter_cls(
-                    agency.code, dict(agency.options), service.handle(agency.code)
+                # Adapters that reach no outside system; any other kind is played by a pull inbox.
+                adapter_cls = {"scripted": ScriptedAdapter, "recording": RecordingAdapter}.get(
+                    agency.adapter, PullAdapter
                 )
+                adapter = adapter_cls(agency.code, dict(agency.options), service.handle(agency.code))
+                await adapter.start()
+                service.adapters[agency.code] = adapter
             world.services[name] = service
         return world
 
@@ -114,4 +246,6 @@ class ServiceWorld:
 
     async def close(self) -> None:
         for service in self.services.values():
+            for adapter in service.adapters.values():
+                await adapter.stop()
             await service.store.close()

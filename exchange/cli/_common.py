@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from exchange.config import NodeConfig, load_config
+from exchange.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -54,6 +55,42 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> NodeConfig:
     path = args.config or DEFAULT_DEV_DIR / "dev.toml"
     return load_config(path)
+
+
+def store_url(args: argparse.Namespace, *, ask: str = "say which store") -> str:
+    """The store URL a store-level command works on: --store-url, else the [store] url of --config.
+
+    ``ask`` starts the refusal when neither is given (the command's own words for what it needs).
+    """
+    if args.store_url:
+        return str(args.store_url)
+    path = args.config or os.environ.get("EXCHANGE_CONFIG")
+    if not path and (DEFAULT_DEV_DIR / "dev.toml").exists():
+        path = str(DEFAULT_DEV_DIR / "dev.toml")  # as the other commands do after `exchange serve --dev`
+    if not path:
+        raise ConfigError(f"{ask}: --store-url URL or --config node.toml")
+    return load_config(path).store_url
+
+
+def existing_store_url(url: str) -> str:
+    """``url`` itself, refused if it names a SQLite file that does not exist.
+
+    Opening a SQLite store creates the file: a mistyped path would then be reported as an
+    empty store (intact journal, schema pending) instead of as the mistake it is.
+    """
+    from sqlalchemy.engine import make_url
+
+    from exchange.store.urls import normalize_url
+
+    parsed = make_url(normalize_url(url))
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database
+        and parsed.database != ":memory:"
+        and not Path(parsed.database).exists()
+    ):
+        raise ConfigError(f"there is no store at {parsed.database}; check the path")
+    return url
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:

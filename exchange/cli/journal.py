@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exchange.cli._common import command_help
-from exchange.errors import ConfigError, JournalTamperedError
+from exchange.cli._common import command_help, existing_store_url, store_url
+from exchange.errors import JournalTamperedError
 
 if TYPE_CHECKING:
     from exchange.store.base import JournalReport
-
-DEV_CONFIG = Path("var/dev/dev.toml")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,35 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
 
 
-def _store_url(args: argparse.Namespace) -> str:
-    if args.store_url:
-        return str(args.store_url)
-    path = args.config or os.environ.get("EXCHANGE_CONFIG")
-    if not path and DEV_CONFIG.exists():
-        path = str(DEV_CONFIG)  # as the other commands do after `exchange serve --dev`
-    if not path:
-        raise ConfigError("say which store to check: --store-url URL or --config node.toml")
-    from exchange.config import load_config  # only when asked: the URL form needs no config at all
-
-    return load_config(path).store_url
-
-
 def _verify(args: argparse.Namespace) -> int:
-    from sqlalchemy.engine import make_url
-
     from exchange.store import open_store
-    from exchange.store.sql import normalize_url
 
-    url = _store_url(args)
-    parsed = make_url(normalize_url(url))
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and parsed.database
-        and parsed.database != ":memory:"
-        and not Path(parsed.database).exists()
-    ):
-        # Opening would create an empty store and report it intact: refuse a mistyped path instead.
-        raise ConfigError(f"there is no store at {parsed.database}; check the path")
+    url = existing_store_url(store_url(args, ask="say which store to check"))
 
     async def go() -> JournalReport:
         store = open_store(url)

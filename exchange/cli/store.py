@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exchange.cli._common import command_help
-from exchange.errors import ConfigError
+from exchange.cli._common import command_help, existing_store_url, store_url
 
 if TYPE_CHECKING:
     from exchange.store.migrations import SchemaState, UpgradeResult
     from exchange.store.repository import SqlStore
-
-DEV_CONFIG = Path("var/dev/dev.toml")
 
 EPILOG_VERSION = """\
 example:
@@ -98,38 +93,10 @@ def _where(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _store_url(args: argparse.Namespace) -> str:
-    if args.store_url:
-        return str(args.store_url)
-    path = args.config or os.environ.get("EXCHANGE_CONFIG")
-    if not path and DEV_CONFIG.exists():
-        path = str(DEV_CONFIG)  # as the other commands do after `exchange serve --dev`
-    if not path:
-        raise ConfigError("say which store: --store-url URL or --config node.toml")
-    from exchange.config import (
-        load_config,  # only when asked: the URL form needs no config at all
-    )
-
-    return load_config(path).store_url
-
-
 def _existing_store(args: argparse.Namespace) -> SqlStore:
-    """The store named by the arguments; refuses a SQLite path with no file (opening would create one)."""
-    from sqlalchemy.engine import make_url
-
     from exchange.store.repository import SqlStore
-    from exchange.store.urls import normalize_url
 
-    url = _store_url(args)
-    parsed = make_url(normalize_url(url))
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and parsed.database
-        and parsed.database != ":memory:"
-        and not Path(parsed.database).exists()
-    ):
-        raise ConfigError(f"there is no store at {parsed.database}; check the path")
-    return SqlStore(url)
+    return SqlStore(existing_store_url(store_url(args)))
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
 from exchange.config import NodeConfig, load_config
+from exchange.conformance.probe import EOfficeProbe, ProbeContext
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.node import Node
 
@@ -33,6 +38,74 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what:
         return predicate()
 
     await wait_for(check, timeout, what)
+
+
+async def start_probe(probe: EOfficeProbe, agency: str, tmp_path: Path) -> dict[str, Any]:
+    """Start ``probe`` as ``agency``'s E-Office in its own work dir; the adapter options it answers."""
+    workdir = tmp_path / f"eoffice-{agency}"
+    workdir.mkdir()
+    return dict(await probe.start(ProbeContext(agency=agency, workdir=workdir, service=None)))
+
+
+@dataclass
+class BrokerNodes:
+    """Extra RabbitMQ nodes run by one of deploy/'s node scripts from a base dir of their own.
+
+    The script's environment names that base dir and the nodes' ports, so the shared broker on
+    5672 (and a developer's own nodes) are never touched.
+    """
+
+    script: ClassVar[Path]
+    timeout: ClassVar[float] = 180
+    base: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float | None = None) -> str:
+        proc = subprocess.run(
+            [str(self.script), *args],
+            check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout or self.timeout,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"{self.script.name} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc.stdout + proc.stderr
+
+    async def arun(self, *args: str) -> str:
+        return await asyncio.to_thread(self.run, *args)
+
+    def leftovers(self) -> list[int]:
+        """Pids of any process still running from this base dir."""
+        out = subprocess.run(["ps", "-eo", "pid=,args="], check=False, capture_output=True, text=True).stdout
+        return [
+            int(line.split(None, 1)[0]) for line in out.splitlines() if str(self.base) in line and "ps -eo" not in line
+        ]
+
+
+N = TypeVar("N", bound=BrokerNodes)
+
+
+@contextlib.contextmanager
+def broker_nodes(cls: type[N], base: Path, env: dict[str, str]) -> Iterator[N]:
+    """Start ``cls``'s nodes in ``base``; stop them whatever happens, and fail if a process outlives the stop."""
+    if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        pytest.skip("Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    nodes = cls(base, {**os.environ, **env})
+    try:
+        nodes.run("start")
+        yield nodes
+    finally:
+        with contextlib.suppress(Exception):
+            nodes.run("stop")
+        left = nodes.leftovers()
+        for pid in left:  # only processes started from this base dir
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        assert not left, f"{cls.script.name} stop left processes behind: {left}"
 
 
 @dataclass

@@ -21,17 +21,11 @@ from exchange.conformance.probes import EdxmlProbe, FileDropProbe, PullProbe, We
 from exchange.devworld import AgencySpec
 from exchange.envelope.model import DocumentCode, DocumentInfo, StatusCode
 from exchange.store.base import DeliveryState
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import start_probe, wait_for
 
 pytestmark = [pytest.mark.broker]
 
 FILEDROP, WEBHOOK, EDXML, PULL = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29", "000.00.31.H41"
-
-
-async def start_probe(probe, agency: str, tmp_path: Path) -> dict:
-    workdir = tmp_path / f"eoffice-{agency}"
-    workdir.mkdir()
-    return dict(await probe.start(ProbeContext(agency=agency, workdir=workdir, service=None)))
 
 
 def drop_document(root: Path, name: str, to: list[str], files: dict[str, bytes]) -> None:

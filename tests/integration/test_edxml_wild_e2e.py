@@ -18,24 +18,17 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from exchange.conformance.probe import ProbeContext
 from exchange.conformance.probes import EdxmlProbe, FileDropProbe
 from exchange.devworld import AgencySpec
 from exchange.envelope.edxml import EDXML_NS
 from exchange.store.base import DeliveryState
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import start_probe, wait_for
 
 pytestmark = [pytest.mark.broker]
 
 SENDER, EDXML, FILEDROP = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29"
 WILD = Path(__file__).resolve().parents[1] / "data" / "edxml" / "wild"
 NS = {"e": EDXML_NS}
-
-
-async def start_probe(probe, agency: str, tmp_path: Path) -> dict:
-    workdir = tmp_path / f"eoffice-{agency}"
-    workdir.mkdir()
-    return dict(await probe.start(ProbeContext(agency=agency, workdir=workdir, service=None)))
 
 
 def package() -> bytes:

@@ -252,8 +252,8 @@ async def test_bindings_of_an_agency_the_node_no_longer_hosts_are_removed_at_sta
 async def test_the_recipient_is_the_routing_key_not_a_header(make_world, tmp_path, amqp_url, amqp_prefix) -> None:
     """A header naming another agency changes nothing: the node resolves the recipient from the
     routing key it was routed with, and the signed To list has the last word."""
-    from exchange.envelope.model import AgencyRef, Envelope, Header, Kind, new_message_id, utcnow
     from exchange.routing import frame
+    from tests.factories import envelope as make_envelope
 
     world = make_world(
         [rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "local")], ["central", "local"]
@@ -261,16 +261,7 @@ async def test_the_recipient_is_the_routing_key_not_a_header(make_world, tmp_pat
     await world.start("local")
     central = await world.start("central")
     svc = central.service
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(A),
-            recipients=(AgencyRef(C),),
-            created_at=utcnow(),
-            document=doc(),
-        )
-    )
+    envelope = make_envelope(A, C, doc())
     body = frame.encode(svc._sign(envelope, {}).xml, {})
     connection = await aio_pika.connect(amqp_url)
     try:

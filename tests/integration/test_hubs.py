@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
@@ -30,7 +29,7 @@ from exchange.envelope.model import DocumentCode, DocumentInfo, StatusCode
 from exchange.hub.links import ManagementApi
 from exchange.hub.status import hub_status
 from exchange.store.base import DeliveryState
-from tests.integration.conftest import World, wait_for
+from tests.integration.conftest import BrokerNodes, World, broker_nodes, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(900)]
 
@@ -43,10 +42,9 @@ NA_1, NA_2 = "000.00.31.H41", "000.00.32.H41"  # two communes of Nghệ An
 HCM_1 = "000.00.11.H29"  # a commune of Ho Chi Minh City
 
 
-@dataclass
-class Hubs:
-    base: Path
-    env: dict[str, str]
+class Hubs(BrokerNodes):
+    script = SCRIPT
+    timeout = 400
 
     def amqp(self, n: int) -> str:
         return f"amqp://127.0.0.1:{PORT_BASE + n}"
@@ -57,33 +55,11 @@ class Hubs:
     def api(self, n: int) -> str:
         return f"http://guest:guest@127.0.0.1:{MGMT_BASE + n}"
 
-    def run(self, *args: str, timeout: float = 400) -> str:
-        proc = subprocess.run(
-            [str(SCRIPT), *args], check=False, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if proc.returncode != 0:
-            raise AssertionError(
-                f"rabbit-hubs.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc.stdout + proc.stderr
-
-    async def arun(self, *args: str) -> str:
-        return await asyncio.to_thread(self.run, *args)
-
-    def leftovers(self) -> list[int]:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], check=False, capture_output=True, text=True).stdout
-        return [
-            int(line.split(None, 1)[0]) for line in out.splitlines() if str(self.base) in line and "ps -eo" not in line
-        ]
-
 
 @pytest.fixture(scope="module")
 def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
-    if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
-        pytest.skip("Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)")
     base = tmp_path_factory.mktemp("rabbit-hubs")
     env = {
-        **os.environ,
         "RABBIT_HUBS_BASE": str(base),
         "RABBIT_HUBS_NAME": NAME,
         "RABBIT_HUBS_PORT_BASE": str(PORT_BASE),
@@ -92,18 +68,8 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
         "RABBIT_HUBS_CTL_PORT_MIN": str(CTL_MIN),
         "RABBIT_HUBS_TIMEOUT": "300",
     }
-    h = Hubs(base, env)
-    try:
-        h.run("start")
+    with broker_nodes(Hubs, base, env) as h:
         yield h
-    finally:
-        with contextlib.suppress(Exception):
-            h.run("stop")
-        left = h.leftovers()
-        for pid in left:  # only processes started from this module's own base dir
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        assert not left, f"rabbit-hubs.sh stop left processes behind: {left}"
 
 
 def hub_toml(

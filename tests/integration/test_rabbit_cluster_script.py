@@ -9,17 +9,15 @@ stopped in the fixture's teardown whatever happens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
 import pytest
+
+from tests.integration.conftest import BrokerNodes, broker_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(240)]
 
@@ -30,10 +28,8 @@ PORT_BASE = 5690
 MESSAGES = 500
 
 
-@dataclass
-class Cluster:
-    base: Path
-    env: dict[str, str]
+class Cluster(BrokerNodes):
+    script = SCRIPT
 
     def port(self, n: int) -> int:
         return PORT_BASE + n
@@ -41,47 +37,19 @@ class Cluster:
     def url(self, n: int) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port(n)}/"
 
-    def run(self, *args: str, timeout: float = 180) -> str:
-        proc = subprocess.run([str(SCRIPT), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise AssertionError(
-                f"rabbit-cluster.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc.stdout + proc.stderr
-
-    def beam_pids(self) -> list[int]:
-        """Pids of any process still running from this cluster's base dir."""
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        return [
-            int(line.split(None, 1)[0]) for line in out.splitlines() if str(self.base) in line and "ps -eo" not in line
-        ]
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
-        pytest.skip("Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)")
     base = tmp_path_factory.mktemp("rabbit-cluster")
     env = {
-        **os.environ,
         "RABBIT_CLUSTER_BASE": str(base),
         "RABBIT_CLUSTER_NAME": NAME,
         "RABBIT_CLUSTER_PORT_BASE": str(PORT_BASE),
         "RABBIT_CLUSTER_DIST_BASE": str(25690),
         "RABBIT_CLUSTER_CTL_PORT_MIN": str(35760),
     }
-    c = Cluster(base, env)
-    try:
-        c.run("start")
+    with broker_nodes(Cluster, base, env) as c:
         yield c
-    finally:
-        with contextlib.suppress(Exception):
-            c.run("stop")
-        leftovers = c.beam_pids()
-        for pid in leftovers:  # only processes started from this test's own base dir
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        assert not leftovers, f"rabbit-cluster.sh stop left processes behind: {leftovers}"
 
 
 def test_start_is_idempotent_and_forms_a_three_node_cluster(cluster: Cluster) -> None:

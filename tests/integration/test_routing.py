@@ -17,17 +17,11 @@ from exchange.adapters.base import OutgoingFile
 from exchange.adapters.recording import read_records
 from exchange.devworld import AgencySpec
 from exchange.envelope.model import (
-    AgencyRef,
     DocumentCode,
     DocumentInfo,
-    Envelope,
-    Header,
-    Kind,
     Operation,
     Priority,
     StatusCode,
-    new_message_id,
-    utcnow,
 )
 from exchange.routing import frame
 from exchange.routing.lanes import Lane, routing_key
@@ -35,6 +29,7 @@ from exchange.service import record_of
 from exchange.store.base import DeliveryState, Direction
 from exchange.transport.topology import Names
 from tests.conftest import rabbitmqctl, wait_for_broker
+from tests.factories import envelope as make_envelope
 from tests.integration.conftest import wait_for, wait_until
 
 pytestmark = [pytest.mark.broker]
@@ -225,16 +220,7 @@ async def test_poison_and_tampered_messages_are_dead_lettered_never_delivered(
 
     # A correctly signed document whose subject is altered in flight; the sender tracks it.
     svc = central.service
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(A, "VPCP"),
-            recipients=(AgencyRef(B),),
-            created_at=utcnow(),
-            document=doc("Original subject"),
-        )
-    )
+    envelope = make_envelope(A, B, doc("Original subject"), sender_name="VPCP")
     signed = svc._sign(envelope, {})
     await svc.store.accept_outgoing(record_of(signed, Direction.OUT), [], track=True)
     tampered = signed.xml.replace(b"Original subject", b"Forged subject!!")
@@ -267,16 +253,7 @@ async def test_envelope_signed_with_an_expired_certificate_is_refused_with_a_rec
     central = await world.start("central")
     ca = pki.DevCA.load_or_create(tmp_path / "pki")
     key, cert = ca.issue(A, "VPCP (expired)", validity=timedelta(days=-1), name_suffix="expired")
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(A),
-            recipients=(AgencyRef(B),),
-            created_at=utcnow(),
-            document=doc(),
-        )
-    )
+    envelope = make_envelope(A, B, doc())
     signed = sign_envelope(envelope, Signer.from_files(key, cert, allow_invalid=True), {})
     await central.service.store.accept_outgoing(record_of(signed, Direction.OUT), [], track=True)
     await publish_raw(amqp_url, amqp_prefix, B, frame.encode(signed.xml, {}), message_id=envelope.message_id)

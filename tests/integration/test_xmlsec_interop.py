@@ -17,22 +17,10 @@ import pytest
 from lxml import etree
 
 from exchange.envelope.build import envelope_to_element, serialize
-from exchange.envelope.model import (
-    ENVELOPE_NS,
-    AgencyRef,
-    Attachment,
-    DocumentCode,
-    DocumentInfo,
-    Envelope,
-    Header,
-    Kind,
-    new_message_id,
-    utcnow,
-)
+from exchange.envelope.model import ENVELOPE_NS, Envelope
 from exchange.signing import pki
-from exchange.signing.sign import Signer
-from exchange.signing.trust import TrustStore
-from exchange.signing.verify import Verifier
+from tests.factories import Pki, envelope, pdf
+from tests.factories import document as document_info
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -66,24 +54,16 @@ def tool() -> str:
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> pki.DevCA:
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("interop-pki"))
-    ca.issue(A, "Văn phòng Chính phủ")
-    ca.issue(B, "UBND tỉnh Nghệ An", ec=True)
-    return ca
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(
+        tmp_path_factory.mktemp("interop-pki"), {A: "Văn phòng Chính phủ", B: "UBND tỉnh Nghệ An"}, ec={B}
+    )
 
 
 def document(sender: str) -> Envelope:
-    return Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(sender, "Gửi"),
-            recipients=(AgencyRef(B if sender == A else A, "Nhận"),),
-            created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Thử liên thông xmlsec1 — ký số"),
-        ),
-        attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),),
+    info = document_info("Thử liên thông xmlsec1 — ký số", promulgation=None)
+    return envelope(
+        sender, B if sender == A else A, info, attachments=(pdf(PDF),), sender_name="Gửi", recipient_name="Nhận"
     )
 
 
@@ -92,15 +72,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("code", [A, B], ids=["rsa", "ecdsa"])
-def test_envelope_signed_by_exchange_verifies_with_xmlsec1(tool: str, ca: pki.DevCA, tmp_path: Path, code: str) -> None:
-    xml = Signer.from_files(*ca.agency_paths(code)).sign(document(code))
+def test_envelope_signed_by_exchange_verifies_with_xmlsec1(tool: str, keys: Pki, tmp_path: Path, code: str) -> None:
+    xml = keys.signers[code].sign(document(code))
     path = tmp_path / "signed.xml"
     path.write_bytes(xml)
-    proc = run(tool, "--verify", "--trusted-pem", str(ca.cert_path), *ID_ATTR, str(path))
+    proc = run(tool, "--verify", "--trusted-pem", str(keys.ca.cert_path), *ID_ATTR, str(path))
     assert proc.returncode == 0, proc.stderr
     # And xmlsec1 sees a tampered copy as broken, so the check above means something.
     path.write_bytes(xml.replace(b"xmlsec1", b"XMLSEC1"))
-    assert run(tool, "--verify", "--trusted-pem", str(ca.cert_path), *ID_ATTR, str(path)).returncode != 0
+    assert run(tool, "--verify", "--trusted-pem", str(keys.ca.cert_path), *ID_ATTR, str(path)).returncode != 0
 
 
 def template(envelope: Envelope, key_type: str) -> bytes:
@@ -127,19 +107,19 @@ def template(envelope: Envelope, key_type: str) -> bytes:
 
 @pytest.mark.parametrize("code,key_type", [(A, "rsa"), (B, "ec")], ids=["rsa", "ecdsa"])
 def test_envelope_signed_by_xmlsec1_verifies_with_exchange_and_the_cli(
-    tool: str, ca: pki.DevCA, tmp_path: Path, code: str, key_type: str
+    tool: str, keys: Pki, tmp_path: Path, code: str, key_type: str
 ) -> None:
-    envelope = document(code)
+    message = document(code)
     tmpl = tmp_path / "template.xml"
-    tmpl.write_bytes(template(envelope, key_type))
-    key, cert = ca.agency_paths(code)
+    tmpl.write_bytes(template(message, key_type))
+    key, cert = keys.ca.agency_paths(code)
     signed_path = tmp_path / "signed-by-xmlsec1.xml"
     proc = run(tool, "--sign", "--privkey-pem", f"{key},{cert}", *ID_ATTR, "--output", str(signed_path), str(tmpl))
     assert proc.returncode == 0, proc.stderr
     xml = signed_path.read_bytes()
 
-    verified = Verifier(TrustStore.from_paths([ca.cert_path], [ca.crl_path])).verify(xml, {"att-1": PDF})
-    assert verified.signed.envelope == envelope
+    verified = keys.verifier().verify(xml, {"att-1": PDF})
+    assert verified.signed.envelope == message
     assert verified.signer_agency == code
 
     att_dir = tmp_path / "atts"
@@ -154,19 +134,19 @@ def test_envelope_signed_by_xmlsec1_verifies_with_exchange_and_the_cli(
         "--attachments-dir",
         str(att_dir),
         "--ca",
-        str(ca.cert_path),
+        str(keys.ca.cert_path),
         "--crl",
-        str(ca.crl_path),
+        str(keys.ca.crl_path),
     )
     assert cli.returncode == 0, cli.stderr
     assert f"signed by agency {code}" in cli.stdout and "attachments: 1 OK" in cli.stdout
 
 
-def test_cli_verify_refusal_is_one_line_without_traceback(ca: pki.DevCA, tmp_path: Path) -> None:
-    xml = Signer.from_files(*ca.agency_paths(A)).sign(document(A))
+def test_cli_verify_refusal_is_one_line_without_traceback(keys: Pki, tmp_path: Path) -> None:
+    xml = keys.signers[A].sign(document(A))
     path = tmp_path / "tampered.xml"
     path.write_bytes(xml.replace("Thử liên thông".encode(), "Giả mạo".encode()))
-    proc = run(sys.executable, "-m", "exchange.cli.main", "verify", str(path), "--ca", str(ca.cert_path))
+    proc = run(sys.executable, "-m", "exchange.cli.main", "verify", str(path), "--ca", str(keys.ca.cert_path))
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -174,10 +154,10 @@ def test_cli_verify_refusal_is_one_line_without_traceback(ca: pki.DevCA, tmp_pat
     assert "digest" in lines[0]
 
 
-def test_cli_verify_with_an_untrusted_ca_names_the_reason(ca: pki.DevCA, tmp_path: Path) -> None:
+def test_cli_verify_with_an_untrusted_ca_names_the_reason(keys: Pki, tmp_path: Path) -> None:
     other = pki.DevCA.create(tmp_path / "other", ec=True)
     path = tmp_path / "signed.xml"
-    path.write_bytes(Signer.from_files(*ca.agency_paths(B)).sign(document(B)))
+    path.write_bytes(keys.signers[B].sign(document(B)))
     proc = run(sys.executable, "-m", "exchange.cli.main", "verify", str(path), "--ca", str(other.cert_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("exchange: error [certificate-untrusted]:")

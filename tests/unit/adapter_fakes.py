@@ -8,26 +8,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exchange.adapters.base import Incoming, OutgoingFile, SubmitResult
-from exchange.envelope.build import envelope_to_element, serialize
 from exchange.envelope.edxml import import_package
 from exchange.envelope.model import (
-    AgencyRef,
     Attachment,
-    DocumentCode,
     DocumentInfo,
-    Envelope,
-    Header,
-    Kind,
     Operation,
     Promulgation,
-    ReceiptInfo,
     ReceiptOutcome,
     StaffInfo,
     StatusCode,
-    StatusInfo,
     new_message_id,
     utcnow,
 )
+from tests.factories import document, envelope, incoming, receipt, status
 
 HOST, PEER = "000.00.00.H41", "000.00.00.G22"
 
@@ -123,46 +116,17 @@ def document_message(
         Attachment.of(n, d, "application/pdf" if n.endswith(".pdf") else "application/octet-stream", id=f"att-{i}")
         for i, (n, d) in enumerate(files.items())
     )
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(sender, "Văn phòng Chính phủ"),
-            recipients=(AgencyRef(recipient),),
-            created_at=utcnow(),
-            document=DocumentInfo(
-                code=DocumentCode("12", "CT-TTg"),
-                subject=subject,
-                document_id=document_id,
-                promulgation=Promulgation("Hà Nội", utcnow().date()),
-            ),
-        ),
-        attachments,
-    )
-    return Incoming(
-        recipient,
-        envelope,
-        serialize(envelope_to_element(envelope)),
-        {a.id: files[a.name] for a in attachments},
-        attempt,
-    )
+    info = document(subject, document_id=document_id, promulgation=Promulgation("Hà Nội", utcnow().date()))
+    message = envelope(sender, recipient, info, attachments=attachments, sender_name="Văn phòng Chính phủ")
+    return incoming(message, {a.id: files[a.name] for a in attachments}, attempt=attempt)
 
 
 def status_message(
     response_for: str, code: StatusCode = StatusCode.ACCEPTED, *, sender: str = PEER, recipient: str = HOST
 ) -> Incoming:
     """An incoming business status (as ``submit_status`` makes it: no edXML document reference)."""
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.STATUS,
-            sender=AgencyRef(sender),
-            recipients=(AgencyRef(recipient),),
-            created_at=utcnow(),
-            status=StatusInfo(response_for=response_for, code=code, description="đã tiếp nhận", timestamp=utcnow()),
-        )
-    )
-    return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)), {}, 1)
+    info = status(response_for, code, description="đã tiếp nhận", timestamp=utcnow())
+    return incoming(envelope(sender, recipient, info))
 
 
 def receipt_message(
@@ -175,23 +139,7 @@ def receipt_message(
     reason: str = "",
 ) -> Incoming:
     """A signed receipt coming back to ``recipient`` for a document it sent to ``sender``."""
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.RECEIPT,
-            sender=AgencyRef(sender),
-            recipients=(AgencyRef(recipient),),
-            created_at=utcnow(),
-            receipt=ReceiptInfo(
-                response_for=response_for,
-                outcome=outcome,
-                envelope_digest="ab" * 32,
-                reason_code=reason_code,
-                reason=reason,
-            ),
-        )
-    )
-    return Incoming(recipient, envelope, serialize(envelope_to_element(envelope)), {}, 1)
+    return incoming(envelope(sender, recipient, receipt(response_for, outcome, reason_code=reason_code, reason=reason)))
 
 
 def random_secret() -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 
@@ -17,37 +16,26 @@ from exchange.adapters.base import Outcome
 from exchange.adapters.edxml import EdxmlAdapter
 from exchange.envelope.edxml import EdxmlPackage, export_package, import_package
 from exchange.envelope.model import (
-    AgencyRef,
     Attachment,
-    DocumentCode,
-    DocumentInfo,
-    Envelope,
-    Header,
     Kind,
     Promulgation,
     ResponseRef,
     StatusCode,
-    StatusInfo,
     new_message_id,
     utcnow,
 )
 from exchange.errors import ForbiddenError
+from tests.factories import document, envelope, status
 from tests.unit.adapter_fakes import HOST, PEER, FakeBus, document_message, status_message
 
 
 @pytest.fixture
-async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Future]]:
-    started: list[EdxmlAdapter] = []
-
+def make_adapter(tmp_path: Path, start_adapter) -> Callable[..., Awaitable[EdxmlAdapter]]:
     async def make(bus: FakeBus | None = None, **options) -> EdxmlAdapter:
-        adapter = EdxmlAdapter(HOST, {"root": str(tmp_path / "eoffice"), "watch": False, **options}, bus or FakeBus())
-        await adapter.start()
-        started.append(adapter)
-        return adapter
+        options = {"root": str(tmp_path / "eoffice"), "watch": False, **options}
+        return await start_adapter(EdxmlAdapter(HOST, options, bus or FakeBus()))
 
-    yield make
-    for a in started:
-        await a.stop()
+    return make
 
 
 def document_package(
@@ -59,36 +47,14 @@ def document_package(
 ) -> bytes:
     files = files if files is not None else {"cv.pdf": b"%PDF-1.4 cong van"}
     attachments = tuple(Attachment.of(n, d, "application/pdf", id=f"f{i}") for i, (n, d) in enumerate(files.items()))
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(sender),
-            recipients=(AgencyRef(to),),
-            created_at=utcnow(),
-            document=DocumentInfo(
-                code=DocumentCode("45", "CV-UBND"), subject=subject, promulgation=Promulgation("Vinh", date(2025, 3, 1))
-            ),
-        ),
-        attachments,
-    )
-    return export_package(envelope, {a.id: files[a.name] for a in attachments})
+    info = document(subject, number="45", notation="CV-UBND", promulgation=Promulgation("Vinh", date(2025, 3, 1)))
+    message = envelope(sender, to, info, attachments=attachments)
+    return export_package(message, {a.id: files[a.name] for a in attachments})
 
 
 def status_package(ref: ResponseRef, code: StatusCode = StatusCode.ACCEPTED, sender: str = HOST) -> bytes:
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.STATUS,
-            sender=AgencyRef(sender),
-            recipients=(AgencyRef(ref.organ_id),),
-            created_at=utcnow(),
-            status=StatusInfo(
-                response_for=new_message_id(), code=code, description="đã vào sổ", timestamp=utcnow(), document_ref=ref
-            ),
-        )
-    )
-    return export_package(envelope, {})
+    info = status(code=code, description="đã vào sổ", timestamp=utcnow(), document_ref=ref)
+    return export_package(envelope(sender, ref.organ_id, info), {})
 
 
 def put(adapter: EdxmlAdapter, name: str, data: bytes) -> Path:

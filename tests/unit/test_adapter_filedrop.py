@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,20 +21,12 @@ from tests.unit.adapter_fakes import HOST, PEER, FakeBus, document_message, rece
 
 
 @pytest.fixture
-async def make_adapter(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Future]]:
-    started: list[FileDropAdapter] = []
-
+def make_adapter(tmp_path: Path, start_adapter) -> Callable[..., Awaitable[FileDropAdapter]]:
     async def make(bus: FakeBus | None = None, **options) -> FileDropAdapter:
-        adapter = FileDropAdapter(
-            HOST, {"root": str(tmp_path / "eoffice"), "watch": False, **options}, bus or FakeBus()
-        )
-        await adapter.start()
-        started.append(adapter)
-        return adapter
+        options = {"root": str(tmp_path / "eoffice"), "watch": False, **options}
+        return await start_adapter(FileDropAdapter(HOST, options, bus or FakeBus()))
 
-    yield make
-    for a in started:
-        await a.stop()
+    return make
 
 
 def drop(root: Path, name: str, meta: dict, files: dict[str, bytes] | None = None) -> Path:

@@ -8,7 +8,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import structlog
@@ -61,18 +61,11 @@ async def eoffice() -> AsyncIterator[tuple[EOffice, str]]:
 
 
 @pytest.fixture
-async def make_adapter() -> AsyncIterator[Callable[..., asyncio.Future]]:
-    started: list[WebhookAdapter] = []
-
+def make_adapter(start_adapter) -> Callable[..., Awaitable[WebhookAdapter]]:
     async def make(**options) -> WebhookAdapter:
-        adapter = WebhookAdapter(HOST, options, FakeBus())
-        await adapter.start()
-        started.append(adapter)
-        return adapter
+        return await start_adapter(WebhookAdapter(HOST, options, FakeBus()))
 
-    yield make
-    for a in started:
-        await a.stop()
+    return make
 
 
 async def test_post_is_signed_verifiable_and_carries_the_whole_message(eoffice, make_adapter) -> None:

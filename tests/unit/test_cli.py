@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from exchange.cli._common import existing_store_url, store_url
 from exchange.cli.main import build_parser, main
+from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
+from exchange.errors import ConfigError
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -162,3 +165,42 @@ def test_send_log_level_follows_the_log_override(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert UUID.match(proc.stdout.strip())
     assert "document.submitted" not in proc.stderr
+
+
+# -- the store-level commands share one way to name a store, and one refusal of a store that is not there --
+
+
+def test_existing_store_url_refuses_a_missing_sqlite_file_without_creating_it(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(ConfigError, match=f"^there is no store at {re.escape(str(missing))}; check the path$"):
+        existing_store_url(f"sqlite:///{missing}")
+    assert not missing.exists()
+
+
+def test_existing_store_url_passes_a_store_it_finds_or_cannot_check(tmp_path: Path) -> None:
+    (tmp_path / "there.db").write_bytes(b"")
+    for url in (f"sqlite:///{tmp_path / 'there.db'}", "sqlite:///:memory:", "sqlite://", "postgresql://u@h/db"):
+        assert existing_store_url(url) == url
+
+
+@pytest.mark.parametrize("argv", [("journal", "verify"), ("store", "version"), ("store", "upgrade")])
+def test_each_store_command_refuses_a_missing_store_in_one_line(
+    argv: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo.db"
+    assert main([*argv, "--store-url", f"sqlite:///{missing}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[config-invalid]" in err and f"no store at {missing}" in err, err
+    assert not missing.exists()
+
+
+def test_store_url_is_the_flag_else_the_configs_store_else_a_question(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = make_node(tmp_path / "world")
+    assert store_url(argparse.Namespace(store_url="sqlite:///a.db", config=str(config))) == "sqlite:///a.db"
+    assert store_url(argparse.Namespace(store_url=None, config=str(config))) == load_config(config).store_url
+    monkeypatch.delenv("EXCHANGE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no var/dev/dev.toml here
+    with pytest.raises(ConfigError, match=r"^say which store to check: --store-url URL or --config node\.toml$"):
+        store_url(argparse.Namespace(store_url=None, config=None), ask="say which store to check")

@@ -433,13 +433,23 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 # -- cluster script and docs ------------------------------------------------------------
 
 
-def test_cluster_script_is_valid_bash() -> None:
-    script = DEPLOY / "cluster" / "rabbit-cluster.sh"
-    assert os.access(script, os.X_OK)
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+@pytest.mark.parametrize("script", ["cluster/rabbit-cluster.sh", "hubs/rabbit-hubs.sh"])
+def test_broker_node_scripts_are_valid_bash_and_share_the_node_environment(script: str) -> None:
+    path = DEPLOY / script
+    assert os.access(path, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    # The per-node RABBITMQ_* environment, dirs and lifecycle are written once, in the sourced file.
+    text = path.read_text(encoding="utf-8")
+    assert '. "$ROOT/deploy/rabbit-node-env.sh"' in text and "export RABBITMQ_" not in text
     if shutil.which("shellcheck"):
-        proc = subprocess.run(["shellcheck", "-S", "warning", str(script)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["shellcheck", "-x", "-S", "warning", str(path)], capture_output=True, text=True, cwd=DEPLOY.parent
+        )
         assert proc.returncode == 0, proc.stdout
+
+
+def test_the_shared_node_environment_is_valid_bash() -> None:
+    assert subprocess.run(["bash", "-n", str(DEPLOY / "rabbit-node-env.sh")], capture_output=True).returncode == 0
 
 
 def test_operations_doc_lists_every_metric_and_alert() -> None:

@@ -608,19 +608,17 @@ def test_mutated_packages_raise_only_typed_errors() -> None:
     run()
 
 
-async def test_the_edxml_adapter_hands_over_the_senders_package_with_the_bus_hops(tmp_path: Path) -> None:
+async def test_the_edxml_adapter_hands_over_the_senders_package_with_the_bus_hops(
+    tmp_path: Path, start_adapter
+) -> None:
     from exchange.adapters.base import Incoming, Outcome
     from exchange.adapters.edxml import EdxmlAdapter
     from tests.unit.adapter_fakes import FakeBus
 
     package = imported("trace_with_business_and_staff.edxml")
-    adapter = EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False}, FakeBus())
-    await adapter.start()
-    try:
-        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>", attachments=package.attachment_data)
-        assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
-    finally:
-        await adapter.stop()
+    adapter = await start_adapter(EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False}, FakeBus()))
+    message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>", attachments=package.attachment_data)
+    assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
     delivered = (tmp_path / "eoffice" / "incoming" / f"{MID}.edxml").read_bytes()
     assert not nodes(wild("trace_with_business_and_staff.edxml")) - nodes(delivered)
     ns = {"e": EDXML_NS}
@@ -637,7 +635,7 @@ def test_a_status_package_gets_no_trace_from_the_bus_hops(name: str) -> None:
     assert export_package(package.envelope, {}, hops=(Hop("exchange", CREATED),)) == wild(name)
 
 
-async def test_the_edxml_adapter_maps_its_own_alias_through_the_nodes_directory(tmp_path: Path) -> None:
+async def test_the_edxml_adapter_maps_its_own_alias_through_the_nodes_directory(tmp_path: Path, start_adapter) -> None:
     """An E-Office that writes its hub-world id (28.22.H17) as From is the agency the directory says."""
     from exchange.adapters.edxml import EdxmlAdapter
     from tests.unit.adapter_fakes import FakeBus
@@ -652,18 +650,16 @@ async def test_the_edxml_adapter_maps_its_own_alias_through_the_nodes_directory(
             return result
 
     bus = DirectoryBus(agency=H41)
-    adapter = EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False}, bus)
-    await adapter.start()
-    try:
-        (tmp_path / "eoffice" / "outgoing" / "p.edxml").write_bytes(wild("organ_id_partial_28_22_h17_from.edxml"))
-        assert await adapter.scan_once() == 1
-    finally:
-        await adapter.stop()
+    adapter = await start_adapter(EdxmlAdapter(H41, {"root": str(tmp_path / "eoffice"), "watch": False}, bus))
+    (tmp_path / "eoffice" / "outgoing" / "p.edxml").write_bytes(wild("organ_id_partial_28_22_h17_from.edxml"))
+    assert await adapter.scan_once() == 1
     assert [kind for kind, _ in bus.submissions] == ["edxml"]
     assert list((tmp_path / "eoffice" / "error").iterdir()) == []
 
 
-async def test_the_edxml_adapter_can_write_qcvn_codes_for_an_eoffice_that_knows_no_aliases(tmp_path: Path) -> None:
+async def test_the_edxml_adapter_can_write_qcvn_codes_for_an_eoffice_that_knows_no_aliases(
+    tmp_path: Path, start_adapter
+) -> None:
     from exchange.adapters.base import Incoming, Outcome
     from exchange.adapters.edxml import EdxmlAdapter
     from exchange.errors import AdapterError
@@ -673,15 +669,10 @@ async def test_the_edxml_adapter_can_write_qcvn_codes_for_an_eoffice_that_knows_
         directory = DIRECTORY
 
     package = imported("organ_id_hub_system_from.edxml")
-    adapter = EdxmlAdapter(
-        H41, {"root": str(tmp_path / "eoffice"), "watch": False, "organ_ids": "codes"}, DirectoryBus(agency=H41)
-    )
-    await adapter.start()
-    try:
-        message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>", attachments=package.attachment_data)
-        assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
-    finally:
-        await adapter.stop()
+    options = {"root": str(tmp_path / "eoffice"), "watch": False, "organ_ids": "codes"}
+    adapter = await start_adapter(EdxmlAdapter(H41, options, DirectoryBus(agency=H41)))
+    message = Incoming(agency=H41, envelope=package.envelope, xml=b"<signed/>", attachments=package.attachment_data)
+    assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
     delivered = (tmp_path / "eoffice" / "incoming" / f"{MID}.edxml").read_bytes()
     assert etree.fromstring(delivered).findtext(f".//{{{EDXML_NS}}}From/{{{EDXML_NS}}}OrganId") == G22
     with pytest.raises(AdapterError, match="organ_ids"):

@@ -19,24 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from exchange.envelope.model import (
-    ENVELOPE_NS,
-    AgencyRef,
-    Attachment,
-    DocumentCode,
-    DocumentInfo,
-    Envelope,
-    Header,
-    Hop,
-    Kind,
-    new_message_id,
-    utcnow,
-)
+from exchange.envelope.model import ENVELOPE_NS, Envelope, Hop, utcnow
 from exchange.errors import ExchangeError
-from exchange.signing import pki
-from exchange.signing.sign import Signer, sign_envelope
-from exchange.signing.trust import TrustStore
+from exchange.signing.sign import sign_envelope
 from exchange.signing.verify import Verifier
+from tests.factories import Pki, envelope, pdf
+from tests.factories import document as document_info
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -82,24 +70,20 @@ FRAGMENTS = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, tuple[bytes, Envelope]], Verifier]:
     """One signed envelope per key type (with its model), and a verifier trusting their CA."""
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("fuzz-pki"), ec=True)
+    keys = Pki.create(tmp_path_factory.mktemp("fuzz-pki"), {c: f"Agency {c}" for c in (A, B)}, ec={A}, ec_ca=True)
     out: dict[str, tuple[bytes, Envelope]] = {}
-    for name, code, ec_key in (("ecdsa", A, True), ("rsa", B, False)):
-        signer = Signer.from_files(*ca.issue(code, f"Agency {code}", ec=ec_key))
-        envelope = Envelope(
-            Header(
-                message_id=new_message_id(),
-                kind=Kind.DOCUMENT,
-                sender=AgencyRef(code, "Gửi"),
-                recipients=(AgencyRef(B if code == A else A, "Nhận"),),
-                created_at=utcnow(),
-                document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Chỉ thị <&> kiểm thử"),
-            ),
-            attachments=(Attachment.of("Quyết định.pdf", PDF, "application/pdf", id="att-1"),),
+    for name, code in (("ecdsa", A), ("rsa", B)):
+        message = envelope(
+            code,
+            B if code == A else A,
+            document_info("Chỉ thị <&> kiểm thử", promulgation=None),
+            attachments=(pdf(PDF, "Quyết định.pdf"),),
+            sender_name="Gửi",
+            recipient_name="Nhận",
             trace=(Hop("node-a", utcnow()),),
         )
-        out[name] = (sign_envelope(envelope, signer, {"att-1": PDF}).xml, envelope)
-    return out, Verifier(TrustStore.from_paths([ca.cert_path], [ca.crl_path]))
+        out[name] = (sign_envelope(message, keys.signers[code], {"att-1": PDF}).xml, message)
+    return out, keys.verifier()
 
 
 # -- mutations -------------------------------------------------------------------------------------------------
@@ -133,7 +117,7 @@ def _tree_mutation(draw: st.DrawFn, xml: bytes) -> bytes:
         if op == "remove" and parent is not None:
             parent.remove(target)
         elif op == "duplicate" and parent is not None:
-            parent.insert(draw(st.integers(0, len(parent))), etree.fromstring(etree.tostring(target)))
+            parent.insert(draw(st.integers(0, len(parent))), etree.fromstring(etree.tostring(target, with_tail=False)))
         elif op == "move" and parent is not None:
             destination = draw(st.sampled_from(elements))
             if target not in destination.iterancestors() and destination is not target:

@@ -21,24 +21,15 @@ from exchange.adapters.base import Incoming, Outcome
 from exchange.adapters.filedrop import FileDropAdapter, incoming_files, safe_file_name
 from exchange.adapters.recording import RecordingAdapter
 from exchange.cli.main import main as cli
-from exchange.envelope.model import (
-    ENVELOPE_NS,
-    AgencyRef,
-    Attachment,
-    DocumentCode,
-    DocumentInfo,
-    Envelope,
-    Header,
-    Kind,
-    new_message_id,
-    utcnow,
-)
+from exchange.envelope.model import ENVELOPE_NS, Attachment
 from exchange.envelope.parse import envelope_from_element, parse_envelope, parse_xml
 from exchange.errors import AttachmentError, EnvelopeError, SchemaError, UnsafePathError, XmlMalformedError
 from exchange.signing import pki, xmldsig
 from exchange.signing.sign import Signer
-from exchange.signing.trust import TrustStore
 from exchange.signing.verify import Verifier
+from tests.factories import Pki, envelope
+from tests.factories import document as document_info
+from tests.factories import incoming as handed_over
 from tests.unit.adapter_fakes import HOST, PEER, FakeBus
 
 HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile" / "attachments"
@@ -72,9 +63,9 @@ def test_hostile_sample_is_refused_by_the_parser(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signer, Verifier]:
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("hostile-attachments-pki"), ec=True)
-    signer = Signer.from_files(*ca.issue(PEER, "Văn phòng Chính phủ", ec=True))
-    return signer, Verifier(TrustStore.from_paths([ca.cert_path], [ca.crl_path]))
+    root = tmp_path_factory.mktemp("hostile-attachments-pki")
+    keys = Pki.create(root, {PEER: "Văn phòng Chính phủ"}, ec={PEER}, ec_ca=True)
+    return keys.signers[PEER], keys.verifier()
 
 
 def sign_as_attacker(xml: bytes, signer: Signer) -> bytes:
@@ -165,18 +156,8 @@ def forged(attachment_id: str, name: str, data: bytes = PAYLOAD) -> Attachment:
 
 
 def incoming(*attachments: Attachment) -> Incoming:
-    envelope = Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(PEER),
-            recipients=(AgencyRef(HOST),),
-            created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Quyết định"),
-        ),
-        attachments,
-    )
-    return Incoming(HOST, envelope, b"<evidence/>", {a.id: PAYLOAD for a in attachments}, 1)
+    message = envelope(PEER, HOST, document_info("Quyết định", promulgation=None), attachments=attachments)
+    return handed_over(message, {a.id: PAYLOAD for a in attachments}, xml=b"<evidence/>")
 
 
 def every_file(top: Path) -> set[str]:
@@ -184,11 +165,9 @@ def every_file(top: Path) -> set[str]:
 
 
 @pytest.fixture
-async def filedrop(tmp_path: Path):
-    adapter = FileDropAdapter(HOST, {"root": str(tmp_path / "site" / "eoffice"), "watch": False}, FakeBus())
-    await adapter.start()
-    yield adapter
-    await adapter.stop()
+async def filedrop(tmp_path: Path, start_adapter) -> FileDropAdapter:
+    options = {"root": str(tmp_path / "site" / "eoffice"), "watch": False}
+    return await start_adapter(FileDropAdapter(HOST, options, FakeBus()))
 
 
 @pytest.mark.parametrize(
@@ -331,12 +310,11 @@ def test_confined_resolves_links(tmp_path: Path) -> None:
             safe_files.confined(tmp_path / "root", *parts)
 
 
-async def test_recording_adapter_does_not_write_through_a_planted_link(tmp_path: Path) -> None:
+async def test_recording_adapter_does_not_write_through_a_planted_link(tmp_path: Path, start_adapter) -> None:
     target = tmp_path / "victim"
     target.write_bytes(b"original\n")
     os.symlink(target, tmp_path / "records.jsonl")
-    adapter = RecordingAdapter(HOST, {"path": str(tmp_path / "records.jsonl")}, FakeBus())
-    await adapter.start()
+    adapter = await start_adapter(RecordingAdapter(HOST, {"path": str(tmp_path / "records.jsonl")}, FakeBus()))
     result = await adapter.deliver(incoming(Attachment.of("a.txt", PAYLOAD, id="att-1")))
     assert result.outcome is Outcome.TRANSIENT
     assert target.read_bytes() == b"original\n"

@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 
 from exchange.adapters.recording import read_records
-from exchange.config import load_config
-from exchange.devworld import AgencySpec, NodeSpec, build_world
+from exchange.devworld import AgencySpec
 from exchange.envelope.model import DocumentCode, DocumentInfo
 from exchange.envelope.parse import parse_envelope
 from exchange.errors import StoreError
-from exchange.node import build_service
 from exchange.routing import frame
 from exchange.service import RECEIVE_ERROR, RECEIVE_ERROR_TEXT, ExchangeService, Received, Replay
 from exchange.store.base import DeliveryState, InboxState
+from tests.factories import ServiceWorld
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 
@@ -33,18 +32,11 @@ async def service(tmp_path: Path) -> AsyncIterator[ExchangeService]:
         )
         for code in (A, B)
     ]
-    config = build_world(tmp_path, specs, [NodeSpec("n", http_port=0)])["n"]
-    svc = await build_service(load_config(config))
-    from exchange.adapters.recording import RecordingAdapter
-
-    for code in (A, B):
-        adapter = RecordingAdapter(code, {"path": str(tmp_path / f"{code}.jsonl")}, svc.handle(code))
-        await adapter.start()
-        svc.adapters[code] = adapter
+    world = await ServiceWorld.build(tmp_path, specs, ["n"])
     try:
-        yield svc
+        yield world.services["n"]
     finally:
-        await svc.store.close()
+        await world.close()
 
 
 async def take_outbox(svc: ExchangeService) -> list[tuple[str, bytes, dict[str, bytes]]]:

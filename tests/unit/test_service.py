@@ -13,15 +13,18 @@ import pytest
 
 from exchange.adapters.base import DeliveryResult
 from exchange.devworld import AgencySpec
-from exchange.envelope.model import Operation, StatusCode
+from exchange.envelope.model import Operation, ReceiptOutcome, StatusCode
+from exchange.envelope.parse import parse_envelope
 from exchange.errors import (
     BadRequestError,
+    ConflictError,
     NotFoundError,
     NotHostedError,
     UnknownAgencyError,
 )
 from exchange.routing import frame
-from exchange.store.base import Direction
+from exchange.service import ExchangeService, Received
+from exchange.store.base import DeliveryState, Direction
 from tests.factories import GOVERNMENT_OFFICE, HCMC, NGHE_AN, ServiceWorld, document
 
 AGENCIES = (
@@ -147,3 +150,136 @@ async def test_the_receiving_node_keeps_the_document_as_incoming(world: ServiceW
     await world.carry()
     record = await local.store.get_message(sent.message_id, Direction.IN)
     assert record is not None and record.sender == GOVERNMENT_OFFICE and NGHE_AN in record.recipients
+
+
+# -- receive: the service's answer for each case, and the receipt it leaves for the sender ----------------
+
+
+async def _frames(service: ExchangeService) -> list[tuple[str, bytes, dict[str, bytes]]]:
+    """(recipient, xml, attachments) of everything in ``service``'s outbox, taken out as the relay would."""
+    items = await service.store.claim_outbox(100)
+    await service.store.mark_published([i.id for i in items if i.id is not None])
+    return [(i.recipient, *frame.decode(i.body, max_bytes=1 << 20)) for i in items]
+
+
+async def _receipts(service: ExchangeService) -> list[ReceiptOutcome]:
+    """The outcomes of the receipts waiting in ``service``'s outbox (taken out)."""
+    return [parse_envelope(xml)[1].header.receipt.outcome for _, xml, _ in await _frames(service)]
+
+
+async def _states(world: ServiceWorld, message_id: str) -> dict[str, DeliveryState]:
+    return {d.recipient: d.state for d in await world.services["central"].store.deliveries(message_id)}
+
+
+@pytest.mark.parametrize(
+    "answer, received, receipts",
+    [
+        (DeliveryResult.delivered(), Received.DELIVERED, [ReceiptOutcome.DELIVERED]),
+        (DeliveryResult.transient("E-Office busy", "eoffice-busy"), Received.TRANSIENT, []),
+        (
+            DeliveryResult.permanent("no such department", "eoffice-refused"),
+            Received.PERMANENT,
+            [ReceiptOutcome.FAILED],
+        ),
+    ],
+    ids=["delivered", "transient", "permanent"],
+)
+async def test_the_e_offices_answer_is_the_receive_outcome_and_decides_the_receipt(
+    world: ServiceWorld, answer: DeliveryResult, received: Received, receipts: list[ReceiptOutcome]
+) -> None:
+    central, local = world.services["central"], world.services["local"]
+    local.adapters[HCMC].script.append(answer)
+    await central.submit_document(GOVERNMENT_OFFICE, [HCMC], document())
+    ((recipient, xml, attachments),) = await _frames(central)
+    result = await local.receive(recipient, xml, attachments)
+    assert result.outcome is received
+    assert result.reason_code == answer.reason_code
+    assert await _receipts(local) == receipts  # a transient answer tells the sender nothing yet
+
+
+async def test_a_second_copy_is_a_duplicate_and_the_delivered_receipt_is_sent_again(world: ServiceWorld) -> None:
+    central, local = world.services["central"], world.services["local"]
+    await central.submit_document(GOVERNMENT_OFFICE, [HCMC], document())
+    ((recipient, xml, attachments),) = await _frames(central)
+    assert (await local.receive(recipient, xml, attachments)).outcome is Received.DELIVERED
+    again = await local.receive(recipient, xml, attachments, attempt=2)
+    assert again.outcome is Received.DUPLICATE and again.reason_code == "duplicate"
+    # The first receipt may have been lost with the connection that made the sender resend.
+    assert await _receipts(local) == [ReceiptOutcome.DELIVERED, ReceiptOutcome.DELIVERED]
+
+
+async def test_a_transient_handover_is_delivered_on_the_transports_next_attempt(world: ServiceWorld) -> None:
+    central, local = world.services["central"], world.services["local"]
+    local.adapters[HCMC].script.append(DeliveryResult.transient("E-Office busy", "eoffice-busy"))
+    sent = await central.submit_document(GOVERNMENT_OFFICE, [HCMC], document())
+    ((recipient, xml, attachments),) = await _frames(central)
+    assert (await local.receive(recipient, xml, attachments, attempt=1)).outcome is Received.TRANSIENT
+    assert (await local.receive(recipient, xml, attachments, attempt=2)).outcome is Received.DELIVERED
+    assert len(local.adapters[HCMC].delivered) == 1
+    await world.carry()
+    assert await _states(world, sent.message_id) == {HCMC: DeliveryState.DELIVERED}
+
+
+async def test_a_transient_answer_on_the_last_attempt_fails_the_delivery_with_a_receipt(world: ServiceWorld) -> None:
+    central, local = world.services["central"], world.services["local"]
+    local.adapters[HCMC].script.append(DeliveryResult.transient("E-Office busy", "eoffice-busy"))
+    sent = await central.submit_document(GOVERNMENT_OFFICE, [HCMC], document())
+    ((recipient, xml, attachments),) = await _frames(central)
+    result = await local.receive(recipient, xml, attachments, attempt=local.max_attempts)
+    assert result.outcome is Received.PERMANENT and result.reason_code == "retries-exhausted"
+    await world.carry()
+    assert await _states(world, sent.message_id) == {HCMC: DeliveryState.FAILED}
+    assert local.adapters[HCMC].delivered == []
+
+
+async def test_the_delivery_stays_open_until_the_recipients_receipt_arrives(world: ServiceWorld) -> None:
+    central, local = world.services["central"], world.services["local"]
+    sent = await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document())
+    ((recipient, xml, attachments),) = await _frames(central)
+    assert (await local.receive(recipient, xml, attachments)).outcome is Received.DELIVERED
+    # Handed over at the recipient, but the sender only knows once the signed receipt is back.
+    assert await _states(world, sent.message_id) == {NGHE_AN: DeliveryState.QUEUED}
+    ((back_to, receipt_xml, parts),) = await _frames(local)
+    assert back_to == GOVERNMENT_OFFICE
+    assert (await central.receive(back_to, receipt_xml, parts)).outcome is Received.DELIVERED
+    assert await _states(world, sent.message_id) == {NGHE_AN: DeliveryState.DELIVERED}
+    assert "delivered" in await _events(world, sent.message_id, NGHE_AN)
+
+
+# -- revoke, update, replace ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", [Operation.REVOKE, Operation.UPDATE, Operation.REPLACE])
+async def test_an_operation_on_a_sent_document_reaches_the_recipient_and_the_originals_timeline(
+    world: ServiceWorld, operation: Operation
+) -> None:
+    central, local = world.services["central"], world.services["local"]
+    sent = await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document("Công văn số 12"))
+    await world.carry()
+    acting = await central.submit_document(
+        GOVERNMENT_OFFICE, [NGHE_AN], document("Công văn số 12 (mới)", relates_to=sent.message_id), operation=operation
+    )
+    await world.carry()
+    record = await local.store.get_message(acting.message_id, Direction.IN)
+    assert record is not None and record.operation == operation.value and record.relates_to == sent.message_id
+    assert f"{operation.value}-sent" in await _events(world, sent.message_id, NGHE_AN)
+    assert await _states(world, acting.message_id) == {NGHE_AN: DeliveryState.DELIVERED}
+
+
+async def test_a_revocation_cannot_itself_be_replaced(world: ServiceWorld) -> None:
+    central = world.services["central"]
+    sent = await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document())
+    revoke = await central.submit_document(
+        GOVERNMENT_OFFICE, [NGHE_AN], document(relates_to=sent.message_id), operation=Operation.REVOKE
+    )
+    with pytest.raises(ConflictError, match="is a revocation"):
+        await central.submit_document(
+            GOVERNMENT_OFFICE, [NGHE_AN], document(relates_to=revoke.message_id), operation=Operation.REPLACE
+        )
+
+
+async def test_a_replacement_must_name_the_document_it_replaces(world: ServiceWorld) -> None:
+    central = world.services["central"]
+    with pytest.raises(BadRequestError, match="relates_to"):
+        await central.submit_document(GOVERNMENT_OFFICE, [NGHE_AN], document(), operation=Operation.REPLACE)
+    assert (await central.store.outbox_stats())[0] == 0

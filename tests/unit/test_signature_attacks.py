@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,9 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 from exchange.envelope.build import envelope_to_element, serialize
 from exchange.envelope.model import (
     ENVELOPE_NS,
-    AgencyRef,
     Attachment,
-    DocumentCode,
-    DocumentInfo,
     Envelope,
-    Header,
-    Kind,
     new_message_id,
-    utcnow,
 )
 from exchange.errors import (
     AgencyMismatchError,
@@ -49,6 +42,8 @@ from exchange.signing import pki
 from exchange.signing.sign import Signer
 from exchange.signing.trust import TrustStore
 from exchange.signing.verify import Verifier
+from tests.factories import Pki, envelope, pdf
+from tests.factories import document as document_info
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -61,43 +56,21 @@ def q(local: str) -> str:
     return f"{{{ENVELOPE_NS}}}{local}"
 
 
-@dataclass
-class Pki:
-    ca: pki.DevCA
-    trust: TrustStore
-    a: Signer
-    b: Signer
-
-    def verifier(self) -> Verifier:
-        return Verifier(self.trust)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("attack-pki"), ec=True)
-    a = Signer.from_files(*ca.issue(A, "Văn phòng Chính phủ"))
-    b = Signer.from_files(*ca.issue(B, "UBND tỉnh Nghệ An", ec=True))
-    return Pki(ca, TrustStore.from_paths([ca.cert_path], [ca.crl_path]), a, b)
+    # A is the RSA signer, B the ECDSA one, under an ECDSA CA.
+    return Pki.create(
+        tmp_path_factory.mktemp("attack-pki"), {A: "Văn phòng Chính phủ", B: "UBND tỉnh Nghệ An"}, ec={B}, ec_ca=True
+    )
 
 
 def document(sender: str = A, recipient: str = B, subject: str = "Chỉ thị về phòng chống bão") -> Envelope:
-    att = Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1")
-    return Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(sender),
-            recipients=(AgencyRef(recipient),),
-            created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject=subject),
-        ),
-        attachments=(att,),
-    )
+    return envelope(sender, recipient, document_info(subject, promulgation=None), attachments=(pdf(PDF),))
 
 
 @pytest.fixture
 def signed(world: Pki) -> bytes:
-    return world.a.sign(document())
+    return world.signers[A].sign(document())
 
 
 def tree(xml: bytes) -> etree._Element:
@@ -279,7 +252,7 @@ def test_extra_unlisted_attachment_is_refused(world: Pki, signed: bytes) -> None
 
 def test_certificate_of_another_agency_is_refused(world: Pki) -> None:
     """B's valid certificate signing an envelope From A."""
-    forger = Signer(world.b.key, world.b.certificate, allow_invalid=True)
+    forger = Signer(world.signers[B].key, world.signers[B].certificate, allow_invalid=True)
     xml = forger.sign(document(sender=A, recipient=B))
     refuse(world, xml, AgencyMismatchError, f"From agency {A}")
 
@@ -290,7 +263,7 @@ def test_certificate_substituted_in_x509data_is_refused(world: Pki, signed: byte
     cert_el = root.find("env:Signed/ds:Signature/ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS)
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    cert_el.text = "".join(world.b.certificate.public_bytes(Encoding.PEM).decode().splitlines()[1:-1])
+    cert_el.text = "".join(world.signers[B].certificate.public_bytes(Encoding.PEM).decode().splitlines()[1:-1])
     assert type(refuse(world, out(root), SignatureError)) is SignatureError
 
 
@@ -376,7 +349,7 @@ class _Sha1Signer(XMLSigner):
     ],
 )
 def test_weak_or_unexpected_algorithms_are_refused(world: Pki, method, digest, match: str) -> None:
-    env = document()
+    a, env = world.signers[A], document()
     root = envelope_to_element(env)
     placeholder = etree.SubElement(root.find("env:Signed", NS), f"{{{DS}}}Signature", nsmap={"ds": DS})
     placeholder.set("Id", "placeholder")
@@ -384,16 +357,16 @@ def test_weak_or_unexpected_algorithms_are_refused(world: Pki, method, digest, m
         signature_algorithm=method,
         digest_algorithm=digest,
         c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
-    ).sign(root, key=world.a.key, cert=[world.a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id")
+    ).sign(root, key=a.key, cert=[a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id")
     refuse(world, serialize(signed), WeakAlgorithmError, match)
 
 
 def test_inclusive_c14n_is_refused(world: Pki) -> None:
-    env = document()
+    a, env = world.signers[A], document()
     root = envelope_to_element(env)
     etree.SubElement(root.find("env:Signed", NS), f"{{{DS}}}Signature", nsmap={"ds": DS}).set("Id", "placeholder")
     signed = XMLSigner(c14n_algorithm=CanonicalizationMethod.CANONICAL_XML_1_1).sign(
-        root, key=world.a.key, cert=[world.a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id"
+        root, key=a.key, cert=[a.certificate], reference_uri=f"#s-{env.message_id}", id_attribute="Id"
     )
     refuse(world, serialize(signed), WeakAlgorithmError, "canonicalization")
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,7 @@ from cryptography import x509
 from lxml import etree
 
 from exchange.cli.main import main as cli
-from exchange.envelope.model import (
-    ENVELOPE_NS,
-    AgencyRef,
-    Attachment,
-    DocumentCode,
-    DocumentInfo,
-    Envelope,
-    Header,
-    Hop,
-    Kind,
-    ReceiptInfo,
-    ReceiptOutcome,
-    StatusCode,
-    StatusInfo,
-    new_message_id,
-    utcnow,
-)
+from exchange.envelope.model import ENVELOPE_NS, Attachment, Envelope, Hop, Kind
 from exchange.errors import (
     AgencyMismatchError,
     AttachmentDigestError,
@@ -49,6 +32,9 @@ from exchange.signing.keys import AgencyIdentity, agency_code_of, generate_key
 from exchange.signing.sign import Signer, sign_envelope
 from exchange.signing.trust import TrustStore
 from exchange.signing.verify import Verifier
+from tests.factories import Pki, receipt, status
+from tests.factories import document as document_info
+from tests.factories import envelope as make_envelope
 
 G22, H41, H29 = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29"
 DS = "http://www.w3.org/2000/09/xmldsig#"
@@ -57,44 +43,23 @@ PDF = b"%PDF-1.7\n" + bytes(range(256)) * 40
 XLSX = b"PK\x03\x04" + b"\x00" * 1000
 
 
-@dataclass
-class World:
-    ca: pki.DevCA
-    trust: TrustStore
-    signers: dict[str, Signer]
-
-
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("pki"))
-    signers = {}
-    for code, ec in ((G22, False), (H41, True)):
-        key, cert = ca.issue(code, f"Agency {code}", ec=ec)
-        signers[code] = Signer.from_files(key, cert)
-    return World(ca, TrustStore.from_paths([ca.cert_path], [ca.crl_path]), signers)
+def world(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"), {G22: f"Agency {G22}", H41: f"Agency {H41}"}, ec={H41})
+
+
+BODIES = {
+    Kind.DOCUMENT: lambda: document_info("Về việc phòng, chống bão số 3", promulgation=None),
+    Kind.STATUS: lambda: status(description="Đã vào sổ"),
+    Kind.RECEIPT: receipt,
+}
 
 
 def envelope(
     kind: Kind, sender: str = G22, recipient: str = H41, *, attachments: tuple[Attachment, ...] = ()
 ) -> Envelope:
-    body: dict[str, object] = {}
-    if kind is Kind.DOCUMENT:
-        body["document"] = DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Về việc phòng, chống bão số 3")
-    elif kind is Kind.STATUS:
-        body["status"] = StatusInfo(response_for=new_message_id(), code=StatusCode.ACCEPTED, description="Đã vào sổ")
-    else:
-        body["receipt"] = ReceiptInfo(
-            response_for=new_message_id(), outcome=ReceiptOutcome.DELIVERED, envelope_digest="ab" * 32
-        )
-    header = Header(
-        message_id=new_message_id(),
-        kind=kind,
-        sender=AgencyRef(sender, "Gửi"),
-        recipients=(AgencyRef(recipient, "Nhận"),),
-        created_at=utcnow(),
-        **body,
-    )  # type: ignore[arg-type]
-    return Envelope(header, attachments)
+    body = BODIES[kind]()
+    return make_envelope(sender, recipient, body, attachments=attachments, sender_name="Gửi", recipient_name="Nhận")
 
 
 def with_files() -> tuple[tuple[Attachment, ...], dict[str, bytes]]:
@@ -108,7 +73,7 @@ def with_files() -> tuple[tuple[Attachment, ...], dict[str, bytes]]:
 
 @pytest.mark.parametrize("kind", list(Kind))
 @pytest.mark.parametrize("sender", [G22, H41], ids=["rsa", "ecdsa"])
-def test_signed_envelope_verifies_and_rebuilds_the_same_model(world: World, kind: Kind, sender: str) -> None:
+def test_signed_envelope_verifies_and_rebuilds_the_same_model(world: Pki, kind: Kind, sender: str) -> None:
     recipient = H41 if sender == G22 else G22
     atts, data = with_files()
     env = envelope(kind, sender, recipient, attachments=atts)
@@ -122,7 +87,7 @@ def test_signed_envelope_verifies_and_rebuilds_the_same_model(world: World, kind
 
 
 @pytest.mark.parametrize("sender,method", [(G22, "rsa-sha256"), (H41, "ecdsa-sha256")])
-def test_signature_has_the_prescribed_layout_and_algorithms(world: World, sender: str, method: str) -> None:
+def test_signature_has_the_prescribed_layout_and_algorithms(world: Pki, sender: str, method: str) -> None:
     env = envelope(Kind.DOCUMENT, sender, H29)
     xml = world.signers[sender].sign(env)
     root = etree.fromstring(xml)
@@ -147,7 +112,7 @@ def test_signature_has_the_prescribed_layout_and_algorithms(world: World, sender
     assert b"\n  <" not in xml  # never pretty-printed
 
 
-def test_trace_hops_can_be_appended_without_breaking_the_signature(world: World) -> None:
+def test_trace_hops_can_be_appended_without_breaking_the_signature(world: Pki) -> None:
     env = envelope(Kind.DOCUMENT)
     xml = world.signers[G22].sign(env)
     root = etree.fromstring(xml)
@@ -158,13 +123,13 @@ def test_trace_hops_can_be_appended_without_breaking_the_signature(world: World)
     assert verified.signed.envelope.trace == (Hop("relay-1", dt.datetime(2026, 11, 24, 5, 0, 0, 10000, tzinfo=dt.UTC)),)
 
 
-def test_verify_without_attachment_data_skips_the_attachment_check(world: World) -> None:
+def test_verify_without_attachment_data_skips_the_attachment_check(world: Pki) -> None:
     atts, data = with_files()
     signed = sign_envelope(envelope(Kind.DOCUMENT, attachments=atts), world.signers[G22], data)
     assert Verifier(world.trust).verify(signed.xml).signed.attachment_data == {}
 
 
-def test_certificate_carrying_an_intermediate_ca_verifies(world: World, tmp_path: Path) -> None:
+def test_certificate_carrying_an_intermediate_ca_verifies(world: Pki, tmp_path: Path) -> None:
     inter = pki.DevCA.create(tmp_path / "inter", issuer=world.ca, ec=True, name="Provincial CA")
     key, cert = inter.issue(H29, "UBND TP HCM")
     signer = Signer.from_files(key, cert)
@@ -177,12 +142,12 @@ def test_certificate_carrying_an_intermediate_ca_verifies(world: World, tmp_path
 # -- the signer's own refusals -----------------------------------------------------------
 
 
-def test_signer_refuses_an_envelope_from_another_agency(world: World) -> None:
+def test_signer_refuses_an_envelope_from_another_agency(world: Pki) -> None:
     with pytest.raises(AgencyMismatchError):
         world.signers[G22].sign(envelope(Kind.DOCUMENT, sender=H41, recipient=G22))
 
 
-def test_sign_envelope_checks_attachments_against_the_manifest(world: World) -> None:
+def test_sign_envelope_checks_attachments_against_the_manifest(world: Pki) -> None:
     atts, data = with_files()
     env = envelope(Kind.DOCUMENT, attachments=atts)
     with pytest.raises(AttachmentDigestError):
@@ -195,14 +160,14 @@ def test_sign_envelope_checks_attachments_against_the_manifest(world: World) -> 
         sign_envelope(env, world.signers[G22], {**data, "att-9": b""})
 
 
-def test_signer_refuses_an_expired_certificate_unless_told_otherwise(world: World, tmp_path: Path) -> None:
+def test_signer_refuses_an_expired_certificate_unless_told_otherwise(world: Pki, tmp_path: Path) -> None:
     key, cert = world.ca.issue(G22, "expired", validity=dt.timedelta(days=-1), name_suffix="exp-signer")
     with pytest.raises(CertificateExpiredError):
         Signer.from_files(key, cert)
     assert Signer.from_files(key, cert, allow_invalid=True).agency_code == G22
 
 
-def test_signer_refuses_a_key_that_the_certificate_does_not_certify(world: World, tmp_path: Path) -> None:
+def test_signer_refuses_a_key_that_the_certificate_does_not_certify(world: Pki, tmp_path: Path) -> None:
     other = tmp_path / "other.key"
     from exchange.signing.keys import save_private_key
 
@@ -219,7 +184,7 @@ def test_missing_key_file_is_a_key_material_error(tmp_path: Path) -> None:
 # -- certificate profile and dev CA -----------------------------------------------------
 
 
-def test_agency_certificate_profile(world: World) -> None:
+def test_agency_certificate_profile(world: Pki) -> None:
     key_path, cert_path = world.ca.agency_paths(G22)
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert agency_code_of(cert) == G22
@@ -233,7 +198,7 @@ def test_agency_certificate_profile(world: World) -> None:
     assert stat.S_IMODE(os.stat(world.ca.key_path).st_mode) == 0o600
 
 
-def test_agency_code_from_organization_identifier_alone_and_conflicts(world: World) -> None:
+def test_agency_code_from_organization_identifier_alone_and_conflicts(world: Pki) -> None:
     key = generate_key(ec_key=True)
     org_only = pki.make_agency_certificate(
         key.public_key(), H29, "x", ca_key=world.ca.key, ca_cert=world.ca.certificate, san=False
@@ -319,12 +284,12 @@ def test_crl_not_signed_by_its_ca_is_refused_at_load(tmp_path: Path) -> None:
         TrustStore.from_paths([ca.cert_path], [impostor.crl_path])
 
 
-def test_agency_certificate_in_the_trust_store_is_a_config_error(world: World) -> None:
+def test_agency_certificate_in_the_trust_store_is_a_config_error(world: Pki) -> None:
     with pytest.raises(ConfigError, match="not a CA"):
         TrustStore.from_paths([world.ca.agency_paths(G22)[1]])
 
 
-def test_verifier_clock_is_injectable(world: World) -> None:
+def test_verifier_clock_is_injectable(world: Pki) -> None:
     env = envelope(Kind.DOCUMENT)
     xml = world.signers[G22].sign(env)
     far_future = dt.datetime.now(dt.UTC) + dt.timedelta(days=4000)

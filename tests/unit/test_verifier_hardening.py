@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,7 @@ from exchange.cli.main import main as cli
 from exchange.envelope.build import envelope_to_element, serialize
 from exchange.envelope.model import (
     ENVELOPE_NS,
-    AgencyRef,
-    Attachment,
-    DocumentCode,
-    DocumentInfo,
     Envelope,
-    Header,
-    Kind,
-    new_message_id,
-    utcnow,
 )
 from exchange.errors import (
     CertificateMalformedError,
@@ -42,7 +33,8 @@ from exchange.errors import (
 from exchange.signing import pki, xmldsig
 from exchange.signing.sign import Signer
 from exchange.signing.trust import TrustStore
-from exchange.signing.verify import Verifier
+from tests.factories import Pki, envelope, pdf
+from tests.factories import document as document_info
 from tests.unit.hostile_certs import with_duplicated_extension, with_invalid_version
 
 A, B = "000.00.00.G22", "000.00.00.H41"
@@ -51,37 +43,26 @@ NS = {"env": ENVELOPE_NS, "ds": DS}
 PDF = b"%PDF-1.7 verifier hardening" * 20
 
 
-@dataclass
-class World:
-    ca: pki.DevCA
-    trust: TrustStore
-    signer: Signer  # ECDSA P-256, agency A
-    rsa: Signer  # RSA, agency B
+class World(Pki):
+    @property
+    def signer(self) -> Signer:  # ECDSA P-256, agency A
+        return self.signers[A]
 
-    def verifier(self) -> Verifier:
-        return Verifier(self.trust)
+    @property
+    def rsa(self) -> Signer:  # RSA, agency B
+        return self.signers[B]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("hardening-pki"), ec=True)
-    signer = Signer.from_files(*ca.issue(A, "Văn phòng Chính phủ", ec=True))
-    rsa_signer = Signer.from_files(*ca.issue(B, "UBND tỉnh Nghệ An"))
-    return World(ca, TrustStore.from_paths([ca.cert_path], [ca.crl_path]), signer, rsa_signer)
+    return World.create(
+        tmp_path_factory.mktemp("hardening-pki"), {A: "Văn phòng Chính phủ", B: "UBND tỉnh Nghệ An"}, ec={A}, ec_ca=True
+    )
 
 
 def document(sender: str = A) -> Envelope:
-    return Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(sender),
-            recipients=(AgencyRef(B if sender == A else A),),
-            created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode("12", "CT-TTg"), subject="Chỉ thị"),
-        ),
-        attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),),
-    )
+    info = document_info("Chỉ thị", promulgation=None)
+    return envelope(sender, B if sender == A else A, info, attachments=(pdf(PDF),))
 
 
 def out(root: etree._Element) -> bytes:

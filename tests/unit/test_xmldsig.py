@@ -21,23 +21,13 @@ from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
 from exchange.envelope.build import envelope_to_element, serialize
-from exchange.envelope.model import (
-    ENVELOPE_NS,
-    AgencyRef,
-    Attachment,
-    DocumentCode,
-    DocumentInfo,
-    Envelope,
-    Header,
-    Kind,
-    new_message_id,
-    utcnow,
-)
+from exchange.envelope.model import ENVELOPE_NS, Envelope
 from exchange.errors import ExchangeError, SignatureError, WeakAlgorithmError
 from exchange.signing import pki, xmldsig
 from exchange.signing.sign import Signer
-from exchange.signing.trust import TrustStore
 from exchange.signing.verify import Verifier
+from tests.factories import Pki, envelope, pdf
+from tests.factories import document as document_info
 
 A, B = "000.00.00.G22", "000.00.00.H41"
 DS = xmldsig.DS_NS
@@ -48,25 +38,16 @@ CODES = {"rsa": A, "ecdsa": B}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[pki.DevCA, dict[str, Signer], Verifier]:
-    ca = pki.DevCA.create(tmp_path_factory.mktemp("xmldsig-pki"))
-    signers = {
-        "rsa": Signer.from_files(*ca.issue(A, "Văn phòng Chính phủ")),
-        "ecdsa": Signer.from_files(*ca.issue(B, "UBND tỉnh Nghệ An", ec=True)),
-    }
-    return ca, signers, Verifier(TrustStore.from_paths([ca.cert_path], [ca.crl_path]))
+    keys = Pki.create(
+        tmp_path_factory.mktemp("xmldsig-pki"), {A: "Văn phòng Chính phủ", B: "UBND tỉnh Nghệ An"}, ec={B}
+    )
+    return keys.ca, {"rsa": keys.signers[A], "ecdsa": keys.signers[B]}, keys.verifier()
 
 
 def document(sender: str) -> Envelope:
-    return Envelope(
-        Header(
-            message_id=new_message_id(),
-            kind=Kind.DOCUMENT,
-            sender=AgencyRef(sender, "Gửi"),
-            recipients=(AgencyRef(B if sender == A else A, "Nhận"),),
-            created_at=utcnow(),
-            document=DocumentInfo(code=DocumentCode("7", "QĐ-UBND"), subject="Quyết định — kiểm tra chữ ký <&>"),
-        ),
-        attachments=(Attachment.of("qd.pdf", PDF, "application/pdf", id="att-1"),),
+    info = document_info("Quyết định — kiểm tra chữ ký <&>", number="7", notation="QĐ-UBND", promulgation=None)
+    return envelope(
+        sender, B if sender == A else A, info, attachments=(pdf(PDF),), sender_name="Gửi", recipient_name="Nhận"
     )
 
 
