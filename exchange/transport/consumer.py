@@ -289,7 +289,14 @@ class Consumer:
             )
             await self._dead_letter(message, member_headers(headers, routed, lane), result)
             return
-        results = await self._receive_holding(message, headers, members, attempt, hops, bundle=True)
+        # The sender's directory placed every member on this node; one it has since moved elsewhere
+        # gets its own copy, routed by its own key like any single copy (a stale directory delays
+        # nothing and loses nothing).
+        hosted = [m for m in members if m in self.topology.hosted]
+        for member in members:
+            if member not in self.topology.hosted:
+                await self._forward(message, headers, member, lane, attempt)
+        results = await self._receive_holding(message, headers, hosted, attempt, hops, bundle=True)
         for member, result in results.items():
             if result.outcome is Received.TRANSIENT:
                 await self._republish_retry(
@@ -302,6 +309,30 @@ class Consumer:
                     result,
                     message_id=f"{headers.get('x-message-id')!s}/{member}/{attempt}",
                 )
+
+    async def _forward(
+        self, message: AbstractIncomingMessage, headers: HeadersType, member: str, lane: Lane, attempt: int
+    ) -> None:
+        """A bundle member this node does not host: its own copy, back through the route exchange."""
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{headers.get('x-message-id')!s}/{member}/{attempt}",
+            correlation_id=message.correlation_id,
+            headers=member_headers(headers, member, lane),
+        )
+        try:
+            await publish_confirmed(
+                self.topology.route, copy, routing_key=routing_key(member, lane), timeout=self.confirm_timeout
+            )
+        except aio_pika.exceptions.PublishError:  # returned: no node binds it (a nack raises DeliveryError: retried)
+            result = ReceiveResult(
+                Received.PERMANENT, "agency-not-hosted", f"{member} is not hosted by any node on this broker"
+            )
+            await self._dead_letter(message, member_headers(headers, member, lane), result, message_id=copy.message_id)
+            return
+        log.info("bundle.forwarded", recipient=member, reason="not hosted here")
 
     async def _bounded(self, settle: Awaitable[None]) -> None:
         """An ack or nack, given up after ``confirm_timeout`` (raises TimeoutError).

@@ -409,3 +409,38 @@ async def test_a_bundle_header_can_narrow_a_copy_but_never_widen_it(
     # B got the document addressed to it; C got nothing (not from the widened bundle, not from the other).
     assert [r["message_id"] for r in read_records(tmp_path / "eoffice" / f"{B}.jsonl")] == [widened]
     assert read_records(tmp_path / "eoffice" / f"{C}.jsonl") == []
+
+
+async def test_a_bundle_member_hosted_elsewhere_is_forwarded_under_its_own_key_and_one_hosted_nowhere_dead_letters(
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
+    """The sender's directory may be older than the receiving nodes' configuration: a member the node
+    does not host leaves as its own copy and reaches the node that binds it, exactly once."""
+    from tests.integration.test_routing import dead_letters
+
+    world = make_world(
+        [rec(tmp_path, A, "central"), rec(tmp_path, B, "local"), rec(tmp_path, C, "other"), rec(tmp_path, D, "gone")],
+        ["central", "local", "other", "gone"],
+    )
+    await world.start("local")
+    await world.start("other")  # "gone" never starts: nothing binds D
+    central = await world.start("central")
+    svc = central.service
+    svc._node_of = lambda code: "local"  # type: ignore[method-assign]  # a stale directory: all on "local"
+    result = await svc.submit_document(A, [B, C, D], doc())
+
+    async def settled() -> bool:
+        s = await states(svc, result.message_id)
+        return s.get(B) is DeliveryState.DELIVERED and s.get(C) is DeliveryState.DELIVERED
+
+    await wait_for(settled, what="B and C delivered")
+    assert central.relay is not None and central.relay.copies == 1
+    for code in (B, C):
+        assert [r["message_id"] for r in read_records(tmp_path / "eoffice" / f"{code}.jsonl")] == [result.message_id]
+
+    async def dead() -> bool:
+        return any(d["message_id"] == result.message_id for d in await dead_letters(amqp_url, amqp_prefix))
+
+    await wait_for(dead, what="D's dead letter")
+    (entry,) = [d for d in await dead_letters(amqp_url, amqp_prefix) if d["message_id"] == result.message_id]
+    assert (entry["recipient"], entry["reason_code"]) == (D, "agency-not-hosted")
