@@ -243,48 +243,68 @@ async def all_delivered(service, ids: list[str], recipient: str) -> int:
     return len(seen & set(ids))
 
 
+#: Documents in the national-outage burst: 300 in the suite (the whole of it has a time budget),
+#: the issue's 1,000 with EXCHANGE_TEST_HUB_BURST=1000 (about 50 s on the 2-core test machine).
+BURST = int(os.environ.get("EXCHANGE_TEST_HUB_BURST", "300"))
+
+
+async def outbox_size(service) -> int:
+    return (await service.store.outbox_stats())[0]
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("EXCHANGE_TEST_HUB_OUTAGE") != "1",
-    reason="open: after the national hub's broker stops mid-burst, the sending node's publishes to its own hub "
-           "can keep timing out (passed 1 of 3 runs; docs/FEDERATION.md, Limits); EXCHANGE_TEST_HUB_OUTAGE=1 runs it")
-async def test_a_burst_of_1000_loses_nothing_and_duplicates_nothing_when_the_national_hub_stops_midway(
+async def test_a_burst_loses_nothing_and_duplicates_nothing_when_the_national_hub_stops_midway(
         world: World, hubs: Hubs, tmp_path: Path) -> None:
     started = time.monotonic()
     na = world.service("na")
-    first = await submit_many(na, NA_1, HCM_1, 300, "trước")
+    n_before, n_during = BURST * 3 // 10, BURST * 4 // 10
+    first = await submit_many(na, NA_1, HCM_1, n_before, "trước")
     await wait_for(lambda: delivered(na, first[0], HCM_1), 60, "the burst flowing between the provinces")
-    # The national hub goes down mid-burst: 400 documents are submitted while it stops, 300 once it is down.
+    # The national hub goes down mid-burst: 40 % of the documents are submitted while it stops,
+    # the last 30 % once it is down.
     stopper = asyncio.create_task(hubs.arun("stop-node", "2"))
     try:
-        during = await submit_many(na, NA_1, HCM_1, 400, "trong lúc")
+        during = await submit_many(na, NA_1, HCM_1, n_during, "trong lúc")
         await stopper
         down_at = time.monotonic()
-        after = await submit_many(na, NA_1, HCM_1, 300, "sau")
+        after = await submit_many(na, NA_1, HCM_1, BURST - n_before - n_during, "sau")
 
+        # Store-and-forward on Nghệ An's own disk: the node's relay gets every document confirmed
+        # by its own hub (its outbox empties) although the national hub is down, and at least
+        # everything submitted after the stop waits in the link queue (read straight from the
+        # broker: the management API's figures lag; a message the shovel holds in flight while it
+        # reconnects is not counted as ready, hence "at least" and a wait).
+        async def outbox_empty() -> bool:
+            return await outbox_size(na) == 0
+
+        await wait_for(outbox_empty, 60, "Nghệ An's outbox published into its own hub during the outage")
+        queue = f"{world.prefix}.link.h41-national"  # type: ignore[attr-defined]
+
+        async def after_held() -> bool:
+            return await link_queue_depth(hubs.url(1), queue) >= len(after)
+
+        await wait_for(after_held, 30, f"the {len(after)} documents sent after the stop held in the link queue")
+        held = await link_queue_depth(hubs.url(1), queue)
         # The outage is real: nothing submitted after the stop can have reached Ho Chi Minh City.
-        # What the relay already published waits in Nghệ An's link queue (read straight from the
-        # broker: the management API's figures lag); the rest waits in the node's outbox.
-        await asyncio.sleep(10)
-        held = await link_queue_depth(hubs.url(1), f"{world.prefix}.link.h41-national")  # type: ignore[attr-defined]
-        assert await all_delivered(na, after[:20], HCM_1) == 0
-        print(f"\nheld in Nghệ An's link queue 10 s into the outage: {held}")
+        assert await all_delivered(na, after, HCM_1) == 0
+        print(f"\nheld in Nghệ An's link queue {time.monotonic() - down_at:.1f} s into the outage: {held}")
     finally:
         if not stopper.done():
             with contextlib.suppress(Exception):
                 await stopper
         await hubs.arun("start-node", "2")   # always: the next test needs the national hub
     ids = first + during + after
+    assert len(ids) == BURST
 
     async def every_receipt_back() -> bool:
         return await all_delivered(na, ids, HCM_1) == len(ids)
 
-    await wait_for(every_receipt_back, 400, "1000 receipts back in Nghệ An")
+    await wait_for(every_receipt_back, 400, f"{BURST} receipts back in Nghệ An")
     records = read_records(tmp_path / f"{HCM_1}.jsonl")
     got = [r["message_id"] for r in records]
-    assert len(got) == len(set(got)) == 1000, "each document handed to the E-Office exactly once"
+    assert len(got) == len(set(got)) == BURST, "each document handed to the E-Office exactly once"
     assert set(got) == set(ids)
-    print(f"\n1000 documents across a national-hub outage: {time.monotonic() - started:.1f}s in all, "
+    print(f"\n{BURST} documents across a national-hub outage: {time.monotonic() - started:.1f}s in all, "
           f"outage and recovery from {down_at - started:.1f}s")
 
 
