@@ -383,7 +383,10 @@ async def _set_bindings(api: ManagementApi, v: str, source: str, kind: str, dest
     existing = await api.request("GET", f"/bindings/{v}/e/{s}/{kind}/{d}") or []
     for b in existing:
         if b.get("routing_key") not in keys:
-            await api.request("DELETE", f"/bindings/{v}/e/{s}/{kind}/{d}/{quote(b['properties_key'], safe='')}")
+            # ok_missing: another node of this hub applying the same [hub] at once may have unbound it.
+            await api.request(
+                "DELETE", f"/bindings/{v}/e/{s}/{kind}/{d}/{quote(b['properties_key'], safe='')}", ok_missing=True
+            )
     have = {b.get("routing_key") for b in existing}
     for key in keys:
         if key not in have:
@@ -448,11 +451,13 @@ async def apply_link(
     if downstream_api is not None:
         await declare_hub(downstream_api, spec.prefix, spec.downstream.vhost)
         await ensure_user(downstream_api, spec.downstream.vhost, user, password, *downstream_permissions(spec))
-    await upstream_api.request(
-        "PUT",
-        f"/parameters/shovel/{up_v}/{quote(n.shovel(spec.name), safe='')}",
-        {"value": shovel_definition(spec, password)},
-    )
+    shovel = f"/parameters/shovel/{up_v}/{quote(n.shovel(spec.name), safe='')}"
+    definition = shovel_definition(spec, password)
+    current = await upstream_api.request("GET", shovel, ok_missing=True)
+    # Setting a shovel parameter restarts the shovel even with the same value (its in-flight
+    # window is sent again); a node applies its [hub] at every start, so only a change is set.
+    if (current or {}).get("value") != definition:
+        await upstream_api.request("PUT", shovel, {"value": definition})
     return Applied(
         spec.name, queue, n.shovel(spec.name), user, spec.patterns, downstream_api is not None, not spec.password
     ), password
