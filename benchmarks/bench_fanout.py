@@ -8,7 +8,9 @@ The world is the national directory (exchange/routing/national.py): 34 provinces
 
 The sending node runs in this process. For each layout it prints the world build, the
 receiving nodes' start (process spawn until the topology is declared and the consumer
-attached), the time from submit to the last signed receipt, the bytes through the
+attached; on the first start every agency is bound, then again as a restart, with the
+topology already there), how many AMQP messages carried the directive (one bundle per
+node and outbox claim, transport/relay.py), the time from submit to the last signed receipt, the bytes through the
 broker (our vhost's connections, both directions), the broker queue count, the broker's
 memory and each receiving node's peak RSS, beside a baseline measured in the same run:
 a raw aio-pika publish of the same frame to N bindings of a direct exchange on three
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -39,18 +42,17 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exchange.adapters.base import OutgoingFile  # noqa: E402
-from exchange.devworld import NodeSpec, build_world, national_specs  # noqa: E402
-from exchange.envelope.model import DocumentCode, DocumentInfo  # noqa: E402
-from exchange.routing.national import GOVERNMENT_OFFICE  # noqa: E402
-from exchange.store.base import DeliveryState  # noqa: E402
+from exchange.adapters.base import OutgoingFile
+from exchange.devworld import NodeSpec, build_world, national_specs
+from exchange.envelope.model import DocumentCode, DocumentInfo
+from exchange.routing.national import GOVERNMENT_OFFICE
+from exchange.store.base import DeliveryState
 
 ATTACHMENT = 64 * 1024
 
 
 def ctl(*args: str, timeout: float = 120) -> str:
-    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True,
-                          timeout=timeout).stdout
+    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=timeout).stdout
 
 
 def broker_memory_mb() -> float:
@@ -76,8 +78,9 @@ def vhost_bytes(vhost: str) -> int:
 
 
 def queue_count(vhost: str) -> int:
-    return len([n for n in ctl("list_queues", "-p", vhost, "name", "--no-table-headers", "--quiet").splitlines()
-                if n.strip()])
+    return len(
+        [n for n in ctl("list_queues", "-p", vhost, "name", "--no-table-headers", "--quiet").splitlines() if n.strip()]
+    )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -100,14 +103,11 @@ class MemorySampler:
 
     async def run(self) -> None:
         while not self._stop.is_set():
-            try:
+            # a sample rabbitmqctl failed or timed out on is skipped: the peak is over the others
+            with contextlib.suppress(subprocess.SubprocessError, OSError, ValueError):
                 self.peak = max(self.peak, await asyncio.to_thread(broker_memory_mb))
-            except Exception:
-                pass
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.interval)
-            except TimeoutError:
-                pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -121,8 +121,10 @@ async def baseline(url: str, recipients: list[str], body: bytes, in_flight: int 
     try:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(f"raw-{tag}", aio_pika.ExchangeType.DIRECT, auto_delete=True)
-        queues = [await channel.declare_queue(f"raw-{tag}-{lane}", durable=True, arguments={"x-queue-type": "quorum"})
-                  for lane in ("express", "urgent", "normal")]
+        queues = [
+            await channel.declare_queue(f"raw-{tag}-{lane}", durable=True, arguments={"x-queue-type": "quorum"})
+            for lane in ("express", "urgent", "normal")
+        ]
         raw = await channel.get_underlay_channel()
         for code in recipients:
             await raw.queue_bind(queues[2].name, exchange.name, routing_key=f"{code}.normal")
@@ -144,9 +146,11 @@ async def baseline(url: str, recipients: list[str], body: bytes, in_flight: int 
 
         async def publish(code: str) -> None:
             async with sem:
-                await exchange.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                                        message_id=f"raw/{code}"),
-                                       routing_key=f"{code}.normal", timeout=60)
+                await exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=f"raw/{code}"),
+                    routing_key=f"{code}.normal",
+                    timeout=60,
+                )
 
         started = time.perf_counter()
         await asyncio.gather(*(publish(c) for c in recipients))
@@ -164,8 +168,11 @@ async def spawn(config: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], 
     """`exchange serve` in its own process; returns it and the seconds until its consumer was attached."""
     started = time.perf_counter()
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(config),
-                             "--log-level", "INFO"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(config), "--log-level", "INFO"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return proc, started
 
 
@@ -214,6 +221,7 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
     wanted = set(recipients)
     assert sender.relay is not None
     sender.relay.on_published = on_published
+    copies_before = sender.relay.copies
     sampler = MemorySampler()
     sampling = asyncio.create_task(sampler.run())
     bytes_before = await asyncio.to_thread(vhost_bytes, vhost)
@@ -233,6 +241,7 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
                 break
             await asyncio.sleep(0.5)
         last_receipt = time.perf_counter() - t1
+        amqp_copies = sender.relay.copies - copies_before  # AMQP messages (bundles) for the directive
         moved = await asyncio.to_thread(vhost_bytes, vhost) - bytes_before
         queues = await asyncio.to_thread(queue_count, vhost)
         fds = await asyncio.to_thread(broker_fds)
@@ -241,49 +250,96 @@ async def run_layout(how: str, url: str, vhost: str, communes: int, timeout: flo
         sampler.stop()
         await sampling
         await sender.stop()
-        for p, _ in procs.values():
-            p.terminate()
-        for p, _ in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
+    # A restart of the receiving node(s): the topology is there, nothing is bound again.
+    restarts: dict[str, float] = {}
+    procs = {name: await spawn(configs[name], root / f"{name}.restart.log") for name in receivers}
+    try:
+        restarts = {name: await wait_started(p, t, root / f"{name}.restart.log") for name, (p, t) in procs.items()}
+    finally:
+        stop_all(procs)
     return {
-        "layout": how, "recipients": len(recipients), "nodes": len(receivers), "build": build,
-        "start_max": max(starts.values()), "start_min": min(starts.values()), "submit": submitted,
-        "last_receipt": last_receipt, "delivered": counts.get(DeliveryState.DELIVERED, 0),
-        "failed": counts.get(DeliveryState.FAILED, 0), "bytes": moved, "queues": queues,
-        "memory_before": memory_before, "memory_peak": max(sampler.peak, memory_before), "fds": fds,
-        "rss": rss, "sender_rss": peak_rss_mb(os.getpid()), "frame": max(frames, default=0),
-        "frame_objects": len(frame_ids), "copies": copies,
+        "layout": how,
+        "recipients": len(recipients),
+        "nodes": len(receivers),
+        "build": build,
+        "start_max": max(starts.values()),
+        "start_min": min(starts.values()),
+        "submit": submitted,
+        "last_receipt": last_receipt,
+        "delivered": counts.get(DeliveryState.DELIVERED, 0),
+        "failed": counts.get(DeliveryState.FAILED, 0),
+        "bytes": moved,
+        "queues": queues,
+        "memory_before": memory_before,
+        "memory_peak": max(sampler.peak, memory_before),
+        "fds": fds,
+        "rss": rss,
+        "sender_rss": peak_rss_mb(os.getpid()),
+        "frame": max(frames, default=0),
+        "frame_objects": len(frame_ids),
+        "copies": copies,
+        "amqp_copies": amqp_copies,
+        "restart_max": max(restarts.values()),
     }
+
+
+def stop_all(procs: dict[str, tuple[subprocess.Popen[bytes], float]]) -> None:
+    for p, _ in procs.values():
+        p.terminate()
+    for p, _ in procs.values():
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def report(r: dict[str, object], base: tuple[float, int]) -> None:
     rss = r["rss"]
     assert isinstance(rss, dict)
     values = sorted(rss.values())
-    rss_text = (f"{values[0]:.0f} MB" if len(values) == 1
-                else f"min {values[0]:.0f} / median {values[len(values) // 2]:.0f} / max {values[-1]:.0f} MB")
+    rss_text = (
+        f"{values[0]:.0f} MB"
+        if len(values) == 1
+        else f"min {values[0]:.0f} / median {values[len(values) // 2]:.0f} / max {values[-1]:.0f} MB"
+    )
     print(f"\n== layout {r['layout']}: {r['recipients']} recipients on {r['nodes']} receiving node(s)")
     print(f"  world build (PKI, directory, node configs)  {r['build']:.1f} s")
     if r["nodes"] == 1:
-        print(f"  receiving node start                        {r['start_max']:.1f} s")
+        print(
+            f"  receiving node start                        {r['start_max']:.1f} s first start (binds every "
+            f"agency), {r['restart_max']:.1f} s restart"
+        )
     else:
-        print(f"  receiving nodes start (all spawned at once) {r['start_min']:.1f} s first, {r['start_max']:.1f} s last")
+        print(
+            f"  receiving nodes start (all spawned at once) {r['start_min']:.1f} s first, {r['start_max']:.1f} s last;"
+            f" restart {r['restart_max']:.1f} s last"
+        )
     print(f"  submit (sign once, {r['recipients']} outbox rows)          {r['submit']:.2f} s")
-    print(f"  submit -> last receipt                      {r['last_receipt']:.1f} s   "
-          f"(delivered {r['delivered']}, failed {r['failed']})")
-    print(f"  directive frame                             {int(r['frame']) / 1024:.1f} KiB, published "
-          f"{r['copies']} times from {r['frame_objects']} bytes object(s) (one per outbox claim)")
-    print(f"  bytes through the broker (in + out, all)    {int(r['bytes']) / 1e6:.0f} MB   "
-          f"baseline, the directive's copies alone: {base[1] / 1e6:.0f} MB")
-    print(f"  baseline: raw publish+confirm+consume       {base[0]:.1f} s for {r['recipients']} copies")
+    print(
+        f"  submit -> last receipt                      {r['last_receipt']:.1f} s   "
+        f"(delivered {r['delivered']}, failed {r['failed']})"
+    )
+    print(
+        f"  directive frame                             {int(r['frame']) / 1024:.1f} KiB, {r['copies']} "
+        f"recipients served by {r['amqp_copies']} AMQP message(s) (bundles of up to 500 per node), "
+        f"from {r['frame_objects']} bytes object(s)"
+    )
+    print(
+        f"  bytes through the broker (in + out, all)    {int(r['bytes']) / 1e6:.0f} MB   "
+        f"baseline, the directive's copies alone: {base[1] / 1e6:.0f} MB"
+    )
+    print(
+        f"  baseline: raw publish+confirm+consume       {base[0]:.1f} s for {r['recipients']} copies "
+        "(a copy per recipient: the floor of the design before bundles)"
+    )
     print(f"  broker queues in the vhost                  {r['queues']}")
     fds = r["fds"]
     assert isinstance(fds, tuple)
-    print(f"  broker memory (whole, shared broker)        {r['memory_before']:.0f} MB before, "
-          f"{r['memory_peak']:.0f} MB peak; file handles {fds[0]} of {fds[1]}")
+    print(
+        f"  broker memory (whole, shared broker)        {r['memory_before']:.0f} MB before, "
+        f"{r['memory_peak']:.0f} MB peak; file handles {fds[0]} of {fds[1]}"
+    )
     print(f"  peak RSS: receiving node(s) {rss_text}; sending node {r['sender_rss']:.0f} MB")
 
 
@@ -303,8 +359,10 @@ async def amain(args: argparse.Namespace) -> int:
             base = await baseline(url, recipients, os.urandom(int(r["frame"]) or ATTACHMENT))
             report(r, base)
         load = os.getloadavg()
-        print(f"\nmachine load average during the run: {load[0]:.1f} (1 min), {load[2]:.1f} (15 min) on "
-              f"{os.cpu_count()} cores")
+        print(
+            f"\nmachine load average during the run: {load[0]:.1f} (1 min), {load[2]:.1f} (15 min) on "
+            f"{os.cpu_count()} cores"
+        )
     finally:
         ctl("delete_vhost", vhost, timeout=600)
     return 0

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from exchange.envelope.codes import check_agency_code
 from exchange.errors import ConfigError, InvalidAgencyCodeError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+log = structlog.get_logger("exchange.config")
 
 ENV_PREFIX = "EXCHANGE__"
 
@@ -34,6 +42,9 @@ class AmqpConfig:
     max_attempts: int = 6
     #: Broker-side guard against a message that crashes the consumer every time.
     delivery_limit: int = 20
+    #: Recipients of one node that a single published copy of a fan-out serves (up to 500);
+    #: 1 publishes a copy per recipient, for receiving nodes older than bundles (docs/ARCHITECTURE.md).
+    bundle_max: int = 500
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -127,9 +138,25 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         section[path[1]] = value  # typed against the section's defaults in _section
 
 
-def _section(raw: Mapping[str, Any], name: str, cls: type, defaults: Any) -> Any:
+#: Keys renamed in a release, still read under their old name (with a warning) for a deprecation period.
+RENAMED_KEYS: dict[tuple[str, str], str] = {("limits", "created_window_seconds"): "replay_window_seconds"}
+
+
+def _section(raw: Mapping[str, Any], name: str, cls: type[DataclassInstance], defaults: Any) -> Any:
     table = dict(raw.get(name, {}))
-    known = set(cls.__dataclass_fields__)
+    for (section, old), new in RENAMED_KEYS.items():
+        if section != name or old not in table:
+            continue
+        if new in table:
+            raise ConfigError(f"[{name}] sets both {old} (its former name) and {new}: keep only {new}")
+        warnings.warn(
+            f"[{name}] {old} is deprecated and will be refused in a later release: rename it to {new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        log.warning("config.deprecated_key", section=name, key=old, use=new)
+        table[new] = table.pop(old)
+    known = {f.name for f in fields(cls)}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"[{name}] has unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
@@ -219,6 +246,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError(f"{path}: [pki] ca_files is empty: the node needs a trust store to verify envelopes")
     if cfg.amqp.max_attempts < 1 or not cfg.amqp.retry_delays:
         raise ConfigError(f"{path}: [amqp] max_attempts must be >= 1 and retry_delays non-empty")
+    if not 1 <= cfg.amqp.bundle_max <= 500:
+        raise ConfigError(f"{path}: [amqp] bundle_max must be between 1 and 500 (got {cfg.amqp.bundle_max})")
     _check_replay_window(path, cfg)
     return cfg
 

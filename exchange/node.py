@@ -13,7 +13,7 @@ import errno
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,8 @@ from exchange.transport.relay import OutboxRelay
 from exchange.transport.topology import BindingLedger, Topology, declare, migrate_legacy
 
 if TYPE_CHECKING:
+    from exchange.gateway.protocol import GatewayRunner
+    from exchange.observability.metrics import Metrics
     from exchange.signing.sign import Signer
 
 log = structlog.get_logger("exchange.node")
@@ -134,7 +136,7 @@ def amqp_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-async def build_service(cfg: NodeConfig, *, metrics: object | None = None) -> ExchangeService:
+async def build_service(cfg: NodeConfig, *, metrics: Metrics | None = None) -> ExchangeService:
     """Load the directory, keys, trust store and store of a node: everything but the broker."""
     from exchange.envelope.schema import envelope_schema
     from exchange.signing.trust import TrustStore
@@ -211,7 +213,7 @@ class Node:
     """Assemble and run everything one ``exchange serve`` process does."""
 
     def __init__(
-        self, config: NodeConfig, *, serve_http: bool = True, metrics: object | None = None, workers: int = 16
+        self, config: NodeConfig, *, serve_http: bool = True, metrics: Metrics | None = None, workers: int = 16
     ) -> None:
         self.config = config
         self.serve_http = serve_http
@@ -223,8 +225,8 @@ class Node:
         self.consumer: Consumer | None = None
         self.relay: OutboxRelay | None = None
         self.http_url: str | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._runner = None
+        self._tasks: list[asyncio.Task[object]] = []
+        self._runner: GatewayRunner | None = None
         self._connected = asyncio.Event()
         self._stopping = False
         self._depth_since: dict[Lane, float] = {}
@@ -262,6 +264,7 @@ class Node:
                 service.store,
                 service.outbox_event,
                 confirm_timeout=self.config.amqp.confirm_timeout,
+                bundle_max=self.config.amqp.bundle_max,
                 metrics=self.metrics,
             )
             self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
@@ -270,7 +273,7 @@ class Node:
             if hub_apply is not None:
                 self._tasks.append(hub_apply)
             if self.metrics is not None:
-                self._tasks.append(asyncio.create_task(self._gauges(), name="gauges"))
+                self._tasks.append(asyncio.create_task(self._gauges(self.metrics), name="gauges"))
         except BaseException:
             await self.stop(step_timeout=5.0)
             raise
@@ -342,7 +345,8 @@ class Node:
             await site.start()
         except OSError as exc:
             raise self._bind_error(exc) from None
-        port = site._server.sockets[0].getsockname()[1] if site._server else http.port  # type: ignore[union-attr]
+        addresses = self._runner.addresses  # (host, port, ...) of each listening socket
+        port = addresses[0][1] if addresses else http.port
         self.http_url = f"{'https' if ctx else 'http'}://{http.host}:{port}"
 
     async def _amqp_supervisor(self, setup_timeout: float = 60.0) -> None:
@@ -361,8 +365,8 @@ class Node:
                     self.connection = await self._connect()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:
-                    self._set_gauge("broker_up", 0)
+                except Exception as exc:  # noqa: BLE001 - refused, DNS, TLS, auth: logged, retried with backoff
+                    self._set_broker_up(0)
                     log.warning(
                         "broker.unreachable",
                         error=type(exc).__name__,
@@ -377,8 +381,8 @@ class Node:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                self._set_gauge("broker_up", 0)
+            except Exception as exc:  # noqa: BLE001 - the broker's words are logged; the node keeps trying
+                self._set_broker_up(0)
                 log.error(
                     "broker.setup_failed",
                     error=type(exc).__name__,
@@ -503,7 +507,7 @@ class Node:
     def _on_broker_lost(self) -> None:
         first = self._connected.is_set()
         self._connected.clear()
-        self._set_gauge("broker_up", 0)
+        self._set_broker_up(0)
         if not first:
             return  # a failed reconnect attempt closes again: the outage was logged when it began
         self._lost_at = time.monotonic()
@@ -524,14 +528,13 @@ class Node:
 
     def _on_broker_back(self) -> None:
         self._connected.set()
-        self._set_gauge("broker_up", 1)
+        self._set_broker_up(1)
         if self.service is not None:
             self.service.outbox_event.set()  # publish what waited during the outage
 
-    def _set_gauge(self, name: str, value: float, *labels: str) -> None:
-        gauge = getattr(self.metrics, name, None) if self.metrics is not None else None
-        if gauge is not None:
-            (gauge.labels(*labels) if labels else gauge).set(value)
+    def _set_broker_up(self, up: int) -> None:
+        if self.metrics is not None:
+            self.metrics.broker_up.set(up)
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -544,7 +547,7 @@ class Node:
         store_ok = True
         try:
             await self.service.store.ping()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to answer is "store not ready"
             store_ok = False
         now = datetime.now(UTC)
         signers = self.service.signers
@@ -559,50 +562,50 @@ class Node:
         broker_ok = self._connected.is_set() and self.connection is not None and not self.connection.is_closed
         return {"broker": broker_ok, "store": store_ok, "keys": keys_ok}
 
-    async def _gauges(self, interval: float = 5.0) -> None:
+    async def _gauges(self, metrics: Metrics, interval: float = 5.0) -> None:
         """Refresh gauges that are read, not counted: queue depth and age, outbox, expiry, up-ness."""
         assert self.service is not None
         while True:
             try:
                 ready = await self.readiness()
-                self._set_gauge("store_up", 1 if ready["store"] else 0)
+                metrics.store_up.set(1 if ready["store"] else 0)
                 size, oldest = await self.service.store.outbox_stats()
-                self._set_gauge("outbox_size", size)
-                self._set_gauge("outbox_oldest_age_seconds", oldest or 0)
+                metrics.outbox_size.set(size)
+                metrics.outbox_oldest_age_seconds.set(oldest or 0)
                 now = datetime.now(UTC)
                 signers = self.service.signers
                 for code in signers:
                     cert = signers.certificate(code) if isinstance(signers, LazySigners) else signers[code].certificate
-                    self._set_gauge(
-                        "certificate_expiry_seconds", (cert.not_valid_after_utc - now).total_seconds(), code
+                    metrics.certificate_expiry_seconds.labels(code).set(
+                        (cert.not_valid_after_utc - now).total_seconds()
                     )
-                await self._store_gauges()
+                await self._store_gauges(metrics)
                 if self.topology is not None and self._connected.is_set():
-                    await self._queue_gauges()
+                    await self._queue_gauges(metrics)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the gauge loop must outlive a store or broker hiccup
                 log.debug("gauges.error", error=type(exc).__name__)
             await asyncio.sleep(interval)
 
-    async def _store_gauges(self) -> None:
+    async def _store_gauges(self, metrics: Metrics) -> None:
         """The operator's numbers, from the store: a document sent by any process (`exchange send`) counts."""
         from exchange.console.data import ConsoleData
 
         assert self.service is not None
         for state, count in (await self.service.store.delivery_counts()).items():
-            self._set_gauge("deliveries_by_state", count, state)
+            metrics.deliveries_by_state.labels(state).set(count)
         now = datetime.now(UTC)
         oldest = await ConsoleData(self.service.store).oldest_unreceipted_by_agency()
         ages = {agency: max((now - at).total_seconds(), 0.0) for agency, at in oldest.items()}
         for agency in self._unreceipted_agencies - set(ages):
-            self._set_gauge("unreceipted_oldest_age_by_agency_seconds", 0, agency)  # its receipts came
+            metrics.unreceipted_oldest_age_by_agency_seconds.labels(agency).set(0)  # its receipts came
         for agency, age in ages.items():
-            self._set_gauge("unreceipted_oldest_age_by_agency_seconds", age, agency)
+            metrics.unreceipted_oldest_age_by_agency_seconds.labels(agency).set(age)
         self._unreceipted_agencies |= set(ages)
-        self._set_gauge("unreceipted_oldest_age_seconds", max(ages.values(), default=0.0))
+        metrics.unreceipted_oldest_age_seconds.set(max(ages.values(), default=0.0))
 
-    async def _queue_gauges(self) -> None:
+    async def _queue_gauges(self, metrics: Metrics) -> None:
         """The node's lane queues from the broker; per agency, waiting deliveries from the store.
 
         With one queue per lane for all hosted agencies, the broker no longer knows how much
@@ -615,8 +618,8 @@ class Node:
             now = time.time()
             for lane, queue in self.topology.node_queues.items():
                 declared = await channel.declare_queue(queue.name, passive=True)
-                depth = declared.declaration_result.message_count
-                self._set_gauge("queue_depth", depth, lane.value)
+                depth = declared.declaration_result.message_count or 0
+                metrics.queue_depth.labels(lane.value).set(depth)
                 if depth == 0:
                     self._depth_since.pop(lane, None)
                     age = 0.0
@@ -626,19 +629,19 @@ class Node:
                     since = self._depth_since.setdefault(lane, now)
                     taken = self.consumer.last_taken.get(lane, 0.0) if self.consumer else 0.0
                     age = now - max(since, taken)
-                self._set_gauge("lane_oldest_message_age_seconds", age, lane.value)
+                metrics.lane_oldest_message_age_seconds.labels(lane.value).set(age)
             retry_depth = 0
             for delay in self.topology.retry_delays:
                 declared = await channel.declare_queue(self.topology.names.retry_queue(delay), passive=True)
-                retry_depth += declared.declaration_result.message_count
-            self._set_gauge("retry_backlog", retry_depth)
+                retry_depth += declared.declaration_result.message_count or 0
+            metrics.retry_backlog.set(retry_depth)
             declared = await channel.declare_queue(self.topology.names.dlq, passive=True)
-            self._set_gauge("dead_letters_waiting", declared.declaration_result.message_count)
+            metrics.dead_letters_waiting.set(declared.declaration_result.message_count or 0)
         finally:
             await channel.close()
-        await self._agency_gauges()
+        await self._agency_gauges(metrics)
 
-    async def _agency_gauges(self) -> None:
+    async def _agency_gauges(self, metrics: Metrics) -> None:
         """Per recipient agency: deliveries waiting for a receipt and the age of the oldest (from the store).
 
         Only agencies with something waiting have a series; it is dropped when they drain, so
@@ -647,14 +650,12 @@ class Node:
         assert self.service is not None
         waiting = await self.service.store.waiting_deliveries()
         for agency, (count, oldest) in waiting.items():
-            self._set_gauge("deliveries_pending", count, agency)
-            self._set_gauge("queue_oldest_message_age_seconds", oldest, agency)
+            metrics.deliveries_pending.labels(agency).set(count)
+            metrics.queue_oldest_message_age_seconds.labels(agency).set(oldest)
         for agency in self._waiting_labels - waiting.keys():
-            for name in ("deliveries_pending", "queue_oldest_message_age_seconds"):
-                gauge = getattr(self.metrics, name, None)
-                if gauge is not None:
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(agency)
+            for gauge in (metrics.deliveries_pending, metrics.queue_oldest_message_age_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(agency)
         self._waiting_labels = set(waiting)
 
     # -- shutdown ----------------------------------------------------------------
@@ -668,12 +669,12 @@ class Node:
         """
         self._stopping = True
 
-        async def bounded(step: str, awaitable) -> None:
+        async def bounded(step: str, awaitable: Awaitable[object]) -> None:
             try:
                 await asyncio.wait_for(awaitable, step_timeout)
             except TimeoutError:
                 log.warning("node.stop_step_timeout", node=self.config.name, step=step, timeout=step_timeout)
-            except Exception as exc:  # closing something already broken
+            except Exception as exc:  # noqa: BLE001 - closing something already broken; the other steps still run
                 log.info("node.stop_step_failed", node=self.config.name, step=step, error=type(exc).__name__)
 
         if self.consumer is not None:

@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -71,6 +72,10 @@ from exchange.store.base import (
     TimelineEntry,
 )
 
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
+    from exchange.signing.base import EnvelopeSigner, EnvelopeVerifier
+
 log = structlog.get_logger("exchange.service")
 
 #: Frames up to this size are verified on the event loop (about 1 ms at 1 MB), larger ones in a
@@ -94,6 +99,9 @@ RECEIVE_ERROR_TEXT = "the recipient's node could not process the message; its op
 REPLAYED = "replayed"
 #: How a failed receipt that answers a replay starts its reason: ``after replay (<why>): <reason>``.
 AFTER_REPLAY = "after replay ("
+
+#: The outbox header naming the node that hosts an item's recipient (the relay bundles by it).
+NODE_HEADER = "x-node"
 
 _INFRA_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
 try:  # the store's driver errors are infrastructure trouble, not poison
@@ -228,20 +236,20 @@ class ExchangeService:
         node: str,
         directory: Directory,
         store: Store,
-        signers: Mapping[str, object],
-        verifier: object,
+        signers: Mapping[str, EnvelopeSigner],
+        verifier: EnvelopeVerifier,
         limits: LimitsConfig = LimitsConfig(),
         max_attempts: int = 6,
         retry_delays: Sequence[int] = (1, 5, 30, 120, 600),
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.node = node
         self.directory = directory
         self.store = store
-        # agency code -> exchange.signing.sign.Signer; a node's lazy mapping (node.LazySigners) stays lazy
+        # agency code -> its signer; a node's lazy mapping (node.LazySigners) stays lazy
         self.signers = dict(signers) if isinstance(signers, dict) else signers
-        self.verifier = verifier  # exchange.signing.verify.Verifier
+        self.verifier = verifier
         self.limits = limits
         self.max_attempts = max_attempts
         self.retry_delays = tuple(retry_delays)
@@ -257,7 +265,7 @@ class ExchangeService:
     def hosted(self) -> frozenset[str]:
         return frozenset(self.signers)
 
-    def _signer(self, agency: str):
+    def _signer(self, agency: str) -> EnvelopeSigner:
         signer = self.signers.get(agency)
         if signer is None:
             raise NotHostedError(
@@ -286,17 +294,17 @@ class ExchangeService:
                 recipient=r.code,
                 routing_key=routing_key(r.code, lane),
                 body=body,
-                headers={**headers, "x-recipient": r.code},
+                # x-node: the node the directory places the recipient on, so the relay can publish
+                # one copy per node for a fan-out (transport.relay, bundles), not one per recipient.
+                headers={**headers, "x-recipient": r.code, NODE_HEADER: self._node_of(r.code)},
                 priority=int(h.priority),
             )
             for r in h.recipients
         ]
 
-    def _metric(self, name: str, *labels: str, value: float = 1.0) -> None:
-        m = getattr(self.metrics, name, None) if self.metrics is not None else None
-        if m is None:
-            return
-        (m.labels(*labels) if labels else m).inc(value)
+    def _node_of(self, code: str) -> str:
+        entry = self.directory.get(code)
+        return entry.node if entry is not None else ""
 
     def _check_files(self, files: Sequence[OutgoingFile]) -> None:
         total = 0
@@ -334,7 +342,8 @@ class ExchangeService:
         )
         if created:
             self.outbox_event.set()
-            self._metric("documents_submitted", h.sender.code, h.kind.value)
+            if self.metrics is not None:
+                self.metrics.documents_submitted.labels(h.sender.code, h.kind.value).inc()
         return SubmitResult(mid, created, tuple(r.code for r in h.recipients), h.created_at)
 
     # -- sending --------------------------------------------------------------------
@@ -388,7 +397,7 @@ class ExchangeService:
             ),
             attachments,
         )
-        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files)})
+        signed = self._sign(envelope, {a.id: f.data for a, f in zip(attachments, files, strict=True)})
         result = await self._accept(
             signed, idempotency_key=idempotency_key, track=True, idempotency_fingerprint=idempotency_fingerprint
         )
@@ -611,6 +620,91 @@ class ExchangeService:
                 raise
             return await self._refuse_after_error(recipient, xml, exc)
 
+    async def receive_many(
+        self,
+        recipients: Sequence[str],
+        xml: bytes,
+        attachments: Mapping[str, bytes],
+        *,
+        attempt: int = 1,
+        replay: Replay | None = None,
+        hops: tuple[Hop, ...] = (),
+        concurrency: int = 64,
+    ) -> dict[str, ReceiveResult]:
+        """One frame for several hosted agencies (a fan-out bundle): verified once, then each recipient.
+
+        Every recipient gets exactly what :meth:`receive` would have answered for it alone
+        (its own dedupe, hand-over, receipt and outcome), with up to ``concurrency`` of them
+        handed over at once. The signed envelope's To list stays the final word: a recipient
+        it does not name is refused (``recipient-mismatch``) whatever the bundle listed.
+        A store or network failure raises, as in :meth:`receive`: the transport holds the
+        whole bundle and tries again, and the recipients already done answer as duplicates.
+        """
+        results: dict[str, ReceiveResult] = {}
+        try:
+            signed = await self._verified(xml, attachments, hops)
+        except (SignatureError, EnvelopeError) as exc:
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
+            for r in recipients:
+                results[r] = (
+                    self._not_hosted(r)
+                    if r not in self.hosted
+                    else await self._refuse_unverified(r, xml, exc, count=False)
+                )
+            return results
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            for r in recipients:
+                results[r] = await self._refuse_after_error(r, xml, exc)
+            return results
+        gate = asyncio.Semaphore(max(1, concurrency))
+        record = record_of(signed, Direction.IN)
+        addressed = frozenset(record.recipients)
+        blobs = content_addressed(signed)
+
+        async def one(recipient: str) -> ReceiveResult:
+            async with gate:
+                if recipient not in self.hosted:
+                    return self._not_hosted(recipient)
+                try:
+                    return await self._receive_verified(
+                        recipient, signed, attempt, replay, hops, record=record, addressed=addressed, blobs=blobs
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if is_infrastructure_error(exc):
+                        raise
+                    return await self._refuse_after_error(recipient, xml, exc)
+
+        unique = list(dict.fromkeys(recipients))
+        answers = await asyncio.gather(*(one(r) for r in unique), return_exceptions=True)
+        for recipient, answer in zip(unique, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise answer  # infrastructure (or cancellation): the transport holds the bundle
+            results[recipient] = answer
+        return results
+
+    def _not_hosted(self, recipient: str) -> ReceiveResult:
+        return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+
+    async def _verified(self, xml: bytes, attachments: Mapping[str, bytes], hops: tuple[Hop, ...]) -> SignedEnvelope:
+        """The verified envelope (raises SignatureError or EnvelopeError), with hub ``hops`` in its Trace."""
+        if len(xml) + sum(len(d) for d in attachments.values()) <= INLINE_VERIFY_BYTES:
+            verified = self.verifier.verify(xml, attachments)
+        else:
+            verified = await asyncio.to_thread(self.verifier.verify, xml, attachments)
+        signed: SignedEnvelope = verified.signed
+        if hops and signed.envelope.header.kind is not Kind.RECEIPT:
+            # Hub hops join the (unsigned, informational) trace and go back in the receipt. A
+            # receipt's own trace already holds the hops of what it answers: its hops are passed on.
+            signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
+        return signed
+
     async def _receive(
         self,
         recipient: str,
@@ -621,23 +715,36 @@ class ExchangeService:
         hops: tuple[Hop, ...] = (),
     ) -> ReceiveResult:
         if recipient not in self.hosted:
-            return ReceiveResult(Received.PERMANENT, "agency-not-hosted", f"{recipient} is not hosted by {self.node}")
+            return self._not_hosted(recipient)
         try:
-            if len(xml) + sum(len(d) for d in attachments.values()) <= INLINE_VERIFY_BYTES:
-                verified = self.verifier.verify(xml, attachments)
-            else:
-                verified = await asyncio.to_thread(self.verifier.verify, xml, attachments)
+            signed = await self._verified(xml, attachments, hops)
         except (SignatureError, EnvelopeError) as exc:
             return await self._refuse_unverified(recipient, xml, exc)
-        signed: SignedEnvelope = verified.signed
-        if hops and signed.envelope.header.kind is not Kind.RECEIPT:
-            # Hub hops join the (unsigned, informational) trace and go back in the receipt. A
-            # receipt's own trace already holds the hops of what it answers: its hops are passed on.
-            signed = replace(signed, envelope=replace(signed.envelope, trace=signed.envelope.trace + tuple(hops)))
+        return await self._receive_verified(recipient, signed, attempt, replay, hops)
+
+    async def _receive_verified(
+        self,
+        recipient: str,
+        signed: SignedEnvelope,
+        attempt: int,
+        replay: Replay | None,
+        hops: tuple[Hop, ...] = (),
+        *,
+        record: MessageRecord | None = None,
+        addressed: frozenset[str] | None = None,
+        blobs: Mapping[str, bytes] | None = None,
+    ) -> ReceiveResult:
+        """What becomes of a verified envelope for hosted agency ``recipient``: dedupe, hand-over, receipt.
+
+        ``record`` (the store's record of ``signed``), ``addressed`` (its To list as a set) and ``blobs``
+        (its attachments by SHA-256) are built once by a bundle for all its recipients: per recipient,
+        the first two made a 3,355-agency bundle quadratic.
+        """
         env = signed.envelope
         h = env.header
         base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
-        if recipient not in {r.code for r in h.recipients}:
+        record = record if record is not None else record_of(signed, Direction.IN)
+        if recipient not in (addressed if addressed is not None else frozenset(record.recipients)):
             return ReceiveResult(
                 Received.PERMANENT, "recipient-mismatch", f"routed to {recipient} but addressed to others", **base
             )
@@ -657,8 +764,8 @@ class ExchangeService:
             )
             return ReceiveResult(Received.PERMANENT, "envelope-stale", "created time outside the replay window", **base)
 
-        record = record_of(signed, Direction.IN)
-        is_new = await self.store.accept_incoming(record, recipient, attachments=content_addressed(signed))
+        blobs = blobs if blobs is not None else content_addressed(signed)
+        is_new = await self.store.accept_incoming(record, recipient, attachments=blobs)
         if not is_new:
             state = await self.store.incoming_state(h.message_id, recipient)
             if state is InboxState.FAILED and replay is not None:
@@ -668,7 +775,8 @@ class ExchangeService:
                     log.info("replay.reopened", **base, recipient=recipient, replay=replay.count, reason=replay.reason)
                     return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
                 state = None  # another copy of the replay reopened it first and is handing it over
-            self._metric("duplicates_suppressed", recipient)
+            if self.metrics is not None:
+                self.metrics.duplicates_suppressed.labels(recipient).inc()
             if state in (InboxState.HANDED_OVER, InboxState.ACKED):
                 if h.kind is not Kind.RECEIPT:
                     await self._send_receipt(
@@ -736,7 +844,7 @@ class ExchangeService:
         else:
             try:
                 result = await adapter.deliver(Incoming(recipient, env, signed.xml, signed.attachment_data, attempt))
-            except Exception as exc:  # an adapter bug or outage is transient: the bus retries
+            except Exception as exc:  # noqa: BLE001 - an adapter bug or outage is transient: the bus retries
                 # The exception's text is this node's business: the sender's receipt gets a fixed text.
                 log.warning(
                     "adapter.error", **base, recipient=recipient, error=type(exc).__name__, detail=str(exc)[:300]
@@ -840,7 +948,8 @@ class ExchangeService:
                     at=self.clock(),
                     detail=receipt.envelope_digest,
                 )
-            self._metric("deliveries", sender, receipt.outcome.value)
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(sender, receipt.outcome.value).inc()
             if original is not None and self.metrics is not None:
                 latency = (env.header.created_at - original.created_at).total_seconds()
                 self.metrics.delivery_latency.labels(sender).observe(max(latency, 0.0))
@@ -870,9 +979,12 @@ class ExchangeService:
                     message_id, recipient, "hop", at=hop.at, detail=f"{way} via {hop.node}"[:500]
                 )
 
-    async def _refuse_unverified(self, recipient: str, xml: bytes, exc: ExchangeError) -> ReceiveResult:
+    async def _refuse_unverified(
+        self, recipient: str, xml: bytes, exc: ExchangeError, *, count: bool = True
+    ) -> ReceiveResult:
         """An envelope that fails verification is never delivered; tell the claimed sender if we can."""
-        self._metric("rejections", rejection_stage(exc), exc.code)
+        if count and self.metrics is not None:  # a bundle counts its one refused frame once
+            self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
         try:
             from exchange.envelope.parse import parse_envelope
 
@@ -897,7 +1009,7 @@ class ExchangeService:
             from exchange.envelope.parse import parse_envelope
 
             _, claimed = parse_envelope(xml)
-        except Exception as again:
+        except Exception as again:  # noqa: BLE001 - already failing: answer without a receipt, never loop
             return ReceiveResult(
                 Received.PERMANENT,
                 RECEIVE_ERROR,
@@ -982,7 +1094,7 @@ class ExchangeService:
         record = await self.store.get_message(message_id, Direction.IN)
         if state is None or record is None or state not in (InboxState.HANDED_OVER, InboxState.ACKED):
             raise NotFoundError(f"message {message_id} is not in {agency}'s inbox")
-        root, env = parse_envelope(record.envelope_xml)
+        _, env = parse_envelope(record.envelope_xml)
         attachments = {}
         for a in env.attachments:
             data = await self.store.get_attachment(a.sha256)
@@ -1060,14 +1172,26 @@ class AgencyHandle:
         return self._service.directory
 
     async def submit_document(
-        self, recipients, document, files=(), *, operation=Operation.NEW, idempotency_key=None
+        self,
+        recipients: Sequence[str],
+        document: DocumentInfo,
+        files: Sequence[OutgoingFile] = (),
+        *,
+        operation: Operation = Operation.NEW,
+        idempotency_key: str | None = None,
     ) -> SubmitResult:
         return await self._service.submit_document(
             self._agency, recipients, document, files, operation=operation, idempotency_key=idempotency_key
         )
 
     async def submit_status(
-        self, document_message_id, code, *, description="", staff=None, idempotency_key=None
+        self,
+        document_message_id: str,
+        code: StatusCode,
+        *,
+        description: str = "",
+        staff: StaffInfo | None = None,
+        idempotency_key: str | None = None,
     ) -> SubmitResult:
         return await self._service.submit_status(
             self._agency,

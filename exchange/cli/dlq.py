@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 from exchange.transport.deadletters import DeadLetters, check_reason, describe  # noqa: F401 (describe: re-export)
+
+if TYPE_CHECKING:
+    from exchange.config import NodeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=_replay)
 
 
-def _letters(cfg) -> DeadLetters:
+def _letters(cfg: NodeConfig) -> DeadLetters:
     from exchange.node import amqp_ssl_context
 
     return DeadLetters(cfg, amqp_ssl_context(cfg))

@@ -12,16 +12,22 @@ import getpass
 import re
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from exchange.cli._common import add_config_argument, command_help, resolve_config, run, table
 from exchange.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from exchange.config import NodeConfig
+    from exchange.console.data import ConsoleData, Operator
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "operator", help="operator console accounts: create, list, disable",
+        "operator",
+        help="operator console accounts: create, list, disable",
         **command_help(
             "Accounts of the operator console (/console, docs/CONSOLE.md), separate from agency tokens: "
             "role viewer reads, role operator also replays, discards and manages tokens.",
@@ -32,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     osub = p.add_subparsers(dest="operator_command", metavar="ACTION")
     c = osub.add_parser(
-        "create", help="make a console account (password from a prompt or --password-stdin)",
+        "create",
+        help="make a console account (password from a prompt or --password-stdin)",
         **command_help(
             "Make a console account; the password is typed twice at a prompt or read from standard input "
             "(--password-stdin), never from the command line, and stored as a scrypt hash.",
@@ -51,16 +58,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     c.set_defaults(func=_create)
     ls = osub.add_parser(
-        "list", help="show the console accounts",
-        **command_help("Show the console accounts with their role and whether they are disabled.",
-                       "exchange operator list --config /etc/exchange/node.toml"),
+        "list",
+        help="show the console accounts",
+        **command_help(
+            "Show the console accounts with their role and whether they are disabled.",
+            "exchange operator list --config /etc/exchange/node.toml",
+        ),
     )
     add_config_argument(ls)
     ls.set_defaults(func=_list)
     d = osub.add_parser(
-        "disable", help="disable an account and end its sessions",
-        **command_help("Disable a console account: it can no longer sign in and its open sessions end.",
-                       "exchange operator disable --name lan"),
+        "disable",
+        help="disable an account and end its sessions",
+        **command_help(
+            "Disable a console account: it can no longer sign in and its open sessions end.",
+            "exchange operator disable --name lan",
+        ),
     )
     add_config_argument(d)
     d.add_argument("--name", required=True)
@@ -82,7 +95,7 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def _data(cfg):
+def _data(cfg: NodeConfig) -> ConsoleData:
     from exchange.console.data import ConsoleData
     from exchange.store import open_store
 
@@ -113,7 +126,7 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
 
-    async def go():
+    async def go() -> list[Operator]:
         data = _data(cfg)
         await data.store.open()
         try:

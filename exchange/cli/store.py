@@ -40,7 +40,6 @@ example:
 """
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "store",
@@ -58,8 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "version",
         help="show the schema revision of a store and this version's newest",
         **command_help(
-            "Show the store's schema revision and the newest this version of exchange knows. " + EPILOG_VERSION.strip().replace("\n", " "),
-            "exchange store version --check", "exchange store version --json --config /etc/exchange/node.toml",
+            "Show the store's schema revision and the newest this version of exchange knows. "
+            + EPILOG_VERSION.strip().replace("\n", " "),
+            "exchange store version --check",
+            "exchange store version --json --config /etc/exchange/node.toml",
         ),
     )
     _where(v)
@@ -80,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "revision",
         help="(developers) write a new, empty migration after the current head",
         **command_help(
-            "Write a new, empty migration revision after the current head. " + EPILOG_REVISION.strip().replace("\n", " "),
+            "Write a new, empty migration revision after the current head. "
+            + EPILOG_REVISION.strip().replace("\n", " "),
             'exchange store revision -m "operator accounts"',
         ),
     )

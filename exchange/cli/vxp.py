@@ -19,7 +19,8 @@ _SYSTEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "vxp", help="the national hub's client protocol (/vxp/): E-Office system secrets",
+        "vxp",
+        help="the national hub's client protocol (/vxp/): E-Office system secrets",
         **command_help(
             "E-Offices that talk to the national hub through its SDK point their endpoint at a node's /vxp/ "
             "and sign each call with their system's shared secret (docs/API.md, national hub protocol).",
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     vxp_sub = p.add_subparsers(dest="vxp_command", metavar="ACTION")
     s = vxp_sub.add_parser(
-        "secret", help="create, rotate or list the shared secrets of hub systems",
+        "secret",
+        help="create, rotate or list the shared secrets of hub systems",
         **command_help(
             "One shared secret per E-Office system, printed once, stored sealed under the agency's key.",
             "exchange vxp secret create --system vxp.saas.03 --agency 000.00.00.H41",
@@ -45,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("rotate", "a new secret for an existing system (the old one stops working); printed once"),
     ):
         q = secret_sub.add_parser(
-            name, help=helptext,
+            name,
+            help=helptext,
             **command_help(
                 f"{helptext[0].upper()}{helptext[1:]}: give it to the E-Office's SDK configuration with the "
                 "endpoint http(s)://<node>/vxp; it is never logged.",
@@ -60,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         q.set_defaults(func=_create if name == "create" else _rotate)
     q = secret_sub.add_parser(
-        "list", help="the systems, their agencies and whether their secret opens",
+        "list",
+        help="the systems, their agencies and whether their secret opens",
         **command_help(
             "List the hub systems of this node: system id, agency, when created or rotated, and whether "
             "the secret still opens with the agency's current key (else rotate it).",

@@ -149,7 +149,7 @@ async def console_middleware(
             err: ExchangeError = (
                 NotFoundError("no such page") if exc.status == 404 else BadRequestError(exc.reason or "refused")
             )
-            err.http_status = exc.status  # type: ignore[misc]
+            err.http_status = exc.status
             response = _error_page(
                 request, err, translate("err.not_found", request[_LANG]) if exc.status == 404 else None
             )
@@ -162,7 +162,7 @@ async def console_middleware(
     except Exception:
         log.exception("console.internal_error", path=request.path)
         err = ExchangeError("the console failed unexpectedly; the node's log has the details")
-        err.http_status = 500  # type: ignore[misc]
+        err.http_status = 500
         response = _error_page(request, err)
     for name, value in security.SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
@@ -18,6 +18,9 @@ from sqlalchemy.engine import Connection
 from exchange.errors import ConflictError, NotFoundError, StoreError
 from exchange.store.base import DeliveryState, Direction, MessageRecord, Store
 from exchange.store.journal import JournalEvent
+
+if TYPE_CHECKING:
+    from exchange.store.repository import SqlStore
 from exchange.store.tables import (
     api_tokens,
     deliveries,
@@ -79,11 +82,11 @@ class Hit:
     states: dict[str, str]
 
 
-def _sql(store: Store) -> Any:
+def _sql(store: Store) -> SqlStore:
     """The SQL store behind ``store`` (the console's queries are SQL)."""
     if not hasattr(store, "_write") or not hasattr(store, "_read"):
         raise StoreError("the operator console needs the SQL store (sqlite:// or postgresql://)")
-    return store
+    return cast("SqlStore", store)
 
 
 def _operator(r: Any) -> Operator:

@@ -13,6 +13,7 @@ import hmac
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 
 #: scrypt cost: N (CPU/memory), r (block size), p (parallelism). 128 * N * r bytes = 16 MiB.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -94,7 +95,7 @@ class LoginThrottle:
     an scrypt); the figures are the ones an operator would not reach by mistyping.
     """
 
-    def __init__(self, attempts: int = 5, window: float = 300.0, clock=time.monotonic) -> None:
+    def __init__(self, attempts: int = 5, window: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.attempts = attempts
         self.window = window
         self.clock = clock

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -24,6 +24,9 @@ from exchange.gateway.errors import InternalError, MethodNotAllowedError, NotRea
 from exchange.gateway.keys import AUTH, CORRELATION_ID, HTTP, PRINCIPAL, SERVICE
 from exchange.observability.tracing import correlation_id, new_trace_id
 from exchange.service import ExchangeService
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import Metrics
 
 log = structlog.get_logger("exchange.gateway")
 
@@ -59,8 +62,8 @@ def _from_http_exception(exc: web.HTTPException) -> ExchangeError:
     if exc.status == 413:
         return PayloadTooLargeError("the request body is over the gateway's limit ([http] max_body_bytes)")
     err = ExchangeError(exc.reason or "request refused")
-    err.http_status = exc.status  # type: ignore[misc]
-    err.code = exc.reason.lower().replace(" ", "-") if exc.reason else "http-error"  # type: ignore[misc]
+    err.http_status = exc.status
+    err.code = exc.reason.lower().replace(" ", "-") if exc.reason else "http-error"
     return err
 
 
@@ -145,7 +148,7 @@ def load_openapi() -> dict[str, Any]:
 
     from exchange.metadata.schema import openapi_components
 
-    spec = yaml.safe_load(load_openapi_text())
+    spec: dict[str, Any] = yaml.safe_load(load_openapi_text())
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     clash = sorted(set(schemas) & set(openapi_components()))
     if clash:  # a schema described twice would drift: the JSON Schema file is the only source
@@ -164,7 +167,7 @@ def create_app(
     service: ExchangeService,
     *,
     http: HttpConfig = HttpConfig(),
-    metrics: Any | None = None,
+    metrics: Metrics | None = None,
     readiness: Readiness | None = None,
 ) -> web.Application:
     """The gateway application for one node's ``service``."""
@@ -186,7 +189,7 @@ def create_app(
             try:
                 await service.store.ping()
                 checks = {"store": True}
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure to answer is "store not ready", never a 500
                 checks = {"store": False}
         failed = sorted(k for k, ok in checks.items() if not ok)
         if failed:
@@ -203,7 +206,7 @@ def create_app(
     async def openapi_json(_: web.Request) -> web.Response:
         return web.json_response(openapi)
 
-    if metrics is not None and hasattr(metrics, "aiohttp_handler"):
+    if metrics is not None:
         metrics_handler = metrics.aiohttp_handler()
     else:
         from exchange.observability.metrics import REGISTRY, make_metrics_handler

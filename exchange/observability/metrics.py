@@ -6,17 +6,19 @@ envelope kinds, outcomes, lanes, stages and machine-readable reason codes
 (``ExchangeError.code``). A message id, correlation id or free text never
 becomes a label: each distinct value is a new time series kept for ever.
 
-The rest of the node finds metrics by attribute name (``metrics.deliveries``,
+The rest of the node reads metrics as typed attributes (``metrics.deliveries``,
 ``metrics.queue_depth``…) and tolerates ``metrics=None``; ``Metrics`` is the one
-place that knows their Prometheus names. docs/OPERATIONS.md lists every metric
-and the alert that reads it.
+place that knows their Prometheus names. The service and the transport are typed
+against :class:`DeliveryMetrics`, the part of it they count on; the node, which
+refreshes the gauges, holds the whole ``Metrics``. docs/OPERATIONS.md lists every
+metric and the alert that reads it.
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,6 +62,33 @@ DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 RECEIPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 # A publisher confirm: a quorum write on a majority, milliseconds; seconds mean a sick broker.
 CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class DeliveryMetrics(Protocol):
+    """What the service, the outbox relay and the consumer count: the delivery path's counters and latencies.
+
+    :class:`Metrics` is the implementation. The members are read-only properties, so a plain
+    attribute of the same type fits them.
+    """
+
+    @property
+    def documents_submitted(self) -> Counter: ...
+    @property
+    def deliveries(self) -> Counter: ...
+    @property
+    def dead_letters(self) -> Counter: ...
+    @property
+    def duplicates_suppressed(self) -> Counter: ...
+    @property
+    def retries(self) -> Counter: ...
+    @property
+    def rejections(self) -> Counter: ...
+    @property
+    def delivery_latency(self) -> Histogram: ...
+    @property
+    def receipt_latency(self) -> Histogram: ...
+    @property
+    def publish_confirm_seconds(self) -> Histogram: ...
 
 
 class Metrics:
@@ -273,11 +302,11 @@ def make_metrics_handler(registry: CollectorRegistry) -> Callable[[Any], Any]:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("exchange")
-    except Exception:
+    except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 

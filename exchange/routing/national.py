@@ -101,7 +101,7 @@ def national_agencies(communes: int = COMMUNES) -> list[NationalAgency]:
     """The Government Office, the ministries, the 34 provinces and ``communes`` communes (3,321 by default)."""
     out = [NationalAgency(GOVERNMENT_OFFICE, "Văn phòng Chính phủ", "government")]
     out += [NationalAgency(code, name, "ministry") for code, name in MINISTRIES]
-    for (group, name), count in zip(PROVINCES, commune_counts(communes)):
+    for (group, name), count in zip(PROVINCES, commune_counts(communes), strict=True):
         province = f"000.00.00.{group}"
         out.append(NationalAgency(province, f"UBND {name[0].lower()}{name[1:]}", "province", province))
         short = name.removeprefix("Thành phố ").removeprefix("Tỉnh ")

@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from cryptography import x509
 from cryptography.exceptions import InternalError, UnsupportedAlgorithm
@@ -27,8 +26,8 @@ from cryptography.x509.oid import NameOID
 from exchange.errors import CertificateMalformedError, KeyMaterialError
 
 #: The private keys the bus signs with (RSA ≥ 2048 or ECDSA P-256).
-PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
-PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 #: subjectAltName URI prefix that binds a certificate to a QCVN 102 agency code.
 AGENCY_URI_PREFIX = "urn:qcvn102:agency:"

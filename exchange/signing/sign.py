@@ -33,6 +33,7 @@ from exchange.errors import (
     SchemaError,
 )
 from exchange.signing import xmldsig
+from exchange.signing.base import EnvelopeSigner
 from exchange.signing.keys import AgencyIdentity, PrivateKey, load_certificates, load_private_key
 from exchange.signing.pki import agency_files
 from exchange.signing.trust import Clock
@@ -194,7 +195,7 @@ def check_attachments(envelope: Envelope, attachment_data: Mapping[str, bytes]) 
             )
 
 
-def sign_envelope(envelope: Envelope, signer: Signer, attachment_data: Mapping[str, bytes]) -> SignedEnvelope:
+def sign_envelope(envelope: Envelope, signer: EnvelopeSigner, attachment_data: Mapping[str, bytes]) -> SignedEnvelope:
     """Check attachments against the manifest, sign, and return what travels: XML bytes + attachment bytes."""
     check_attachments(envelope, attachment_data)
     xml = signer.sign(envelope)

@@ -743,18 +743,17 @@ class SqlStore(Store):
             closed = _CLOSED - {DeliveryState.DELIVERED.value} if reopening else _CLOSED
             if (
                 current is None
-                or (only_if_open
-                and current in closed)
-                or (replay
-                and current != DeliveryState.FAILED.value)
+                or (only_if_open and current in closed)
+                or (replay and current != DeliveryState.FAILED.value)
             ):
                 raise _Rollback(False)
             values: dict[str, Any] = {}
-            allowed = (
-                _ENTER_FROM[state] | {DeliveryState.DELIVERED}
-                if reopening
-                else (_ENTER_FROM[state] if state is not None else frozenset())
-            )
+            if state is None:
+                allowed: frozenset[DeliveryState] = frozenset()
+            elif reopening:  # state is FAILED
+                allowed = _ENTER_FROM[state] | {DeliveryState.DELIVERED}
+            else:
+                allowed = _ENTER_FROM[state]
             moved = state is not None and (replay or DeliveryState(current) in allowed)
             if moved:
                 assert state is not None

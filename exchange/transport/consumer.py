@@ -8,6 +8,15 @@ The recipient of a message is the agency its routing key names (``message.routin
 set by the broker from the publish that routed it, never from a header), if the node
 hosts it; the service then checks it against the signed envelope's To list.
 
+A bundle (transport.relay: one copy of a fan-out for several agencies of this node) names
+its recipients in ``x-recipients``. It is routed by one of them, and it is served only if
+that one is listed and hosted; the frame is verified once and each listed agency gets what
+a copy of its own would have got. A header can only narrow a bundle, never widen it: an
+agency the signed To list does not name is refused by the service (``recipient-mismatch``),
+and one this node does not host is refused here (``agency-not-hosted``). What needs
+another attempt or a dead letter leaves as that recipient's own copy (its own routing key,
+attempt count and reason), so retries, dead letters and ``dlq replay`` work per recipient.
+
 The transport unpacks the frame and reads its own headers (attempt, replay);
 the service answers what became of the envelope (:class:`~exchange.service.Received`)
 and this module alone maps that to AMQP: delivered or duplicate → ack,
@@ -27,18 +36,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue, HeadersType
 
 from exchange.envelope.model import Hop
 from exchange.errors import EnvelopeError
 from exchange.hub.trace import shovel_hops
 from exchange.routing import frame
-from exchange.routing.lanes import Lane
+from exchange.routing.lanes import Lane, routing_key
 from exchange.service import (
     RECEIVE_ERROR,
     ExchangeService,
@@ -48,8 +58,11 @@ from exchange.service import (
     is_infrastructure_error,
     rejection_stage,
 )
-from exchange.transport.relay import publish_confirmed
+from exchange.transport.relay import BUNDLE_HEADER, BUNDLE_MAX, publish_confirmed
 from exchange.transport.topology import RETRY_HEADER, Topology
+
+if TYPE_CHECKING:
+    from exchange.observability.metrics import DeliveryMetrics
 
 log = structlog.get_logger("exchange.consumer")
 
@@ -58,7 +71,7 @@ REPLAYS_HEADER = "x-replays"
 REPLAY_REASON_HEADER = "x-replay-reason"
 
 
-def replay_request(headers: dict[str, object]) -> Replay | None:
+def replay_request(headers: Mapping[str, object]) -> Replay | None:
     """The operator's replay a message carries, if any (``exchange dlq replay`` sets the headers)."""
     try:
         count = int(headers.get(REPLAYS_HEADER, 0) or 0)  # type: ignore[call-overload]
@@ -69,6 +82,23 @@ def replay_request(headers: dict[str, object]) -> Replay | None:
     reason = headers.get(REPLAY_REASON_HEADER, "")
     reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason or "")
     return Replay(count, reason[:500] or "replayed by the operator")
+
+
+def bundle_recipients(headers: Mapping[str, object]) -> list[str] | None:
+    """The recipients a bundle names (``x-recipients``), in order and once each; None for a single copy."""
+    raw = headers.get(BUNDLE_HEADER)
+    if not raw:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    codes = list(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    return codes[:BUNDLE_MAX]
+
+
+def member_headers(headers: HeadersType, recipient: str, lane: Lane) -> HeadersType:
+    """The headers of one recipient's own copy of a bundle (for its retry or its dead letter)."""
+    own = {k: v for k, v in headers.items() if k != BUNDLE_HEADER}
+    own.update({"x-recipient": recipient, "x-routing-key": routing_key(recipient, lane)})
+    return own
 
 
 class Consumer:
@@ -83,7 +113,7 @@ class Consumer:
         *,
         workers: int = 16,
         confirm_timeout: float = 10.0,
-        metrics: object | None = None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self.service = service
         self.topology = topology
@@ -92,7 +122,9 @@ class Consumer:
         self.workers = workers
         self.confirm_timeout = confirm_timeout
         self.metrics = metrics
-        self._queue: asyncio.PriorityQueue[tuple[int, int, AbstractIncomingMessage, str, Lane]] = asyncio.PriorityQueue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, AbstractIncomingMessage, str, Lane]] = (
+            asyncio.PriorityQueue()
+        )
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
@@ -105,8 +137,10 @@ class Consumer:
         for _ in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work()))
         for lane, queue in queues.items():
+
             async def on_message(message: AbstractIncomingMessage, lane: Lane = lane) -> None:
                 await self._queue.put((lane.rank, next(self._seq), message, self.recipient_of(message), lane))
+
             tag = await queue.consume(on_message, no_ack=False)
             self._consumers.append((queue, tag))
 
@@ -153,41 +187,53 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage, recipient: str, lane: Lane) -> None:
         headers = dict(message.headers or {})
-        attempt = int(headers.get("x-attempt", 1) or 1)
+        raw_attempt = headers.get("x-attempt", 1) or 1  # an int from our publishers; anything else counts as 1
+        attempt = int(raw_attempt) if isinstance(raw_attempt, int | str) else 1
         message_id = str(headers.get("x-message-id") or "")
         self.last_taken[lane] = time.time()
         structlog.contextvars.bind_contextvars(
-            message_id=message_id, sender=str(headers.get("x-sender", "")), recipient=recipient,
+            message_id=message_id,
+            sender=str(headers.get("x-sender", "")),
+            recipient=recipient,
             correlation_id=str(headers.get("x-correlation-id") or message.correlation_id or ""),
         )
         try:
             # Hub hops (docs/FEDERATION.md): the shovels' forward headers, for the unsigned Trace.
             hops = shovel_hops(headers)
-            result = await self._receive_holding(message, headers, recipient, attempt, hops)
-            # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
-            if result.outcome is Received.TRANSIENT:
-                await self._republish_retry(message, headers, attempt, result)
-            elif result.outcome is Received.PERMANENT:
-                await self._dead_letter(message, headers, result)
+            members = bundle_recipients(headers) if recipient else None
+            if members is not None:
+                await self._settle_bundle(message, headers, recipient, members, attempt, lane, hops)
+            else:
+                result = await self._receive_holding(message, headers, recipient, attempt, hops)
+                # The one place a receive outcome becomes AMQP: ack, a retry copy, or a dead letter.
+                if result.outcome is Received.TRANSIENT:
+                    await self._republish_retry(message, headers, attempt, result)
+                elif result.outcome is Received.PERMANENT:
+                    await self._dead_letter(message, headers, result)
             await self._bounded(message.ack())
             self.handled += 1
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the broker redelivers the unacked original
             # Publishing the retry/dead copy or the ack failed (connection lost): the broker
             # redelivers the unacked original and the store's dedupe absorbs the repeat.
             log.warning("consumer.settle_failed", error=type(exc).__name__, detail=str(exc)[:200])
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "sender", "recipient", "correlation_id")
 
-    async def _receive_holding(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                               recipient: str, attempt: int, hops: tuple[Hop, ...] = ()) -> ReceiveResult:
+    async def _receive_holding(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        recipient: str,
+        attempt: int,
+        hops: tuple[Hop, ...] = (),
+    ) -> ReceiveResult:
         """Unpack the frame and run the receive path; hold the message through store outages."""
         limits = self.service.limits
         try:
             xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
         except EnvelopeError as exc:  # not a frame, or too big to look at: nobody to answer
-            counter = getattr(self.metrics, "rejections", None)
-            if counter is not None:
-                counter.labels(rejection_stage(exc), exc.code).inc()
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
             return ReceiveResult(Received.PERMANENT, exc.code, exc.message)
         replay = replay_request(headers)
         backoff = 0.5
@@ -207,6 +253,76 @@ class Consumer:
                 log.exception("consumer.poison", error=type(exc).__name__)
                 return ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, f"{type(exc).__name__}: {exc}"[:500])
 
+    async def _settle_bundle(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        routed: str,
+        members: list[str],
+        attempt: int,
+        lane: Lane,
+        hops: tuple[Hop, ...],
+    ) -> None:
+        """Receive a bundle for each of its recipients, then send each one's retry or dead letter on its own.
+
+        Returns once every copy that had to leave was confirmed (the caller acks the bundle then);
+        raises if one could not be published, so the broker redelivers the bundle and the store's
+        dedupe answers the recipients already done as duplicates.
+        """
+        if routed not in members:
+            # Routed by an agency the bundle does not name: no publisher of ours does that.
+            result = ReceiveResult(
+                Received.PERMANENT, "bundle-invalid", f"bundle routed to {routed} does not list it in {BUNDLE_HEADER}"
+            )
+            await self._dead_letter(message, member_headers(headers, routed, lane), result)
+            return
+        results = await self._receive_bundle_holding(message, headers, members, attempt, hops)
+        for member, result in results.items():
+            if result.outcome is Received.TRANSIENT:
+                await self._republish_retry(
+                    message, member_headers(headers, member, lane), attempt, result, routing=routing_key(member, lane)
+                )
+            elif result.outcome is Received.PERMANENT:
+                await self._dead_letter(
+                    message,
+                    member_headers(headers, member, lane),
+                    result,
+                    message_id=f"{headers.get('x-message-id')!s}/{member}/{attempt}",
+                )
+
+    async def _receive_bundle_holding(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        members: list[str],
+        attempt: int,
+        hops: tuple[Hop, ...],
+    ) -> dict[str, ReceiveResult]:
+        """:meth:`_receive_holding` for a bundle: one answer per recipient."""
+        limits = self.service.limits
+        try:
+            xml, parts = frame.decode(message.body, max_bytes=limits.max_message_bytes + limits.max_xml_bytes)
+        except EnvelopeError as exc:
+            if self.metrics is not None:
+                self.metrics.rejections.labels(rejection_stage(exc), exc.code).inc()
+            return {m: ReceiveResult(Received.PERMANENT, exc.code, exc.message) for m in members}
+        replay = replay_request(headers)
+        backoff = 0.5
+        while True:
+            try:
+                return await self.service.receive_many(members, xml, parts, attempt=attempt, replay=replay, hops=hops)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    log.warning("consumer.store_unavailable", error=type(exc).__name__, retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+                log.exception("consumer.poison", error=type(exc).__name__)
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                return {m: ReceiveResult(Received.PERMANENT, RECEIVE_ERROR, detail) for m in members}
+
     async def _bounded(self, settle: Awaitable[None]) -> None:
         """An ack or nack, given up after ``confirm_timeout`` (raises TimeoutError).
 
@@ -218,35 +334,59 @@ class Consumer:
         """
         await asyncio.wait_for(settle, self.confirm_timeout)
 
-    async def _republish_retry(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                               attempt: int, result: ReceiveResult) -> None:
+    async def _republish_retry(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        attempt: int,
+        result: ReceiveResult,
+        *,
+        routing: str | None = None,
+    ) -> None:
         delay = self.topology.retry_delay(attempt)
-        # The key the message was routed with, not a header a publisher could have set.
-        routing = str(message.routing_key or headers.get("x-routing-key"))
+        # The key the message was routed with, not a header a publisher could have set (for a
+        # bundle's recipient: its own key, in the lane the bundle was routed in).
+        routing = routing or str(message.routing_key or headers.get("x-routing-key"))
         copy = aio_pika.Message(
-            message.body, content_type=message.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{headers.get('x-message-id')}/{headers.get('x-recipient')}/{attempt + 1}",
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{headers.get('x-message-id')!s}/{headers.get('x-recipient')!s}/{attempt + 1}",
             correlation_id=message.correlation_id,
-            headers={**headers, "x-attempt": attempt + 1, RETRY_HEADER: str(delay),
-                     "x-last-error": f"{result.reason_code}: {result.reason}"[:500]},
+            headers={
+                **headers,
+                "x-attempt": attempt + 1,
+                RETRY_HEADER: str(delay),
+                "x-last-error": f"{result.reason_code}: {result.reason}"[:500],
+            },
         )
         await publish_confirmed(self.retry_exchange, copy, routing_key=routing, timeout=self.confirm_timeout)
-        gauge = getattr(self.metrics, "retries", None)
-        if gauge is not None:
-            gauge.labels(result.reason_code or "unknown").inc()
+        if self.metrics is not None:
+            self.metrics.retries.labels(result.reason_code or "unknown").inc()
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, headers: dict[str, object],
-                           result: ReceiveResult) -> None:
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        headers: HeadersType,
+        result: ReceiveResult,
+        *,
+        message_id: str | None = None,
+    ) -> None:
         copy = aio_pika.Message(
-            message.body, content_type=message.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id, correlation_id=message.correlation_id,
-            headers={**headers, "x-exchange-dead-code": result.reason_code,
-                     "x-exchange-dead-reason": result.reason[:1000],
-                     "x-exchange-dead-at": datetime.now(timezone.utc).isoformat(),
-                     "x-routing-key": str(headers.get("x-routing-key") or message.routing_key)},
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id or message.message_id,
+            correlation_id=message.correlation_id,
+            headers={
+                **headers,
+                "x-exchange-dead-code": result.reason_code,
+                "x-exchange-dead-reason": result.reason[:1000],
+                "x-exchange-dead-at": datetime.now(UTC).isoformat(),
+                "x-routing-key": str(headers.get("x-routing-key") or message.routing_key),
+            },
         )
         await publish_confirmed(self.dlx, copy, routing_key="", timeout=self.confirm_timeout)
-        counter = getattr(self.metrics, "dead_letters", None)
-        if counter is not None:
-            counter.labels(str(headers.get("x-recipient", "")), result.reason_code or "unknown").inc()
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(str(headers.get("x-recipient", "")), result.reason_code or "unknown").inc()
         log.warning("dead_lettered", reason_code=result.reason_code, reason=result.reason[:300])

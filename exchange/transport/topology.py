@@ -46,6 +46,7 @@ import aiormq.abc
 import pamqp.commands
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from pamqp.common import FieldTable
 
 from exchange.routing.lanes import Lane, parse_routing_key, routing_key
 
@@ -131,7 +132,7 @@ class Topology:
         return agency if agency in self.hosted else None
 
 
-def lane_queue_arguments(names: Names, delivery_limit: int) -> dict[str, object]:
+def lane_queue_arguments(names: Names, delivery_limit: int) -> FieldTable:
     return {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": names.dlx,
@@ -201,7 +202,8 @@ async def _bind_nowait(raw: aiormq.abc.AbstractChannel, queue: str, exchange: st
     instead (frames of one channel keep their order there).
     """
     frame = pamqp.commands.Queue.Bind(queue=queue, exchange=exchange, routing_key=key, nowait=True)
-    await raw.write_queue.put(aiormq.abc.ChannelFrame.marshall(channel_number=raw.number, frames=[frame]))
+    # the connection's write queue, which the channel writes to as well (aiormq.Channel.write_queue)
+    await raw.connection.write_queue.put(aiormq.abc.ChannelFrame.marshall(channel_number=raw.number, frames=[frame]))
 
 
 class BindingLedger:
@@ -289,10 +291,10 @@ async def declare(
         await _on_channels(connection, unbindings, bind=False)
     else:
         raw = await channel.get_underlay_channel()
-        for q, x, k in bindings:
-            await raw.queue_bind(q, x, routing_key=k)
-        for q, x, k in unbindings:
-            await raw.queue_unbind(q, x, routing_key=k)
+        for queue_name, x, k in bindings:
+            await raw.queue_bind(queue_name, x, routing_key=k)
+        for queue_name, x, k in unbindings:
+            await raw.queue_unbind(queue_name, x, routing_key=k)
     log.info(
         "topology.declared",
         node=node,
@@ -364,6 +366,7 @@ async def _drain_legacy(
     moved = 0
     try:
         queue = await channel.declare_queue(name, passive=True)
+        state = queue.declaration_result  # the last count seen, refreshed after each pass below
         await queue.unbind(names.route, routing_key=key)
         for _ in range(40):
             while (message := await queue.get(no_ack=False, fail=False, timeout=confirm_timeout)) is not None:

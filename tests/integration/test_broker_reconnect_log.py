@@ -70,13 +70,20 @@ class Proxy:
 
 
 async def test_a_broker_outage_logs_one_line_when_it_starts_and_one_broker_reconnected_when_it_ends(
-        tmp_path, amqp_url: str, amqp_prefix: str) -> None:
+    tmp_path, amqp_url: str, amqp_prefix: str
+) -> None:
     parts = urlsplit(amqp_url)
     proxy = Proxy(parts.port or 5672)
     port = await proxy.start()
     proxied = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}"))
-    world = World(tmp_path, build_world(tmp_path, [AgencySpec("000.00.00.G22", "VPCP", node="n1", adapter="pull")],
-                                        [NodeSpec("n1", amqp_url=proxied, prefix=amqp_prefix, http_port=0)]))
+    world = World(
+        tmp_path,
+        build_world(
+            tmp_path,
+            [AgencySpec("000.00.00.G22", "VPCP", node="n1", adapter="pull")],
+            [NodeSpec("n1", amqp_url=proxied, prefix=amqp_prefix, http_port=0)],
+        ),
+    )
     stream = io.StringIO()
     configure_logging("INFO", json=True, stream=stream)
     try:

@@ -108,7 +108,7 @@ def _builtin_probes() -> dict[str, type[EOfficeProbe] | str]:
             continue
         try:
             module = importlib.import_module(f"{PROBES_PACKAGE}.{name}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe that cannot be imported is reported as broken
             found[name] = f"broken: importing {PROBES_PACKAGE}.{name} raised {type(exc).__name__}: {exc}"
             continue
         classes = [
@@ -120,7 +120,8 @@ def _builtin_probes() -> dict[str, type[EOfficeProbe] | str]:
             classes[0]
             if len(classes) == 1
             else (
-                f"broken: {module.__name__} defines {len(classes)} EOfficeProbe subclasses with a kind; it must define one"
+                f"broken: {module.__name__} defines {len(classes)} EOfficeProbe subclasses with a kind; "
+                "it must define one"
             )
         )
     return found

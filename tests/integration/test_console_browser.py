@@ -33,17 +33,30 @@ playwright_api = pytest.importorskip("playwright.async_api")
 pytestmark = [pytest.mark.broker, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 A, B, C = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29"
 PASSWORD = "correct horse battery staple"
 
 
 async def run_cli(*args: str, stdin: bytes = b"") -> tuple[int, str]:
     """The real `exchange` command, without blocking the nodes running on this loop."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "exchange.cli.main", *args,
-                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exchange.cli.main",
+        *args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(stdin), 60)
     return proc.returncode or 0, out.decode()
 
@@ -55,14 +68,31 @@ async def world(tmp_path_factory, amqp_url: str) -> AsyncIterator[World]:
 
     root = tmp_path_factory.mktemp("console")
     prefix = f"t{os.urandom(4).hex()}"
-    specs = [AgencySpec(code, f"agency {code}", node=node, adapter="recording",
-                        options={"path": str(root / f"{code}.jsonl"), **({"refuse": True} if code == B else {})})
-             for code, node in ((A, "central"), (B, "local"), (C, "local"))]
+    specs = [
+        AgencySpec(
+            code,
+            f"agency {code}",
+            node=node,
+            adapter="recording",
+            options={"path": str(root / f"{code}.jsonl"), **({"refuse": True} if code == B else {})},
+        )
+        for code, node in ((A, "central"), (B, "local"), (C, "local"))
+    ]
     nodes = [NodeSpec(n, amqp_url=amqp_url, prefix=prefix, http_port=0) for n in ("central", "local")]
     w = World(root, build_world(root, specs, nodes))
     # The first account is made with the real command, password on stdin (never argv).
-    code, out = await run_cli("operator", "create", "--config", str(w.configs["central"]), "--name", "ops",
-                              "--role", "operator", "--password-stdin", stdin=PASSWORD.encode() + b"\n")
+    code, out = await run_cli(
+        "operator",
+        "create",
+        "--config",
+        str(w.configs["central"]),
+        "--name",
+        "ops",
+        "--role",
+        "operator",
+        "--password-stdin",
+        stdin=PASSWORD.encode() + b"\n",
+    )
     assert code == 0, out
     await w.start("local", http=True)
     await w.start("central", http=True)
@@ -127,8 +157,10 @@ def doc(subject: str, document_id: str) -> DocumentInfo:
 
 
 async def delivered(service, message_id: str, recipient: str) -> bool:
-    return any(d.recipient == recipient and d.state is DeliveryState.DELIVERED
-               for d in await service.store.deliveries(message_id))
+    return any(
+        d.recipient == recipient and d.state is DeliveryState.DELIVERED
+        for d in await service.store.deliveries(message_id)
+    )
 
 
 async def test_an_operator_finds_a_message_by_document_id_and_its_evidence_verifies(world, new_page) -> None:
@@ -239,8 +271,11 @@ def _journal_actions(store_url: str) -> list[tuple[str, str, str]]:
     path = store_url.split("sqlite:///", 1)[1].split("?")[0]
     with sqlite3.connect(path) as db:
         rows = [json.loads(r[0]) for r in db.execute("SELECT event FROM journal ORDER BY seq")]
-    return [(r["action"], r["data"].get("operator", ""), r["data"].get("reason", "")) for r in rows
-            if r["action"].startswith("operator_")]
+    return [
+        (r["action"], r["data"].get("operator", ""), r["data"].get("reason", ""))
+        for r in rows
+        if r["action"].startswith("operator_")
+    ]
 
 
 async def test_a_viewer_is_refused_the_operators_actions(world, new_page) -> None:
@@ -291,10 +326,22 @@ async def test_an_operator_discards_a_dead_letter_with_a_reason_and_it_leaves_th
     try:  # a dead letter of a message nobody will want again
         channel = await connection.channel(publisher_confirms=True)
         dlx = await channel.get_exchange(Names(cfg.amqp.prefix).dlx)
-        await dlx.publish(aio_pika.Message(b"junk", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, headers={
-            "x-message-id": mid, "x-recipient": C, "x-sender": A, "x-attempt": 1,
-            "x-routing-key": routing_key(C, Lane.NORMAL), "x-exchange-dead-code": "frame-invalid"}),
-            routing_key="", timeout=10)
+        await dlx.publish(
+            aio_pika.Message(
+                b"junk",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={
+                    "x-message-id": mid,
+                    "x-recipient": C,
+                    "x-sender": A,
+                    "x-attempt": 1,
+                    "x-routing-key": routing_key(C, Lane.NORMAL),
+                    "x-exchange-dead-code": "frame-invalid",
+                },
+            ),
+            routing_key="",
+            timeout=10,
+        )
     finally:
         await connection.close()
 
@@ -309,4 +356,5 @@ async def test_an_operator_discards_a_dead_letter_with_a_reason_and_it_leaves_th
     assert mid not in [d["message_id"] for d in await DeadLetters(cfg).peek()]
     entries = await ConsoleData(local.service.store).journal_of(mid)
     assert [(e["action"], e["data"]["operator"], e["data"]["reason"]) for e in entries] == [
-        ("operator_discard", "ops", "TICKET-9 garbage from a test peer")]
+        ("operator_discard", "ops", "TICKET-9 garbage from a test peer")
+    ]

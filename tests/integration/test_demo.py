@@ -37,7 +37,7 @@ def test_demo_delivers_a_directive_through_every_adapter_kind_and_walks_statuses
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for code, kind in zip(RECIPIENTS, ("filedrop", "edxml", "webhook")):
+    for code, kind in zip(RECIPIENTS, ("filedrop", "edxml", "webhook"), strict=True):
         assert re.search(rf"delivered {re.escape(code)} via {kind}\s+signed receipt", out), out
         # The per-recipient table ends each copy at status 06 (completed) ...
         assert re.search(rf"^{re.escape(code)}\s+delivered\s+06\s", out, re.M), out

@@ -24,10 +24,9 @@ import pytest
 
 from exchange.config import load_config
 from exchange.devworld import AgencySpec, NodeSpec, build_world
-from exchange.tokens import hash_token, new_token
-from exchange.observability.metrics import Metrics
 from exchange.node import Node
-
+from exchange.observability.metrics import Metrics
+from exchange.tokens import hash_token, new_token
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.broker]
@@ -58,14 +57,20 @@ class Gateway:
     def auth(self, code: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[code]}"}
 
-    async def submit(self, code: str, metadata: dict, files: dict[str, tuple[bytes, str]] | None = None,
-                     headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+    async def submit(
+        self,
+        code: str,
+        metadata: dict,
+        files: dict[str, tuple[bytes, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
         form = aiohttp.FormData()
         form.add_field("metadata", json.dumps(metadata), content_type="application/json")
         for name, (data, media_type) in (files or {}).items():
             form.add_field("file", data, filename=name, content_type=media_type)
-        return await self.http.post(f"{self.url(code)}/v1/documents", data=form,
-                                    headers={**self.auth(code), **(headers or {})})
+        return await self.http.post(
+            f"{self.url(code)}/v1/documents", data=form, headers={**self.auth(code), **(headers or {})}
+        )
 
     async def inbox(self, code: str, **params) -> dict:
         async with self.http.get(f"{self.url(code)}/v1/inbox", params=params, headers=self.auth(code)) as r:
@@ -117,14 +122,17 @@ async def gw(tmp_path_factory, amqp_url: str) -> AsyncIterator[Gateway]:
     root = tmp_path_factory.mktemp("gateway")
 
     def rec(code: str, node: str) -> AgencySpec:
-        return AgencySpec(code, f"agency {code}", node=node, adapter="recording",
-                          options={"path": str(root / f"{code}.jsonl")})
+        return AgencySpec(
+            code, f"agency {code}", node=node, adapter="recording", options={"path": str(root / f"{code}.jsonl")}
+        )
 
     limits = f"[limits]\nmax_attachment_bytes = {MAX_ATTACHMENT}\nmax_message_bytes = {2 * MAX_ATTACHMENT}\n"
     prefix = f"gw{uuid.uuid4().hex[:8]}"
-    configs = build_world(root, [rec(A, "central"), rec(B, "local"), rec(C, "local"), rec(D, "local")],
-                          [NodeSpec(n, amqp_url=amqp_url, prefix=prefix, http_port=0, extra=limits)
-                           for n in ("central", "local")])
+    configs = build_world(
+        root,
+        [rec(A, "central"), rec(B, "local"), rec(C, "local"), rec(D, "local")],
+        [NodeSpec(n, amqp_url=amqp_url, prefix=prefix, http_port=0, extra=limits) for n in ("central", "local")],
+    )
     env = {"EXCHANGE__HTTP__MAX_BODY_BYTES": str(MAX_BODY)}
     nodes = {}
     try:
@@ -151,12 +159,18 @@ async def gw(tmp_path_factory, amqp_url: str) -> AsyncIterator[Gateway]:
 async def test_document_submitted_over_http_reaches_the_other_node_and_is_fetched_byte_identical(gw) -> None:
     pdf = b"%PDF-1.7\n" + os.urandom(300_000)
     note = "Ghi chú: tài liệu mật độ thấp\n".encode()
-    meta = metadata([B, D], priority=3, steering_type=1, due_date="2026-12-31",
-                    promulgation={"place": "Hà Nội", "date": "2026-11-20"},
-                    signer={"position": "Thủ tướng", "full_name": "Nguyễn Văn A"},
-                    descriptions={"chỉ thị.pdf": "bản chính"})
-    sent = await created(await gw.submit(A, meta, {"chỉ thị.pdf": (pdf, "application/pdf"),
-                                                   "note.txt": (note, "text/plain")}))
+    meta = metadata(
+        [B, D],
+        priority=3,
+        steering_type=1,
+        due_date="2026-12-31",
+        promulgation={"place": "Hà Nội", "date": "2026-11-20"},
+        signer={"position": "Thủ tướng", "full_name": "Nguyễn Văn A"},
+        descriptions={"chỉ thị.pdf": "bản chính"},
+    )
+    sent = await created(
+        await gw.submit(A, meta, {"chỉ thị.pdf": (pdf, "application/pdf"), "note.txt": (note, "text/plain")})
+    )
     mid = sent["message_id"]
     assert sent["created"] is True and sorted(sent["recipients"]) == sorted([B, D])
     assert sent["track"] == f"/v1/sent/{mid}"
@@ -176,7 +190,9 @@ async def test_document_submitted_over_http_reaches_the_other_node_and_is_fetche
             assert r.status == 200
             body = await r.read()
             assert r.content_type == media_type
-            assert r.headers["Repr-Digest"] == f"sha-256=:{base64.b64encode(hashlib.sha256(original).digest()).decode()}:"
+            assert (
+                r.headers["Repr-Digest"] == f"sha-256=:{base64.b64encode(hashlib.sha256(original).digest()).decode()}:"
+            )
         assert body == original
         assert by_name[name]["sha256"] == hashlib.sha256(original).hexdigest()
 
@@ -255,16 +271,23 @@ async def test_a_retry_with_the_same_idempotency_key_sends_nothing_new(gw) -> No
     assert other["message_id"] != first["message_id"]
     await gw.wait_in_inbox(C, first["message_id"])
     await gw.wait_in_inbox(C, other["message_id"])
-    copies = [i for i in (await gw.inbox(C, include_acked="true", limit=500))["items"]
-              if i["message_id"] == first["message_id"]]
+    copies = [
+        i
+        for i in (await gw.inbox(C, include_acked="true", limit=500))["items"]
+        if i["message_id"] == first["message_id"]
+    ]
     assert len(copies) == 1
 
 
 async def test_replace_and_revoke_go_to_the_original_recipients_and_land_in_its_timeline(gw) -> None:
     original = (await created(await gw.submit(A, metadata([B, C]))))["message_id"]
-    replace = await created(await gw.submit(
-        A, metadata([], "Chỉ thị (thay thế)", operation="replace", relates_to=original),
-        {"v2.txt": (b"phien ban 2", "text/plain")}))
+    replace = await created(
+        await gw.submit(
+            A,
+            metadata([], "Chỉ thị (thay thế)", operation="replace", relates_to=original),
+            {"v2.txt": (b"phien ban 2", "text/plain")},
+        )
+    )
     assert sorted(replace["recipients"]) == sorted([B, C])
     revoke = await created(await gw.submit(A, metadata([B], "Thu hồi", operation="revoke", relates_to=original)))
     assert revoke["recipients"] == [B]
@@ -275,10 +298,10 @@ async def test_replace_and_revoke_go_to_the_original_recipients_and_land_in_its_
     events = {(d["recipient"], e["event"]) for d in (await gw.track(A, original))["deliveries"] for e in d["timeline"]}
     assert {(B, "replace-sent"), (C, "replace-sent"), (B, "revoke-sent")} <= events
     # A revocation cannot itself be replaced; a document nobody sent cannot be revoked.
-    await problem(await gw.submit(A, metadata([], operation="replace", relates_to=revoke["message_id"])),
-                  409, "conflict")
-    await problem(await gw.submit(A, metadata([B], operation="revoke", relates_to=str(uuid.uuid4()))),
-                  404, "not-found")
+    await problem(
+        await gw.submit(A, metadata([], operation="replace", relates_to=revoke["message_id"])), 409, "conflict"
+    )
+    await problem(await gw.submit(A, metadata([B], operation="revoke", relates_to=str(uuid.uuid4()))), 404, "not-found")
 
 
 async def test_an_edxml_package_posted_raw_is_sent_as_an_envelope(gw) -> None:
@@ -289,17 +312,24 @@ async def test_an_edxml_package_posted_raw_is_sent_as_an_envelope(gw) -> None:
     message = await gw.wait_in_inbox(C, sent["message_id"])
     assert message["sender"]["code"] == A and message["document"]["code"]["notation"] == "CT-TTg"
     # B cannot send a package that says it is From the Government Office.
-    await problem(await gw.http.post(f"{gw.url(B)}/v1/edxml", data=package,
-                                     headers={**gw.auth(B), "Content-Type": "application/xml"}), 403, "forbidden")
-    await problem(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package,
-                                     headers={**gw.auth(A), "Content-Type": "text/plain"}),
-                  415, "unsupported-media-type")
+    await problem(
+        await gw.http.post(
+            f"{gw.url(B)}/v1/edxml", data=package, headers={**gw.auth(B), "Content-Type": "application/xml"}
+        ),
+        403,
+        "forbidden",
+    )
+    await problem(
+        await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers={**gw.auth(A), "Content-Type": "text/plain"}),
+        415,
+        "unsupported-media-type",
+    )
 
 
 async def test_a_wild_edxml_package_names_its_refused_recipient_and_its_zip_downloads_unwrapped(gw) -> None:
     """docs/EDXML.md: a To the bus cannot route to is refused alone and said; a ZIP-wrapped file comes out unzipped."""
     text = (DATA / "edxml" / "wild" / "content_types_zip_wrapped.edxml").read_text(encoding="utf-8")
-    to = text[text.index("<edXML:To>"):text.index("</edXML:To>") + len("</edXML:To>")]
+    to = text[text.index("<edXML:To>") : text.index("</edXML:To>") + len("</edXML:To>")]
     package = text.replace(to, to + to.replace(B, "vxp.unknown.99"), 1).encode("utf-8")
     headers = {**gw.auth(A), "Content-Type": "application/xml"}
     sent = await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=headers))
@@ -343,9 +373,15 @@ async def test_hostile_xml_posted_as_edxml_gets_a_typed_refusal_and_sends_nothin
     before = (await gw.local.service.store.outbox_stats())[0]
     for name in files:
         status, code = HOSTILE[name]
-        body = await problem(await gw.http.post(
-            f"{gw.url(B)}/v1/edxml", data=(DATA / "hostile" / "xml" / name).read_bytes(),
-            headers={**gw.auth(B), "Content-Type": "application/xml"}), status, code)
+        body = await problem(
+            await gw.http.post(
+                f"{gw.url(B)}/v1/edxml",
+                data=(DATA / "hostile" / "xml" / name).read_bytes(),
+                headers={**gw.auth(B), "Content-Type": "application/xml"},
+            ),
+            status,
+            code,
+        )
         assert "root:" not in body["detail"]  # nothing of /etc/passwd leaks back
     assert (await gw.local.service.store.outbox_stats())[0] == before
 
@@ -356,30 +392,47 @@ async def test_hostile_xml_posted_as_edxml_gets_a_typed_refusal_and_sends_nothin
 async def test_oversize_uploads_are_refused_with_413_while_streaming(gw) -> None:
     # Declared too large: refused before the body is read.
     big = os.urandom(MAX_BODY + 1)
-    await problem(await gw.http.post(f"{gw.url(A)}/v1/documents", data=big,
-                                     headers={**gw.auth(A), "Content-Type": "multipart/form-data; boundary=x"}),
-                  413, "payload-too-large")
+    await problem(
+        await gw.http.post(
+            f"{gw.url(A)}/v1/documents",
+            data=big,
+            headers={**gw.auth(A), "Content-Type": "multipart/form-data; boundary=x"},
+        ),
+        413,
+        "payload-too-large",
+    )
 
     # Chunked, no Content-Length: counted while streaming, refused when it crosses the limit.
     boundary = "gw-boundary"
 
     async def stream():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n"
-               f"Content-Type: application/json\r\n\r\n{json.dumps(metadata([B]))}\r\n"
-               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
-               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
+            f"Content-Type: application/json\r\n\r\n{json.dumps(metadata([B]))}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         for _ in range(MAX_BODY // 65536 + 2):
             yield b"\0" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    body = await problem(await gw.http.post(
-        f"{gw.url(A)}/v1/documents", data=stream(),
-        headers={**gw.auth(A), "Content-Type": f"multipart/form-data; boundary={boundary}"}), 413, "payload-too-large")
+    body = await problem(
+        await gw.http.post(
+            f"{gw.url(A)}/v1/documents",
+            data=stream(),
+            headers={**gw.auth(A), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        ),
+        413,
+        "payload-too-large",
+    )
     assert body["extra"]["limit"] in (MAX_BODY, MAX_ATTACHMENT)
 
     # Under the body limit but over the per-attachment limit.
-    await problem(await gw.submit(A, metadata([B]), {"big.bin": (os.urandom(MAX_ATTACHMENT + 1), "application/pdf")}),
-                  413, "payload-too-large")
+    await problem(
+        await gw.submit(A, metadata([B]), {"big.bin": (os.urandom(MAX_ATTACHMENT + 1), "application/pdf")}),
+        413,
+        "payload-too-large",
+    )
     async with gw.http.get(f"{gw.url(A)}/healthz") as r:
         assert r.status == 200
 
@@ -391,48 +444,69 @@ def _form(**parts) -> aiohttp.FormData:
     return form
 
 
-@pytest.mark.parametrize("metadata_part, status, code", [
-    ("{not json", 400, "bad-request"),
-    (json.dumps(["a list"]), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], priorty=3)), 422, "metadata-invalid"),  # a typo is not silently ignored
-    (json.dumps(metadata([B], priority=7)), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], steering_type="1")), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], due_date="31/12/2026")), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], subject="")), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], subject="x" * 501)), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], subject="bell \x07")), 422, "metadata-invalid"),
-    (json.dumps({**metadata([B]), "code": {"number": "123456789012"}}), 422, "metadata-invalid"),
-    (json.dumps(metadata([])), 422, "metadata-invalid"),
-    (json.dumps(metadata(["H41"])), 422, "agency-code-invalid"),
-    (json.dumps(metadata([B], operation="revoke")), 422, "metadata-invalid"),  # revoke of what?
-    (json.dumps(metadata([B], relates_to=str(uuid.uuid4()))), 422, "metadata-invalid"),
-    (json.dumps(metadata([B], descriptions={"missing.pdf": "x"})), 422, "metadata-invalid"),
-])
+@pytest.mark.parametrize(
+    "metadata_part, status, code",
+    [
+        ("{not json", 400, "bad-request"),
+        (json.dumps(["a list"]), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], priorty=3)), 422, "metadata-invalid"),  # a typo is not silently ignored
+        (json.dumps(metadata([B], priority=7)), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], steering_type="1")), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], due_date="31/12/2026")), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], subject="")), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], subject="x" * 501)), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], subject="bell \x07")), 422, "metadata-invalid"),
+        (json.dumps({**metadata([B]), "code": {"number": "123456789012"}}), 422, "metadata-invalid"),
+        (json.dumps(metadata([])), 422, "metadata-invalid"),
+        (json.dumps(metadata(["H41"])), 422, "agency-code-invalid"),
+        (json.dumps(metadata([B], operation="revoke")), 422, "metadata-invalid"),  # revoke of what?
+        (json.dumps(metadata([B], relates_to=str(uuid.uuid4()))), 422, "metadata-invalid"),
+        (json.dumps(metadata([B], descriptions={"missing.pdf": "x"})), 422, "metadata-invalid"),
+    ],
+)
 async def test_malformed_metadata_is_refused_with_a_stable_code(gw, metadata_part, status, code) -> None:
-    body = await problem(await gw.http.post(f"{gw.url(A)}/v1/documents", data=_form(metadata=metadata_part),
-                                            headers=gw.auth(A)), status, code)
+    body = await problem(
+        await gw.http.post(f"{gw.url(A)}/v1/documents", data=_form(metadata=metadata_part), headers=gw.auth(A)),
+        status,
+        code,
+    )
     assert body["detail"]
 
 
 async def test_requests_of_the_wrong_shape_are_refused(gw) -> None:
     url = f"{gw.url(A)}/v1/documents"
     await problem(await gw.http.post(url, data=_form(other="{}"), headers=gw.auth(A)), 400, "bad-request")
-    await problem(await gw.http.post(url, data="subject: x", headers={**gw.auth(A), "Content-Type": "text/plain"}),
-                  415, "unsupported-media-type")
-    await problem(await gw.http.post(url, json=metadata([B]), headers={**gw.auth(A), "Idempotency-Key": "a b"}),
-                  400, "bad-request")
+    await problem(
+        await gw.http.post(url, data="subject: x", headers={**gw.auth(A), "Content-Type": "text/plain"}),
+        415,
+        "unsupported-media-type",
+    )
+    await problem(
+        await gw.http.post(url, json=metadata([B]), headers={**gw.auth(A), "Idempotency-Key": "a b"}),
+        400,
+        "bad-request",
+    )
     await problem(await gw.http.get(url, headers=gw.auth(A)), 405, "method-not-allowed")
     await problem(await gw.http.get(f"{gw.url(A)}/v1/nowhere", headers=gw.auth(A)), 404, "not-found")
     await problem(await gw.http.get(f"{gw.url(A)}/v1/inbox?limit=0", headers=gw.auth(A)), 400, "bad-request")
     # File names and media types end up in XML and in other agencies' HTTP headers: no control characters.
-    raw = (b'--b\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n' + json.dumps(metadata([B])).encode()
-           + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a%0D%0AX-Evil: 1.txt"\r\n'
-           b'Content-Type: text/plain\r\n\r\nx\r\n--b--\r\n')
-    await problem(await gw.http.post(url, data=raw, headers={**gw.auth(A), "Content-Type": "multipart/form-data; boundary=b"}),
-                  422, "attachment-invalid")
+    raw = (
+        b'--b\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'
+        + json.dumps(metadata([B])).encode()
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a%0D%0AX-Evil: 1.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nx\r\n--b--\r\n"
+    )
+    await problem(
+        await gw.http.post(url, data=raw, headers={**gw.auth(A), "Content-Type": "multipart/form-data; boundary=b"}),
+        422,
+        "attachment-invalid",
+    )
     await problem(await gw.submit(A, metadata([B]), {"a.txt": (b"x", "not a media type")}), 422, "attachment-invalid")
-    await problem(await gw.submit(A, metadata([B]), {"a.txt": (b"x", "text/plain"), "b/a.txt": (b"y", "text/plain")}),
-                  422, "attachment-invalid")  # two files named a.txt once paths are dropped
+    await problem(
+        await gw.submit(A, metadata([B]), {"a.txt": (b"x", "text/plain"), "b/a.txt": (b"y", "text/plain")}),
+        422,
+        "attachment-invalid",
+    )  # two files named a.txt once paths are dropped
     # Metadata alone may come as application/json.
     sent = await created(await gw.http.post(url, json=metadata([B]), headers=gw.auth(A)))
     assert sent["recipients"] == [B]
@@ -445,7 +519,9 @@ async def test_an_unknown_recipient_is_named_in_the_refusal(gw) -> None:
 
 async def test_every_agency_endpoint_refuses_a_foreign_agency_and_missing_or_bad_credentials(gw) -> None:
     # B has a received document with an attachment, and a sent one; C is B's neighbour on the same node.
-    received = (await created(await gw.submit(A, metadata([B]), {"a.txt": (b"secret bytes", "text/plain")})))["message_id"]
+    received = (await created(await gw.submit(A, metadata([B]), {"a.txt": (b"secret bytes", "text/plain")})))[
+        "message_id"
+    ]
     fetched = await gw.wait_in_inbox(B, received)
     attachment_href = fetched["attachments"][0]["href"]
     sent = (await created(await gw.submit(B, metadata([A]))))["message_id"]
@@ -460,27 +536,39 @@ async def test_every_agency_endpoint_refuses_a_foreign_agency_and_missing_or_bad
         ("GET", f"/v1/sent/{sent}", None),
         ("POST", "/v1/documents", metadata([], operation="revoke", relates_to=sent)),
     ]
-    unscoped = [("GET", "/v1/inbox", None), ("GET", "/v1/me", None), ("GET", "/v1/directory", None),
-                ("POST", "/v1/documents", metadata([A])), ("POST", "/v1/edxml", None)]
-    routes = {(r.method, r.resource.canonical) for r in gw.local._runner.app.router.routes()
-              if r.method != "HEAD" and r.resource.canonical.startswith("/v1/")
-              and not r.resource.canonical.startswith("/v1/openapi")}
+    unscoped = [
+        ("GET", "/v1/inbox", None),
+        ("GET", "/v1/me", None),
+        ("GET", "/v1/directory", None),
+        ("POST", "/v1/documents", metadata([A])),
+        ("POST", "/v1/edxml", None),
+    ]
+    routes = {
+        (r.method, r.resource.canonical)
+        for r in gw.local._runner.app.router.routes()
+        if r.method != "HEAD"
+        and r.resource.canonical.startswith("/v1/")
+        and not r.resource.canonical.startswith("/v1/openapi")
+    }
     covered = {(m, _template(p)) for m, p, _ in scoped + unscoped}
     assert covered == routes, f"the matrix misses {routes - covered}"
 
-    bad = {"no token": {}, "unknown token": {"Authorization": "Bearer exg_not-a-real-token"},
-           "not bearer": {"Authorization": f"Basic {gw.tokens[B]}"},
-           "other node's token": gw.auth(A)}
+    bad = {
+        "no token": {},
+        "unknown token": {"Authorization": "Bearer exg_not-a-real-token"},
+        "not bearer": {"Authorization": f"Basic {gw.tokens[B]}"},
+        "other node's token": gw.auth(A),
+    }
     for method, path, body in scoped:
-        await problem(await gw.http.request(method, gw.url(B) + path, json=body, headers=gw.auth(C)),
-                      404, "not-found")
+        await problem(await gw.http.request(method, gw.url(B) + path, json=body, headers=gw.auth(C)), 404, "not-found")
     for method, path, body in scoped + unscoped:
         for what, headers in bad.items():
             async with gw.http.request(method, gw.url(B) + path, json=body, headers=headers) as r:
                 assert r.status == 401, (what, method, path)
                 assert r.headers["WWW-Authenticate"].startswith("Bearer")
-            await problem(await gw.http.request(method, gw.url(B) + path, json=body, headers=headers),
-                          401, "unauthenticated")
+            await problem(
+                await gw.http.request(method, gw.url(B) + path, json=body, headers=headers), 401, "unauthenticated"
+            )
     # C's inbox never lists B's message, and nothing C tried changed B's state or sent anything.
     assert received not in [i["message_id"] for i in (await gw.inbox(C, include_acked="true", limit=500))["items"]]
     assert received in [i["message_id"] for i in (await gw.inbox(B))["items"]]  # still unacknowledged
@@ -507,8 +595,11 @@ async def test_me_and_directory_answer_for_the_tokens_agency(gw) -> None:
     assert items[D]["parent"] == B and items[C]["hosted_here"] and not items[A]["hosted_here"]
     async with gw.http.get(f"{gw.url(C)}/v1/directory", params={"code": B}, headers=gw.auth(C)) as r:
         assert [a["code"] for a in (await r.json())["items"]] == [B, D]
-    await problem(await gw.http.get(f"{gw.url(C)}/v1/directory", params={"code": "000.00.00.H99"},
-                                    headers=gw.auth(C)), 422, "agency-unknown")
+    await problem(
+        await gw.http.get(f"{gw.url(C)}/v1/directory", params={"code": "000.00.00.H99"}, headers=gw.auth(C)),
+        422,
+        "agency-unknown",
+    )
 
 
 async def test_tokens_are_stored_only_as_hashes(gw) -> None:
@@ -528,8 +619,10 @@ async def test_request_logs_carry_agency_and_message_id_but_no_secret_or_content
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         sent = await created(await gw.submit(A, metadata([B], subject), {"mat.txt": (attachment, "text/plain")}))
         await gw.wait_in_inbox(B, sent["message_id"])
-        async with gw.http.get(f"{gw.url(B)}/v1/inbox/{sent['message_id']}/attachments/x",
-                               headers={"Authorization": f"Bearer {gw.tokens[B]}x"}) as r:
+        async with gw.http.get(
+            f"{gw.url(B)}/v1/inbox/{sent['message_id']}/attachments/x",
+            headers={"Authorization": f"Bearer {gw.tokens[B]}x"},
+        ) as r:
             assert r.status == 401
     text = repr(logs)
     for secret in (gw.tokens[A], gw.tokens[B], f"{gw.tokens[B]}x", subject, attachment.decode()):
@@ -546,7 +639,9 @@ async def test_token_create_prints_a_working_token_once_and_refuses_an_agency_ho
 
     config = str(gw.root / "local.toml")
     capsys.readouterr()
-    assert await asyncio.to_thread(main, ["token", "create", "--agency", D, "--label", "eoffice", "--config", config]) == 0
+    assert (
+        await asyncio.to_thread(main, ["token", "create", "--agency", D, "--label", "eoffice", "--config", config]) == 0
+    )
     out, err = capsys.readouterr()  # (the nodes' own log lines go to stdout in tests too)
     (token,) = [line for line in out.splitlines() if line.startswith("exg_")]
     assert "shown only this once" in err
@@ -574,8 +669,11 @@ async def test_probes_and_metrics_need_no_credentials(gw) -> None:
     async with gw.http.get(f"{url}/metrics") as r:
         assert r.status == 200 and r.content_type == "text/plain"
         text = await r.text()
-    line = next(x for x in text.splitlines()
-                if x.startswith(f'exchange_documents_submitted_total{{agency="{A}",kind="document"}}'))
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith(f'exchange_documents_submitted_total{{agency="{A}",kind="document"}}')
+    )
     assert float(line.split()[-1]) >= 1
     assert gw.tokens[A] not in text
 
@@ -614,8 +712,11 @@ async def test_the_served_openapi_document_describes_exactly_the_routes_served(g
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops if m != "parameters"}
     # /vxp/ speaks the national hub's own protocol (signed headers, its JSON answers): docs/API.md describes it.
     # /console is the operators' HTML console, not an API (docs/CONSOLE.md).
-    served = {(r.method, r.resource.canonical) for r in gw.local._runner.app.router.routes()
-              if r.method != "HEAD" and not r.resource.canonical.startswith(("/vxp/", "/console"))}
+    served = {
+        (r.method, r.resource.canonical)
+        for r in gw.local._runner.app.router.routes()
+        if r.method != "HEAD" and not r.resource.canonical.startswith(("/vxp/", "/console"))
+    }
     assert documented == served
 
 
@@ -645,38 +746,51 @@ async def test_responses_conform_to_the_openapi_document(gw, mode: str) -> None:
     async with gw.http.get(f"{base_url}/v1/openapi.json") as r:
         schema = schemathesis.openapi.from_dict(await r.json())
     MODE = GenerationMode(mode)
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_headers_conformance, response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+    ]
     auth = gw.auth(B)
     tried: dict[str, int] = {}
     calls = [0]
+
+    def exercise(operation, session) -> None:
+        # One function per operation, so the examples close over this operation's label, not the loop's.
+        label = f"{operation.method.upper()} {operation.path}"
+        known = {"message_id": received} if "{message_id}" in operation.path else None
+
+        @given(case=operation.as_strategy(generation_mode=MODE))
+        @settings(
+            max_examples=int(os.environ.get("GW_EXAMPLES", "25")),
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        def examples(case) -> None:
+            calls[0] += 1
+            if known and calls[0] % 2:
+                case.path_parameters = {**(case.path_parameters or {}), **known}  # half the time, one that exists
+            case.headers = {**(case.headers or {}), **auth}
+            response = case.call(base_url=base_url, session=session, timeout=30)
+            case.validate_response(response, checks=checks)
+            tried[label] = tried.get(label, 0) + 1
+
+        try:
+            examples()
+        except Unsatisfiable:
+            if MODE is GenerationMode.POSITIVE:
+                raise  # negative mode has nothing to break in an operation without inputs
 
     def run() -> None:
         import requests
 
         session = requests.Session()
         for result in schema.get_all_operations():
-            operation = result.ok()
-            label = f"{operation.method.upper()} {operation.path}"
-            known = {"message_id": received} if "{message_id}" in operation.path else None
-
-            @given(case=operation.as_strategy(generation_mode=MODE))
-            @settings(max_examples=int(os.environ.get("GW_EXAMPLES", "25")), deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
-            def examples(case) -> None:
-                calls[0] += 1
-                if known and calls[0] % 2:
-                    case.path_parameters = {**(case.path_parameters or {}), **known}  # half the time, one that exists
-                case.headers = {**(case.headers or {}), **auth}
-                response = case.call(base_url=base_url, session=session, timeout=30)
-                case.validate_response(response, checks=checks)
-                tried[label] = tried.get(label, 0) + 1
-
-            try:
-                examples()
-            except Unsatisfiable:
-                if MODE is GenerationMode.POSITIVE:
-                    raise  # negative mode has nothing to break in an operation without inputs
+            exercise(result.ok(), session)
 
     await asyncio.to_thread(run)
     if MODE is GenerationMode.POSITIVE:
@@ -700,8 +814,11 @@ def _tls_material(gw: Gateway, tmp: Path) -> dict[str, Path]:
 
     def write(name: str, key, cert) -> tuple[Path, Path]:
         key_path, cert_path = tmp / f"{name}.key", tmp / f"{name}.pem"
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return key_path, cert_path
 
@@ -710,18 +827,24 @@ def _tls_material(gw: Gateway, tmp: Path) -> dict[str, Path]:
     for code in (B, C):
         key = ec.generate_private_key(ec.SECP256R1())
         # No extendedKeyUsage: OpenSSL then accepts the certificate for TLS client authentication.
-        cert = pki.make_agency_certificate(key.public_key(), code, f"agency {code}", ca_key=ca.key,
-                                           ca_cert=ca.certificate, extended_key_usage=False)
+        cert = pki.make_agency_certificate(
+            key.public_key(), code, f"agency {code}", ca_key=ca.key, ca_cert=ca.certificate, extended_key_usage=False
+        )
         out[f"{code}.key"], out[f"{code}.pem"] = write(code, key, cert)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     out["server.key"], out["server.pem"] = write("server", key, cert)
     return out
 
@@ -730,8 +853,12 @@ async def test_a_client_certificate_from_the_client_ca_authenticates_its_agency(
     import ssl
 
     files = _tls_material(gw, tmp_path)
-    env = {"EXCHANGE__HTTP__MAX_BODY_BYTES": str(MAX_BODY), "EXCHANGE__HTTP__TLS_CERT": str(files["server.pem"]),
-           "EXCHANGE__HTTP__TLS_KEY": str(files["server.key"]), "EXCHANGE__HTTP__TLS_CLIENT_CA": str(files["ca"])}
+    env = {
+        "EXCHANGE__HTTP__MAX_BODY_BYTES": str(MAX_BODY),
+        "EXCHANGE__HTTP__TLS_CERT": str(files["server.pem"]),
+        "EXCHANGE__HTTP__TLS_KEY": str(files["server.key"]),
+        "EXCHANGE__HTTP__TLS_CLIENT_CA": str(files["ca"]),
+    }
     # The node's own HTTPS listener (Node._start_http), in front of the running local service.
     tls_node = Node(load_config(gw.root / "local.toml", environ=env), serve_http=True)
     tls_node.service = gw.local.service
@@ -756,8 +883,9 @@ async def test_a_client_certificate_from_the_client_ca_authenticates_its_agency(
         await problem(await gw.http.get(f"{tls_node.http_url}/v1/inbox/{mid}", ssl=client(C)), 404, "not-found")
         await problem(await gw.http.get(f"{tls_node.http_url}/v1/me", ssl=client(None)), 401, "unauthenticated")
         # A token and a certificate of two different agencies contradict each other.
-        await problem(await gw.http.get(f"{tls_node.http_url}/v1/me", ssl=client(C), headers=gw.auth(B)),
-                      403, "forbidden")
+        await problem(
+            await gw.http.get(f"{tls_node.http_url}/v1/me", ssl=client(C), headers=gw.auth(B)), 403, "forbidden"
+        )
         # A certificate the client CA did not issue never gets past the handshake.
         rogue = client(None)
         rogue.load_cert_chain(files["server.pem"], files["server.key"])
@@ -781,8 +909,9 @@ async def test_an_idempotent_replay_answers_exactly_what_the_first_request_got(g
     await asyncio.sleep(0.01)  # a later created_at, were the replay answered from the new request
     # The same request again, its JSON spelled differently (key order, whitespace): the stored answer.
     form = aiohttp.FormData()
-    form.add_field("metadata", json.dumps(dict(reversed(list(meta.items()))), indent=2),
-                   content_type="application/json")
+    form.add_field(
+        "metadata", json.dumps(dict(reversed(list(meta.items()))), indent=2), content_type="application/json"
+    )
     form.add_field("file", b"one", filename="a.txt", content_type="text/plain")
     async with gw.http.post(f"{gw.url(A)}/v1/documents", data=form, headers={**gw.auth(A), **key}) as r:
         assert r.status == 201 and r.headers["Idempotent-Replayed"] == "true"
@@ -812,14 +941,19 @@ async def test_an_idempotency_key_used_for_a_status_is_refused_for_a_document(gw
     mid = (await created(await gw.submit(A, metadata([B]))))["message_id"]
     await gw.wait_in_inbox(B, mid)
     key = {"Idempotency-Key": str(uuid.uuid4())}
-    status = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "01"},
-                                              headers={**gw.auth(B), **key}))
+    status = await created(
+        await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "01"}, headers={**gw.auth(B), **key})
+    )
     await problem(await gw.submit(B, metadata([A]), headers=key), 422, "idempotency-key-reused")
     # ... and for a status with another code, or about another document.
-    await problem(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "03"},
-                                     headers={**gw.auth(B), **key}), 422, "idempotency-key-reused")
-    replay = await created(await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "01"},
-                                              headers={**gw.auth(B), **key}))
+    await problem(
+        await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "03"}, headers={**gw.auth(B), **key}),
+        422,
+        "idempotency-key-reused",
+    )
+    replay = await created(
+        await gw.http.post(f"{gw.url(B)}/v1/inbox/{mid}/status", json={"code": "01"}, headers={**gw.auth(B), **key})
+    )
     assert replay == status
 
 
@@ -828,8 +962,11 @@ async def test_an_idempotency_key_of_an_edxml_package_replays_it_and_refuses_ano
     package = (DATA / "edxml" / "document_new.edxml").read_bytes()
     first = await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=key))
     assert await created(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package, headers=key)) == first
-    await problem(await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package.replace(b"</", b"\n</", 1), headers=key),
-                  422, "idempotency-key-reused")
+    await problem(
+        await gw.http.post(f"{gw.url(A)}/v1/edxml", data=package.replace(b"</", b"\n</", 1), headers=key),
+        422,
+        "idempotency-key-reused",
+    )
 
 
 # -- hostile client input -----------------------------------------------------------------------------
@@ -842,23 +979,26 @@ def _with_number(literal: str) -> str:
     return json.dumps(metadata([B]))[:-1] + f', "priority": {literal}}}'
 
 
-@pytest.mark.parametrize("text, code", [
-    (DEEP, "json-limit-exceeded"),
-    ('{"recipients": ' + "[" * 5_000 + "]" * 5_000 + "}", "json-limit-exceeded"),
-    (_with_number(HUGE_INT), "json-limit-exceeded"),
-    (_with_number("-" + HUGE_INT), "json-limit-exceeded"),
-    (_with_number("1e99999"), "json-limit-exceeded"),
-    (_with_number("NaN"), "bad-request"),
-    ('{"subject": "a", "subject": "b"}', "bad-request"),
-])
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        (DEEP, "json-limit-exceeded"),
+        ('{"recipients": ' + "[" * 5_000 + "]" * 5_000 + "}", "json-limit-exceeded"),
+        (_with_number(HUGE_INT), "json-limit-exceeded"),
+        (_with_number("-" + HUGE_INT), "json-limit-exceeded"),
+        (_with_number("1e99999"), "json-limit-exceeded"),
+        (_with_number("NaN"), "bad-request"),
+        ('{"subject": "a", "subject": "b"}', "bad-request"),
+    ],
+)
 async def test_hostile_json_is_a_400_problem_on_every_json_input(gw, text: str, code: str) -> None:
     mid = str(uuid.uuid4())
     json_headers = {**gw.auth(A), "Content-Type": "application/json"}
     await problem(await gw.http.post(f"{gw.url(A)}/v1/documents", data=text, headers=json_headers), 400, code)
-    await problem(await gw.http.post(f"{gw.url(A)}/v1/documents", data=_form(metadata=text), headers=gw.auth(A)),
-                  400, code)
-    await problem(await gw.http.post(f"{gw.url(A)}/v1/inbox/{mid}/status", data=text, headers=json_headers),
-                  400, code)
+    await problem(
+        await gw.http.post(f"{gw.url(A)}/v1/documents", data=_form(metadata=text), headers=gw.auth(A)), 400, code
+    )
+    await problem(await gw.http.post(f"{gw.url(A)}/v1/inbox/{mid}/status", data=text, headers=json_headers), 400, code)
 
 
 async def _raw_http(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -39,8 +39,8 @@ SCRIPT = ROOT / "deploy" / "hubs" / "rabbit-hubs.sh"
 NAME = "hubtest"
 PORT_BASE, MGMT_BASE, DIST_BASE, CTL_MIN = 5710, 15710, 25710, 35830
 
-NA_1, NA_2 = "000.00.31.H41", "000.00.32.H41"     # two communes of Nghệ An
-HCM_1 = "000.00.11.H29"                           # a commune of Ho Chi Minh City
+NA_1, NA_2 = "000.00.31.H41", "000.00.32.H41"  # two communes of Nghệ An
+HCM_1 = "000.00.11.H29"  # a commune of Ho Chi Minh City
 
 
 @dataclass
@@ -58,9 +58,13 @@ class Hubs:
         return f"http://guest:guest@127.0.0.1:{MGMT_BASE + n}"
 
     def run(self, *args: str, timeout: float = 400) -> str:
-        proc = subprocess.run([str(SCRIPT), *args], check=False, env=self.env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [str(SCRIPT), *args], check=False, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode != 0:
-            raise AssertionError(f"rabbit-hubs.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"rabbit-hubs.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc.stdout + proc.stderr
 
     async def arun(self, *args: str) -> str:
@@ -68,8 +72,9 @@ class Hubs:
 
     def leftovers(self) -> list[int]:
         out = subprocess.run(["ps", "-eo", "pid=,args="], check=False, capture_output=True, text=True).stdout
-        return [int(line.split(None, 1)[0]) for line in out.splitlines()
-                if str(self.base) in line and "ps -eo" not in line]
+        return [
+            int(line.split(None, 1)[0]) for line in out.splitlines() if str(self.base) in line and "ps -eo" not in line
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +82,16 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
     if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
         pytest.skip("Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)")
     base = tmp_path_factory.mktemp("rabbit-hubs")
-    env = {**os.environ, "RABBIT_HUBS_BASE": str(base), "RABBIT_HUBS_NAME": NAME,
-           "RABBIT_HUBS_PORT_BASE": str(PORT_BASE), "RABBIT_HUBS_MGMT_BASE": str(MGMT_BASE),
-           "RABBIT_HUBS_DIST_BASE": str(DIST_BASE), "RABBIT_HUBS_CTL_PORT_MIN": str(CTL_MIN),
-           "RABBIT_HUBS_TIMEOUT": "300"}
+    env = {
+        **os.environ,
+        "RABBIT_HUBS_BASE": str(base),
+        "RABBIT_HUBS_NAME": NAME,
+        "RABBIT_HUBS_PORT_BASE": str(PORT_BASE),
+        "RABBIT_HUBS_MGMT_BASE": str(MGMT_BASE),
+        "RABBIT_HUBS_DIST_BASE": str(DIST_BASE),
+        "RABBIT_HUBS_CTL_PORT_MIN": str(CTL_MIN),
+        "RABBIT_HUBS_TIMEOUT": "300",
+    }
     h = Hubs(base, env)
     try:
         h.run("start")
@@ -95,12 +106,18 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
         assert not left, f"rabbit-hubs.sh stop left processes behind: {left}"
 
 
-def hub_toml(hubs: Hubs, n: int, prefix: str, name: str, home: list[str], links: list[tuple[str, int, list[str]]]) -> str:
-    out = [f'[amqp]\nprefix = "{prefix}"\n', f'[hub]\nname = "{name}"\napi = "{hubs.api(n)}"\n'
-           f'amqp = "{hubs.amqp(n)}"\nhome = {home!r}\n'.replace("'", '"')]
+def hub_toml(
+    hubs: Hubs, n: int, prefix: str, name: str, home: list[str], links: list[tuple[str, int, list[str]]]
+) -> str:
+    out = [
+        f'[amqp]\nprefix = "{prefix}"\n',
+        f'[hub]\nname = "{name}"\napi = "{hubs.api(n)}"\namqp = "{hubs.amqp(n)}"\nhome = {home!r}\n'.replace("'", '"'),
+    ]
     for link, to, patterns in links:
-        out.append(f'[[hub.links]]\nname = "{link}"\nto = "{hubs.amqp(to)}"\ndownstream_api = "{hubs.api(to)}"\n'
-                   f'patterns = {patterns!r}\nreconnect_delay = 1\npassword_env = "HUBTEST_LINK_PW"\n'.replace("'", '"'))
+        out.append(
+            f'[[hub.links]]\nname = "{link}"\nto = "{hubs.amqp(to)}"\ndownstream_api = "{hubs.api(to)}"\n'
+            f'patterns = {patterns!r}\nreconnect_delay = 1\npassword_env = "HUBTEST_LINK_PW"\n'.replace("'", '"')
+        )
     return "\n".join(out)
 
 
@@ -115,8 +132,14 @@ def apply_hubs(hubs: Hubs, root: Path, prefix: str) -> None:
     for n, (name, home, links) in plan.items():
         path = root / f"hub-{name}.toml"
         path.write_text(hub_toml(hubs, n, prefix, name, home, links), encoding="utf-8")
-        proc = subprocess.run([sys.executable, "-m", "exchange.cli.main", "hub", "apply", "-c", str(path)],
-                              check=False, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "exchange.cli.main", "hub", "apply", "-c", str(path)],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert env["HUBTEST_LINK_PW"] not in proc.stdout + proc.stderr  # the password is never printed
 
@@ -127,12 +150,15 @@ async def world(hubs: Hubs, tmp_path: Path) -> AsyncIterator[World]:
     apply_hubs(hubs, tmp_path, prefix)
 
     def rec(code: str, node: str) -> AgencySpec:
-        return AgencySpec(code, f"agency {code}", node=node, adapter="recording",
-                          options={"path": str(tmp_path / f"{code}.jsonl")})
+        return AgencySpec(
+            code, f"agency {code}", node=node, adapter="recording", options={"path": str(tmp_path / f"{code}.jsonl")}
+        )
 
-    specs = [NodeSpec("na", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
-             NodeSpec("na2", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
-             NodeSpec("hcm", amqp_url=hubs.url(3), prefix=prefix, http_port=0, retry_delays=(1,))]
+    specs = [
+        NodeSpec("na", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
+        NodeSpec("na2", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
+        NodeSpec("hcm", amqp_url=hubs.url(3), prefix=prefix, http_port=0, retry_delays=(1,)),
+    ]
     w = World(tmp_path, build_world(tmp_path, [rec(NA_1, "na"), rec(NA_2, "na2"), rec(HCM_1, "hcm")], specs))
     w.prefix = prefix  # type: ignore[attr-defined]
     try:
@@ -148,8 +174,10 @@ def doc(subject: str = "Công văn liên tỉnh") -> DocumentInfo:
 
 
 async def delivered(service, message_id: str, recipient: str) -> bool:
-    return any(d.recipient == recipient and d.state is DeliveryState.DELIVERED
-               for d in await service.store.deliveries(message_id))
+    return any(
+        d.recipient == recipient and d.state is DeliveryState.DELIVERED
+        for d in await service.store.deliveries(message_id)
+    )
 
 
 async def link_status(hubs: Hubs, n: int, prefix: str) -> dict[str, object]:
@@ -158,7 +186,8 @@ async def link_status(hubs: Hubs, n: int, prefix: str) -> dict[str, object]:
 
 
 async def test_a_document_between_provinces_goes_through_the_national_hub_and_its_hops_reach_the_senders_timeline(
-        world: World, tmp_path: Path) -> None:
+    world: World, tmp_path: Path
+) -> None:
     na, hcm = world.service("na"), world.service("hcm")
     sent = await na.submit_document(NA_1, [HCM_1], doc())
     await wait_for(lambda: delivered(na, sent.message_id, HCM_1), 90, "receipt from Ho Chi Minh City")
@@ -185,8 +214,11 @@ async def test_a_document_between_provinces_goes_through_the_national_hub_and_it
     await hcm.submit_status(HCM_1, sent.message_id, StatusCode.ACCEPTED, description="đã tiếp nhận")
 
     async def status_hop_details() -> list[str]:
-        return [t.detail for t in await na.store.timeline(sent.message_id)
-                if t.event == "hop" and t.detail.startswith("status via")]
+        return [
+            t.detail
+            for t in await na.store.timeline(sent.message_id)
+            if t.event == "hop" and t.detail.startswith("status via")
+        ]
 
     async def status_back() -> bool:
         events = [t.event for t in await na.store.timeline(sent.message_id)]
@@ -198,7 +230,8 @@ async def test_a_document_between_provinces_goes_through_the_national_hub_and_it
 
 
 async def test_a_document_between_two_agencies_of_one_province_never_leaves_its_hub(
-        world: World, hubs: Hubs, tmp_path: Path) -> None:
+    world: World, hubs: Hubs, tmp_path: Path
+) -> None:
     na = world.service("na")
     sent = await na.submit_document(NA_1, [NA_2], doc("Công văn trong tỉnh"))
     await wait_for(lambda: delivered(na, sent.message_id, NA_2), 60, "receipt from the other commune")
@@ -223,8 +256,12 @@ async def link_queue_depth(amqp_url: str, queue: str) -> int:
 async def submit_many(service, sender: str, recipient: str, count: int, label: str) -> list[str]:
     ids: list[str] = []
     for start in range(0, count, 20):
-        results = await asyncio.gather(*(service.submit_document(sender, [recipient], doc(f"{label} {i}"))
-                                         for i in range(start, min(start + 20, count))))
+        results = await asyncio.gather(
+            *(
+                service.submit_document(sender, [recipient], doc(f"{label} {i}"))
+                for i in range(start, min(start + 20, count))
+            )
+        )
         ids += [r.message_id for r in results]
     return ids
 
@@ -254,7 +291,8 @@ async def outbox_size(service) -> int:
 
 @pytest.mark.slow
 async def test_a_burst_loses_nothing_and_duplicates_nothing_when_the_national_hub_stops_midway(
-        world: World, hubs: Hubs, tmp_path: Path) -> None:
+    world: World, hubs: Hubs, tmp_path: Path
+) -> None:
     started = time.monotonic()
     na = world.service("na")
     n_before, n_during = BURST * 3 // 10, BURST * 4 // 10
@@ -292,7 +330,7 @@ async def test_a_burst_loses_nothing_and_duplicates_nothing_when_the_national_hu
         if not stopper.done():
             with contextlib.suppress(Exception):
                 await stopper
-        await hubs.arun("start-node", "2")   # always: the next test needs the national hub
+        await hubs.arun("start-node", "2")  # always: the next test needs the national hub
     ids = first + during + after
     assert len(ids) == BURST
 
@@ -304,15 +342,18 @@ async def test_a_burst_loses_nothing_and_duplicates_nothing_when_the_national_hu
     got = [r["message_id"] for r in records]
     assert len(got) == len(set(got)) == BURST, "each document handed to the E-Office exactly once"
     assert set(got) == set(ids)
-    print(f"\n{BURST} documents across a national-hub outage: {time.monotonic() - started:.1f}s in all, "
-          f"outage and recovery from {down_at - started:.1f}s")
+    print(
+        f"\n{BURST} documents across a national-hub outage: {time.monotonic() - started:.1f}s in all, "
+        f"outage and recovery from {down_at - started:.1f}s"
+    )
 
 
 @pytest.mark.slow
 async def test_the_national_hub_keeps_what_it_accepts_for_a_provincial_hub_that_is_down(
-        world: World, hubs: Hubs, tmp_path: Path) -> None:
+    world: World, hubs: Hubs, tmp_path: Path
+) -> None:
     na = world.service("na")
-    await hubs.arun("stop-node", "3")   # Ho Chi Minh City's hub goes down
+    await hubs.arun("stop-node", "3")  # Ho Chi Minh City's hub goes down
     try:
         ids = await submit_many(na, NA_1, HCM_1, 50, "chờ")
 

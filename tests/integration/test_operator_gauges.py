@@ -29,12 +29,14 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 
 async def test_a_document_sent_by_exchange_send_shows_in_the_unreceipted_and_per_state_gauges(
-        tmp_path, amqp_url: str, amqp_prefix: str) -> None:
+    tmp_path, amqp_url: str, amqp_prefix: str
+) -> None:
     # B's node is not running: what central publishes to it (its queue exists) waits for its receipt.
-    configs = build_world(tmp_path, [AgencySpec(A, "VPCP", node="central", adapter="pull"),
-                                     AgencySpec(B, "Nghệ An", node="local", adapter="pull")],
-                          [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0)
-                           for n in ("central", "local")])
+    configs = build_world(
+        tmp_path,
+        [AgencySpec(A, "VPCP", node="central", adapter="pull"), AgencySpec(B, "Nghệ An", node="local", adapter="pull")],
+        [NodeSpec(n, amqp_url=amqp_url, prefix=amqp_prefix, http_port=0) for n in ("central", "local")],
+    )
     local = Node(load_config(configs["local"]), serve_http=False)  # declares B's queues, then goes away
     await local.start()
     await local.wait_connected(30)
@@ -45,9 +47,23 @@ async def test_a_document_sent_by_exchange_send_shows_in_the_unreceipted_and_per
     try:
         await node.wait_connected(30)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "exchange.cli.main", "send", "--config", str(configs["central"]), "--from", A,
-            "--to", B, "--subject", "Công văn gửi bằng exchange send", "--number", "9",
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "exchange.cli.main",
+            "send",
+            "--config",
+            str(configs["central"]),
+            "--from",
+            A,
+            "--to",
+            B,
+            "--subject",
+            "Công văn gửi bằng exchange send",
+            "--number",
+            "9",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, out.decode()
         node.service.outbox_event.set()  # the node's relay publishes what the other process stored

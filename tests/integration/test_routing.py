@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -32,10 +31,9 @@ from exchange.envelope.model import (
 )
 from exchange.routing import frame
 from exchange.routing.lanes import Lane, routing_key
-from exchange.transport.topology import Names
 from exchange.service import record_of
 from exchange.store.base import DeliveryState, Direction
-
+from exchange.transport.topology import Names
 from tests.conftest import rabbitmqctl, wait_for_broker
 from tests.integration.conftest import wait_for, wait_until
 
@@ -46,8 +44,14 @@ A, B, C, D = "000.00.00.G22", "000.00.00.H41", "000.00.00.H29", "000.00.31.H41"
 
 def agencies(tmp: Path, **opts) -> list[AgencySpec]:
     def rec(code: str, node: str) -> AgencySpec:
-        return AgencySpec(code, f"agency {code}", node=node, adapter="recording",
-                          options={"path": str(tmp / f"{code}.jsonl"), **opts.get(code, {})})
+        return AgencySpec(
+            code,
+            f"agency {code}",
+            node=node,
+            adapter="recording",
+            options={"path": str(tmp / f"{code}.jsonl"), **opts.get(code, {})},
+        )
+
     return [rec(A, "central"), rec(B, "local"), rec(C, "local"), rec(D, "local")]
 
 
@@ -64,18 +68,24 @@ async def all_delivered(service, message_id: str, recipients) -> bool:
     return all(s.get(r) is DeliveryState.DELIVERED for r in recipients)
 
 
-async def publish_raw(amqp_url: str, prefix: str, recipient: str, body: bytes, lane: Lane = Lane.NORMAL,
-                      message_id: str = "raw") -> None:
+async def publish_raw(
+    amqp_url: str, prefix: str, recipient: str, body: bytes, lane: Lane = Lane.NORMAL, message_id: str = "raw"
+) -> None:
     """Publish bytes straight to an agency queue, as a misbehaving or hostile peer would."""
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(Names(prefix).route)
         await exchange.publish(
-            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                             message_id=f"{message_id}/{recipient}/raw{os.urandom(3).hex()}",
-                             headers={"x-recipient": recipient, "x-message-id": message_id}),
-            routing_key=routing_key(recipient, lane), timeout=10)
+            aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=f"{message_id}/{recipient}/raw{os.urandom(3).hex()}",
+                headers={"x-recipient": recipient, "x-message-id": message_id},
+            ),
+            routing_key=routing_key(recipient, lane),
+            timeout=10,
+        )
     finally:
         await connection.close()
 
@@ -157,8 +167,10 @@ async def test_fan_out_gives_each_recipient_its_own_delivery_and_statuses_come_b
 
     await wait_for(statuses_arrived, what="statuses in the sender's timeline")
     timeline = await central.service.store.timeline(result.message_id)
-    assert [t.event for t in timeline if t.recipient == C and t.event.startswith("status:")] == \
-        ["status:03", "status:06"]
+    assert [t.event for t in timeline if t.recipient == C and t.event.startswith("status:")] == [
+        "status:03",
+        "status:06",
+    ]
     # The sender's E-Office is handed the statuses too.
     got = [r["status"] for r in read_records(tmp_path / f"{A}.jsonl") if r["kind"] == "status"]
     assert sorted(got) == ["03", "03", "06"]
@@ -171,9 +183,11 @@ async def test_revoke_and_replace_travel_as_documents_and_land_in_the_timeline(m
     first = await central.service.submit_document(A, [B, C], doc())
     await wait_for(lambda: all_delivered(central.service, first.message_id, [B, C]), what="original delivered")
     replace = await central.service.submit_document(
-        A, [B, C], doc("Chỉ thị (thay thế)", relates_to=first.message_id), operation=Operation.REPLACE)
+        A, [B, C], doc("Chỉ thị (thay thế)", relates_to=first.message_id), operation=Operation.REPLACE
+    )
     revoke = await central.service.submit_document(
-        A, [B], doc("Thu hồi", relates_to=first.message_id), operation=Operation.REVOKE)
+        A, [B], doc("Thu hồi", relates_to=first.message_id), operation=Operation.REVOKE
+    )
     await wait_for(lambda: all_delivered(central.service, replace.message_id, [B, C]), what="replace delivered")
     await wait_for(lambda: all_delivered(central.service, revoke.message_id, [B]), what="revoke delivered")
     ops = {(r["message_id"], r["operation"]) for r in read_records(tmp_path / f"{B}.jsonl")}
@@ -183,7 +197,8 @@ async def test_revoke_and_replace_travel_as_documents_and_land_in_the_timeline(m
 
 
 async def test_duplicate_publish_is_delivered_once_and_receipts_stay_consistent(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
     world = make_world(agencies(tmp_path), ["central", "local"])
     local = await world.start("local")
     central = await world.start("central")
@@ -201,7 +216,8 @@ async def test_duplicate_publish_is_delivered_once_and_receipts_stay_consistent(
 
 
 async def test_poison_and_tampered_messages_are_dead_lettered_never_delivered(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
     world = make_world(agencies(tmp_path), ["central", "local"])
     await world.start("local")
     central = await world.start("central")
@@ -209,8 +225,16 @@ async def test_poison_and_tampered_messages_are_dead_lettered_never_delivered(
 
     # A correctly signed document whose subject is altered in flight; the sender tracks it.
     svc = central.service
-    envelope = Envelope(Header(message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(A, "VPCP"),
-                               recipients=(AgencyRef(B),), created_at=utcnow(), document=doc("Original subject")))
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(A, "VPCP"),
+            recipients=(AgencyRef(B),),
+            created_at=utcnow(),
+            document=doc("Original subject"),
+        )
+    )
     signed = svc._sign(envelope, {})
     await svc.store.accept_outgoing(record_of(signed, Direction.OUT), [], track=True)
     tampered = signed.xml.replace(b"Original subject", b"Forged subject!!")
@@ -231,7 +255,8 @@ async def test_poison_and_tampered_messages_are_dead_lettered_never_delivered(
 
 
 async def test_envelope_signed_with_an_expired_certificate_is_refused_with_a_receipt(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
     from datetime import timedelta
 
     from exchange.signing import pki
@@ -242,8 +267,16 @@ async def test_envelope_signed_with_an_expired_certificate_is_refused_with_a_rec
     central = await world.start("central")
     ca = pki.DevCA.load_or_create(tmp_path / "pki")
     key, cert = ca.issue(A, "VPCP (expired)", validity=timedelta(days=-1), name_suffix="expired")
-    envelope = Envelope(Header(message_id=new_message_id(), kind=Kind.DOCUMENT, sender=AgencyRef(A),
-                               recipients=(AgencyRef(B),), created_at=utcnow(), document=doc()))
+    envelope = Envelope(
+        Header(
+            message_id=new_message_id(),
+            kind=Kind.DOCUMENT,
+            sender=AgencyRef(A),
+            recipients=(AgencyRef(B),),
+            created_at=utcnow(),
+            document=doc(),
+        )
+    )
     signed = sign_envelope(envelope, Signer.from_files(key, cert, allow_invalid=True), {})
     await central.service.store.accept_outgoing(record_of(signed, Direction.OUT), [], track=True)
     await publish_raw(amqp_url, amqp_prefix, B, frame.encode(signed.xml, {}), message_id=envelope.message_id)
@@ -258,24 +291,32 @@ async def _failed(service, message_id: str) -> bool:
 
 
 async def test_transient_failures_retry_with_backoff_then_dead_letter_with_a_receipt(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
-    world = make_world(agencies(tmp_path, **{B: {"transient_failures": 2}, C: {"transient_failures": 99},
-                                            D: {"refuse": True}}),
-                       ["central", "local"], retry_delays=(1,), max_attempts=3)
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
+    world = make_world(
+        agencies(tmp_path, **{B: {"transient_failures": 2}, C: {"transient_failures": 99}, D: {"refuse": True}}),
+        ["central", "local"],
+        retry_delays=(1,),
+        max_attempts=3,
+    )
     await world.start("local")
     central = await world.start("central")
     result = await central.service.submit_document(A, [B, C, D], doc())
 
     async def settled() -> bool:
         s = await states(central.service, result.message_id)
-        return s.get(B) is DeliveryState.DELIVERED and s.get(C) is DeliveryState.FAILED \
+        return (
+            s.get(B) is DeliveryState.DELIVERED
+            and s.get(C) is DeliveryState.FAILED
             and s.get(D) is DeliveryState.FAILED
+        )
 
     await wait_for(settled, timeout=45, what="retry outcome")
     (rec,) = read_records(tmp_path / f"{B}.jsonl")
     assert rec["attempt"] == 3  # two transient failures, then delivered on the third try
-    reasons = {t.recipient: t.detail for t in await central.service.store.timeline(result.message_id)
-               if t.event == "failed"}
+    reasons = {
+        t.recipient: t.detail for t in await central.service.store.timeline(result.message_id) if t.event == "failed"
+    }
     assert reasons[C].startswith("retries-exhausted") and reasons[D].startswith("eoffice-refused")
     dead = {(d["recipient"], d["reason_code"]) for d in await dead_letters(amqp_url, amqp_prefix)}
     assert {(C, "retries-exhausted"), (D, "eoffice-refused")} <= dead
@@ -296,10 +337,11 @@ async def test_express_document_overtakes_a_backlog_of_normal_ones(make_world, t
 
     await wait_for(outbox_empty, timeout=60, what="backlog published")
     await world.start("local")
-    await wait_until(lambda: len(read_records(tmp_path / f"{B}.jsonl")) >= 50, timeout=60,
-                     what="first deliveries")
+    await wait_until(lambda: len(read_records(tmp_path / f"{B}.jsonl")) >= 50, timeout=60, what="first deliveries")
     order = [r["message_id"] for r in read_records(tmp_path / f"{B}.jsonl")]
-    assert express.message_id in order[:20], f"express came at position {order.index(express.message_id) if express.message_id in order else 'never'}"
+    assert express.message_id in order[:20], (
+        f"express came at position {order.index(express.message_id) if express.message_id in order else 'never'}"
+    )
 
 
 @pytest.mark.slow
@@ -313,12 +355,15 @@ async def test_broker_restart_during_a_burst_loses_nothing_and_delivers_nothing_
 
     async def submit_all() -> None:
         for i in range(0, total, 50):
-            ids.extend(r.message_id for r in await asyncio.gather(
-                *(svc.submit_document(A, [B], doc(f"văn bản {i + j}")) for j in range(50))))
+            ids.extend(
+                r.message_id
+                for r in await asyncio.gather(
+                    *(svc.submit_document(A, [B], doc(f"văn bản {i + j}")) for j in range(50))
+                )
+            )
 
     submitting = asyncio.create_task(submit_all())
-    await wait_until(lambda: len(read_records(tmp_path / f"{B}.jsonl")) >= 200, timeout=120,
-                     what="burst under way")
+    await wait_until(lambda: len(read_records(tmp_path / f"{B}.jsonl")) >= 200, timeout=120, what="burst under way")
     await asyncio.to_thread(rabbitmqctl, "stop_app")
     try:
         await asyncio.sleep(2)
@@ -347,30 +392,33 @@ async def test_sigkill_of_the_receiving_node_loses_nothing_and_delivers_nothing_
     central = await world.start("central")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "exchange.cli.main", "serve", "--config", str(world.configs["local"])]
-    log = open(tmp_path / "local.log", "ab")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-    try:
-        svc = central.service
-        ids = []
-        for i in range(0, total, 50):
-            ids.extend(r.message_id for r in await asyncio.gather(
-                *(svc.submit_document(A, [B], doc(f"văn bản {i + j}")) for j in range(50))))
-
-        async def some_delivered(n: int) -> bool:
-            return (await svc.store.delivery_counts()).get("delivered", 0) >= n
-
-        await wait_for(lambda: some_delivered(100), timeout=120, what="deliveries under way")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+    with open(tmp_path / "local.log", "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-        await wait_for(lambda: some_delivered(total), timeout=240, what=f"all {total} receipts after restart")
-    finally:
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            svc = central.service
+            ids = []
+            for i in range(0, total, 50):
+                ids.extend(
+                    r.message_id
+                    for r in await asyncio.gather(
+                        *(svc.submit_document(A, [B], doc(f"văn bản {i + j}")) for j in range(50))
+                    )
+                )
+
+            async def some_delivered(n: int) -> bool:
+                return (await svc.store.delivery_counts()).get("delivered", 0) >= n
+
+            await wait_for(lambda: some_delivered(100), timeout=120, what="deliveries under way")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+            await wait_for(lambda: some_delivered(total), timeout=240, what=f"all {total} receipts after restart")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     from exchange.store import open_store
 
@@ -408,8 +456,9 @@ async def test_an_edxml_status_package_naming_the_document_by_document_id_reache
     status = await local.service.submit_edxml(B, package)
 
     async def accepted() -> bool:
-        return {d.recipient: d.status_code for d in await central.service.store.deliveries(sent.message_id)} == \
-            {B: "03"}
+        return {d.recipient: d.status_code for d in await central.service.store.deliveries(sent.message_id)} == {
+            B: "03"
+        }
 
     await wait_for(accepted, what="status 03 in the sender's timeline")
     received = [r for r in read_records(tmp_path / f"{A}.jsonl") if r["message_id"] == status.message_id]
@@ -429,7 +478,8 @@ async def test_an_edxml_status_package_naming_the_document_by_document_id_reache
 
 
 async def test_a_refused_topology_is_logged_and_retried_until_the_operator_fixes_it(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
     """A queue left over with other arguments makes the broker refuse the node's declaration
     (PRECONDITION_FAILED). The node says so, in the broker's words, and keeps trying; once
     the operator deletes the queue it connects without a restart."""
@@ -443,8 +493,9 @@ async def test_a_refused_topology_is_logged_and_retried_until_the_operator_fixes
         world = make_world(agencies(tmp_path), ["local"])
         with capture_logs() as logs:
             local = await world.start("local", connected=False)
-            await wait_until(lambda: any(e["event"] == "broker.setup_failed" for e in logs), timeout=30,
-                             what="broker.setup_failed")
+            await wait_until(
+                lambda: any(e["event"] == "broker.setup_failed" for e in logs), timeout=30, what="broker.setup_failed"
+            )
             await asyncio.sleep(1.5)
             assert not local._connected.is_set()
             failure = next(e for e in logs if e["event"] == "broker.setup_failed")
@@ -459,7 +510,8 @@ async def test_a_refused_topology_is_logged_and_retried_until_the_operator_fixes
 
 
 async def test_an_unexpected_error_while_receiving_gives_one_non_delivery_receipt_and_one_dead_letter(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
     """A bug in the receive path (here: the verifier raising a library's own error, as a malformed
     certificate once made it) is answered once: a signed non-delivery receipt to the sender, a
     dead letter with the exception for the operator. It used to be requeued to the delivery limit
@@ -495,14 +547,24 @@ async def test_an_unexpected_error_while_receiving_gives_one_non_delivery_receip
 async def _dlq_replay(config: Path, *args: str) -> tuple[int, str, str]:
     """Run the real `exchange dlq replay` without blocking the nodes running on this loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exchange.cli.main", "dlq", "replay", "--config", str(config), *args,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "exchange.cli.main",
+        "dlq",
+        "replay",
+        "--config",
+        str(config),
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_a_replayed_dead_letter_is_delivered_and_the_timeline_shows_replayed_then_delivered(
-        make_world, tmp_path, amqp_url, amqp_prefix) -> None:
+    make_world, tmp_path, amqp_url, amqp_prefix
+) -> None:
     """The runbook's step: the E-Office refused, the operator fixes it and replays the dead letter.
     The recipient must hand it over (its delivery had failed), and the sender must see it; a replay
     of a message that was delivered still delivers nothing twice."""
@@ -525,8 +587,9 @@ async def test_a_replayed_dead_letter_is_delivered_and_the_timeline_shows_replay
     await wait_for(lambda: all_delivered(central.service, mid, [B]), what="delivered after the replay")
     (record,) = read_records(tmp_path / f"{B}.jsonl")
     assert record["message_id"] == mid
-    timeline = [(t.event, t.detail) for t in await central.service.store.timeline(mid)
-                if t.event not in ("submitted", "queued")]
+    timeline = [
+        (t.event, t.detail) for t in await central.service.store.timeline(mid) if t.event not in ("submitted", "queued")
+    ]
     assert [e for e, _ in timeline] == ["failed", "replayed", "delivered"], timeline
     assert timeline[1][1] == "TICKET-42 E-Office fixed"
     assert not await dead_lettered()
@@ -539,12 +602,23 @@ async def test_a_replayed_dead_letter_is_delivered_and_the_timeline_shows_replay
     try:
         channel = await connection.channel(publisher_confirms=True)
         dlx = await channel.get_exchange(Names(amqp_prefix).dlx)
-        await dlx.publish(aio_pika.Message(
-            frame.encode(sent.envelope_xml, {}), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{mid}/{B}/dead",
-            headers={"x-message-id": mid, "x-recipient": B, "x-sender": A, "x-attempt": 1,
-                     "x-routing-key": routing_key(B, Lane.NORMAL), "x-exchange-dead-code": "delivery_limit"}),
-            routing_key="", timeout=10)
+        await dlx.publish(
+            aio_pika.Message(
+                frame.encode(sent.envelope_xml, {}),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=f"{mid}/{B}/dead",
+                headers={
+                    "x-message-id": mid,
+                    "x-recipient": B,
+                    "x-sender": A,
+                    "x-attempt": 1,
+                    "x-routing-key": routing_key(B, Lane.NORMAL),
+                    "x-exchange-dead-code": "delivery_limit",
+                },
+            ),
+            routing_key="",
+            timeout=10,
+        )
     finally:
         await connection.close()
     code, out, err = await _dlq_replay(world.configs["local"], "--id", mid, "--reason", "again")

@@ -118,6 +118,7 @@ async def opened(url: str, **kw: bool) -> AsyncIterator[SqlStore]:
 
 async def schema_diff(store: SqlStore) -> list:
     """What Alembic's autogenerate finds between the database and the store's metadata (empty: identical)."""
+
     def compare(conn):
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         return compare_metadata(context, metadata)
@@ -133,9 +134,17 @@ async def tables(store: SqlStore) -> set[str]:
 
 def outgoing(mid: str) -> MessageRecord:
     xml = f"<envelope id='{mid}'/>".encode()
-    return MessageRecord(message_id=mid, kind="document", operation="new", sender=A, recipients=(B,),
-                         direction=Direction.OUT, created_at=datetime.now(UTC), envelope_xml=xml,
-                         digest=hashlib.sha256(xml).hexdigest())
+    return MessageRecord(
+        message_id=mid,
+        kind="document",
+        operation="new",
+        sender=A,
+        recipients=(B,),
+        direction=Direction.OUT,
+        created_at=datetime.now(UTC),
+        envelope_xml=xml,
+        digest=hashlib.sha256(xml).hexdigest(),
+    )
 
 
 # -- a store written before migrations -------------------------------------------------------------------
@@ -163,7 +172,8 @@ async def test_a_store_written_before_migrations_opens_upgraded_with_its_data(ol
         assert await store.get_attachment(hashlib.sha256(att).hexdigest()) == att
         states = {d.recipient: (d.state, d.status_code) for d in await store.deliveries("m-out-1")}
         assert sorted(states.values(), key=str) == sorted(
-            [(DeliveryState.DELIVERED, "03"), (DeliveryState.SUBMITTED, None)], key=str)
+            [(DeliveryState.DELIVERED, "03"), (DeliveryState.SUBMITTED, None)], key=str
+        )
         assert [e.event for e in await store.timeline("m-out-1")].count("submitted") == 2
         inbox = await store.list_inbox(A)
         assert [(e.message_id, e.sender, e.subject, e.seq) for e in inbox] == [("m-in-1", C, "Báo cáo", 6)]
@@ -176,8 +186,9 @@ async def test_a_store_written_before_migrations_opens_upgraded_with_its_data(ol
         # New writes continue the chain and the id sequences (a new message's timeline rows would collide
         # with the old ones if PostgreSQL's sequence had not come along).
         await store.mark_published([item.id])  # type: ignore[list-item]
-        assert await store.accept_outgoing(outgoing("m-new"), [OutboxItem(
-            message_id="m-new", recipient=B, routing_key=f"{B}.normal", body=b"f")]) == ("m-new", True)
+        assert await store.accept_outgoing(
+            outgoing("m-new"), [OutboxItem(message_id="m-new", recipient=B, routing_key=f"{B}.normal", body=b"f")]
+        ) == ("m-new", True)
         [new_item] = await store.claim_outbox(10)
         assert new_item.message_id == "m-new"
         report = await store.verify_journal()
@@ -199,7 +210,8 @@ async def test_the_schema_diff_sees_a_column_the_revisions_do_not_create(empty_u
     """The guard behind "change tables.py and write a revision": a missing column is reported."""
     async with opened(empty_url) as store:
         await store._engine.write(  # type: ignore[union-attr]
-            lambda conn: conn.execute(text("ALTER TABLE api_tokens DROP COLUMN label")))
+            lambda conn: conn.execute(text("ALTER TABLE api_tokens DROP COLUMN label"))
+        )
         diff = await schema_diff(store)
         assert any(d[0] == "add_column" and d[2] == "api_tokens" and d[3].name == "label" for d in diff), diff
 
@@ -207,7 +219,8 @@ async def test_the_schema_diff_sees_a_column_the_revisions_do_not_create(empty_u
 async def test_a_store_from_a_newer_release_is_refused_with_what_to_do(empty_url: str) -> None:
     async with opened(empty_url) as store:
         await store._engine.write(  # type: ignore[union-attr]
-            lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = '9999'")))
+            lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        )
     store = SqlStore(empty_url)
     with pytest.raises(StoreError) as err:
         await store.open()
@@ -244,8 +257,11 @@ def revisions(tmp_path: Path) -> Iterator[Path]:
     assert path.name == f"{NEXT}_probe_accounts.py" and path.parent == location / "versions"
     source = path.read_text(encoding="utf-8")
     assert f"down_revision: str | None = '{HEAD}'" in source
-    path.write_text(source.replace('''def upgrade() -> None:
-    pass''', '''def upgrade() -> None:
+    path.write_text(
+        source.replace(
+            """def upgrade() -> None:
+    pass""",
+            """def upgrade() -> None:
     op.create_table(
         "probe_accounts",
         sa.Column("name", sa.String(64), primary_key=True),
@@ -254,8 +270,10 @@ def revisions(tmp_path: Path) -> Iterator[Path]:
     # A change SQLite's ALTER TABLE cannot make: batch mode copies the table (PostgreSQL alters in place).
     with op.batch_alter_table("api_tokens") as batch:
         batch.alter_column("label", existing_type=sa.String(200), type_=sa.String(400), existing_nullable=False)
-        batch.add_column(sa.Column("operator", sa.String(64), nullable=False, server_default=""))'''),
-        encoding="utf-8")
+        batch.add_column(sa.Column("operator", sa.String(64), nullable=False, server_default=""))""",
+        ),
+        encoding="utf-8",
+    )
     yield location
     migrations.script.cache_clear()
 
@@ -264,17 +282,20 @@ async def test_open_runs_a_pending_revision_and_keeps_the_data(empty_url: str, r
     async with opened(empty_url) as store:
         await store.put_token(A, "a" * 64, "E-Office")
         pending = await store._engine.read(  # type: ignore[union-attr]
-            lambda conn: migrations.state(conn, revisions))
+            lambda conn: migrations.state(conn, revisions)
+        )
         assert (pending.current, pending.head, pending.pending) == (HEAD, NEXT, (NEXT,))
         result = await store._engine.write(  # type: ignore[union-attr]
-            lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
+            lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions)
+        )
         assert (result.before, result.after, result.applied, result.stamped) == (HEAD, NEXT, (NEXT,), False)
         assert "probe_accounts" in await tables(store)
         assert await store.agency_for_token("a" * 64) == A  # the copied table kept its rows
         await store.put_token(B, "b" * 64, "x" * 300)  # the wider column
         assert (await store.verify_journal()).ok
         again = await store._engine.write(  # type: ignore[union-attr]
-            lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
+            lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions)
+        )
         assert (again.before, again.applied) == (NEXT, ())
 
 
@@ -283,7 +304,8 @@ async def test_a_store_written_before_migrations_is_stamped_then_upgraded(old_ur
         state = await store._engine.read(lambda conn: migrations.state(conn, revisions))  # type: ignore[union-attr]
         assert (state.current, state.unversioned, state.pending) == (None, True, AFTER_BASELINE)
         result = await store._engine.write(  # type: ignore[union-attr]
-            lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
+            lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions)
+        )
         assert (result.before, result.stamped, result.applied, result.after) == (None, True, AFTER_BASELINE, NEXT)
         assert await store.agency_for_token("f" * 64) == A
         assert (await store.verify_journal()).entries == OLD_ENTRIES
@@ -298,7 +320,8 @@ async def test_a_failing_revision_leaves_the_database_as_it_was(empty_url: str, 
         await store.put_token(A, "a" * 64, "E-Office")
         with pytest.raises(StoreError) as err:
             await store._engine.write(  # type: ignore[union-attr]
-                lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions))
+                lambda conn: migrations.upgrade(conn, postgres=store.is_postgres, location=revisions)
+            )
         assert f"from {HEAD} to {NEXT} failed (RuntimeError: half way)" in err.value.message
         assert "nothing was changed" in err.value.message
         assert "probe_accounts" not in await tables(store)  # created before the failure, rolled back with it
@@ -349,7 +372,8 @@ async def test_two_processes_opening_a_store_written_before_migrations_upgrade_i
     await asyncio.gather(first.open(), second.open())
     try:
         rows = await first._engine.read(  # type: ignore[union-attr]
-            lambda conn: conn.execute(text("SELECT version_num FROM alembic_version")).all())
+            lambda conn: conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        )
         assert [r[0] for r in rows] == [migrations.head()]
         assert (await second.verify_journal()).entries == OLD_ENTRIES
     finally:

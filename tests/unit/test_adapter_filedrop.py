@@ -83,7 +83,7 @@ async def test_document_is_written_as_a_folder_named_by_message_id(make_adapter)
 async def test_repeated_handover_leaves_one_folder(make_adapter) -> None:
     adapter = await make_adapter()
     message = document_message()
-    for attempt in (1, 2, 3):
+    for _ in range(3):
         assert (await adapter.deliver(message)).outcome is Outcome.DELIVERED
     assert [p.name for p in adapter.folders.incoming.iterdir()] == [message.message_id]
 
@@ -166,7 +166,7 @@ async def test_receipts_arrive_as_folders_only_when_asked_for(make_adapter, tmp_
 
 async def test_receipts_option_must_be_a_boolean(tmp_path) -> None:
     adapter = FileDropAdapter(HOST, {"root": str(tmp_path / "eoffice"), "watch": False, "receipts": "yes"}, FakeBus())
-    with pytest.raises(AdapterError, match="options.receipts"):
+    with pytest.raises(AdapterError, match=r"options\.receipts"):
         await adapter.start()
     await adapter.stop()
 
@@ -395,7 +395,7 @@ async def test_watcher_picks_drops_up_by_itself_and_stops(tmp_path) -> None:
 async def test_missing_root_is_refused_at_start() -> None:
     from exchange.errors import AdapterError
 
-    with pytest.raises(AdapterError, match="options.root"):
+    with pytest.raises(AdapterError, match=r"options\.root"):
         await FileDropAdapter(HOST, {}, FakeBus()).start()
 
 

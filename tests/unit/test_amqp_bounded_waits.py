@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import aio_pika
 import pytest
@@ -72,7 +73,7 @@ class HungMessage:
     """An incoming message whose ack, like a publish, never completes (the connection dropped)."""
 
     body = frame.encode(b"<envelope/>", {})
-    headers = {"x-attempt": 1, "x-message-id": "m1", "x-sender": A}
+    headers: ClassVar[dict[str, object]] = {"x-attempt": 1, "x-message-id": "m1", "x-sender": A}
     correlation_id = None
     routing_key = f"{B}.normal"
 

@@ -50,8 +50,18 @@ ALL_PATHS = list(command_paths(build_parser()))
 def test_the_walk_covers_every_command_and_action() -> None:
     # Guards the walk itself: if it stopped seeing subparsers, the help test below would pass vacuously.
     names = {" ".join(p) for p in ALL_PATHS}
-    assert {"serve", "send", "sign", "verify", "pki init", "pki issue", "dlq replay", "journal verify",
-            "token create", "bench"} <= names
+    assert {
+        "serve",
+        "send",
+        "sign",
+        "verify",
+        "pki init",
+        "pki issue",
+        "dlq replay",
+        "journal verify",
+        "token create",
+        "bench",
+    } <= names
     assert len(ALL_PATHS) >= 20
 
 
@@ -78,8 +88,10 @@ def test_every_command_help_has_a_description_and_a_working_example(
 
 
 def make_node(tmp_path: Path) -> Path:
-    agencies = [AgencySpec("000.00.00.G22", "Văn phòng Chính phủ", "n1", ec=True),
-                AgencySpec("000.00.00.H41", "UBND tỉnh Nghệ An", "n1", ec=True)]
+    agencies = [
+        AgencySpec("000.00.00.G22", "Văn phòng Chính phủ", "n1", ec=True),
+        AgencySpec("000.00.00.H41", "UBND tỉnh Nghệ An", "n1", ec=True),
+    ]
     # `send` only writes the outbox; no broker is contacted, so the URL is never used.
     return build_world(tmp_path, agencies, [NodeSpec("n1", amqp_url="amqp://guest:guest@127.0.0.1:1/unused")])["n1"]
 
@@ -88,10 +100,30 @@ def test_send_prints_only_the_message_id_on_stdout_and_logs_on_stderr(tmp_path: 
     config = make_node(tmp_path)
     (tmp_path / "qd.txt").write_text("Quyết định số 12\n", encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "exchange.cli.main", "send", "--config", str(config),
-         "--from", "000.00.00.G22", "--to", "000.00.00.H41", "--number", "12", "--notation", "CT-TTg",
-         "--subject", "Chỉ thị về chuyển đổi số", "--attach", str(tmp_path / "qd.txt")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli.main",
+            "send",
+            "--config",
+            str(config),
+            "--from",
+            "000.00.00.G22",
+            "--to",
+            "000.00.00.H41",
+            "--number",
+            "12",
+            "--notation",
+            "CT-TTg",
+            "--subject",
+            "Chỉ thị về chuyển đổi số",
+            "--attach",
+            str(tmp_path / "qd.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr
@@ -105,9 +137,26 @@ def test_send_prints_only_the_message_id_on_stdout_and_logs_on_stderr(tmp_path: 
 def test_send_log_level_follows_the_log_override(tmp_path: Path) -> None:
     config = make_node(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "exchange.cli.main", "send", "--config", str(config),
-         "--from", "000.00.00.G22", "--to", "000.00.00.H41", "--number", "1", "--subject", "Báo cáo"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exchange.cli.main",
+            "send",
+            "--config",
+            str(config),
+            "--from",
+            "000.00.00.G22",
+            "--to",
+            "000.00.00.H41",
+            "--number",
+            "1",
+            "--subject",
+            "Báo cáo",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "EXCHANGE__LOG__LEVEL": "WARNING"},
     )
     assert proc.returncode == 0, proc.stderr

@@ -29,7 +29,7 @@ def test_valid_codes_are_accepted(code: str) -> None:
     ],
 )
 def test_malformed_codes_are_refused_with_a_hint(code: str) -> None:
-    with pytest.raises(InvalidAgencyCodeError, match="NNN.NN.NN.XNN|empty level-1"):
+    with pytest.raises(InvalidAgencyCodeError, match=r"NNN\.NN\.NN\.XNN|empty level-1"):
         check_agency_code(code)
 
 
@@ -75,7 +75,7 @@ def test_directory_knows_hierarchy_hosting_and_retired_codes(tmp_path) -> None:
     assert d.require("000.00.31.H41").parent == "000.00.00.H41"
     assert [e.code for e in d.children("000.00.00.H41")] == ["000.00.31.H41", "000.00.32.H41"]
     assert [e.code for e in d.hosted_by("north")] == ["000.00.00.H41", "000.00.31.H41", "000.00.32.H41"]
-    with pytest.raises(UnknownAgencyError, match="successor 000.00.31.H41"):
+    with pytest.raises(UnknownAgencyError, match=r"successor 000\.00\.31\.H41"):
         d.require_recipient("000.00.32.H41")
     with pytest.raises(UnknownAgencyError, match="not in the directory"):
         d.require("000.00.00.H99")

@@ -77,6 +77,19 @@ def test_the_replay_window_is_seven_days_and_can_be_set_in_limits_or_the_environ
     assert cfg.limits.replay_window_seconds == 86400
 
 
+def test_the_replay_windows_former_name_is_still_read_with_a_deprecation_warning(tmp_path) -> None:
+    path = tmp_path / "exchange.toml"
+    path.write_text(BASE + "\n[limits]\ncreated_window_seconds = 1209600\n", encoding="utf-8")
+    with pytest.warns(DeprecationWarning, match="rename it to replay_window_seconds"):
+        assert load_config(path, environ={}).limits.replay_window_seconds == 1209600
+    with pytest.warns(DeprecationWarning):
+        cfg = load_config(path, environ={"EXCHANGE__LIMITS__CREATED_WINDOW_SECONDS": "86400"})
+    assert cfg.limits.replay_window_seconds == 86400
+    path.write_text(BASE + "\n[limits]\ncreated_window_seconds = 1\nreplay_window_seconds = 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="sets both created_window_seconds"):
+        load_config(path, environ={})
+
+
 @pytest.mark.parametrize(
     "value, message",
     [

@@ -67,11 +67,20 @@ async def client(tmp_path: Path):
     await data.create_operator("ops", "operator", hash_password(PASSWORD), now=now)
     await data.create_operator("watcher", "viewer", hash_password(PASSWORD), now=now)
     (tmp_path / "dir.toml").write_text('[[agency]]\ncode = "000.00.00.G22"\nname = "VPCP"\nnode = "n1"\n')
-    service = SimpleNamespace(store=store, hosted=frozenset({"000.00.00.G22"}), signers={},
-                              directory=Directory.load(tmp_path / "dir.toml"))
-    config = SimpleNamespace(http=SimpleNamespace(tls_cert=""), amqp=SimpleNamespace(
-        url="amqp://guest:guest@127.0.0.1:1/", prefix="x", confirm_timeout=1.0, ca_file="", cert_file="",
-        key_file=""))
+    service = SimpleNamespace(
+        store=store, hosted=frozenset({"000.00.00.G22"}), signers={}, directory=Directory.load(tmp_path / "dir.toml")
+    )
+    config = SimpleNamespace(
+        http=SimpleNamespace(tls_cert=""),
+        amqp=SimpleNamespace(
+            url="amqp://guest:guest@127.0.0.1:1/",
+            prefix="x",
+            confirm_timeout=1.0,
+            ca_file="",
+            cert_file="",
+            key_file="",
+        ),
+    )
     root = web.Application()
     console_app.mount(root, service, config)
     async with TestClient(TestServer(root)) as c:
@@ -83,8 +92,11 @@ async def client(tmp_path: Path):
 async def _login(client: TestClient, name: str = "ops", password: str = PASSWORD):
     page = await client.get("/console/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text()).group(1)
-    return await client.post("/console/login", data={"name": name, "password": password, "csrf": csrf,
-                                                     "next": "/console/tokens"}, allow_redirects=False)
+    return await client.post(
+        "/console/login",
+        data={"name": name, "password": password, "csrf": csrf, "next": "/console/tokens"},
+        allow_redirects=False,
+    )
 
 
 def _csrf(html: str) -> str:
@@ -128,11 +140,13 @@ async def test_a_post_without_the_sessions_csrf_token_is_refused(client) -> None
     refused = await client.post("/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x"})
     assert refused.status == 403
     assert await client.state.data.list_tokens() == []
-    forged = await client.post("/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x",
-                                                              "csrf": _csrf(html) + "x"})
+    forged = await client.post(
+        "/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x", "csrf": _csrf(html) + "x"}
+    )
     assert forged.status == 403
-    made = await client.post("/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x",
-                                                            "csrf": _csrf(html)})
+    made = await client.post(
+        "/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x", "csrf": _csrf(html)}
+    )
     assert made.status == 200 and len(await client.state.data.list_tokens()) == 1
 
 
@@ -152,22 +166,26 @@ async def test_an_expired_session_opens_nothing(client) -> None:
 async def test_a_viewer_cannot_create_a_token_and_an_operator_action_needs_a_reason(client) -> None:
     await _login(client, "watcher")
     html = await (await client.get("/console/tokens")).text()
-    refused = await client.post("/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x",
-                                                               "csrf": _csrf(html)})
+    refused = await client.post(
+        "/console/tokens/create", data={"agency": "000.00.00.G22", "reason": "x", "csrf": _csrf(html)}
+    )
     assert refused.status == 403 and await client.state.data.list_tokens() == []
     client.session.cookie_jar.clear()
     await _login(client)
     html = await (await client.get("/console/tokens")).text()
-    no_reason = await client.post("/console/tokens/create", data={"agency": "000.00.00.G22", "reason": " ",
-                                                                 "csrf": _csrf(html)})
+    no_reason = await client.post(
+        "/console/tokens/create", data={"agency": "000.00.00.G22", "reason": " ", "csrf": _csrf(html)}
+    )
     assert no_reason.status == 400 and await client.state.data.list_tokens() == []
 
 
 async def test_sign_in_never_redirects_outside_the_console(client) -> None:
     page = await client.get("/console/login")
-    response = await client.post("/console/login", data={
-        "name": "ops", "password": PASSWORD, "csrf": _csrf(await page.text()), "next": "//evil.example/"},
-        allow_redirects=False)
+    response = await client.post(
+        "/console/login",
+        data={"name": "ops", "password": PASSWORD, "csrf": _csrf(await page.text()), "next": "//evil.example/"},
+        allow_redirects=False,
+    )
     assert response.headers["Location"] == "/console/"
 
 

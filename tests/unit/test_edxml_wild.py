@@ -179,7 +179,7 @@ def test_bus_hops_are_appended_after_the_senders_trace_headers(name: str) -> Non
     names = [etree.QName(c).localname for c in trace_list]
     old = [etree.QName(c).localname for c in before]
     last = max(i for i, n in enumerate(old) if n == "TraceHeader")
-    assert names == old[: last + 1] + ["TraceHeader"] + old[last + 1 :]
+    assert names == [*old[: last + 1], "TraceHeader", *old[last + 1 :]]
     hop = trace_list[last + 1]
     # A bus node is a relay, written as the hub writes its own relay hops: a Timestamp (Vietnam time) alone.
     assert [etree.QName(c).localname for c in hop] == ["Timestamp"] and hop[0].text == "2024/03/15 09:31:07"
@@ -212,7 +212,7 @@ def test_bus_path_keeps_trace_headers_content_ids_and_recipient_names() -> None:
     )
     # ... signs it: the source travels in the signed envelope XML ...
     _, received = parse_envelope(serialize(envelope_to_element(bus)))
-    data = {a.id: d for a, (_, d) in zip(attachments, files)}
+    data = {a.id: d for a, (_, d) in zip(attachments, files, strict=True)}
     out = export_package(received, data, hops=(Hop("exchange", CREATED), Hop("exchange", CREATED)))
     root = etree.fromstring(out)
     ns = {"e": EDXML_NS}

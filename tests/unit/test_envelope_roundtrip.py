@@ -598,7 +598,7 @@ def _envelopes(draw: st.DrawFn) -> Envelope:
 @given(_envelopes())
 def test_any_valid_envelope_round_trips_through_bytes(env: Envelope) -> None:
     data = serialize(envelope_to_element(env))
-    root, parsed = parse_envelope(data)
+    _, parsed = parse_envelope(data)
     assert parsed == env
 
 

@@ -42,5 +42,5 @@ def test_frame_without_envelope_part_and_oversize_are_refused() -> None:
 
 
 def test_lanes_rank_express_first_and_keys_round_trip() -> None:
-    assert sorted(Lane, key=lambda l: l.rank) == [Lane.EXPRESS, Lane.URGENT, Lane.NORMAL]
+    assert sorted(Lane, key=lambda lane: lane.rank) == [Lane.EXPRESS, Lane.URGENT, Lane.NORMAL]
     assert parse_routing_key(routing_key("000.00.00.G22", Lane.URGENT)) == ("000.00.00.G22", Lane.URGENT)

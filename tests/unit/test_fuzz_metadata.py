@@ -127,7 +127,7 @@ def test_mutated_status_json_gives_a_status_or_a_typed_refusal(text: str) -> Non
 
 
 @FUZZ
-@given(st.sampled_from(sorted(SUBMISSION_FIELDS) + ["priorty", "number", "steering"]), json_values)
+@given(st.sampled_from([*sorted(SUBMISSION_FIELDS), "priorty", "number", "steering"]), json_values)
 def test_any_json_value_in_any_field_gives_a_typed_refusal_or_a_submission(name: str, value: Any) -> None:
     only_typed_errors(lambda: parse_document({**VALID, name: value}))
     only_typed_errors(lambda: parse_status({"code": "03", name: value}))

@@ -10,10 +10,15 @@ import jsonschema
 import pytest
 import structlog
 
-from exchange.adapters.jsonform import document_from_json, document_json, load_form, staff_from_json, \
-    status_code_from_json
+from exchange.adapters.jsonform import (
+    document_from_json,
+    document_json,
+    load_form,
+    staff_from_json,
+    status_code_from_json,
+)
 from exchange.cli.sign import envelope_from_metadata, load_metadata
-from exchange.envelope.model import DocumentCode, DocumentInfo, DocumentType, Priority, SteeringType, StatusCode
+from exchange.envelope.model import DocumentCode, DocumentInfo, DocumentType, Priority, StatusCode, SteeringType
 from exchange.errors import BadRequestError, ExchangeError
 from exchange.metadata import (
     JsonLimitError,
@@ -40,34 +45,47 @@ CANONICAL = {
     "steering_type": 1,
     "due_date": "2026-12-31",
     "document_id": "000.00.00.G22,2026/11/20,12/CT-TTg",
-    "response_for": [{"organ_id": "000.00.00.H41", "code": "7/BC-UBND", "promulgation_date": "2026-10-01",
-                      "document_id": ""}],
+    "response_for": [
+        {"organ_id": "000.00.00.H41", "code": "7/BC-UBND", "promulgation_date": "2026-10-01", "document_id": ""}
+    ],
     "paper": True,
     "extra": [{"name": "SphereOfPromulgation", "value": "Toàn quốc"}],
 }
 #: The same document in the dialect the file drop and `exchange sign` read before schema 1.
 LEGACY = {
-    "number": 12, "notation": "CT-TTg", "subject": "Chỉ thị về chuyển đổi số", "type": "2", "detail": 1,
-    "type_name": "Chỉ thị", "promulgation": {"place": "Hà Nội", "date": "2026/11/20"},
+    "number": 12,
+    "notation": "CT-TTg",
+    "subject": "Chỉ thị về chuyển đổi số",
+    "type": "2",
+    "detail": 1,
+    "type_name": "Chỉ thị",
+    "promulgation": {"place": "Hà Nội", "date": "2026/11/20"},
     "signer": {"competence": "TM. Chính phủ", "position": "Thủ tướng", "full_name": "Nguyễn Văn A"},
-    "content": "Nội dung", "priority": "3", "steering": 1, "due_date": "2026-12-31",
+    "content": "Nội dung",
+    "priority": "3",
+    "steering": 1,
+    "due_date": "2026-12-31",
     "document_id": "000.00.00.G22,2026/11/20,12/CT-TTg",
     "response_for": [{"organ_id": "000.00.00.H41", "code": "7/BC-UBND", "promulgation_date": "2026-10-01"}],
-    "paper": 1, "extra": [["SphereOfPromulgation", "Toàn quốc"]],
+    "paper": 1,
+    "extra": [["SphereOfPromulgation", "Toàn quốc"]],
 }
 
 
 # -- bounded JSON ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "[" * 100_000 + "]" * 100_000,
-    '{"a": ' * 50 + "1" + "}" * 50,
-    '{"priority": ' + "9" * 5_000 + "}",
-    '{"priority": -' + "9" * 4_301 + "}",
-    '{"priority": 1e999}',
-    '{"priority": 0.' + "1" * 100 + "}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a": ' * 50 + "1" + "}" * 50,
+        '{"priority": ' + "9" * 5_000 + "}",
+        '{"priority": -' + "9" * 4_301 + "}",
+        '{"priority": 1e999}',
+        '{"priority": 0.' + "1" * 100 + "}",
+    ],
+)
 def test_json_over_a_structural_limit_is_a_typed_400(text: str) -> None:
     with pytest.raises(JsonLimitError) as caught:
         load_json(text.encode(), "request body")
@@ -75,10 +93,16 @@ def test_json_over_a_structural_limit_is_a_typed_400(text: str) -> None:
     assert "\n" not in caught.value.message
 
 
-@pytest.mark.parametrize("text, words", [
-    ('{"a": NaN}', "NaN"), ('{"a": -Infinity}', "Infinity"), ('{"a": 1, "a": 2}', "repeats the key"),
-    ("{not json", "not valid JSON"), (b"\xff\xfe", "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('{"a": NaN}', "NaN"),
+        ('{"a": -Infinity}', "Infinity"),
+        ('{"a": 1, "a": 2}', "repeats the key"),
+        ("{not json", "not valid JSON"),
+        (b"\xff\xfe", "UTF-8"),
+    ],
+)
 def test_what_is_not_json_is_a_bad_request_naming_the_fault(text: str | bytes, words: str) -> None:
     with pytest.raises(BadRequestError) as caught:
         load_json(text if isinstance(text, bytes) else text.encode(), "request body")
@@ -91,9 +115,9 @@ def test_json_over_the_byte_limit_is_refused_before_it_is_decoded() -> None:
 
 
 def test_brackets_inside_strings_do_not_count_as_depth() -> None:
-    text = json.dumps({"subject": "[[[[{{{{" * 1000, "nested": [[["\"]]]"]]]})
+    text = json.dumps({"subject": "[[[[{{{{" * 1000, "nested": [[['"]]]']]]})
     assert json_depth(text) == 4
-    assert load_json(text.encode(), "body")["nested"] == [[["\"]]]"]]]
+    assert load_json(text.encode(), "body")["nested"] == [[['"]]]']]]
 
 
 def test_deep_nesting_without_long_runs_of_brackets_is_refused_too() -> None:
@@ -112,11 +136,14 @@ def test_a_text_of_too_many_objects_is_refused_before_it_is_decoded() -> None:
     assert "objects" in caught.value.message
 
 
-@pytest.mark.parametrize("text", [
-    '"' + '\\"' * 300_000,  # one unterminated string of escaped quotes: a backtracking scan is O(n²)
-    '["' + '\\' * 400_001 + '"]',
-    '{"a": "' + "[" * 300_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"' + '\\"' * 300_000,  # one unterminated string of escaped quotes: a backtracking scan is O(n²)
+        '["' + "\\" * 400_001 + '"]',
+        '{"a": "' + "[" * 300_000,
+    ],
+)
 def test_hostile_strings_are_measured_in_one_pass_and_refused_as_not_json(text: str) -> None:
     with pytest.raises(BadRequestError) as caught:
         load_json(text.encode(), "body")
@@ -188,8 +215,15 @@ def test_the_legacy_dialect_is_read_as_the_same_document_with_one_warning_per_ca
     assert len(warned) == len(set(warned))
     for caller in ("filedrop", "exchange sign"):
         fields = {f for c, f in warned if c == caller}
-        assert {"document.number", "document.steering", "document.type_name", "document.extra",
-                "document.priority", "document.paper", "document.promulgation.date"} <= fields, fields
+        assert {
+            "document.number",
+            "document.steering",
+            "document.type_name",
+            "document.extra",
+            "document.priority",
+            "document.paper",
+            "document.promulgation.date",
+        } <= fields, fields
     assert all(e["log_level"] == "warning" and e["use"] for e in logs if e["event"] == "metadata.deprecated")
 
 
@@ -210,8 +244,15 @@ def test_a_legacy_and_a_schema_spelling_must_agree() -> None:
 
 
 def test_what_the_adapters_write_uses_the_schema_names_and_keeps_the_legacy_keys_for_now() -> None:
-    written = document_json(DocumentInfo(DocumentCode("12", "CT-TTg"), "x", DocumentType(2, 1, "Chỉ thị"),
-                                         priority=Priority.EXPRESS, steering=SteeringType.DIRECTIVE))
+    written = document_json(
+        DocumentInfo(
+            DocumentCode("12", "CT-TTg"),
+            "x",
+            DocumentType(2, 1, "Chỉ thị"),
+            priority=Priority.EXPRESS,
+            steering=SteeringType.DIRECTIVE,
+        )
+    )
     assert written["code"] == {"number": "12", "notation": "CT-TTg"} and written["steering_type"] == 1
     assert written["document_type"] == {"type": 2, "detail": 1, "name": "Chỉ thị"}
     assert (written["number"], written["type_name"], written["steering"]) == ("12", "Chỉ thị", 1)
@@ -227,13 +268,17 @@ def test_file_drop_metadata_is_held_to_the_same_bounds() -> None:
         load_form(b'{"kind": "docu')
 
 
-@pytest.mark.parametrize("name, content", [
-    ("deep.json", "[" * 100_000),
-    ("big-number.json", '{"document": {"subject": "x", "priority": ' + "7" * 5_000 + "}}"),
-    ("deep.toml", "a = " + "[" * 100_000 + "]" * 100_000),
-])
-def test_exchange_sign_refuses_hostile_metadata_files_with_a_typed_error(tmp_path: Path, name: str,
-                                                                         content: str) -> None:
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("deep.json", "[" * 100_000),
+        ("big-number.json", '{"document": {"subject": "x", "priority": ' + "7" * 5_000 + "}}"),
+        ("deep.toml", "a = " + "[" * 100_000 + "]" * 100_000),
+    ],
+)
+def test_exchange_sign_refuses_hostile_metadata_files_with_a_typed_error(
+    tmp_path: Path, name: str, content: str
+) -> None:
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(ExchangeError) as caught:
@@ -243,9 +288,12 @@ def test_exchange_sign_refuses_hostile_metadata_files_with_a_typed_error(tmp_pat
 
 def test_exchange_sign_reads_toml_dates_and_the_schema_names(tmp_path: Path) -> None:
     path = tmp_path / "meta.toml"
-    path.write_text('from = "000.00.00.G22"\nto = "000.00.00.H41"\n[document]\nsubject = "x"\n'
-                    'code = { number = "1" }\npromulgation = { place = "Hà Nội", date = 2026-11-24 }\n'
-                    'extra = [ { name = "A", value = "b" } ]\n', encoding="utf-8")
+    path.write_text(
+        'from = "000.00.00.G22"\nto = "000.00.00.H41"\n[document]\nsubject = "x"\n'
+        'code = { number = "1" }\npromulgation = { place = "Hà Nội", date = 2026-11-24 }\n'
+        'extra = [ { name = "A", value = "b" } ]\n',
+        encoding="utf-8",
+    )
     envelope, _ = envelope_from_metadata(load_metadata(path))
     doc = envelope.header.document
     assert doc is not None and doc.promulgation is not None and doc.promulgation.date == date(2026, 11, 24)

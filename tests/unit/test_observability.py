@@ -37,8 +37,10 @@ def test_metrics_use_their_own_registry_so_instances_do_not_collide() -> None:
     a, b = Metrics(), Metrics()
     a.deliveries.labels("000.00.00.G22", "delivered").inc()
     assert a.registry is not b.registry
-    assert b.registry.get_sample_value("exchange_deliveries_total", {"agency": "000.00.00.G22",
-                                                                     "outcome": "delivered"}) is None
+    assert (
+        b.registry.get_sample_value("exchange_deliveries_total", {"agency": "000.00.00.G22", "outcome": "delivered"})
+        is None
+    )
     assert METRICS.registry is REGISTRY
     explicit = CollectorRegistry()
     assert Metrics(explicit).registry is explicit
@@ -103,15 +105,25 @@ def test_the_metrics_the_node_reads_by_attribute_exist() -> None:
 
 def test_sample_names_include_empty_labelled_metrics() -> None:
     names = sample_names(Metrics().registry)
-    assert {"exchange_deliveries_total", "exchange_delivery_latency_seconds_bucket", "exchange_queue_depth",
-            "exchange_build_info", "exchange_broker_up"} <= names
+    assert {
+        "exchange_deliveries_total",
+        "exchange_delivery_latency_seconds_bucket",
+        "exchange_queue_depth",
+        "exchange_build_info",
+        "exchange_broker_up",
+    } <= names
 
 
 def test_histogram_buckets_span_milliseconds_to_minutes() -> None:
     m = Metrics()
     m.delivery_latency.labels("x").observe(1)
-    buckets = [float(s.labels["le"]) for f in families(m.registry) if f.name == "exchange_delivery_latency_seconds"
-               for s in f.samples if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"]
+    buckets = [
+        float(s.labels["le"])
+        for f in families(m.registry)
+        if f.name == "exchange_delivery_latency_seconds"
+        for s in f.samples
+        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+    ]
     assert min(buckets) <= 0.1 and max(buckets) >= 600
 
 
@@ -181,9 +193,15 @@ def lines(stream: io.StringIO) -> list[dict]:
 
 def test_secret_fields_are_redacted_at_any_depth(captured: io.StringIO) -> None:
     log = structlog.get_logger("exchange.test")
-    log.info("submit", token=SECRET, headers={"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET},
-             agencies=[{"code": "A", "hmac": SECRET, "inner": {"private_key": SECRET, "cookie": SECRET}}],
-             password=SECRET, client_secret=SECRET, access_token=SECRET)
+    log.info(
+        "submit",
+        token=SECRET,
+        headers={"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET},
+        agencies=[{"code": "A", "hmac": SECRET, "inner": {"private_key": SECRET, "cookie": SECRET}}],
+        password=SECRET,
+        client_secret=SECRET,
+        access_token=SECRET,
+    )
     out = captured.getvalue()
     assert SECRET not in out
     (entry,) = lines(captured)
@@ -195,8 +213,11 @@ def test_secret_fields_are_redacted_at_any_depth(captured: io.StringIO) -> None:
 
 def test_secrets_inside_text_are_scrubbed(captured: io.StringIO) -> None:
     log = structlog.get_logger("exchange.test")
-    log.warning(f"calling with token={SECRET}", url=f"amqps://exchange:{SECRET}@rabbit:5671/gov",
-                detail=f"header Authorization: Bearer {SECRET}; next")
+    log.warning(
+        f"calling with token={SECRET}",
+        url=f"amqps://exchange:{SECRET}@rabbit:5671/gov",
+        detail=f"header Authorization: Bearer {SECRET}; next",
+    )
     assert SECRET not in captured.getvalue()
     entry = lines(captured)[0]
     assert entry["url"] == f"amqps://exchange:{REDACTED}@rabbit:5671/gov"
@@ -204,8 +225,13 @@ def test_secrets_inside_text_are_scrubbed(captured: io.StringIO) -> None:
 
 def test_document_contents_are_dropped(captured: io.StringIO) -> None:
     log = structlog.get_logger("exchange.test")
-    log.info("received", subject="Quyết định bí mật", body=b"%PDF-1.7", content="text",
-             document={"subject": "nested subject", "code": "12/QD-UBND", "attachment_data": "AAAA"})
+    log.info(
+        "received",
+        subject="Quyết định bí mật",
+        body=b"%PDF-1.7",
+        content="text",
+        document={"subject": "nested subject", "code": "12/QD-UBND", "attachment_data": "AAAA"},
+    )
     out = captured.getvalue()
     assert "bí mật" not in out and "nested subject" not in out and "AAAA" not in out and "PDF" not in out
     entry = lines(captured)[0]
@@ -237,8 +263,12 @@ def test_anything_shaped_like_an_api_token_is_redacted_in_keys_values_and_except
     token = TOKEN_PREFIX + "Zq3v_9-kLmN0pQrStUvWxYz0123456789abcdefGhIj"
     cut = token[:20]  # aiohttp quotes only the first bytes of an over-long line
     log = structlog.get_logger("exchange.test")
-    log.info("http.request", message_id=token, path=f"/v1/inbox/{token}/ack",
-             nested={"items": [{"note": f"got {cut}"}], token: "as a key"})
+    log.info(
+        "http.request",
+        message_id=token,
+        path=f"/v1/inbox/{token}/ack",
+        nested={"items": [{"note": f"got {cut}"}], token: "as a key"},
+    )
     try:
         raise ValueError(f"Got more than 8190 bytes when reading: b'X-Api-Key: {cut}'")
     except ValueError:
@@ -300,11 +330,18 @@ def test_console_mode_also_redacts() -> None:
     assert SECRET not in stream.getvalue() and "dev" in stream.getvalue()
 
 
-@pytest.mark.parametrize("text", [
-    f"Bearer {SECRET}", f"token={SECRET}", f"'password': '{SECRET}'", f"postgresql://u:{SECRET}@db/x",
-    f"api-key: {SECRET}", f"Cookie: session={SECRET}",
-    f"-----BEGIN EC PRIVATE KEY-----\n{SECRET}\n-----END EC PRIVATE KEY-----",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Bearer {SECRET}",
+        f"token={SECRET}",
+        f"'password': '{SECRET}'",
+        f"postgresql://u:{SECRET}@db/x",
+        f"api-key: {SECRET}",
+        f"Cookie: session={SECRET}",
+        f"-----BEGIN EC PRIVATE KEY-----\n{SECRET}\n-----END EC PRIVATE KEY-----",
+    ],
+)
 def test_scrub_text_removes_credentials(text: str) -> None:
     assert SECRET not in scrub_text(text)
 
@@ -329,21 +366,27 @@ def test_parse_valid_traceparent() -> None:
     assert tracing.parse_traceparent(VALID[:-2] + "00")[2] == 0
 
 
-@pytest.mark.parametrize("header", [
-    None, "", "garbage",
-    VALID.upper(),                                                        # hex must be lowercase
-    "01" + VALID[2:],                                                     # only version 00
-    "ff" + VALID[2:],                                                     # ff is forbidden
-    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",            # zero trace id
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",            # zero span id
-    "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",             # short trace id
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",             # short span id
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",             # short flags
-    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",      # v00 has exactly 4 fields
-    VALID + "\n", " " + VALID,
-    "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
-    "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",            # not hex
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "garbage",
+        VALID.upper(),  # hex must be lowercase
+        "01" + VALID[2:],  # only version 00
+        "ff" + VALID[2:],  # ff is forbidden
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero span id
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  # short trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",  # short span id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",  # short flags
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # v00 has exactly 4 fields
+        VALID + "\n",
+        " " + VALID,
+        "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",  # not hex
+    ],
+)
 def test_parse_rejects_invalid_traceparent(header: str | None) -> None:
     assert tracing.parse_traceparent(header) is None
 

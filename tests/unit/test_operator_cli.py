@@ -38,8 +38,22 @@ def run(monkeypatch, *argv: str, stdin: str = "") -> int:
 
 def test_an_account_is_created_from_stdin_listed_and_disabled(config, monkeypatch, capsys, tmp_path) -> None:
     password = "a very long passphrase"
-    assert run(monkeypatch, "operator", "create", "--config", config, "--name", "lan", "--role", "operator",
-               "--password-stdin", stdin=password + "\n") == 0
+    assert (
+        run(
+            monkeypatch,
+            "operator",
+            "create",
+            "--config",
+            config,
+            "--name",
+            "lan",
+            "--role",
+            "operator",
+            "--password-stdin",
+            stdin=password + "\n",
+        )
+        == 0
+    )
     assert run(monkeypatch, "operator", "list", "--config", config) == 0
     out = capsys.readouterr().out
     assert "lan" in out and "operator" in out and "active" in out and password not in out
@@ -57,8 +71,9 @@ def test_an_account_is_created_from_stdin_listed_and_disabled(config, monkeypatc
     assert "disabled" in capsys.readouterr().out
 
 
-def test_a_taken_name_a_short_password_and_an_unknown_account_are_refused_in_one_line(config, monkeypatch,
-                                                                                        capsys) -> None:
+def test_a_taken_name_a_short_password_and_an_unknown_account_are_refused_in_one_line(
+    config, monkeypatch, capsys
+) -> None:
     args = ("operator", "create", "--config", config, "--name", "lan", "--role", "viewer", "--password-stdin")
     assert run(monkeypatch, *args, stdin="long enough password\n") == 0
     assert run(monkeypatch, *args, stdin="long enough password\n") == 1
@@ -71,5 +86,16 @@ def test_a_taken_name_a_short_password_and_an_unknown_account_are_refused_in_one
 
 def test_there_is_no_way_to_give_the_password_on_the_command_line(config, monkeypatch) -> None:
     with pytest.raises(SystemExit):
-        run(monkeypatch, "operator", "create", "--config", config, "--name", "x", "--role", "viewer",
-            "--password", "in argv")
+        run(
+            monkeypatch,
+            "operator",
+            "create",
+            "--config",
+            config,
+            "--name",
+            "x",
+            "--role",
+            "viewer",
+            "--password",
+            "in argv",
+        )

@@ -33,13 +33,14 @@ def package_files() -> list[Path]:
 
 def test_every_data_file_in_the_package_is_declared_package_data() -> None:
     patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["exchange"]
-    data = [p.relative_to(PACKAGE).as_posix() for p in package_files()
-            if not any(fnmatch.fnmatch(p.name, n) for n in NOT_DATA)]
+    data = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in package_files()
+        if not any(fnmatch.fnmatch(p.name, n) for n in NOT_DATA)
+    ]
     assert data, "the walk found no data files at all (the XSD and openapi.yaml are some)"
     undeclared = [f for f in data if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
-    assert not undeclared, (
-        f"not in [tool.setuptools.package-data] exchange, so not in the wheel: {undeclared}"
-    )
+    assert not undeclared, f"not in [tool.setuptools.package-data] exchange, so not in the wheel: {undeclared}"
 
 
 def test_every_folder_with_python_code_is_a_package() -> None:
@@ -91,9 +92,12 @@ def test_the_lock_pins_every_declared_dependency_within_its_range(lock: str, ext
     for extra in extras:
         declared += [Requirement(r) for r in project["optional-dependencies"][extra]]
     pins = pinned(ROOT / lock)
-    stale = [f"{r} (locked: {pins.get(canonicalize_name(r.name), 'missing')})" for r in declared
-             if canonicalize_name(r.name) not in pins
-             or not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)]
+    stale = [
+        f"{r} (locked: {pins.get(canonicalize_name(r.name), 'missing')})"
+        for r in declared
+        if canonicalize_name(r.name) not in pins
+        or not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)
+    ]
     assert not stale, f"{lock} does not satisfy pyproject.toml; run deploy/lock.sh: {stale}"
 
 

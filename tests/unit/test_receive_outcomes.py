@@ -186,7 +186,7 @@ async def test_a_replay_of_a_failed_delivery_older_than_the_replay_window_is_sti
 ) -> None:
     from datetime import timedelta
 
-    mid, xml, parts = await send(service)
+    _, xml, parts = await send(service)
     adapter = service.adapters[B]
     adapter.options = {**adapter.options, "refuse": True}
     await service.receive(B, xml, parts)
@@ -203,7 +203,7 @@ async def test_an_envelope_outside_the_configured_replay_window_is_refused_with_
     from dataclasses import replace
     from datetime import timedelta
 
-    mid, xml, parts = await send(service)
+    _, xml, parts = await send(service)
     service.limits = replace(service.limits, replay_window_seconds=3600)
     later = service.clock() + timedelta(hours=2)
     service.clock = lambda: later

@@ -76,11 +76,20 @@ async def test_the_copies_of_a_fan_out_are_published_from_one_frame_never_reenco
         frame = b"EXF1" + bytes(range(256)) * 256  # 64 KiB + the magic
         recipients = [f"000.00.{i:02d}.H41" for i in range(1, 51)]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
-        await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r})
-                                             for r in recipients])
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(recipients),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
+        await store.accept_outgoing(
+            record, [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r}) for r in recipients]
+        )
         relay = OutboxRelay(store, asyncio.Event())
         exchange = RecordingExchange()
         relay.exchange = exchange  # type: ignore[assignment]
@@ -89,6 +98,50 @@ async def test_the_copies_of_a_fan_out_are_published_from_one_frame_never_reenco
         assert {id(b) for b in bodies} == {id(bodies[0])} and bodies[0] == frame
         assert sorted(k for k, _ in exchange.messages) == sorted(f"{r}.normal" for r in recipients)
         assert len({m.message_id for _, m in exchange.messages}) == 50  # confirms are matched by it
+    finally:
+        await store.close()
+
+
+async def test_a_fan_out_leaves_as_one_copy_per_node_and_lane_each_naming_its_recipients(tmp_path: Path) -> None:
+    """1,200 recipients on two nodes: one claim, ceil(n / bundle_max) copies per node, each routed by a
+    recipient it names; an item without a node (written before bundles) still leaves alone."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
+    await store.open()
+    try:
+        frame = b"EXF1" + bytes(64 * 1024)
+        north = [f"000.{i // 99:02d}.{i % 99 + 1:02d}.H41" for i in range(700)]
+        south = [f"000.{i // 99:02d}.{i % 99 + 1:02d}.H29" for i in range(499)]
+        items = [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r, "x-node": "north"}) for r in north]
+        items += [OutboxItem("m1", r, f"{r}.normal", frame, {"x-recipient": r, "x-node": "south"}) for r in south]
+        items.append(OutboxItem("m1", "000.00.00.H29", "000.00.00.H29.normal", frame, {}))
+        codes = [i.recipient for i in items]
+        xml = b"<envelope/>"
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(codes),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
+        await store.accept_outgoing(record, items)
+        relay = OutboxRelay(store, asyncio.Event(), batch=2000)
+        exchange = RecordingExchange()
+        relay.exchange = exchange  # type: ignore[assignment]
+        assert await relay.drain_once() == (1200, 0)
+        assert relay.copies == 4  # north: 500 + 200, south: 499, the one without a node
+        served: list[str] = []
+        for key, message in exchange.messages:
+            listed = str((message.headers or {}).get("x-recipients") or "").split(",")
+            listed = listed if listed != [""] else [str((message.headers or {})["x-recipient"])]
+            assert key == f"{listed[0]}.normal" and len(listed) <= 500
+            served += listed
+        assert sorted(served) == sorted(codes)  # each recipient served by exactly one copy
+        assert len({m.message_id for _, m in exchange.messages}) == 4  # confirms are matched by it
+        assert await store.outbox_stats() == (0, None)
     finally:
         await store.close()
 
@@ -142,7 +195,7 @@ def test_the_binding_ledger_remembers_per_broker_and_prefix(tmp_path: Path) -> N
 
 
 def test_a_node_hosting_thousands_loads_keys_on_first_use_and_certificates_alone_for_probes(tmp_path: Path) -> None:
-    from exchange.devworld import issue_identities, AgencySpec
+    from exchange.devworld import AgencySpec, issue_identities
     from exchange.node import LazySigners
 
     specs = [AgencySpec(f"000.00.{i:02d}.H41", f"xã {i}", ec=True) for i in range(1, 6)]
@@ -182,12 +235,13 @@ def test_issuing_a_world_writes_the_ca_index_once_per_batch(tmp_path: Path, monk
 def _capacity_block() -> str:
     text = (Path(__file__).resolve().parents[2] / "deploy" / "setup.sh").read_text(encoding="utf-8")
     start = text.index("# --- RabbitMQ capacity")
-    return text[start:text.index("# --- test-only services", start)]
+    return text[start : text.index("# --- test-only services", start)]
 
 
 @pytest.mark.parametrize("limit, warned", [(927, True), (65536, False)])
 def test_setup_warns_when_the_brokers_open_files_limit_is_too_low_for_the_directory(
-        tmp_path: Path, limit: int, warned: bool) -> None:
+    tmp_path: Path, limit: int, warned: bool
+) -> None:
     import json
     import os
     import subprocess
@@ -197,12 +251,20 @@ def test_setup_warns_when_the_brokers_open_files_limit_is_too_low_for_the_direct
     fake.write_text("#!/bin/sh\necho '" + json.dumps({"file_descriptors": {"total_limit": limit}}) + "'\n")
     fake.chmod(0o755)
     directory = tmp_path / "directory.toml"  # 400 nodes: 1,206 queues, ~5,000 handles
-    directory.write_text("".join(f'[[agency]]\ncode = "000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}"\n'
-                                 f'node = "n{i}"\n' for i in range(400)), encoding="utf-8")
+    directory.write_text(
+        "".join(
+            f'[[agency]]\ncode = "000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}"\nnode = "n{i}"\n' for i in range(400)
+        ),
+        encoding="utf-8",
+    )
     script = 'say() { echo "[setup] $*"; }\nas_root() { "$@"; }\n' + _capacity_block()
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}",
-                              "EXCHANGE_DIRECTORY": str(directory)})
+    out = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "EXCHANGE_DIRECTORY": str(directory)},
+    )
     assert out.returncode == 0, out.stderr
     assert ("WARNING" in out.stdout) is warned, out.stdout
     if warned:
@@ -229,15 +291,24 @@ class CongestedExchange:
 
 
 async def test_a_relay_facing_a_congested_broker_shrinks_its_batches_instead_of_republishing_them_whole(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
     await store.open()
     try:
         recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(400)]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="document", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        record = MessageRecord(
+            message_id="m1",
+            kind="document",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(recipients),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
         await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
         relay = OutboxRelay(store, asyncio.Event(), batch=200, confirm_timeout=0.05)
         exchange = CongestedExchange(capacity=30)
@@ -279,15 +350,24 @@ class ClosingChannelExchange:
 
 
 async def test_a_relay_whose_channel_closes_under_pending_confirms_keeps_publishing_until_the_outbox_is_empty(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'exchange.db'}")
     await store.open()
     try:
         recipients = [f"000.00.{i % 99 + 1:02d}.H{i // 99 + 10:02d}" for i in range(120)]
         xml = b"<envelope/>"
-        record = MessageRecord(message_id="m1", kind="receipt", operation="new", sender=GOVERNMENT_OFFICE,
-                               recipients=tuple(recipients), direction=Direction.OUT, created_at=datetime.now(UTC),
-                               envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest())
+        record = MessageRecord(
+            message_id="m1",
+            kind="receipt",
+            operation="new",
+            sender=GOVERNMENT_OFFICE,
+            recipients=tuple(recipients),
+            direction=Direction.OUT,
+            created_at=datetime.now(UTC),
+            envelope_xml=xml,
+            digest=hashlib.sha256(xml).hexdigest(),
+        )
         await store.accept_outgoing(record, [OutboxItem("m1", r, f"{r}.normal", b"frame", {}) for r in recipients])
         relay = OutboxRelay(store, asyncio.Event(), batch=50, poll_interval=0.01)
         exchange = ClosingChannelExchange(doomed=30)

@@ -278,7 +278,7 @@ def test_dev_ca_index_revocation_and_reissue(tmp_path: Path) -> None:
 
 def test_trust_store_reloads_a_rewritten_crl(tmp_path: Path) -> None:
     ca = pki.DevCA.create(tmp_path / "ca", ec=True)
-    key, cert_path = ca.issue(G22, "VPCP", ec=True)
+    _, cert_path = ca.issue(G22, "VPCP", ec=True)
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     store = TrustStore.from_paths([ca.cert_path], [ca.crl_path], reload_interval=None)
     assert store.check(cert, agency_code=G22).crl_checked

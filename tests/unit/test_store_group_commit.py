@@ -179,8 +179,11 @@ async def test_a_database_with_frames_inline_in_the_outbox_is_upgraded_on_open(t
     await s.close()
     db = sqlite3.connect(path)
     # A database of that age has only the baseline's tables: drop what later revisions added.
-    later = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-             if name not in BASELINE_TABLES and not name.startswith("sqlite_")]
+    later = [
+        name
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if name not in BASELINE_TABLES and not name.startswith("sqlite_")
+    ]
     db.executescript("".join(f"DROP TABLE {name};" for name in later))
     db.executescript("""
         DROP TABLE outbox; DROP TABLE outbox_frames;

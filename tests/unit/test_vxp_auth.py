@@ -81,8 +81,11 @@ def test_the_hash_header_is_the_hmac_sha256_hex_of_the_signed_json_computed_by_h
     headers = sign_headers(call(docId="42"), SECRET)
     assert headers[SIGN_HEADER_KEY] == "systemid;timestamp;docId"
     signed = json.loads(headers[SIGN_HEADER])
-    assert signed == {"XroadVnpt-systemid": "vxp.saas.03", "XroadVnpt-timestamp": "01122026T143005+0042",
-                      "XroadVnpt-docId": "42"}
+    assert signed == {
+        "XroadVnpt-systemid": "vxp.saas.03",
+        "XroadVnpt-timestamp": "01122026T143005+0042",
+        "XroadVnpt-docId": "42",
+    }
     by_hand = hmac.new(SECRET.encode(), headers[SIGN_HEADER].encode(), hashlib.sha256).hexdigest()
     assert headers[HASH_HEADER] == by_hand
     assert headers["XroadVnpt-docId"] == headers["docId"] == "42"
@@ -101,8 +104,13 @@ async def test_the_json_is_verified_as_sent_whatever_its_key_order_and_spacing()
     values = call(docId="7")
     text = "{ " + ", ".join(f'"XroadVnpt-{n}" : "{values[n]}"' for n in names) + " }"
     headers = {f"XroadVnpt-{n}": values[n] for n in names}
-    headers.update({SIGN_HEADER_KEY: ";".join(names), SIGN_HEADER: text,
-                    HASH_HEADER: hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest().upper()})
+    headers.update(
+        {
+            SIGN_HEADER_KEY: ";".join(names),
+            SIGN_HEADER: text,
+            HASH_HEADER: hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest().upper(),
+        }
+    )
     assert (await verify(headers)).get("docId") == "7"
 
 
@@ -156,15 +164,19 @@ async def test_unknown_systems_missing_or_malformed_signature_headers_are_refuse
         await verify(headers, required=("docId",))
     text = '{"XroadVnpt-systemid":"vxp.saas.03","XroadVnpt-systemid":"x","XroadVnpt-timestamp":"t"}'
     with pytest.raises(VxpAuthError, match="twice"):
-        await verify({SIGN_HEADER_KEY: "systemid;timestamp", SIGN_HEADER: text,
-                      HASH_HEADER: hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()})
+        await verify(
+            {
+                SIGN_HEADER_KEY: "systemid;timestamp",
+                SIGN_HEADER: text,
+                HASH_HEADER: hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest(),
+            }
+        )
     with pytest.raises(VxpAuthError, match="systemid and timestamp"):
         await verify(sign_headers({"systemid": "vxp.saas.03"}, SECRET))
 
 
 def test_hash_file_is_the_sha256_hex_and_the_sdks_unpadded_form_is_accepted() -> None:
-    data = next(bytes([i]) * 3 for i in range(256)
-                if any(b < 0x10 for b in hashlib.sha256(bytes([i]) * 3).digest()))
+    data = next(bytes([i]) * 3 for i in range(256) if any(b < 0x10 for b in hashlib.sha256(bytes([i]) * 3).digest()))
     digest = hashlib.sha256(data).digest()
     check_file_hash(digest.hex(), data)
     check_file_hash(digest.hex().upper(), data)

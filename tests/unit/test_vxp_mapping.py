@@ -11,9 +11,15 @@ from exchange.gateway.vxp.errors import VxpStatusUnknownError
 
 def test_each_hub_word_sends_the_qcvn_code_docs_api_md_lists() -> None:
     assert {w: mapping.code_of(w) for w in mapping.WORDS} == {
-        "inbox": StatusCode.ARRIVED, "rejection": StatusCode.REFUSED, "acceptance": StatusCode.ACCEPTED,
-        "assignment": StatusCode.ASSIGNED, "processing": StatusCode.PROCESSING, "done": StatusCode.COMPLETED,
-        "cancellation": StatusCode.CHANGE_AGREED, "fail": None}
+        "inbox": StatusCode.ARRIVED,
+        "rejection": StatusCode.REFUSED,
+        "acceptance": StatusCode.ACCEPTED,
+        "assignment": StatusCode.ASSIGNED,
+        "processing": StatusCode.PROCESSING,
+        "done": StatusCode.COMPLETED,
+        "cancellation": StatusCode.CHANGE_AGREED,
+        "fail": None,
+    }
 
 
 def test_every_qcvn_code_has_a_hub_word_and_a_description_naming_it() -> None:

@@ -512,7 +512,7 @@ class _IdentityKey(Protocol):
 
 
 class _SignerWithIdentity(Protocol):
-    """What :func:`secret_lookup` needs of a hosted agency's signer (the service types its signers as ``object``)."""
+    """What :func:`secret_lookup` needs of a hosted agency's signer beyond ``EnvelopeSigner``: its key."""
 
     @property
     def identity(self) -> _IdentityKey: ...

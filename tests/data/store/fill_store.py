@@ -28,12 +28,25 @@ A, B, C = "000.00.00.G01", "000.00.00.H01", "000.00.00.H02"
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
 
-def message(mid: str, direction: Direction, sender: str, recipients: tuple[str, ...],
-            subject: str = "Công văn số 12") -> MessageRecord:
+def message(
+    mid: str, direction: Direction, sender: str, recipients: tuple[str, ...], subject: str = "Công văn số 12"
+) -> MessageRecord:
     xml = f"<envelope id='{mid}'>{subject}</envelope>".encode()
-    return MessageRecord(message_id=mid, kind="document", operation="new", sender=sender, recipients=recipients,
-                         direction=direction, created_at=T0, envelope_xml=xml, digest=hashlib.sha256(xml).hexdigest(),
-                         priority=2, subject=subject, correlation_id="corr-1", document_id="12/CV-UBND")
+    return MessageRecord(
+        message_id=mid,
+        kind="document",
+        operation="new",
+        sender=sender,
+        recipients=recipients,
+        direction=direction,
+        created_at=T0,
+        envelope_xml=xml,
+        digest=hashlib.sha256(xml).hexdigest(),
+        priority=2,
+        subject=subject,
+        correlation_id="corr-1",
+        document_id="12/CV-UBND",
+    )
 
 
 async def fill(url: str) -> None:
@@ -42,19 +55,43 @@ async def fill(url: str) -> None:
     try:
         attachment = b"%PDF-1.7 old attachment\x00\xff"
         sha = hashlib.sha256(attachment).hexdigest()
-        items = [OutboxItem(message_id="m-out-1", recipient=r, routing_key=f"{r}.normal", body=b"frame-1" * 10,
-                            headers={"x-lane": "normal"}, priority=2) for r in (B, C)]
+        items = [
+            OutboxItem(
+                message_id="m-out-1",
+                recipient=r,
+                routing_key=f"{r}.normal",
+                body=b"frame-1" * 10,
+                headers={"x-lane": "normal"},
+                priority=2,
+            )
+            for r in (B, C)
+        ]
         sent = message("m-out-1", Direction.OUT, A, (B, C))
-        assert await store.accept_outgoing(sent, items, attachments={sha: attachment}, idempotency_key="idem-1") \
-            == ("m-out-1", True)
+        assert await store.accept_outgoing(sent, items, attachments={sha: attachment}, idempotency_key="idem-1") == (
+            "m-out-1",
+            True,
+        )
         claimed = await store.claim_outbox(1)  # one published, the other left waiting in the outbox
         await store.mark_published([claimed[0].id])  # type: ignore[list-item]
-        await store.record_event("m-out-1", claimed[0].recipient, "delivered", at=T0 + timedelta(seconds=5),
-                                 state=DeliveryState.DELIVERED, detail="receipt r-1")
-        await store.record_event("m-out-1", claimed[0].recipient, "status:03", at=T0 + timedelta(seconds=9),
-                                 status_code="03", detail="Đã phân công")
-        assert await store.accept_incoming(message("m-in-1", Direction.IN, C, (A,), "Báo cáo"), A,
-                                           attachments={sha: attachment})
+        await store.record_event(
+            "m-out-1",
+            claimed[0].recipient,
+            "delivered",
+            at=T0 + timedelta(seconds=5),
+            state=DeliveryState.DELIVERED,
+            detail="receipt r-1",
+        )
+        await store.record_event(
+            "m-out-1",
+            claimed[0].recipient,
+            "status:03",
+            at=T0 + timedelta(seconds=9),
+            status_code="03",
+            detail="Đã phân công",
+        )
+        assert await store.accept_incoming(
+            message("m-in-1", Direction.IN, C, (A,), "Báo cáo"), A, attachments={sha: attachment}
+        )
         await store.complete_incoming("m-in-1", A, InboxState.HANDED_OVER)
         await store.put_token(A, "f" * 64, "E-Office of G01")
         report = await store.verify_journal()
