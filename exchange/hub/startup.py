@@ -10,8 +10,9 @@ bounded in time, and an unreachable API is retried with exponential backoff (1 s
 refusal (credentials, a conflicting object) is not retried: the same request would be refused
 again until an operator fixes it; the next start or ``exchange hub apply`` applies it then.
 
-Every node of a hub may carry the same ``[hub]``: the declarations are idempotent (a shovel whose
-definition did not change is left running, not restarted).
+Every node of a hub may carry the same ``[hub]``: the declarations are idempotent, and RabbitMQ
+leaves a running shovel alone when its definition is set again unchanged (3.10, measured: no
+reconnect, same start time), so a node's restart does not interrupt its hub's links.
 """
 
 from __future__ import annotations
