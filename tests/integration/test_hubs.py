@@ -2,8 +2,9 @@
 
 Three independent RabbitMQ nodes started by deploy/hubs/rabbit-hubs.sh in a temporary base dir
 (names hubtest1..3, AMQP 5711-5713, management 15711-15713): hub 1 is Nghệ An's (H41), hub 2 the
-national hub, hub 3 Ho Chi Minh City's (H29). The links are declared by `exchange hub apply` from
-each hub's [hub] section, exactly as an operator would. Exchange nodes run on hubs 1 and 3 only.
+national hub, hub 3 Ho Chi Minh City's (H29). The links are declared from each hub's [hub] section
+exactly as an operator would: the provinces' by their nodes at start (`exchange serve`), the
+national hub's (no exchange node runs there) by `exchange hub apply`.
 The shared broker on 5672 is never touched; the three nodes are stopped in the fixture's teardown
 whatever happens (a failing test included).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -106,64 +108,90 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
         assert not left, f"rabbit-hubs.sh stop left processes behind: {left}"
 
 
-def hub_toml(
-    hubs: Hubs, n: int, prefix: str, name: str, home: list[str], links: list[tuple[str, int, list[str]]]
+def hub_section(
+    hubs: Hubs, n: int, name: str, home: list[str], links: list[tuple[str, int, list[str]]], *, api: str = ""
 ) -> str:
-    out = [
-        f'[amqp]\nprefix = "{prefix}"\n',
-        f'[hub]\nname = "{name}"\napi = "{hubs.api(n)}"\namqp = "{hubs.amqp(n)}"\nhome = {home!r}\n'.replace("'", '"'),
-    ]
+    """A [hub] section as an operator writes it (one password for the test's links, from the environment)."""
+    out = [f'[hub]\nname = "{name}"\napi = "{api or hubs.api(n)}"\namqp = "{hubs.amqp(n)}"\nhome = {home!r}\n']
     for link, to, patterns in links:
         out.append(
             f'[[hub.links]]\nname = "{link}"\nto = "{hubs.amqp(to)}"\ndownstream_api = "{hubs.api(to)}"\n'
-            f'patterns = {patterns!r}\nreconnect_delay = 1\npassword_env = "HUBTEST_LINK_PW"\n'.replace("'", '"')
+            f'patterns = {patterns!r}\nreconnect_delay = 1\npassword_env = "HUBTEST_LINK_PW"\n'
         )
-    return "\n".join(out)
+    return "\n".join(out).replace("'", '"')
 
 
-def apply_hubs(hubs: Hubs, root: Path, prefix: str) -> None:
-    """Each hub operator's `exchange hub apply` (one password for the test's links, from the environment)."""
-    plan = {
-        1: ("h41", ["*.*.*.H41.*"], [("h41-national", 2, ["#"])]),
-        2: ("national", [], [("national-h41", 1, ["*.*.*.H41.*"]), ("national-h29", 3, ["*.*.*.H29.*"])]),
-        3: ("h29", ["*.*.*.H29.*"], [("h29-national", 2, ["#"])]),
-    }
-    env = {**os.environ, "HUBTEST_LINK_PW": uuid.uuid4().hex}
-    for n, (name, home, links) in plan.items():
-        path = root / f"hub-{name}.toml"
-        path.write_text(hub_toml(hubs, n, prefix, name, home, links), encoding="utf-8")
-        proc = subprocess.run(
-            [sys.executable, "-m", "exchange.cli.main", "hub", "apply", "-c", str(path)],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert env["HUBTEST_LINK_PW"] not in proc.stdout + proc.stderr  # the password is never printed
+H41 = ("h41", ["*.*.*.H41.*"], [("h41-national", 2, ["#"])])
+NATIONAL = ("national", [], [("national-h41", 1, ["*.*.*.H41.*"]), ("national-h29", 3, ["*.*.*.H29.*"])])
+H29 = ("h29", ["*.*.*.H29.*"], [("h29-national", 2, ["#"])])
+
+
+def apply_national(hubs: Hubs, root: Path, prefix: str) -> None:
+    """The national operator's `exchange hub apply` (no exchange node runs on the national hub)."""
+    path = root / "hub-national.toml"
+    path.write_text(f'[amqp]\nprefix = "{prefix}"\n\n' + hub_section(hubs, 2, *NATIONAL), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "exchange.cli.main", "hub", "apply", "-c", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.environ["HUBTEST_LINK_PW"] not in proc.stdout + proc.stderr  # the password is never printed
+
+
+def unanswered_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
-async def world(hubs: Hubs, tmp_path: Path) -> AsyncIterator[World]:
+async def world(hubs: Hubs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    """Nghệ An's and Ho Chi Minh City's hubs are declared by their nodes at start, from the [hub] of
+    their own TOML (`exchange serve`); the national hub by `exchange hub apply`. The second Nghệ An
+    node's [hub] names a management API nobody answers on: it starts and takes documents all the
+    same, its apply waiting in the background."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    apply_hubs(hubs, tmp_path, prefix)
+    monkeypatch.setenv("HUBTEST_LINK_PW", uuid.uuid4().hex)
+    apply_national(hubs, tmp_path, prefix)
 
     def rec(code: str, node: str) -> AgencySpec:
         return AgencySpec(
             code, f"agency {code}", node=node, adapter="recording", options={"path": str(tmp_path / f"{code}.jsonl")}
         )
 
+    nowhere = f"http://guest:guest@127.0.0.1:{unanswered_port()}"
     specs = [
-        NodeSpec("na", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
-        NodeSpec("na2", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,)),
-        NodeSpec("hcm", amqp_url=hubs.url(3), prefix=prefix, http_port=0, retry_delays=(1,)),
+        NodeSpec(
+            "na", amqp_url=hubs.url(1), prefix=prefix, http_port=0, retry_delays=(1,), extra=hub_section(hubs, 1, *H41)
+        ),
+        NodeSpec(
+            "na2",
+            amqp_url=hubs.url(1),
+            prefix=prefix,
+            http_port=0,
+            retry_delays=(1,),
+            extra=hub_section(hubs, 1, *H41, api=nowhere),
+        ),
+        NodeSpec(
+            "hcm", amqp_url=hubs.url(3), prefix=prefix, http_port=0, retry_delays=(1,), extra=hub_section(hubs, 3, *H29)
+        ),
     ]
     w = World(tmp_path, build_world(tmp_path, [rec(NA_1, "na"), rec(NA_2, "na2"), rec(HCM_1, "hcm")], specs))
     w.prefix = prefix  # type: ignore[attr-defined]
     try:
         for node in ("na", "na2", "hcm"):
             await w.start(node)
+        for node in ("na", "hcm"):
+            (task,) = [t for t in w.nodes[node]._tasks if t.get_name() == "hub-apply"]
+            await asyncio.wait_for(task, 60)
+        (waiting,) = [t for t in w.nodes["na2"]._tasks if t.get_name() == "hub-apply"]
+        assert not waiting.done()  # still retrying, while na2 is connected and consuming
+        # What only the nodes declared: their own links (and home patterns) on their hubs.
+        assert "h41-national" in await link_status(hubs, 1, prefix)
+        assert "h29-national" in await link_status(hubs, 3, prefix)
         yield w
     finally:
         await w.close()
