@@ -34,6 +34,12 @@ DIST_BASE="${RABBIT_HUBS_DIST_BASE:-25700}"
 # CLI tools open a distribution port too; keep ours off the default node's and the cluster script's ranges.
 CTL_PORT_MIN="${RABBIT_HUBS_CTL_PORT_MIN:-35800}"
 TIMEOUT="${RABBIT_HUBS_TIMEOUT:-120}"
+# TLS (amqps) for the links: with RABBIT_HUBS_TLS_DIR holding ca.pem and, for each node N that
+# should have a TLS listener, node$N.pem and node$N.key, node N also listens on 127.0.0.1 port
+# RABBIT_HUBS_TLS_BASE+N (default PORT_BASE+20: 5721-5723), verifying clients' certificates
+# against ca.pem (verify_peer, a certificate required).
+TLS_DIR="${RABBIT_HUBS_TLS_DIR:-}"
+TLS_BASE="${RABBIT_HUBS_TLS_BASE:-$((PORT_BASE + 20))}"
 PLUGINS="rabbitmq_management rabbitmq_shovel rabbitmq_shovel_management"
 
 bindir() {
@@ -105,6 +111,16 @@ collect_statistics_interval = 1000
 log.file.level = info
 log.console = false
 CONF
+    if [ -n "$TLS_DIR" ] && [ -s "$TLS_DIR/node$n.pem" ]; then
+      cat >>"$d/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$((TLS_BASE + n))
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/node$n.pem
+ssl_options.keyfile = $TLS_DIR/node$n.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+CONF
+    fi
     if [ ! -s "$d/enabled_plugins" ] || ! grep -q rabbitmq_shovel_management "$d/enabled_plugins"; then
       enable_plugins "$n" & pids+=($!)   # side by side: each is a CLI start-up of a few seconds
     fi

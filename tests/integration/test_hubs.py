@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import socket
 import subprocess
@@ -21,15 +22,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aio_pika
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exchange.adapters.recording import read_records
 from exchange.devworld import AgencySpec, NodeSpec, build_world
 from exchange.envelope.model import DocumentCode, DocumentInfo, StatusCode
-from exchange.hub.links import ManagementApi
+from exchange.hub.links import LinkSpec, ManagementApi, Side, Tls, apply_link, remove_link
 from exchange.hub.status import hub_status
 from exchange.store.base import DeliveryState
 from tests.integration.conftest import World, wait_for
@@ -39,7 +45,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "hubs" / "rabbit-hubs.sh"
 NAME = "hubtest"
-PORT_BASE, MGMT_BASE, DIST_BASE, CTL_MIN = 5710, 15710, 25710, 35830
+PORT_BASE, MGMT_BASE, DIST_BASE, CTL_MIN, TLS_BASE = 5710, 15710, 25710, 35830, 5730
 
 NA_1, NA_2 = "000.00.31.H41", "000.00.32.H41"  # two communes of Nghệ An
 HCM_1 = "000.00.11.H29"  # a commune of Ho Chi Minh City
@@ -55,6 +61,14 @@ class Hubs:
 
     def url(self, n: int) -> str:
         return f"amqp://guest:guest@127.0.0.1:{PORT_BASE + n}/"
+
+    def amqps(self, n: int) -> str:
+        """The TLS listener (the national hub's only: its certificate names localhost and 127.0.0.1)."""
+        return f"amqps://127.0.0.1:{TLS_BASE + n}"
+
+    @property
+    def tls(self) -> Path:
+        return self.base / "tls"
 
     def api(self, n: int) -> str:
         return f"http://guest:guest@127.0.0.1:{MGMT_BASE + n}"
@@ -79,11 +93,61 @@ class Hubs:
         ]
 
 
+def make_tls(d: Path) -> None:
+    """A test CA; the national hub's server certificate (localhost, 127.0.0.1); one client
+    certificate the links present (the listener requires one); and an unrelated CA."""
+    now = datetime.now(UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject: str, key, issuer: str, signer, *, ca: bool, usage=None, san=None) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        )
+        if usage is not None:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if san is not None:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    def write(stem: str, c: x509.Certificate, key=None) -> None:
+        (d / f"{stem}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            (d / f"{stem}.key").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
+                )
+            )
+
+    d.mkdir(parents=True)
+    ca_key, other_key, server_key, link_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    write("ca", cert("hub test CA", ca_key, "hub test CA", ca_key, ca=True))
+    write("other-ca", cert("another CA", other_key, "another CA", other_key, ca=True))
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = cert(
+        "localhost", server_key, "hub test CA", ca_key, ca=False, usage=ExtendedKeyUsageOID.SERVER_AUTH, san=san
+    )
+    write("node2", server, server_key)  # rabbit-hubs.sh gives node 2 a TLS listener with it
+    link = cert("hub link", link_key, "hub test CA", ca_key, ca=False, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    write("link", link, link_key)
+
+
 @pytest.fixture(scope="module")
 def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
     if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
         pytest.skip("Debian's rabbitmq-server is not installed (apt-get install rabbitmq-server)")
     base = tmp_path_factory.mktemp("rabbit-hubs")
+    make_tls(base / "tls")
     env = {
         **os.environ,
         "RABBIT_HUBS_BASE": str(base),
@@ -93,6 +157,8 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hubs]:
         "RABBIT_HUBS_DIST_BASE": str(DIST_BASE),
         "RABBIT_HUBS_CTL_PORT_MIN": str(CTL_MIN),
         "RABBIT_HUBS_TIMEOUT": "300",
+        "RABBIT_HUBS_TLS_DIR": str(base / "tls"),
+        "RABBIT_HUBS_TLS_BASE": str(TLS_BASE),
     }
     h = Hubs(base, env)
     try:
@@ -114,10 +180,16 @@ def hub_section(
     """A [hub] section as an operator writes it (one password for the test's links, from the environment)."""
     out = [f'[hub]\nname = "{name}"\napi = "{api or hubs.api(n)}"\namqp = "{hubs.amqp(n)}"\nhome = {home!r}\n']
     for link, to, patterns in links:
-        out.append(
+        text = (
             f'[[hub.links]]\nname = "{link}"\nto = "{hubs.amqp(to)}"\ndownstream_api = "{hubs.api(to)}"\n'
             f'patterns = {patterns!r}\nreconnect_delay = 1\npassword_env = "HUBTEST_LINK_PW"\n'
         )
+        if to == 2:  # to the national hub: amqps, the peer verified against the test CA, a client certificate
+            text = text.replace(hubs.amqp(to), hubs.amqps(to)) + (
+                f'ca_file = "{hubs.tls / "ca.pem"}"\ncert_file = "{hubs.tls / "link.pem"}"\n'
+                f'key_file = "{hubs.tls / "link.key"}"\nserver_name = "localhost"\nverify = true\n'
+            )
+        out.append(text)
     return "\n".join(out).replace("'", '"')
 
 
@@ -269,6 +341,58 @@ async def test_a_document_between_two_agencies_of_one_province_never_leaves_its_
     assert [t for t in await na.store.timeline(sent.message_id) if t.event == "hop"] == []
     up = await link_status(hubs, 1, world.prefix)  # type: ignore[attr-defined]
     assert up["h41-national"].backlog == 0 and up["h41-national"].up
+
+
+async def test_the_links_to_the_national_hub_run_over_tls_and_a_peer_it_cannot_verify_keeps_a_link_down(
+    world: World, hubs: Hubs
+) -> None:
+    prefix = world.prefix  # type: ignore[attr-defined]
+    users = {f"{prefix}-link-h41-national", f"{prefix}-link-h29-national"}
+
+    async def link_connections() -> list[dict]:
+        async with ManagementApi(hubs.api(2)) as api:
+            return [c for c in await api.request("GET", "/connections") or [] if c.get("user") in users]
+
+    async def both_connected() -> bool:
+        return {c["user"] for c in await link_connections()} == users
+
+    await wait_for(both_connected, 30, "both provinces' shovels connected to the national hub")
+    for c in await link_connections():
+        # The national hub's TLS listener, which requires a client certificate and verifies it.
+        assert c["ssl"] is True and c["port"] == TLS_BASE + 2, c
+        assert c["peer_cert_subject"] == "CN=hub link", c
+    assert (await link_status(hubs, 1, prefix))["h41-national"].up
+
+    # verify_peer is real: the same link with a CA that did not sign the national hub's certificate
+    # never connects; RabbitMQ logs the TLS alert and the link is reported down.
+    bad = LinkSpec(
+        name="h41-wrongca",
+        upstream=Side(hubs.amqp(1), hubs.api(1)),
+        downstream=Side(
+            hubs.amqps(2),
+            tls=Tls(
+                str(hubs.tls / "other-ca.pem"), str(hubs.tls / "link.pem"), str(hubs.tls / "link.key"), "localhost"
+            ),
+        ),
+        patterns=("*.*.*.H99.*",),
+        prefix=prefix,
+        reconnect_delay=1,
+        password=os.environ["HUBTEST_LINK_PW"],
+    )
+    log = hubs.base / f"{NAME}1" / "log" / f"{NAME}1@localhost.log"
+    failed = f"Shovel '{prefix}.link.h41-wrongca' failed to connect"
+
+    async def refused() -> bool:
+        await asyncio.sleep(0.5)
+        return any(failed in line and "unknown_ca" in line for line in log.read_text(errors="replace").splitlines())
+
+    async with ManagementApi(hubs.api(1)) as up, ManagementApi(hubs.api(2)) as down:
+        await apply_link(bad, upstream_api=up, downstream_api=down)
+        try:
+            await wait_for(refused, 30, "hub 1's log: the wrong-CA link refused with unknown_ca")
+            assert not (await link_status(hubs, 1, prefix))["h41-wrongca"].up
+        finally:
+            await remove_link(bad, upstream_api=up, delete_queue=True)
 
 
 async def link_queue_depth(amqp_url: str, queue: str) -> int:
