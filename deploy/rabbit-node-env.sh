@@ -165,16 +165,17 @@ running_list() {
   echo "${out# }"
 }
 
-dispatch() {  # dispatch ACTION ARGS…: the commands both scripts take (they define prepare, cmd_start, cmd_status, usage)
+dispatch() {  # dispatch ACTION ARGS…: the commands both scripts take (they define prepare, cmd_start, cmd_status, usage,
+# and may define cmd_stop)
   local action="${1:-}" n
   case "$action" in
     start) cmd_start ;;
-    stop) stop_all; say "all nodes stopped" ;;
+    stop) if declare -F cmd_stop >/dev/null; then cmd_stop; else stop_all; say "all nodes stopped"; fi ;;
     status) cmd_status ;;
     stop-node) check_n "${2:-}"; stop_one "$2" ;;
     start-node) check_n "${2:-}"; prepare; launch "$2"; await "$2"; say "$(node_name "$2") up" ;;
     ctl) check_n "${2:-}"; n="$2"; shift 2; ctl "$n" "$@" ;;
-    purge) stop_all; rm -rf "$BASE"; say "removed $BASE" ;;
+    purge) if declare -F cmd_stop >/dev/null; then cmd_stop; else stop_all; fi; rm -rf "$BASE"; say "removed $BASE" ;;
     *) usage; exit 2 ;;
   esac
 }

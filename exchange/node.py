@@ -27,6 +27,7 @@ from exchange.adapters.base import Adapter
 from exchange.adapters.registry import adapter_class
 from exchange.config import NodeConfig
 from exchange.errors import ConfigError, PortInUseError
+from exchange.hub.startup import hub_apply_task
 from exchange.routing.directory import Directory
 from exchange.routing.lanes import Lane
 from exchange.service import ExchangeService
@@ -268,6 +269,9 @@ class Node:
             )
             self._tasks.append(asyncio.create_task(self._amqp_supervisor(), name="amqp-supervisor"))
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+            hub_apply = hub_apply_task(self.config, service.directory)  # [hub], in the background (docs/FEDERATION.md)
+            if hub_apply is not None:
+                self._tasks.append(hub_apply)
             if self.metrics is not None:
                 self._tasks.append(asyncio.create_task(self._gauges(self.metrics), name="gauges"))
         except BaseException:

@@ -228,7 +228,7 @@ def _home(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from exchange.hub.config import load_hub_config
-    from exchange.hub.links import ManagementApi, apply_link, declare_hub
+    from exchange.hub.startup import apply_hub
 
     if not args.config:
         raise ConfigError("--config (or $EXCHANGE_CONFIG) is required: the node TOML with a [hub] section")
@@ -236,20 +236,11 @@ def _apply(args: argparse.Namespace) -> int:
     if hub is None:
         raise ConfigError(f"{args.config} has no [hub] section; see docs/FEDERATION.md")
 
-    async def go() -> list[tuple[tuple[Applied, str], LinkSpec]]:
-        out = []
-        async with ManagementApi(hub.api) as api:
-            await declare_hub(api, hub.prefix, hub.vhost, home=hub.home)
-            for spec in hub.links:
-                if spec.downstream.api:
-                    async with ManagementApi(spec.downstream.api) as down:
-                        out.append((await apply_link(spec, upstream_api=api, downstream_api=down), spec))
-                else:
-                    out.append((await apply_link(spec, upstream_api=api), spec))
-        return out
+    async def go() -> list[tuple[Applied, str, LinkSpec]]:
+        return await apply_hub(hub)
 
     print(f"hub {hub.name}: home {', '.join(hub.home) or '(none)'}")
-    for (applied, pw), spec in run(go):
+    for applied, pw, spec in run(go):
         _print_applied(applied, spec)
         if applied.password_generated:
             print(f"link {applied.link} password (set password_env to keep it): {pw}", file=sys.stderr)
