@@ -270,6 +270,7 @@ class ExchangeService:
         self.clock = clock
         self.adapters: dict[str, Adapter] = {}
         self._sent_facts: OrderedDict[str, SentFacts] = OrderedDict()
+        self._hosted: tuple[tuple[int, int], frozenset[str]] = ((0, -1), frozenset())
         #: Set whenever the outbox gains items, so the relay wakes at once.
         self.outbox_event = asyncio.Event()
 
@@ -277,7 +278,11 @@ class ExchangeService:
 
     @property
     def hosted(self) -> frozenset[str]:
-        return frozenset(self.signers)
+        """The agencies this node signs for (built once per signers mapping: a bundle asks per recipient)."""
+        key = (id(self.signers), len(self.signers))
+        if self._hosted[0] != key:
+            self._hosted = (key, frozenset(self.signers))
+        return self._hosted[1]
 
     def _signer(self, agency: str) -> EnvelopeSigner:
         signer = self.signers.get(agency)
