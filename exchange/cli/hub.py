@@ -149,7 +149,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str, str]:
     if args.config:
         from exchange.hub.config import load_hub_config
 
-        hub = load_hub_config(args.config)
+        hub = load_hub_config(args.config, link_secrets=False)  # reading the hub needs no link password
         if hub is None:
             raise ConfigError(f"{args.config} has no [hub] section; add one (docs/FEDERATION.md) or pass --api")
         return hub.api, hub.prefix, hub.vhost

@@ -86,8 +86,13 @@ def hub_config(
     environ: Mapping[str, str] | None = None,
     source: str = "config",
     directory: Directory | None = None,
+    link_secrets: bool = True,
 ) -> HubConfig | None:
-    """Parse ``raw["hub"]`` (None when the node is not a hub operator's)."""
+    """Parse ``raw["hub"]`` (None when the node is not a hub operator's).
+
+    ``link_secrets=False`` reads the section without the links' passwords (empty), for what only
+    reads the hub (``exchange hub status``): an operator looking at a link need not hold its secret.
+    """
     env = os.environ if environ is None else environ
     hub = raw.get("hub")
     if hub is None:
@@ -128,7 +133,7 @@ def hub_config(
         if not patterns:
             raise ConfigError(f"{where} carries nothing: give patterns = [...] or hubs = [...] that the directory uses")
         password = ""
-        if link.get("password_env"):
+        if link.get("password_env") and link_secrets:
             password = env.get(str(link["password_env"]), "")
             if not password:
                 raise ConfigError(
@@ -170,7 +175,9 @@ def hub_config(
     return HubConfig(str(hub["name"]), prefix, api, vhost, home, tuple(links))
 
 
-def load_hub_config(path: str | Path, environ: Mapping[str, str] | None = None) -> HubConfig | None:
+def load_hub_config(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, link_secrets: bool = True
+) -> HubConfig | None:
     """The ``[hub]`` section of the node TOML at ``path`` (the prefix comes from its ``[amqp]``)."""
     path = Path(path)
     try:
@@ -189,4 +196,5 @@ def load_hub_config(path: str | Path, environ: Mapping[str, str] | None = None) 
         environ=environ,
         source=str(path),
         directory=directory,
+        link_secrets=link_secrets,
     )

@@ -153,6 +153,9 @@ def test_the_hub_section_takes_passwords_from_the_environment_only() -> None:
     assert "lnk" not in repr(link)  # never in a log line or a traceback
     with pytest.raises(ConfigError, match="LINK_PW"):
         hub_config(raw, prefix="exchange", environ={"API_PW": "adm"})
+    # What only reads the hub (exchange hub status, the exporter) needs no link password.
+    reader = hub_config(raw, prefix="exchange", environ={"API_PW": "adm"}, link_secrets=False)
+    assert reader is not None and reader.api == hub.api and reader.links[0].password == ""
     with pytest.raises(ConfigError, match="unknown keys"):
         hub_config({"hub": {**raw["hub"], "passwd": "x"}}, prefix="exchange", environ={})
     assert hub_config({}, prefix="exchange") is None
