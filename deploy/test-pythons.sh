@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the unit suite on every supported Python this machine has, besides .venv's 3.11:
 # one environment per version (.venv-3.12, .venv-3.13) with the locked dev dependencies and the
-# project installed editable, then `pytest tests/unit -m "not slow"` in each.
+# project installed editable, then `pytest tests/unit -m "not slow"` in each, on $PYTHONS_WORKERS
+# pytest-xdist workers (default 3: the suite waits on timers and subprocesses more than it computes).
 #   deploy/test-pythons.sh [VERSION...]          default: 3.12 3.13 (or $PYTHONS)
 # A version that is not installed is skipped with a line saying so; one whose suite fails, or takes
 # longer than $PYTHONS_TIMEOUT seconds (default 900), fails the script. Extra pytest arguments go
@@ -17,6 +18,7 @@ while [ $# -gt 0 ]; do
 done
 if [ ${#versions[@]} -eq 0 ]; then read -r -a versions <<<"${PYTHONS:-3.12 3.13}"; fi
 limit="${PYTHONS_TIMEOUT:-900}"
+workers="${PYTHONS_WORKERS:-3}"
 say() { printf '\033[1m[pythons]\033[0m %s\n' "$*" >&2; }
 
 # The interpreter for version V: pyenv's build if there is one, else pythonV on PATH (if it runs).
@@ -48,6 +50,7 @@ for v in "${versions[@]}"; do
       "$py" -m venv --without-pip "$env"
       "$uv" pip install --quiet --python "$env/bin/python" --require-hashes -r requirements-dev.lock
       "$uv" pip install --quiet --python "$env/bin/python" --no-deps -e .
+      rm -rf exchange_bus.egg-info  # uv's editable build leaves it in the tree (deploy/setup.sh says why it goes)
     else
       "$py" -m venv "$env"
       "$env/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
@@ -55,11 +58,11 @@ for v in "${versions[@]}"; do
     fi
     touch "$stamp"
   fi
-  say "Python $v: pytest tests/unit -m 'not slow' (at most ${limit} s)"
+  say "Python $v: pytest tests/unit -m 'not slow' on $workers workers (at most ${limit} s)"
   ran=$((ran + 1))
   rc=0
   timeout --kill-after=30 "$limit" "$env/bin/python" -m pytest tests/unit -m "not slow" -q -p no:cacheprovider \
-    "${pytest_args[@]}" || rc=$?
+    -n "$workers" --dist loadscope "${pytest_args[@]}" || rc=$?
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then say "Python $v: the unit suite took longer than ${limit} s"; fi
   if [ "$rc" -ne 0 ]; then failed+=("$v"); fi
 done

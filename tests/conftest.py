@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -22,8 +23,22 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
+# rabbitmqctl commands that take the shared broker away from every other test running at the time.
+BROKER_STOPPING = frozenset({"stop_app", "stop", "reset", "force_reset", "shutdown"})
+
+
 def rabbitmqctl(*args: str, timeout: float = 120) -> str:
-    """Run rabbitmqctl; raise with its output if it fails."""
+    """Run rabbitmqctl; raise with its output if it fails.
+
+    Under pytest-xdist (PYTEST_XDIST_WORKER set) other workers' tests use the broker at the same
+    time, so stopping it is refused: such a test is marked ``serial`` and deploy/test.sh runs it
+    alone, in a second pytest run without ``-n`` (CONTRIBUTING.md, "Running the tests").
+    """
+    if args and args[0] in BROKER_STOPPING and os.environ.get("PYTEST_XDIST_WORKER"):
+        raise RuntimeError(
+            f"rabbitmqctl {args[0]} on worker {os.environ['PYTEST_XDIST_WORKER']}: it would stop the broker under "
+            "the other workers' tests; mark the test serial and run it without -n"
+        )
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     proc = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -44,7 +59,8 @@ def wait_for_broker(timeout: float = 120) -> None:
 def broker_stopped() -> Iterator[None]:
     """Stop the RabbitMQ application and ALWAYS start it again, even if the test fails.
 
-    CI runs next on the same machine: a test must never leave the broker down.
+    CI runs next on the same machine: a test must never leave the broker down. A test using it is
+    marked ``serial`` (rabbitmqctl refuses stop_app under pytest-xdist).
     """
     rabbitmqctl("stop_app")
     try:
@@ -56,7 +72,7 @@ def broker_stopped() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def amqp_vhost() -> Iterator[str]:
-    """A private vhost for this test run, deleted afterwards."""
+    """A private vhost for this test run, deleted afterwards (under pytest-xdist: one per worker)."""
     if not port_open("127.0.0.1", 5672):
         pytest.fail("RabbitMQ does not answer on 127.0.0.1:5672; run ./deploy/test.sh, which starts it")
     vhost = f"exchange-test-{uuid.uuid4().hex[:10]}"
