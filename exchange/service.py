@@ -16,7 +16,7 @@ import enum
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -160,6 +160,14 @@ def replay_of(receipt: ReceiptInfo) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class _InHand:
+    """The copies of one (message, recipient) being received on this node: handled one at a time."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    holders: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class SentFacts:
     """What a receipt is checked against: the sent envelope's digest and creation time."""
@@ -271,6 +279,8 @@ class ExchangeService:
         self.adapters: dict[str, Adapter] = {}
         self._sent_facts: OrderedDict[str, SentFacts] = OrderedDict()
         self._hosted: tuple[tuple[int, int], frozenset[str]] = ((0, -1), frozenset())
+        #: (message id, recipient) -> [lock, holders]: one copy of a delivery handled at a time.
+        self._in_hand: dict[tuple[str, str], _InHand] = {}
         #: Set whenever the outbox gains items, so the relay wakes at once.
         self.outbox_event = asyncio.Event()
 
@@ -742,6 +752,41 @@ class ExchangeService:
         return await self._receive_verified(recipient, signed, attempt, replay, hops)
 
     async def _receive_verified(
+        self,
+        recipient: str,
+        signed: SignedEnvelope,
+        attempt: int,
+        replay: Replay | None,
+        hops: tuple[Hop, ...] = (),
+        *,
+        record: MessageRecord | None = None,
+        addressed: frozenset[str] | None = None,
+        blobs: Mapping[str, bytes] | None = None,
+    ) -> ReceiveResult:
+        """:meth:`_receive_verified_alone`, one copy of a (message, recipient) at a time.
+
+        Two copies of one message can reach a node together: a shovel republishes what a hub that
+        stopped had not confirmed, right behind the first copy. Both were taken by two workers at
+        once; the second found the inbox row still RECEIVED (the first was handing over) and handed
+        over again: a document twice in the E-Office (tests/integration/test_hubs.py, 301 hand-overs
+        of 300). The second copy now waits for the first and then answers as a duplicate.
+        """
+        key = (signed.envelope.header.message_id, recipient)
+        entry = self._in_hand.get(key)
+        if entry is None:
+            entry = self._in_hand[key] = _InHand()
+        entry.holders += 1
+        try:
+            async with entry.lock:
+                return await self._receive_verified_alone(
+                    recipient, signed, attempt, replay, hops, record=record, addressed=addressed, blobs=blobs
+                )
+        finally:
+            entry.holders -= 1
+            if entry.holders == 0:
+                self._in_hand.pop(key, None)
+
+    async def _receive_verified_alone(
         self,
         recipient: str,
         signed: SignedEnvelope,

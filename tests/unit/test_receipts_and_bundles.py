@@ -89,3 +89,32 @@ async def test_a_bundle_is_verified_once_and_each_recipient_gets_its_own_outcome
     central = world.services["central"]
     states = {d.recipient: d.state for d in await central.store.deliveries(message_id)}
     assert states == {NGHE_AN: DeliveryState.DELIVERED, HCMC: DeliveryState.DELIVERED}
+
+
+async def test_two_copies_of_one_message_taken_at_once_are_handed_over_once(world) -> None:
+    """A shovel republishes what a stopped hub had not confirmed right behind the first copy: two workers
+    take both at once. The second waits for the first and answers as a duplicate, never a second hand-over."""
+    import asyncio
+
+    from exchange.adapters.base import DeliveryResult
+
+    local = world.services["local"]
+    _, xml, parts = await _sent_frame(world, [NGHE_AN])
+    handed: list[str] = []
+
+    class SlowEOffice:
+        wants_receipts = False
+
+        async def stop(self) -> None:
+            pass
+
+        async def deliver(self, message):
+            handed.append(message.envelope.message_id)
+            await asyncio.sleep(0.2)  # the E-Office takes its time; the second copy arrives meanwhile
+            return DeliveryResult.delivered()
+
+    local.adapters[NGHE_AN] = SlowEOffice()  # type: ignore[assignment]
+    first, second = await asyncio.gather(local.receive(NGHE_AN, xml, parts), local.receive(NGHE_AN, xml, parts))
+    assert sorted([first.outcome, second.outcome]) == sorted([Received.DELIVERED, Received.DUPLICATE])
+    assert len(handed) == 1
+    assert local._in_hand == {}  # nothing left behind
