@@ -65,9 +65,16 @@ print(f"[test] pytest, both parts: {counts or 'no summary line'} in {int(p_s) + 
       f"(parallel on {workers} workers {p_s} s, serial {s_s} s): {state}")
 PY
 if [ "${EXCHANGE_TEST_PACKAGING:-1}" != 0 ]; then
-  # Bounded: a hung step fails the run instead of stalling CI.
-  timeout --kill-after=30 600 deploy/check-wheel.sh || { echo "[test] deploy/check-wheel.sh failed" >&2; rc=1; }
+  # Bounded: a hung step fails the run instead of stalling CI. The two checks share nothing (the wheel
+  # check builds in its own temporary directory and serves on its own vhost), so the wheel check runs
+  # beside the other Pythons' unit suites, its output held back and printed when both are done.
+  timeout --kill-after=30 600 deploy/check-wheel.sh >"$logs/check-wheel.txt" 2>&1 &
+  wheel_pid=$!
   PYTHONS_TIMEOUT=900 timeout --kill-after=30 2000 deploy/test-pythons.sh \
     || { echo "[test] deploy/test-pythons.sh failed" >&2; rc=1; }
+  wrc=0
+  wait "$wheel_pid" || wrc=$?
+  cat "$logs/check-wheel.txt" >&2
+  if [ "$wrc" -ne 0 ]; then echo "[test] deploy/check-wheel.sh failed" >&2; rc=1; fi
 fi
 exit "$rc"
