@@ -98,8 +98,7 @@ cat > meta.toml <<'EOF'
 from = { code = "000.00.00.G22", name = "Văn phòng Chính phủ" }
 to = [ { code = "000.00.00.H41", name = "UBND tỉnh Nghệ An" } ]
 [document]
-number = "12"
-notation = "CT-TTg"
+code = { number = "12", notation = "CT-TTg" }
 subject = "Chỉ thị về chuyển đổi số"
 EOF
 "$ex" sign --key pki/agencies/000.00.00.G22.key --cert pki/agencies/000.00.00.G22.pem \
