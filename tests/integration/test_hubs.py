@@ -1,8 +1,9 @@
 """Hubs on separate brokers linked by RabbitMQ shovels (docs/FEDERATION.md), end to end.
 
 Three independent RabbitMQ nodes started by deploy/hubs/rabbit-hubs.sh in a temporary base dir
-(names hubtest1..3, AMQP 5711-5713, management 15711-15713): hub 1 is Nghệ An's (H41), hub 2 the
-national hub, hub 3 Ho Chi Minh City's (H29). The links are declared from each hub's [hub] section
+(names hubtest1..3, AMQP 5711-5713, management 15711-15713; the next free slot, 100 ports up,
+when another run holds these): hub 1 is Nghệ An's (H41), hub 2 the national hub, hub 3 Ho Chi
+Minh City's (H29). The links are declared from each hub's [hub] section
 exactly as an operator would: the provinces' by their nodes at start (`exchange serve`), the
 national hub's (no exchange node runs there) by `exchange hub apply`.
 The shared broker on 5672 is never touched; the three nodes are stopped in the fixture's teardown
@@ -43,8 +44,33 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "hubs" / "rabbit-hubs.sh"
-NAME = "hubtest"
-PORT_BASE, MGMT_BASE, DIST_BASE, CTL_MIN, TLS_BASE = 5710, 15710, 25710, 35830, 5730
+
+
+def _ports_free(ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def _slot() -> int:
+    """The first of five port/name slots nobody on this machine is using (another checkout's run of
+    this module, say): the nodes' names and every port they open differ per slot."""
+    for k in range(5):
+        o = 100 * k
+        wanted = [p + o + n for p in (5710, 5730, 15710, 25710) for n in (1, 2, 3)]
+        wanted += list(range(35830 + o, 35860 + o))
+        if _ports_free(wanted):
+            return k
+    return 0  # all taken: the start fails and says which port
+
+
+SLOT = _slot()
+NAME = f"hubtest{SLOT}x" if SLOT else "hubtest"
+PORT_BASE, MGMT_BASE, DIST_BASE, CTL_MIN, TLS_BASE = (b + 100 * SLOT for b in (5710, 15710, 25710, 35830, 5730))
 
 NA_1, NA_2 = "000.00.31.H41", "000.00.32.H41"  # two communes of Nghệ An
 HCM_1 = "000.00.11.H29"  # a commune of Ho Chi Minh City
