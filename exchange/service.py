@@ -12,10 +12,11 @@ with confirms, so a broker outage delays a document but never loses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -640,8 +641,12 @@ class ExchangeService:
         :func:`is_infrastructure_error`): the transport holds the message and tries again.
         Anything else unexpected is answered once, with a non-delivery receipt, never retried.
         """
+        return await self._answered(recipient, xml, self._receive(recipient, xml, attachments, attempt, replay, hops))
+
+    async def _answered(self, recipient: str, xml: bytes, work: Awaitable[ReceiveResult]) -> ReceiveResult:
+        """``work``'s answer; a failure that is not infrastructure's is answered once, never retried."""
         try:
-            return await self._receive(recipient, xml, attachments, attempt, replay, hops)
+            return await work
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -699,16 +704,13 @@ class ExchangeService:
             async with gate:
                 if recipient not in self.hosted:
                     return self._not_hosted(recipient)
-                try:
-                    return await self._receive_verified(
+                return await self._answered(
+                    recipient,
+                    xml,
+                    self._receive_verified(
                         recipient, signed, attempt, replay, hops, record=record, addressed=addressed, blobs=blobs
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if is_infrastructure_error(exc):
-                        raise
-                    return await self._refuse_after_error(recipient, xml, exc)
+                    ),
+                )
 
         unique = list(dict.fromkeys(recipients))
         answers = await asyncio.gather(*(one(r) for r in unique), return_exceptions=True)
@@ -751,19 +753,9 @@ class ExchangeService:
             return await self._refuse_unverified(recipient, xml, exc)
         return await self._receive_verified(recipient, signed, attempt, replay, hops)
 
-    async def _receive_verified(
-        self,
-        recipient: str,
-        signed: SignedEnvelope,
-        attempt: int,
-        replay: Replay | None,
-        hops: tuple[Hop, ...] = (),
-        *,
-        record: MessageRecord | None = None,
-        addressed: frozenset[str] | None = None,
-        blobs: Mapping[str, bytes] | None = None,
-    ) -> ReceiveResult:
-        """:meth:`_receive_verified_alone`, one copy of a (message, recipient) at a time.
+    @contextlib.asynccontextmanager
+    async def _one_copy_at_a_time(self, message_id: str, recipient: str) -> AsyncIterator[None]:
+        """Hold the (message, recipient) while one copy of it is received on this node.
 
         Two copies of one message can reach a node together: a shovel republishes what a hub that
         stopped had not confirmed, right behind the first copy. Both were taken by two workers at
@@ -771,22 +763,20 @@ class ExchangeService:
         over again: a document twice in the E-Office (tests/integration/test_hubs.py, 301 hand-overs
         of 300). The second copy now waits for the first and then answers as a duplicate.
         """
-        key = (signed.envelope.header.message_id, recipient)
+        key = (message_id, recipient)
         entry = self._in_hand.get(key)
         if entry is None:
             entry = self._in_hand[key] = _InHand()
         entry.holders += 1
         try:
             async with entry.lock:
-                return await self._receive_verified_alone(
-                    recipient, signed, attempt, replay, hops, record=record, addressed=addressed, blobs=blobs
-                )
+                yield
         finally:
             entry.holders -= 1
             if entry.holders == 0:
                 self._in_hand.pop(key, None)
 
-    async def _receive_verified_alone(
+    async def _receive_verified(
         self,
         recipient: str,
         signed: SignedEnvelope,
@@ -803,65 +793,77 @@ class ExchangeService:
         ``record`` (the store's record of ``signed``), ``addressed`` (its To list as a set) and ``blobs``
         (its attachments by SHA-256) are built once by a bundle for all its recipients: per recipient,
         the first two made a 3,355-agency bundle quadratic.
-        """
-        env = signed.envelope
-        h = env.header
-        base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
-        record = record if record is not None else record_of(signed, Direction.IN)
-        if recipient not in (addressed if addressed is not None else frozenset(record.recipients)):
-            return ReceiveResult(
-                Received.PERMANENT, "recipient-mismatch", f"routed to {recipient} but addressed to others", **base
-            )
-        age = abs((self.clock() - h.created_at).total_seconds())
-        # A replay of a delivery that failed here is no captured-and-resent envelope: our own
-        # record of it is older than any window, so the window does not apply to it.
-        if age > self.limits.replay_window_seconds and not (
-            replay is not None and await self.store.incoming_state(h.message_id, recipient) is InboxState.FAILED
-        ):
-            await self._ndr_if_possible(
-                recipient,
-                env,
-                signed.digest,
-                "envelope-stale",
-                f"created {h.created_at.isoformat()}, outside the recipient's replay window "
-                f"of {self.limits.replay_window_seconds} s",
-            )
-            return ReceiveResult(Received.PERMANENT, "envelope-stale", "created time outside the replay window", **base)
 
-        blobs = blobs if blobs is not None else content_addressed(signed)
-        is_new = await self.store.accept_incoming(record, recipient, attachments=blobs)
-        if not is_new:
-            state = await self.store.incoming_state(h.message_id, recipient)
-            if state is InboxState.FAILED and replay is not None:
-                if await self.store.reopen_incoming(
-                    h.message_id, recipient, reason=f"replay {replay.count}: {replay.reason}"
-                ):
-                    log.info("replay.reopened", **base, recipient=recipient, replay=replay.count, reason=replay.reason)
-                    return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
-                state = None  # another copy of the replay reopened it first and is handing it over
-            if self.metrics is not None:
-                self.metrics.duplicates_suppressed.labels(recipient).inc()
-            if state in (InboxState.HANDED_OVER, InboxState.ACKED):
-                if h.kind is not Kind.RECEIPT:
-                    await self._send_receipt(
-                        self._receipt(
-                            recipient, env, h.sender.code, h.message_id, ReceiptOutcome.DELIVERED, digest=signed.digest
-                        )
-                    )
-                log.info(
-                    "duplicate.suppressed",
-                    **base,
-                    recipient=recipient,
-                    state=state.value,
-                    replay=replay.count if replay else 0,
+        One copy of a (message, recipient) at a time (:meth:`_one_copy_at_a_time`).
+        """
+        async with self._one_copy_at_a_time(signed.envelope.header.message_id, recipient):
+            env = signed.envelope
+            h = env.header
+            base = dict(message_id=h.message_id, sender=h.sender.code, kind=h.kind.value)
+            record = record if record is not None else record_of(signed, Direction.IN)
+            if recipient not in (addressed if addressed is not None else frozenset(record.recipients)):
+                return ReceiveResult(
+                    Received.PERMANENT, "recipient-mismatch", f"routed to {recipient} but addressed to others", **base
                 )
-                return ReceiveResult(Received.DUPLICATE, "duplicate", **base)
-            if state is InboxState.FAILED:
-                return ReceiveResult(Received.DUPLICATE, "duplicate-of-failed", **base)
-            if state is None:
-                return ReceiveResult(Received.DUPLICATE, "replay-in-progress", **base)
-            # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
-        return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
+            age = abs((self.clock() - h.created_at).total_seconds())
+            # A replay of a delivery that failed here is no captured-and-resent envelope: our own
+            # record of it is older than any window, so the window does not apply to it.
+            if age > self.limits.replay_window_seconds and not (
+                replay is not None and await self.store.incoming_state(h.message_id, recipient) is InboxState.FAILED
+            ):
+                await self._ndr_if_possible(
+                    recipient,
+                    env,
+                    signed.digest,
+                    "envelope-stale",
+                    f"created {h.created_at.isoformat()}, outside the recipient's replay window "
+                    f"of {self.limits.replay_window_seconds} s",
+                )
+                return ReceiveResult(
+                    Received.PERMANENT, "envelope-stale", "created time outside the replay window", **base
+                )
+
+            blobs = blobs if blobs is not None else content_addressed(signed)
+            is_new = await self.store.accept_incoming(record, recipient, attachments=blobs)
+            if not is_new:
+                state = await self.store.incoming_state(h.message_id, recipient)
+                if state is InboxState.FAILED and replay is not None:
+                    if await self.store.reopen_incoming(
+                        h.message_id, recipient, reason=f"replay {replay.count}: {replay.reason}"
+                    ):
+                        log.info(
+                            "replay.reopened", **base, recipient=recipient, replay=replay.count, reason=replay.reason
+                        )
+                        return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
+                    state = None  # another copy of the replay reopened it first and is handing it over
+                if self.metrics is not None:
+                    self.metrics.duplicates_suppressed.labels(recipient).inc()
+                if state in (InboxState.HANDED_OVER, InboxState.ACKED):
+                    if h.kind is not Kind.RECEIPT:
+                        await self._send_receipt(
+                            self._receipt(
+                                recipient,
+                                env,
+                                h.sender.code,
+                                h.message_id,
+                                ReceiptOutcome.DELIVERED,
+                                digest=signed.digest,
+                            )
+                        )
+                    log.info(
+                        "duplicate.suppressed",
+                        **base,
+                        recipient=recipient,
+                        state=state.value,
+                        replay=replay.count if replay else 0,
+                    )
+                    return ReceiveResult(Received.DUPLICATE, "duplicate", **base)
+                if state is InboxState.FAILED:
+                    return ReceiveResult(Received.DUPLICATE, "duplicate-of-failed", **base)
+                if state is None:
+                    return ReceiveResult(Received.DUPLICATE, "replay-in-progress", **base)
+                # RECEIVED: an earlier attempt stopped before handover completed; hand over again.
+            return await self._after_dedupe(recipient, signed, attempt, base, replay, hops, is_new)
 
     async def _after_dedupe(
         self,

@@ -94,6 +94,18 @@ def bundle_recipients(headers: Mapping[str, object]) -> list[str] | None:
     return codes[:BUNDLE_MAX]
 
 
+def resend(message: AbstractIncomingMessage, *, message_id: str | None, headers: HeadersType) -> aio_pika.Message:
+    """A new persistent copy of ``message`` (its retry, dead letter or forwarded member) with its own id and headers."""
+    return aio_pika.Message(
+        message.body,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        correlation_id=message.correlation_id,
+        headers=headers,
+    )
+
+
 def member_headers(headers: HeadersType, recipient: str, lane: Lane) -> HeadersType:
     """The headers of one recipient's own copy of a bundle (for its retry or its dead letter)."""
     own = {k: v for k, v in headers.items() if k != BUNDLE_HEADER}
@@ -314,12 +326,9 @@ class Consumer:
         self, message: AbstractIncomingMessage, headers: HeadersType, member: str, lane: Lane, attempt: int
     ) -> None:
         """A bundle member this node does not host: its own copy, back through the route exchange."""
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        copy = resend(
+            message,
             message_id=f"{headers.get('x-message-id')!s}/{member}/{attempt}",
-            correlation_id=message.correlation_id,
             headers=member_headers(headers, member, lane),
         )
         try:
@@ -358,12 +367,9 @@ class Consumer:
         # The key the message was routed with, not a header a publisher could have set (for a
         # bundle's recipient: its own key, in the lane the bundle was routed in).
         routing = routing or str(message.routing_key or headers.get("x-routing-key"))
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        copy = resend(
+            message,
             message_id=f"{headers.get('x-message-id')!s}/{headers.get('x-recipient')!s}/{attempt + 1}",
-            correlation_id=message.correlation_id,
             headers={
                 **headers,
                 "x-attempt": attempt + 1,
@@ -383,12 +389,9 @@ class Consumer:
         *,
         message_id: str | None = None,
     ) -> None:
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        copy = resend(
+            message,
             message_id=message_id or message.message_id,
-            correlation_id=message.correlation_id,
             headers={
                 **headers,
                 "x-exchange-dead-code": result.reason_code,

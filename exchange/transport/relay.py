@@ -42,6 +42,7 @@ import structlog
 from aio_pika.abc import AbstractExchange, HeadersType
 
 from exchange.routing.frame import CONTENT_TYPE
+from exchange.routing.lanes import parse_routing_key
 from exchange.service import NODE_HEADER
 from exchange.store.base import OutboxItem, Store
 
@@ -117,10 +118,6 @@ def bundle_message(unit: list[OutboxItem], *, attempt: int = 1) -> aio_pika.Mess
     return message
 
 
-def _lane_suffix(routing_key: str) -> str:
-    return routing_key.rpartition(".")[2]
-
-
 def bundles(items: list[OutboxItem], max_size: int = BUNDLE_MAX) -> list[list[OutboxItem]]:
     """A claim's items as publish units: one per (message, recipient node, lane), at most ``max_size`` each.
 
@@ -136,7 +133,7 @@ def bundles(items: list[OutboxItem], max_size: int = BUNDLE_MAX) -> list[list[Ou
         if not node:
             units.append([item])
             continue
-        key = (item.message_id, node, _lane_suffix(item.routing_key))
+        key = (item.message_id, node, parse_routing_key(item.routing_key)[1].value)
         unit = open_units.get(key)
         if unit is None or len(unit) >= max_size:
             unit = open_units[key] = []
