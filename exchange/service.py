@@ -279,7 +279,7 @@ class ExchangeService:
         self.clock = clock
         self.adapters: dict[str, Adapter] = {}
         self._sent_facts: OrderedDict[str, SentFacts] = OrderedDict()
-        self._hosted: tuple[tuple[int, int], frozenset[str]] = ((0, -1), frozenset())
+        self._hosted = frozenset(self.signers)  # a node's agencies are fixed by its configuration
         #: (message id, recipient) -> [lock, holders]: one copy of a delivery handled at a time.
         self._in_hand: dict[tuple[str, str], _InHand] = {}
         #: Set whenever the outbox gains items, so the relay wakes at once.
@@ -289,11 +289,8 @@ class ExchangeService:
 
     @property
     def hosted(self) -> frozenset[str]:
-        """The agencies this node signs for (built once per signers mapping: a bundle asks per recipient)."""
-        key = (id(self.signers), len(self.signers))
-        if self._hosted[0] != key:
-            self._hosted = (key, frozenset(self.signers))
-        return self._hosted[1]
+        """The agencies this node signs for (built once: a bundle asks for each of its recipients)."""
+        return self._hosted
 
     def _signer(self, agency: str) -> EnvelopeSigner:
         signer = self.signers.get(agency)
